@@ -1,0 +1,8 @@
+"""ParaEdge: an on-device Paraformer speech runtime.
+
+Device side only: numpy, scipy, onnxruntime, kaldi-native-fbank. Nothing here imports torch.
+"""
+
+__version__ = "0.1.0"
+
+from edge.errors import AudioError, ModelError, ParaEdgeError  # noqa: F401

@@ -1,0 +1,113 @@
+"""Build FunASR's own Paraformer models (random, seeded) and save them as FunASR model dirs.
+
+Host-side test helper: needs torch and the `funasr` package. The saved dir is what a user brings
+(config.yaml + model.pt + tokens.json + am.mvn), and FunASR itself runs as the oracle on it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import numpy as np
+import yaml
+
+# Two deliberately different shapes (kernel sizes, heads, depths, FFN widths, shifts).
+CONFIGS = {
+    "a": dict(
+        encoder_conf=dict(output_size=64, attention_heads=4, linear_units=128, num_blocks=3, kernel_size=11, sanm_shfit=0),
+        decoder_conf=dict(attention_heads=4, linear_units=128, num_blocks=2, kernel_size=11, sanm_shfit=0),
+    ),
+    "b": dict(
+        encoder_conf=dict(output_size=48, attention_heads=2, linear_units=96, num_blocks=4, kernel_size=7, sanm_shfit=2),
+        decoder_conf=dict(attention_heads=3, linear_units=80, num_blocks=3, att_layer_num=2, kernel_size=5, sanm_shfit=1),
+    ),
+}
+
+CJK = [chr(c) for c in range(0x4E00, 0x4E00 + 120)]
+
+
+def token_list(n_chars: int = 60) -> list[str]:
+    return ["<blank>", "<s>", "</s>"] + CJK[:n_chars] + ["<unk>"]
+
+
+def funasr_config(shape: str = "a", streaming: bool = False, vocab_size: int = 64, tail_threshold: float = 0.45) -> dict:
+    base = CONFIGS[shape]
+    enc = dict(base["encoder_conf"], dropout_rate=0.0, positional_dropout_rate=0.0, attention_dropout_rate=0.0,
+               input_layer="pe_online" if streaming else "pe", pos_enc_class="SinusoidalPositionEncoder",
+               normalize_before=True, selfattention_layer_type="sanm")
+    dec = dict(base["decoder_conf"], dropout_rate=0.0, positional_dropout_rate=0.0,
+               self_attention_dropout_rate=0.0, src_attention_dropout_rate=0.0)
+    if streaming:
+        enc.update(chunk_size=[12, 15], stride=[8, 10], pad_left=[0, 0], encoder_att_look_back_factor=[4, 4],
+                   decoder_att_look_back_factor=[1, 1])
+        dec["sanm_shfit"] = (dec["kernel_size"] - 1) // 2  # causal decoder FSMN, as FunASR's online models
+    conf = {
+        "model": "ParaformerStreaming" if streaming else "Paraformer",
+        "model_conf": {"ctc_weight": 0.0, "lsm_weight": 0.1, "length_normalized_loss": True,
+                       "predictor_weight": 1.0, "predictor_bias": 1, "sampling_ratio": 0.75},
+        "encoder": "SANMEncoderChunkOpt" if streaming else "SANMEncoder",
+        "encoder_conf": enc,
+        "decoder": "ParaformerSANMDecoder",
+        "decoder_conf": dec,
+        "predictor": "CifPredictorV2",
+        "predictor_conf": {"idim": enc["output_size"], "threshold": 1.0, "l_order": 1, "r_order": 1,
+                           "tail_threshold": tail_threshold},
+        "frontend": "WavFrontend" if not streaming else "WavFrontendOnline",
+        "frontend_conf": {"fs": 16000, "window": "hamming", "n_mels": 80, "frame_length": 25, "frame_shift": 10,
+                          "lfr_m": 7, "lfr_n": 6, "dither": 0.0},
+        "tokenizer": "CharTokenizer",
+        "tokenizer_conf": {"unk_symbol": "<unk>"},
+        "input_size": 560,
+        "vocab_size": vocab_size,
+    }
+    return conf
+
+
+def build_funasr_model(conf: dict, seed: int = 0):
+    import torch
+    from funasr.register import tables
+    import funasr.models.paraformer.model  # noqa: F401  (registers the classes)
+    import funasr.models.paraformer_streaming.model  # noqa: F401
+
+    torch.manual_seed(seed)
+    kwargs = copy.deepcopy(conf)
+    model_conf = kwargs.pop("model_conf")
+    cls = tables.model_classes.get(kwargs["model"])
+    model = cls(**kwargs, **model_conf)
+    # random init leaves CIF alphas near 0.5/frame; widen the spread so tokens vary by frame
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.mul_(1.5)
+    return model.eval()
+
+
+def random_cmvn(dim: int = 560, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    shift = (-rng.uniform(8.0, 14.0, dim)).astype(np.float32)
+    scale = rng.uniform(0.2, 0.5, dim).astype(np.float32)
+    return shift, scale
+
+
+def save_model_dir(model, conf: dict, path, tokens: list[str], cmvn_seed: int = 0) -> str:
+    import torch
+
+    from edge.frontend import Cmvn
+
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "config.yaml"), "w", encoding="utf-8") as f:
+        yaml.safe_dump(conf, f, allow_unicode=True, sort_keys=False)
+    with open(os.path.join(path, "tokens.json"), "w", encoding="utf-8") as f:
+        json.dump(tokens, f, ensure_ascii=False)
+    Cmvn(*random_cmvn(conf["input_size"], cmvn_seed)).save(os.path.join(path, "am.mvn"))
+    torch.save(model.state_dict(), os.path.join(path, "model.pt"))
+    return str(path)
+
+
+def make_funasr_dir(path, shape: str = "a", streaming: bool = False, seed: int = 0, **kw) -> str:
+    tokens = token_list()
+    conf = funasr_config(shape, streaming, vocab_size=len(tokens), **kw)
+    model = build_funasr_model(conf, seed)
+    return save_model_dir(model, conf, path, tokens, cmvn_seed=seed)
