@@ -108,6 +108,10 @@ class Recognizer:
         return self.ids_to_result(ids, timings)
 
     def stream(self, chunk_size=(0, 10, 5)) -> "Stream":
+        if not self.config.streaming:
+            raise ParaEdgeError(
+                f"{self.model.path} is an offline model ({self.config.model}); streaming needs a ParaformerStreaming model"
+            )
         return Stream(self, chunk_size)
 
 

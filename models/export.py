@@ -1,0 +1,223 @@
+"""Export a FunASR-format model dir for the device (host side, needs torch + onnx).
+
+Writes next to config.yaml:
+- `model.npz`: float32 weights under FunASR names, for the numpy reference backend;
+- `tokens.txt`: sherpa-onnx's token table;
+- offline models: `model.onnx` (speech [B,T,560], speech_lengths [B] int32 -> logits, token_num),
+  and `model_quant.onnx` (dynamic INT8 MatMuls, per channel);
+- streaming models: `model.onnx` (the encoder: prepared chunk -> enc, enc_len, alphas) and
+  `decoder.onnx` (enc, enc_len, acoustic_embeds, acoustic_embeds_len, in_cache_* -> logits,
+  sample_ids, out_cache_*), plus their `_quant` twins.
+ONNX metadata carries what sherpa-onnx reads (vocab_size, lfr_window_size/shift, neg_mean,
+inv_stddev; streaming also encoder_output_size, decoder_num_blocks, decoder_kernel_size).
+
+The offline graph takes FunASR `inference()`'s token count (floor of the alpha sum when a tail
+threshold is set, rounded otherwise), so ONNX, numpy and FunASR decode the same tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+import numpy as np
+
+from edge.errors import ModelError
+from edge.modeldir import ModelDir, write_tokens_txt
+
+
+def load_torch_model(md: ModelDir):
+    import torch
+
+    from models.paraformer import Paraformer
+
+    model = Paraformer(md.config.raw, md.config.vocab_size)
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in md.weights.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing:
+        raise ModelError(f"{md.path}: weights lack {len(missing)} parameters, e.g. {missing[0]}")
+    if unexpected:
+        raise ModelError(f"{md.path}: weights have {len(unexpected)} unknown parameters, e.g. {unexpected[0]}")
+    return model.eval()
+
+
+def _metadata(md: ModelDir) -> dict:
+    cfg = md.config
+    meta = {
+        "model_type": "paraformer",
+        "version": "1",
+        "vocab_size": str(cfg.vocab_size),
+        "lfr_window_size": str(cfg.frontend.lfr_m),
+        "lfr_window_shift": str(cfg.frontend.lfr_n),
+        "neg_mean": ",".join(f"{-v:.8g}" for v in md.cmvn.shift),  # am.mvn's AddShift is -mean
+        "inv_stddev": ",".join(f"{v:.8g}" for v in md.cmvn.scale),
+        "producer": "paraedge",
+    }
+    if cfg.streaming:
+        dec = cfg.decoder_conf
+        meta.update(
+            encoder_output_size=str(cfg.d_model),
+            decoder_num_blocks=str(int(dec.get("num_blocks", 6))),
+            decoder_kernel_size=str(int(dec.get("kernel_size", 21))),
+        )
+    return meta
+
+
+def _set_metadata(path: str, meta: dict) -> None:
+    import onnx
+
+    m = onnx.load(path)
+    del m.metadata_props[:]
+    for k, v in meta.items():
+        p = m.metadata_props.add()
+        p.key, p.value = k, v
+    onnx.save(m, path)
+
+
+def _onnx_export(module, args, path, input_names, output_names, dynamic_axes):
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # the TorchScript exporter: the dynamo one cannot trace CIF's data-dependent shapes
+        torch.onnx.export(module, args, path, input_names=input_names, output_names=output_names,
+                          dynamic_axes=dynamic_axes, opset_version=17, dynamo=False)
+
+
+def quantize(src: str, dst: str) -> None:
+    """Dynamic INT8 (per-channel weights, uint8 activations) of every MatMul, as FunASR does."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_dynamic(src, dst, op_types_to_quantize=["MatMul"], per_channel=True,
+                         weight_type=QuantType.QUInt8)
+
+
+class _StreamingEncoder:
+    """Wrap for export: prepared chunk features -> (enc, enc_len, alphas)."""
+
+    @staticmethod
+    def build(model):
+        import torch
+
+        class Enc(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.encoder, self.predictor = model.encoder, model.predictor
+
+            def forward(self, speech, speech_lengths):
+                t = speech.shape[1]
+                mask = (torch.arange(t, device=speech.device)[None, :] < speech_lengths[:, None]).float()
+                enc = self.encoder(speech, mask)
+                return enc, speech_lengths, self.predictor.alphas(enc, mask)
+
+        return Enc().eval()
+
+
+class _StreamingDecoder:
+    @staticmethod
+    def build(model):
+        import torch
+
+        layers = model.decoder.fsmn_layers(streaming=True)
+        for layer in layers:
+            if layer.self_attn.pad[1] != 0:
+                raise ModelError("streaming export needs causal decoder FSMN (sanm_shfit = (kernel_size-1)//2)")
+
+        class Dec(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.decoder = model.decoder
+
+            def forward(self, enc, enc_len, acoustic_embeds, acoustic_embeds_len, *caches):
+                t = enc.shape[1]
+                mem_mask = (torch.arange(t, device=enc.device)[None, :] < enc_len[:, None]).float()
+                n = acoustic_embeds.shape[1]
+                tgt_mask = (torch.arange(n, device=enc.device)[None, :] < acoustic_embeds_len[:, None]).float()
+                # zeroing padded tokens keeps acoustic_embeds_len a real graph input (sherpa-onnx feeds it)
+                embeds = acoustic_embeds * tgt_mask[:, :, None]
+                logits, new = self.decoder(enc, mem_mask, embeds, tgt_mask, list(caches))
+                logits = torch.log_softmax(logits, dim=-1)
+                return (logits, logits.argmax(dim=-1), *new)
+
+        return Dec().eval(), len(layers)
+
+
+def export_onnx(md: ModelDir, model, quant: bool = True) -> list[str]:
+    import torch
+
+    cfg = md.config
+    written = []
+    meta = _metadata(md)
+    d, din = cfg.d_model, cfg.input_size
+    if not cfg.streaming:
+        path = md.file("model.onnx")
+        speech = torch.randn(2, 30, din)
+        lengths = torch.tensor([30, 17], dtype=torch.int32)
+        _onnx_export(model, (speech, lengths), path, ["speech", "speech_lengths"], ["logits", "token_num"],
+                     {"speech": {0: "batch_size", 1: "feats_length"}, "speech_lengths": {0: "batch_size"},
+                      "logits": {0: "batch_size", 1: "logits_length"}, "token_num": {0: "batch_size"}})
+        written.append(path)
+    else:
+        enc = _StreamingEncoder.build(model)
+        path = md.file("model.onnx")
+        _onnx_export(enc, (torch.randn(1, 15, din), torch.tensor([15], dtype=torch.int32)), path,
+                     ["speech", "speech_lengths"], ["enc", "enc_len", "alphas"],
+                     {"speech": {0: "batch_size", 1: "feats_length"}, "speech_lengths": {0: "batch_size"},
+                      "enc": {0: "batch_size", 1: "enc_length"}, "enc_len": {0: "batch_size"},
+                      "alphas": {0: "batch_size", 1: "enc_length"}})
+        written.append(path)
+        dec, n_caches = _StreamingDecoder.build(model)
+        kernel = int(cfg.decoder_conf.get("kernel_size", 21))
+        caches = tuple(torch.zeros(1, d, kernel - 1) for _ in range(n_caches))
+        in_names = ["enc", "enc_len", "acoustic_embeds", "acoustic_embeds_len"] + [f"in_cache_{i}" for i in range(n_caches)]
+        out_names = ["logits", "sample_ids"] + [f"out_cache_{i}" for i in range(n_caches)]
+        axes = {"enc": {0: "batch_size", 1: "enc_length"}, "enc_len": {0: "batch_size"},
+                "acoustic_embeds": {0: "batch_size", 1: "token_length"}, "acoustic_embeds_len": {0: "batch_size"},
+                "logits": {0: "batch_size", 1: "logits_length"}, "sample_ids": {0: "batch_size", 1: "logits_length"}}
+        for name in in_names[4:] + out_names[2:]:
+            axes[name] = {0: "batch_size"}
+        dpath = md.file("decoder.onnx")
+        _onnx_export(dec, (torch.randn(1, 15, d), torch.tensor([15], dtype=torch.int32), torch.randn(1, 4, d),
+                           torch.tensor([4], dtype=torch.int32), *caches), dpath, in_names, out_names, axes)
+        written.append(dpath)
+    for path in list(written):
+        _set_metadata(path, meta)
+        if quant:
+            qpath = path.replace(".onnx", "_quant.onnx")
+            quantize(path, qpath)
+            _set_metadata(qpath, meta)
+            written.append(qpath)
+    return written
+
+
+def export_dir(path, quant: bool = True, onnx: bool = True) -> list[str]:
+    """Export a model dir in place; returns the files written."""
+    md = ModelDir(path)
+    model = load_torch_model(md)  # strict name check against our FunASR-identical definition
+    written = []
+    np.savez(md.file("model.npz"), **{k: v.astype(np.float32) for k, v in md.weights.items()})
+    written.append(md.file("model.npz"))
+    write_tokens_txt(md.tokens, md.file("tokens.txt"))
+    written.append(md.file("tokens.txt"))
+    if onnx:
+        written += export_onnx(md, model, quant)
+    return written
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="paraedge export", description=__doc__.split("\n\n")[0])
+    ap.add_argument("model_dir", help="FunASR-format model dir (config.yaml, model.pt, tokens.json, am.mvn)")
+    ap.add_argument("--no-quant", action="store_true", help="skip the INT8 models")
+    ap.add_argument("--no-onnx", action="store_true", help="only write model.npz and tokens.txt")
+    args = ap.parse_args(argv)
+    for f in export_dir(args.model_dir, quant=not args.no_quant, onnx=not args.no_onnx):
+        print(f"wrote {f} ({os.path.getsize(f) / 1e6:.2f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
