@@ -68,8 +68,8 @@ def read_wav(source) -> tuple[np.ndarray, AudioInfo]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # scipy warns on unknown chunks; we only need the data
             rate, data = wavfile.read(source)
-    except (ValueError, EOFError, OSError, TypeError, IndexError) as exc:
-        raise AudioError(f"{name}: not a readable WAV file ({exc})") from None
+    except Exception as exc:  # scipy raises ValueError, struct.error, EOFError... on corrupt files
+        raise AudioError(f"{name}: not a readable WAV file ({exc or type(exc).__name__})") from None
     data = np.asarray(data)
     if data.ndim == 1:
         data = data[:, None]

@@ -34,7 +34,7 @@ def load_torch_model(md: ModelDir):
     from models.paraformer import Paraformer
 
     model = Paraformer(md.config.raw, md.config.vocab_size)
-    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in md.weights.items()}
+    state = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in md.weights.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing:
         raise ModelError(f"{md.path}: weights lack {len(missing)} parameters, e.g. {missing[0]}")
@@ -43,7 +43,7 @@ def load_torch_model(md: ModelDir):
     return model.eval()
 
 
-def _metadata(md: ModelDir) -> dict:
+def _metadata(md: ModelDir, fsmn_caches: int | None = None) -> dict:
     cfg = md.config
     meta = {
         "model_type": "paraformer",
@@ -51,7 +51,7 @@ def _metadata(md: ModelDir) -> dict:
         "vocab_size": str(cfg.vocab_size),
         "lfr_window_size": str(cfg.frontend.lfr_m),
         "lfr_window_shift": str(cfg.frontend.lfr_n),
-        "neg_mean": ",".join(f"{-v:.8g}" for v in md.cmvn.shift),  # am.mvn's AddShift is -mean
+        "neg_mean": ",".join(f"{v:.8g}" for v in md.cmvn.shift),  # am.mvn AddShift already is -mean
         "inv_stddev": ",".join(f"{v:.8g}" for v in md.cmvn.scale),
         "producer": "paraedge",
     }
@@ -59,7 +59,7 @@ def _metadata(md: ModelDir) -> dict:
         dec = cfg.decoder_conf
         meta.update(
             encoder_output_size=str(cfg.d_model),
-            decoder_num_blocks=str(int(dec.get("num_blocks", 6))),
+            decoder_num_blocks=str(fsmn_caches),  # FSMN caches the decoder takes, not num_blocks
             decoder_kernel_size=str(int(dec.get("kernel_size", 21))),
         )
     return meta
@@ -151,7 +151,6 @@ def export_onnx(md: ModelDir, model, quant: bool = True) -> list[str]:
 
     cfg = md.config
     written = []
-    meta = _metadata(md)
     d, din = cfg.d_model, cfg.input_size
     if not cfg.streaming:
         path = md.file("model.onnx")
@@ -184,6 +183,7 @@ def export_onnx(md: ModelDir, model, quant: bool = True) -> list[str]:
         _onnx_export(dec, (torch.randn(1, 15, d), torch.tensor([15], dtype=torch.int32), torch.randn(1, 4, d),
                            torch.tensor([4], dtype=torch.int32), *caches), dpath, in_names, out_names, axes)
         written.append(dpath)
+    meta = _metadata(md, None if not cfg.streaming else n_caches)
     for path in list(written):
         _set_metadata(path, meta)
         if quant:

@@ -32,7 +32,8 @@ def token_list(n_chars: int = 60) -> list[str]:
     return ["<blank>", "<s>", "</s>"] + CJK[:n_chars] + ["<unk>"]
 
 
-def funasr_config(shape: str = "a", streaming: bool = False, vocab_size: int = 64, tail_threshold: float = 0.45) -> dict:
+def funasr_config(shape: str = "a", streaming: bool = False, vocab_size: int = 64, tail_threshold: float = 0.45,
+                  predictor_bias: int = 1) -> dict:
     base = CONFIGS[shape]
     enc = dict(base["encoder_conf"], dropout_rate=0.0, positional_dropout_rate=0.0, attention_dropout_rate=0.0,
                input_layer="pe_online" if streaming else "pe", pos_enc_class="SinusoidalPositionEncoder",
@@ -43,10 +44,11 @@ def funasr_config(shape: str = "a", streaming: bool = False, vocab_size: int = 6
         enc.update(chunk_size=[12, 15], stride=[8, 10], pad_left=[0, 0], encoder_att_look_back_factor=[4, 4],
                    decoder_att_look_back_factor=[1, 1])
         dec["sanm_shfit"] = (dec["kernel_size"] - 1) // 2  # causal decoder FSMN, as FunASR's online models
+        dec["att_layer_num"] = dec["num_blocks"]  # peers size their FSMN caches by num_blocks
     conf = {
         "model": "ParaformerStreaming" if streaming else "Paraformer",
         "model_conf": {"ctc_weight": 0.0, "lsm_weight": 0.1, "length_normalized_loss": True,
-                       "predictor_weight": 1.0, "predictor_bias": 1, "sampling_ratio": 0.75},
+                       "predictor_weight": 1.0, "predictor_bias": predictor_bias, "sampling_ratio": 0.75},
         "encoder": "SANMEncoderChunkOpt" if streaming else "SANMEncoder",
         "encoder_conf": enc,
         "decoder": "ParaformerSANMDecoder",
@@ -111,3 +113,61 @@ def make_funasr_dir(path, shape: str = "a", streaming: bool = False, seed: int =
     conf = funasr_config(shape, streaming, vocab_size=len(tokens), **kw)
     model = build_funasr_model(conf, seed)
     return save_model_dir(model, conf, path, tokens, cmvn_seed=seed)
+
+
+def load_funasr(path):
+    """FunASR's model object + its frontend, built from a saved dir (config.yaml + model.pt)."""
+    import torch
+    from funasr.frontends.wav_frontend import WavFrontend, WavFrontendOnline
+
+    with open(os.path.join(path, "config.yaml"), encoding="utf-8") as f:
+        conf = yaml.safe_load(f)
+    model = build_funasr_model(conf)
+    model.load_state_dict(torch.load(os.path.join(path, "model.pt")))
+    fe_cls = WavFrontendOnline if conf["model"] == "ParaformerStreaming" else WavFrontend
+    frontend = fe_cls(cmvn_file=os.path.join(path, "am.mvn"), **conf["frontend_conf"])
+    return model.eval(), frontend, conf
+
+
+def funasr_offline(model, frontend, samples):
+    """FunASR's offline path: (token ids from inference(), log-probs [N,V] or None, token count)."""
+    import torch
+
+    x = torch.from_numpy(np.asarray(samples, dtype=np.float32))
+    with torch.no_grad():
+        speech, lens = frontend(x[None], torch.tensor([len(x)]))
+        enc, enc_lens = model.encode(speech, lens)
+        emb, count, _, _ = model.calc_predictor(enc, enc_lens)
+        n = int(count.round().long().max())
+        logp = None
+        if n >= 1:
+            logp = model.cal_decoder_with_predictor(enc, enc_lens, emb, count.round().long())[0][0].numpy()
+        out = model.inference([x], key=["u"], frontend=frontend, device="cpu", tokenizer=None)
+    ids = out[0][0]["token_int"] if out else []
+    return [int(i) for i in ids], logp, n, speech[0].numpy()
+
+
+def funasr_streaming(model, frontend, conf, samples, step=9600, chunk_size=(0, 10, 5)):
+    """FunASR's streaming path fed `step` samples at a time; returns the recognised token ids."""
+    import torch
+    from funasr.tokenizer.char_tokenizer import CharTokenizer
+
+    with open(os.path.join(os.path.dirname(frontend.cmvn_file), "tokens.json"), encoding="utf-8") as f:
+        tokens = json.load(f)
+    tok = CharTokenizer(token_list=tokens)
+    index = {t: i for i, t in enumerate(tokens)}
+    cache, text, n = {}, "", 0
+    x = np.asarray(samples, dtype=np.float32)
+    with torch.no_grad():
+        while True:
+            piece = x[n : n + step]
+            n += step
+            final = n >= len(x)
+            res, _ = model.inference([torch.from_numpy(piece)], key=["u"], tokenizer=tok, frontend=frontend, cache=cache,
+                                     is_final=final, chunk_size=list(chunk_size), encoder_chunk_look_back=0,
+                                     decoder_chunk_look_back=0, device="cpu", encoder_conf=conf["encoder_conf"],
+                                     frontend_conf=conf["frontend_conf"])
+            text += res[0]["text"]
+            if final:
+                break
+    return [index[ch] for ch in text]  # the test vocabulary is single CJK characters

@@ -1,0 +1,47 @@
+# ParaEdge: `make demo` and `make test` set up everything they need on a fresh machine (idempotent).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+DEMO_DIR ?= out/demo-model
+FUNASR_DEPS := rapidfuzz six kaldiio librosa tqdm omegaconf jieba sentencepiece
+
+.PHONY: demo test test-fast apt venv host testdeps clean
+
+apt:  ## Debian packages: speech synthesis + conversion for test audio
+	@command -v espeak-ng >/dev/null && command -v sox >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq espeak-ng sox >/dev/null; }
+
+$(VENV)/.runtime: setup.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -e .
+	@touch $@
+
+$(VENV)/.host: $(VENV)/.runtime
+	$(PIP) install "torch==2.13.0" "onnx>=1.15"
+	@touch $@
+
+# funasr is the oracle: installed without its dependency tree so it cannot replace the pinned torch
+$(VENV)/.test: $(VENV)/.host
+	$(PIP) install -e ".[test]" $(FUNASR_DEPS)
+	$(PIP) install --no-deps "funasr==1.4.16"
+	@$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	@touch $@
+
+venv: $(VENV)/.runtime
+host: $(VENV)/.host
+testdeps: apt $(VENV)/.test
+
+demo: apt $(VENV)/.host
+	@$(PY) -m tools.demo --out $(DEMO_DIR)
+
+test: testdeps
+	$(PY) -m pytest -q tests
+
+test-fast: testdeps
+	$(PY) -m pytest -q -m "not slow" tests
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

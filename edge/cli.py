@@ -1,0 +1,132 @@
+"""`paraedge` command line. Errors print one line and exit 2; nothing else prints a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from edge.errors import ParaEdgeError
+
+EXIT_USAGE = 2
+
+
+def _err(msg: str) -> None:
+    print(f"paraedge: error: {msg}", file=sys.stderr)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", required=True, help="model dir (FunASR layout: config.yaml, am.mvn, tokens.json, weights)")
+    p.add_argument("--backend", "-b", default="ref", choices=["ref", "onnxruntime"], help="compute backend (default: ref, numpy)")
+    p.add_argument("--int8", action="store_true", help="onnxruntime: use the INT8 model_quant.onnx")
+    p.add_argument("--threads", type=int, default=None, help="compute threads (default: library default)")
+
+
+def cmd_transcribe(args) -> int:
+    from edge.audio import load_audio
+    from edge.recognizer import Recognizer
+
+    t0 = time.perf_counter()
+    rec = Recognizer(args.model, backend=args.backend, threads=args.threads, int8=args.int8)
+    load_s = time.perf_counter() - t0
+    if args.streaming and not rec.config.streaming:
+        raise ParaEdgeError(f"{args.model} is an offline model ({rec.config.model}); --streaming needs ParaformerStreaming")
+    failures = 0
+    for path in args.wav:
+        try:
+            samples, info = load_audio(path)
+            notes = info.conversions()
+            if notes and not args.json:
+                print(f"note: {path}: {', '.join(notes)}", file=sys.stderr)
+            if args.streaming:
+                t = time.perf_counter()
+                stream = rec.stream(chunk_size=args.chunk_size)
+                for i in range(0, len(samples), 1600):  # feed 100 ms pieces, as a microphone would
+                    stream.accept(samples[i : i + 1600])
+                stream.finish()
+                result = stream.result()
+                elapsed = time.perf_counter() - t
+                result.timings = {"total_s": elapsed, "audio_s": len(samples) / 16000,
+                                  "rtf": elapsed / (len(samples) / 16000), "chunks": stream.chunks}
+            else:
+                result = rec.transcribe(samples)
+        except ParaEdgeError as exc:
+            _err(str(exc))
+            failures += 1
+            continue
+        if args.json:
+            out = {"file": path, "mode": "streaming" if args.streaming else "offline",
+                   "backend": rec.backend.describe(), "input": info.__dict__, "conversions": info.conversions(),
+                   "model_load_s": load_s, **result.as_dict()}
+            print(json.dumps(out, ensure_ascii=False))
+        else:
+            print(f"{path}\t{result.text}" if len(args.wav) > 1 else result.text)
+    return EXIT_USAGE if failures else 0
+
+
+def cmd_export(args) -> int:
+    try:
+        from models.export import export_dir
+    except ImportError as exc:
+        raise ParaEdgeError(f"export runs on the host and needs torch + onnx ({exc.name} is missing): pip install 'paraedge[host]'") from None
+    for f in export_dir(args.model_dir, quant=not args.no_quant, onnx=not args.no_onnx):
+        print(f"wrote {f} ({os.path.getsize(f) / 1e6:.2f} MB)")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from edge.modeldir import ModelDir
+
+    md = ModelDir(args.model_dir)
+    cfg = md.config
+    files = sorted(f for f in os.listdir(md.path) if os.path.isfile(md.file(f)))
+    info = {
+        "model": cfg.model, "streaming": cfg.streaming, "vocab_size": cfg.vocab_size, "d_model": cfg.d_model,
+        "encoder_blocks": int(cfg.encoder_conf.get("num_blocks", 6)), "decoder_blocks": int(cfg.decoder_conf.get("num_blocks", 6)),
+        "parameters": int(sum(v.size for v in md.weights.values())),
+        "files": {f: os.path.getsize(md.file(f)) for f in files},
+    }
+    print(json.dumps(info, indent=2, ensure_ascii=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="paraedge", description="ParaEdge: on-device Paraformer speech recognition")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("transcribe", help="decode WAV files (any rate/channels; converted to 16 kHz mono)")
+    p.add_argument("wav", nargs="+", help="WAV files")
+    _add_model_args(p)
+    p.add_argument("--streaming", action="store_true", help="decode chunk by chunk, as the daemon does")
+    p.add_argument("--chunk-size", type=lambda s: [int(v) for v in s.split(",")], default=[0, 10, 5],
+                   help="streaming [left,chunk,right] in 60 ms frames (default 0,10,5: 600 ms + 300 ms look-ahead)")
+    p.add_argument("--json", action="store_true", help="one JSON object per file: text, tokens, timings, RTF")
+    p.set_defaults(func=cmd_transcribe)
+
+    p = sub.add_parser("export", help="(host) write model.npz, tokens.txt and ONNX (+INT8) into a FunASR model dir")
+    p.add_argument("model_dir")
+    p.add_argument("--no-quant", action="store_true")
+    p.add_argument("--no-onnx", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("info", help="describe a model dir")
+    p.add_argument("model_dir")
+    p.set_defaults(func=cmd_info)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ParaEdgeError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

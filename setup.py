@@ -1,0 +1,28 @@
+"""ParaEdge: an on-device Paraformer runtime (device package `edge`, host tools in `models`/`tools`)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="paraedge",
+    version="0.1.0",
+    description="On-device Paraformer speech recognition for ARM edge boards",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["edge", "edge.*", "models", "models.*", "tools", "tools.*"]),
+    package_data={"models": ["demo/*", "demo/samples/*"]},
+    install_requires=[
+        # the device runtime: no torch, no TVM compiler
+        "numpy>=1.23",
+        "scipy>=1.10",
+        "onnxruntime>=1.16",
+        "kaldi-native-fbank>=1.18",
+        "PyYAML>=6",
+    ],
+    extras_require={
+        # host side: model definition, export, training. torch pinned: any looser spec pulls CUDA wheels.
+        "host": ["torch==2.13.0", "onnx>=1.15"],
+        "test": ["pytest>=7", "funasr-onnx>=0.4", "sherpa-onnx>=1.10"],
+    },
+    entry_points={"console_scripts": ["paraedge=edge.cli:main"]},
+)

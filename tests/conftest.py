@@ -1,0 +1,106 @@
+"""Shared fixtures: real speech rendered with espeak-ng, FunASR-made model dirs, exported copies."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+PHRASES = {
+    "zh": ("cmn", "打开空调，导航回家，调高温度"),
+    "en": ("en-us", "open the window and navigate home"),
+    "zh2": ("cmn", "空调调到二十二度"),
+}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long-running (still part of `make test`)")
+
+
+def render(text: str, voice: str, path: str, rate: int = 16000, channels: int = 1, bits: int = 16, enc=None) -> str:
+    raw = path + ".raw.wav"
+    subprocess.run(["espeak-ng", "-v", voice, "-w", raw, text], check=True, capture_output=True)
+    cmd = ["sox", raw, "-r", str(rate), "-c", str(channels), "-b", str(bits)]
+    if enc:
+        cmd += ["-e", enc]
+    subprocess.run(cmd + [path], check=True, capture_output=True)
+    os.remove(raw)
+    return path
+
+
+@pytest.fixture(scope="session")
+def speech_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("speech")
+    for name, (voice, text) in PHRASES.items():
+        render(text, voice, str(d / f"{name}.wav"))
+    return d
+
+
+@pytest.fixture(scope="session")
+def speech(speech_dir):
+    """{name: 16 kHz float32 samples} of real (synthesised) speech."""
+    from edge.audio import load_audio
+
+    return {name: load_audio(str(speech_dir / f"{name}.wav"))[0] for name in PHRASES}
+
+
+@pytest.fixture(scope="session")
+def long_speech(speech):
+    """~30 s: the phrases repeated, with short pauses."""
+    pause = np.zeros(4000, np.float32)
+    pieces = []
+    while sum(len(p) for p in pieces) < 30 * 16000:
+        for x in speech.values():
+            pieces += [x, pause]
+    return np.concatenate(pieces)[: 30 * 16000]
+
+
+def _funasr_dir(tmp_path_factory, name, **kw):
+    from tests.oracle import make_funasr_dir
+
+    return make_funasr_dir(str(tmp_path_factory.mktemp(name)), **kw)
+
+
+@pytest.fixture(scope="session")
+def funasr_offline_a(tmp_path_factory):
+    return _funasr_dir(tmp_path_factory, "off_a", shape="a", streaming=False, seed=11)
+
+
+@pytest.fixture(scope="session")
+def funasr_offline_b(tmp_path_factory):
+    return _funasr_dir(tmp_path_factory, "off_b", shape="b", streaming=False, seed=12)
+
+
+@pytest.fixture(scope="session")
+def funasr_streaming_a(tmp_path_factory):
+    return _funasr_dir(tmp_path_factory, "str_a", shape="a", streaming=True, seed=13)
+
+
+@pytest.fixture(scope="session")
+def funasr_streaming_b(tmp_path_factory):
+    return _funasr_dir(tmp_path_factory, "str_b", shape="b", streaming=True, seed=14)
+
+
+def exported_copy(src: str, dst) -> str:
+    from models.export import export_dir
+
+    shutil.copytree(src, dst)
+    export_dir(str(dst))
+    return str(dst)
+
+
+@pytest.fixture(scope="session")
+def exported_offline(tmp_path_factory, funasr_offline_a):
+    return exported_copy(funasr_offline_a, tmp_path_factory.mktemp("exp") / "off_a")
+
+
+@pytest.fixture(scope="session")
+def exported_streaming(tmp_path_factory, funasr_streaming_a):
+    return exported_copy(funasr_streaming_a, tmp_path_factory.mktemp("exp") / "str_a")

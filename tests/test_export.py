@@ -1,0 +1,98 @@
+"""Export: our PyTorch definition loads FunASR's state_dict by name; ONNX files carry what peers need."""
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edge.modeldir import ModelDir, read_tokens
+
+
+def test_state_dict_names_are_funasrs(funasr_offline_a, funasr_streaming_b):
+    from models.paraformer import Paraformer
+
+    for path in (funasr_offline_a, funasr_streaming_b):
+        md = ModelDir(path)
+        ours = Paraformer(md.config.raw, md.config.vocab_size)
+        theirs = torch.load(os.path.join(path, "model.pt"))
+        assert set(ours.state_dict()) == set(theirs)
+        ours.load_state_dict(theirs, strict=True)
+
+
+def test_funasr_loads_a_model_we_define(tmp_path):
+    """The other direction: a dir written from our definition is a FunASR model FunASR can build."""
+    from tests.oracle import build_funasr_model
+    from tools.make_model import make_model_dir
+
+    path = make_model_dir(str(tmp_path / "m"), "tiny", streaming=True, export=False)
+    md = ModelDir(path)
+    funasr_model = build_funasr_model(md.config.raw)
+    funasr_model.load_state_dict(torch.load(os.path.join(path, "model.pt")), strict=True)
+
+
+def test_torch_model_equals_reference(exported_offline, speech):
+    from edge.recognizer import Recognizer
+    from models.export import load_torch_model
+
+    rec = Recognizer(exported_offline)
+    model = load_torch_model(rec.model)
+    feats = rec.frontend(speech["en"])
+    ids, lp = rec.decode_features(feats)
+    with torch.no_grad():
+        lp_t, n = model(torch.from_numpy(feats)[None], torch.tensor([len(feats)], dtype=torch.int32))
+    assert int(n[0]) == len(lp)
+    np.testing.assert_allclose(lp_t[0, : len(lp)].numpy(), lp, atol=1e-3)
+
+
+def test_offline_files_and_metadata(exported_offline):
+    md = ModelDir(exported_offline)
+    for f in ("model.npz", "tokens.txt", "model.onnx", "model_quant.onnx"):
+        assert md.has(f), f
+    assert read_tokens(exported_offline) == md.tokens
+    lines = open(md.file("tokens.txt"), encoding="utf-8").read().splitlines()
+    assert lines[0] == "<blank> 0" and len(lines) == len(md.tokens)
+    for f in ("model.onnx", "model_quant.onnx"):
+        m = onnx.load(md.file(f))
+        meta = {p.key: p.value for p in m.metadata_props}
+        assert meta["vocab_size"] == str(len(md.tokens))
+        assert (meta["lfr_window_size"], meta["lfr_window_shift"]) == ("7", "6")
+        np.testing.assert_allclose(np.array(meta["neg_mean"].split(","), float), md.cmvn.shift, rtol=1e-6)
+        np.testing.assert_allclose(np.array(meta["inv_stddev"].split(","), float), md.cmvn.scale, rtol=1e-6)
+        assert [i.name for i in m.graph.input] == ["speech", "speech_lengths"]
+        assert [o.name for o in m.graph.output] == ["logits", "token_num"]
+    quant = onnx.load(md.file("model_quant.onnx"))
+    assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in quant.graph.node)
+    assert os.path.getsize(md.file("model_quant.onnx")) < os.path.getsize(md.file("model.onnx"))
+
+
+def test_streaming_files_and_metadata(exported_streaming):
+    md = ModelDir(exported_streaming)
+    dec = onnx.load(md.file("decoder.onnx"))
+    meta = {p.key: p.value for p in dec.metadata_props}
+    n = int(meta["decoder_num_blocks"])
+    assert meta["encoder_output_size"] == str(md.config.d_model)
+    assert meta["decoder_kernel_size"] == str(md.config.decoder_conf["kernel_size"])
+    names = [i.name for i in dec.graph.input]
+    assert names == ["enc", "enc_len", "acoustic_embeds", "acoustic_embeds_len"] + [f"in_cache_{i}" for i in range(n)]
+    assert [o.name for o in dec.graph.output][:2] == ["logits", "sample_ids"]
+    enc = onnx.load(md.file("model.onnx"))
+    assert [o.name for o in enc.graph.output] == ["enc", "enc_len", "alphas"]
+    assert md.has("decoder_quant.onnx") and md.has("model_quant.onnx")
+
+
+def test_export_refuses_mismatched_weights(tmp_path, funasr_offline_a):
+    import shutil
+    import yaml
+
+    from edge.errors import ModelError
+    from models.export import export_dir
+
+    d = tmp_path / "m"
+    shutil.copytree(funasr_offline_a, d)
+    conf = yaml.safe_load(open(d / "config.yaml"))
+    conf["encoder_conf"]["num_blocks"] = 5  # config no longer matches the weights
+    yaml.safe_dump(conf, open(d / "config.yaml", "w"))
+    with pytest.raises(ModelError, match="lack"):
+        export_dir(str(d))
