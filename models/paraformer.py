@@ -41,7 +41,7 @@ def position_encoding(num_frames, depth: int, start=0, device=None) -> torch.Ten
 
 
 def attend(q, k, v, heads: int, key_mask=None):
-    """q [B,T1,D], k/v [B,T2,D], key_mask [B,T2] (1 = valid) -> [B,T1,D]."""
+    """q [B,T1,D], k/v [B,T2,D], key_mask [B,T2] or per query [B,T1,T2] (1 = valid) -> [B,T1,D]."""
     b, t1, d = q.shape
     dk = d // heads
     qh = q.reshape(b, t1, heads, dk).transpose(1, 2) * dk**-0.5
@@ -49,7 +49,8 @@ def attend(q, k, v, heads: int, key_mask=None):
     vh = v.reshape(b, -1, heads, dk).transpose(1, 2)
     scores = qh @ kh.transpose(-2, -1)
     if key_mask is not None:
-        scores = scores.masked_fill(key_mask[:, None, None, :] == 0, -1e4)
+        m = key_mask[:, None, None, :] if key_mask.dim() == 2 else key_mask[:, None, :, :]
+        scores = scores.masked_fill(m == 0, -1e4)
     p = torch.softmax(scores, dim=-1)
     return (p @ vh).transpose(1, 2).reshape(b, t1, d)
 
@@ -171,16 +172,19 @@ class CifPredictorV2(nn.Module):
         total = alphas.sum(-1)
         return torch.floor(total) if self.tail_threshold > 0 else torch.round(total)
 
-    def integrate(self, hidden, alphas, count):
+    def integrate(self, hidden, alphas, count, fired_only: bool = True):
         """CIF as a matrix: token j collects each frame's alpha mass inside [j, j+1) of the running sum.
-        Equal to FunASR's cif_v1 whenever every alpha <= threshold (sigmoid alphas always are)."""
+        Equal to FunASR's cif_v1 whenever every alpha <= threshold (sigmoid alphas always are).
+        Training passes target-scaled alphas and `fired_only=False`, so float error in the sum
+        cannot drop the last token."""
         prefix = torch.cumsum(alphas.double(), dim=1).float()
         prev = torch.cat([torch.zeros_like(prefix[:, :1]), prefix[:, :-1]], dim=1)
         n = torch.clamp(count.max(), min=1).long()
         j = torch.arange(n, device=alphas.device, dtype=prefix.dtype)[None, :, None]
         w = torch.relu(torch.minimum(prefix[:, None, :], j + 1) - torch.maximum(prev[:, None, :], j))
         fires = torch.floor(prefix[:, -1:])  # tokens that really fired (a partial last bin stays zero)
-        fired = (j[:, :, 0] < torch.minimum(fires, count[:, None])).to(w.dtype)
+        limit = torch.minimum(fires, count[:, None]) if fired_only else count[:, None]
+        fired = (j[:, :, 0] < limit).to(w.dtype)
         token_mask = (j[:, :, 0] < count[:, None]).to(w.dtype)
         return (w * fired[:, :, None]) @ hidden, token_mask
 

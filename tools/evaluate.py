@@ -1,0 +1,153 @@
+"""Accuracy of a model dir on corpus manifests: CER and whole-command accuracy, offline and streaming,
+fp32 (numpy reference) and INT8 (onnxruntime). Produces the model card's table.
+
+`python -m tools.evaluate --model models/demo --corpus out/corpus [--write-card]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+
+def _chars(s: str) -> list[str]:
+    return [c for c in s if not c.isspace()]
+
+
+def edit_distance(a, b) -> int:
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+def cer(ref: str, hyp: str) -> tuple[int, int]:
+    """(character edits, reference characters), spaces ignored."""
+    r, h = _chars(ref), _chars(hyp)
+    return edit_distance(r, h), len(r)
+
+
+SETS = ("test_clean", "test_snr20", "test_snr10", "test_snr5")
+SET_LABEL = {"test_clean": "held-out voices, clean", "test_snr20": "held-out, car noise 20 dB",
+             "test_snr10": "held-out, car noise 10 dB", "test_snr5": "held-out, car noise 5 dB"}
+
+
+def decode_all(rec, rows, streaming: bool) -> list[list[int]]:
+    from edge.audio import load_audio
+
+    out = []
+    for r in rows:
+        x = load_audio(r["path"])[0]
+        if streaming:
+            s = rec.stream()
+            for i in range(0, len(x), 1600):
+                s.accept(x[i : i + 1600])
+            s.finish()
+            out.append(s.result().token_ids)
+        else:
+            out.append(rec.transcribe(x).token_ids)
+    return out
+
+
+def score(rec, rows, hyps) -> dict:
+    edits = chars = correct = 0
+    for r, ids in zip(rows, hyps):
+        text = rec.ids_to_result(ids).text
+        e, n = cer(r["text"], text)
+        edits, chars, correct = edits + e, chars + n, correct + int(text == r["text"])
+    return {"cer": edits / max(chars, 1), "acc": correct / max(len(rows), 1), "n": len(rows)}
+
+
+def token_agreement(a: list[list[int]], b: list[list[int]]) -> float:
+    errs = sum(edit_distance(x, y) for x, y in zip(a, b))
+    return 1.0 - errs / max(sum(len(x) for x in a), 1)
+
+
+def evaluate(model: str, corpus: str, limit: int | None = None) -> dict:
+    from edge.recognizer import Recognizer
+    from tools.corpus import read_manifest
+
+    recs = {"fp32": Recognizer(model, "ref"), "int8": Recognizer(model, "onnxruntime", int8=True, threads=1)}
+    report = {"model": model, "sets": {}}
+    t0 = time.time()
+    for name in SETS:
+        path = os.path.join(corpus, f"{name}.jsonl")
+        if not os.path.exists(path):
+            continue
+        rows = read_manifest(path)
+        if limit:
+            rows = rows[:: max(1, len(rows) // limit)]
+        res, hyps = {}, {}
+        for prec, rec in recs.items():
+            for mode in ("offline", "streaming"):
+                hyps[(prec, mode)] = decode_all(rec, rows, mode == "streaming")
+                res[f"{prec}_{mode}"] = score(rec, rows, hyps[(prec, mode)])
+        off, st = hyps[("fp32", "offline")], hyps[("fp32", "streaming")]
+        res["int8_fp32_token_agreement"] = token_agreement(off, hyps[("int8", "offline")])
+        res["streaming_equals_offline"] = sum(a == b for a, b in zip(off, st)) / max(len(rows), 1)
+        last_ids = [r for r in rows]
+        dropped = 0
+        for r, a, b in zip(last_ids, off, st):  # offline got the last character but streaming lost it
+            ta, tb = recs["fp32"].ids_to_result(a).text, recs["fp32"].ids_to_result(b).text
+            if ta and tb is not None and ta[-1] == r["text"][-1] and (not tb or tb[-1] != r["text"][-1]):
+                dropped += 1
+        res["streaming_last_char_dropped"] = dropped
+        report["sets"][name] = res
+    report["seconds"] = time.time() - t0
+    return report
+
+
+def card_table(report: dict) -> str:
+    lines = ["| test set | utts | fp32 offline acc / CER | fp32 600 ms streaming acc / CER | INT8 offline acc / CER "
+             "| INT8 streaming acc / CER | INT8 = fp32 tokens | streaming = offline | last char dropped |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in report["sets"].items():
+        def cell(k):
+            return f"{100 * r[k]['acc']:.1f} % / {100 * r[k]['cer']:.2f} %"
+
+        lines.append(f"| {SET_LABEL.get(name, name)} | {r['fp32_offline']['n']} | {cell('fp32_offline')} | "
+                     f"{cell('fp32_streaming')} | {cell('int8_offline')} | {cell('int8_streaming')} | "
+                     f"{100 * r['int8_fp32_token_agreement']:.2f} % | {100 * r['streaming_equals_offline']:.1f} % | "
+                     f"{r['streaming_last_char_dropped']} |")
+    return "\n".join(lines)
+
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def write_card(card_path: str, report: dict) -> None:
+    text = open(card_path, encoding="utf-8").read()
+    table = f"{BEGIN}\n{card_table(report)}\n{END}"
+    if BEGIN in text:
+        text = text[: text.index(BEGIN)] + table + text[text.index(END) + len(END):]
+    else:
+        text += "\n" + table + "\n"
+    with open(card_path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="models/demo")
+    ap.add_argument("--corpus", default="out/corpus")
+    ap.add_argument("--limit", type=int, default=None, help="utterances per test set (default: all)")
+    ap.add_argument("--write-card", action="store_true", help="update the results table in MODEL/README.md")
+    ap.add_argument("--json", default=None, help="also write the report here")
+    args = ap.parse_args(argv)
+    report = evaluate(args.model, args.corpus, args.limit)
+    print(card_table(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    if args.write_card:
+        write_card(os.path.join(args.model, "README.md"), report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
