@@ -20,7 +20,7 @@ $(VENV)/.runtime: setup.py
 	@touch $@
 
 $(VENV)/.host: $(VENV)/.runtime
-	$(PIP) install "torch==2.13.0" "onnx>=1.15"
+	$(PIP) install -e ".[host]"
 	@touch $@
 
 # funasr is the oracle: installed without its dependency tree so it cannot replace the pinned torch

@@ -111,6 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-onnx", action="store_true")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("profile", help="per-stage latency, RTF and memory per backend, peers side by side")
+    p.add_argument("--model", "-m", required=True)
+    p.add_argument("--backend", "-b", default="all",
+                   help="comma list of ref, onnxruntime, onnxruntime:int8, or 'all' (adds sherpa-onnx/funasr-onnx peers)")
+    p.add_argument("--audio", nargs="+", help="WAV files to decode")
+    p.add_argument("--threads", type=int, default=1, help="threads for every backend and peer (default 1)")
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--streaming", action="store_true")
+    p.add_argument("--peers", action="store_true", help="include peers with an explicit backend list")
+    p.add_argument("-o", "--output", help="directory for report.json and plots")
+    p.set_defaults(func=lambda a: __import__("edge.profile", fromlist=["run_cli"]).run_cli(a))
+
     p = sub.add_parser("info", help="describe a model dir")
     p.add_argument("model_dir")
     p.set_defaults(func=cmd_info)

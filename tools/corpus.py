@@ -141,14 +141,27 @@ def speed_perturb(x: np.ndarray, factor: float) -> np.ndarray:
     return resample_poly(x, up, int(round(up * factor))).astype(np.float32)
 
 
-def augment(x: np.ndarray, rng) -> np.ndarray:
+def noise_bank(rng, seconds: float = 20.0) -> dict:
+    """Pre-generated noise per kind: training takes random slices instead of synthesising each time."""
+    n = int(seconds * RATE)
+    return {kind: noise(kind, n, rng) for kind in ("white", "pink", "car")}
+
+
+def augment(x: np.ndarray, rng, bank: dict | None = None) -> np.ndarray:
     """Training augmentation: speed, reverb, noise (white/pink/car, 0-20 dB), gain."""
     if rng.random() < 0.5:
         x = speed_perturb(x, float(rng.choice([0.9, 1.1])))
     if rng.random() < 0.3:
         x = reverb(x, rng)
     if rng.random() < 0.8:
-        x = add_noise(x, float(rng.uniform(0, 20)), str(rng.choice(["white", "pink", "car", "car"])), rng)
+        kind = str(rng.choice(["white", "pink", "car", "car"]))
+        snr = float(rng.uniform(0, 20))
+        if bank is not None and len(bank[kind]) > len(x):
+            start = int(rng.integers(0, len(bank[kind]) - len(x)))
+            nz = bank[kind][start : start + len(x)]
+            x = (x + nz * np.sqrt((np.mean(x**2) + 1e-12) / 10 ** (snr / 10.0))).astype(np.float32)
+        else:
+            x = add_noise(x, snr, kind, rng)
     x = x * float(10 ** (rng.uniform(-12, 3) / 20))
     peak = np.max(np.abs(x)) + 1e-9
     return (x / peak * 0.99 if peak > 0.99 else x).astype(np.float32)

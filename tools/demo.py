@@ -1,59 +1,84 @@
-"""`make demo`: the main job end to end on a model dir.
+"""`make demo`: the main job end to end on the shipped demo model.
 
-Uses the shipped demo model (models/demo) when present; otherwise builds a random-weight model of
-the right shape (the text is then meaningless, but every stage runs for real). Renders a spoken
-in-car command with espeak-ng, decodes it offline and streaming, on every available backend.
+For every shipped sample (a wake word, then an in-car command) it decodes the command offline and
+streaming, with the numpy reference (fp32) and onnxruntime INT8, and prints what came out, the
+real-time factor and, in streaming, the partial results as they fired. Without a shipped model it
+builds a random-weight model of the right shape, so every stage still runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHIPPED = os.path.join(os.path.dirname(HERE), "models", "demo")
 
 
-def render(text: str, voice: str, out_wav: str) -> str:
-    """espeak-ng -> 16 kHz mono 16-bit WAV."""
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = os.path.join(tmp, "raw.wav")
-        subprocess.run(["espeak-ng", "-v", voice, "-w", raw, text], check=True)
-        subprocess.run(["sox", raw, "-r", "16000", "-c", "1", "-b", "16", out_wav], check=True)
-    return out_wav
+def _fallback_model(out: str) -> tuple[str, list]:
+    """No trained model: random weights of the right shape + one synthesised command."""
+    from edge.audio import write_wav
+    from tools.corpus import render
+    from tools.make_model import make_model_dir
+
+    if not os.path.isfile(os.path.join(out, "model_quant.onnx")):
+        make_model_dir(out, "tiny", streaming=True)
+    os.makedirs(os.path.join(out, "samples"), exist_ok=True)
+    write_wav(os.path.join(out, "samples", "cmd.wav"), render("打开空调", "zh"))
+    return out, [{"file": "cmd.wav", "command": "(random weights: no meaningful text)", "command_start_s": 0.0}]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=SHIPPED)
     ap.add_argument("--out", default="out/demo-model", help="where to build a model when none is shipped")
     args = ap.parse_args(argv)
-    from edge.cli import main as cli
+    from edge.audio import load_audio
+    from edge.errors import ParaEdgeError
+    from edge.recognizer import Recognizer
 
-    if os.path.isfile(os.path.join(SHIPPED, "config.yaml")):
-        model = SHIPPED
-        print(f"== shipped demo model: {model}")
+    if os.path.isfile(os.path.join(args.model, "config.yaml")):
+        model = args.model
+        with open(os.path.join(model, "samples", "samples.json"), encoding="utf-8") as f:
+            samples = json.load(f)
     else:
-        from tools.make_model import make_model_dir
-
-        model = args.out
-        if not os.path.isfile(os.path.join(model, "model_quant.onnx")):
-            shutil.rmtree(model, ignore_errors=True)
-            print(f"== no trained model shipped yet: building a random-weight streaming Paraformer in {model}")
-            make_model_dir(model, "tiny", streaming=True)
-        print("   (random weights: the text below is not meaningful; every stage runs for real)")
-    wav = render("打开空调，导航回家", "cmn", os.path.join(os.path.dirname(model) or ".", "demo.wav"))
-    print(f"== audio: {wav}")
-    rc = 0
-    for extra in (["--backend", "ref"], ["--backend", "onnxruntime"], ["--backend", "onnxruntime", "--int8"]):
-        for mode in ([], ["--streaming"]):
-            print(f"== paraedge transcribe {' '.join(extra + mode)}")
-            sys.stdout.flush()
-            rc |= cli(["transcribe", wav, "--model", model, "--json", *extra, *mode])
-    return rc
+        print(f"no trained model at {args.model}: building a random-weight one in {args.out}")
+        model, samples = _fallback_model(args.out)
+    print(f"model: {model}")
+    recs = {"ref fp32": Recognizer(model, "ref"), "onnxruntime int8": Recognizer(model, "onnxruntime", int8=True, threads=1)}
+    failures = 0
+    for s in samples:
+        path = os.path.join(model, "samples", s["file"])
+        try:
+            x, _ = load_audio(path)
+        except ParaEdgeError as exc:
+            print(f"error: {exc}")
+            failures += 1
+            continue
+        command = x[int(s["command_start_s"] * 16000):]
+        print(f"\n{s['file']}  (wake word {s.get('wake_word', '-')}, expected: {s['command']})")
+        for name, rec in recs.items():
+            t = time.perf_counter()
+            offline = rec.transcribe(command).text
+            t_off = time.perf_counter() - t
+            stream, partials = rec.stream(), []
+            t = time.perf_counter()
+            for i in range(0, len(command), 1600):  # 100 ms of microphone audio at a time
+                if stream.accept(command[i : i + 1600]):
+                    partials.append(stream.result().text)
+            stream.finish()
+            t_st = time.perf_counter() - t
+            final = stream.result().text
+            secs = len(command) / 16000
+            mark = "ok" if final == s["command"] else "MISMATCH" if "random" not in s["command"] else ""
+            failures += mark == "MISMATCH"
+            print(f"  {name:17s} offline  {offline!r:34s} RTF {t_off / secs:.4f}")
+            print(f"  {'':17s} stream   {final!r:34s} RTF {t_st / secs:.4f}  partials {partials}  {mark}")
+    sys.stdout.flush()
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from tools.corpus import augment, read_manifest, read_phrases
+from tools.corpus import augment, noise_bank, read_manifest, read_phrases
 
 CHUNK, LOOKAHEAD = 10, 5
 
@@ -76,6 +76,7 @@ class Data:
         self.audio = [load_audio(r["path"])[0] for r in rows]
         self.targets = [[self.index[t] for t in tokenize(r["text"], r["lang"])] + [2] for r in rows]
         self.rng = rng
+        self.bank = None
 
     def feats(self, x):
         from edge.frontend import FrontendConfig, apply_lfr, fbank
@@ -84,9 +85,27 @@ class Data:
         return apply_lfr(fbank(x, cfg), 7, 6)
 
     def batch(self, n, aug=True):
+        if aug and self.bank is None:
+            self.bank = noise_bank(self.rng)
         idx = self.rng.integers(0, len(self.rows), n)
-        xs = [self.feats(augment(self.audio[i], self.rng) if aug else self.audio[i]) for i in idx]
+        xs = [self.feats(augment(self.audio[i], self.rng, self.bank) if aug else self.audio[i]) for i in idx]
         return xs, [self.targets[i] for i in idx]
+
+    def stream(self, n, seed):
+        """Batches made in a background process (the 2 cores overlap data and compute)."""
+        import torch
+
+        data = self
+
+        class Batches(torch.utils.data.IterableDataset):
+            def __iter__(self):
+                torch.set_num_threads(1)
+                data.rng = np.random.default_rng(seed)
+                while True:
+                    yield data.batch(n)
+
+        return iter(torch.utils.data.DataLoader(Batches(), batch_size=None, num_workers=1, prefetch_factor=4,
+                                                persistent_workers=True))
 
 
 def compute_cmvn(data: Data, n: int = 400):
@@ -175,7 +194,7 @@ def losses(model, feats, targets, streaming: bool):
     ctc = F.ctc_loss(lp, torch.cat(ctc_tgt), in_len, torch.tensor([len(c) for c in ctc_tgt]), blank=0,
                      reduction="mean", zero_infinity=True)
     total = ce + qty + 0.3 * ctc
-    return total, {"ce": float(ce), "qty": float(qty), "ctc": float(ctc)}
+    return total, {"ce": float(ce.detach()), "qty": float(qty.detach()), "ctc": float(ctc.detach())}
 
 
 def evaluate(model_dir_writer, rows, limit: int | None = None) -> dict:
@@ -269,10 +288,11 @@ def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 
         bar = tqdm(total=steps, initial=step, unit="step", dynamic_ncols=True)
     except ImportError:  # progress bar is a nicety
         bar = None
+    batches = data.stream(batch, seed + step)  # resuming at step s continues a deterministic stream
     while step < steps:
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        feats, targets = data.batch(batch)
+        feats, targets = next(batches)
         feats = [(f + cmvn[0]) * cmvn[1] for f in feats]
         total, parts = losses(model, feats, targets, streaming=bool(step % 2))
         opt.zero_grad()

@@ -1,0 +1,51 @@
+"""`paraedge profile` on a tiny model with two backends: schema, stage sums, percentiles, plots.
+No test here asserts a speed."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("mode", ["offline", "streaming"])
+def test_profile_report(mode, exported_offline, exported_streaming, speech_dir, tmp_path):
+    model = exported_streaming if mode == "streaming" else exported_offline
+    out = tmp_path / "prof"
+    args = [sys.executable, "-m", "edge", "profile", "--model", model, "--backend", "ref,onnxruntime",
+            "--audio", str(speech_dir / "zh.wav"), str(speech_dir / "en.wav"), "--runs", "3", "-o", str(out)]
+    if mode == "streaming":
+        args.append("--streaming")
+    p = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    assert "onnxruntime" in p.stdout and "RTF" in p.stdout
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["mode"] == mode and rep["threads"] == 1 and rep["runs"] == 3
+    assert {"cpu", "versions", "audio", "model_cost"} <= set(rep)
+    assert rep["model_cost"]["peak_gemm_gflops"] > 0
+    assert set(rep["model_cost"]["macs_per_audio_second"]) == {"fbank", "encoder", "cif", "decoder"}
+    for name in ("ref", "onnxruntime"):
+        e = rep["backends"][name]
+        assert e["rtf"] > 0 and e["load_s"] > 0 and e["peak_rss_mb"] > 0
+        lat = e["latency_s"]
+        assert lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+        staged = sum(e["stages_s"].values())
+        # stages cover the pipeline: what is left is bookkeeping between them
+        assert 0.6 * e["total_s"] <= staged <= e["total_s"] * 1.001, (staged, e["total_s"])
+        assert len(e["rtf_by_length"]) == 2 * 3
+        if mode == "streaming":
+            assert e["chunk_s"]["p50"] <= e["chunk_s"]["max"] and e["eos_to_final_s"]["p50"] >= 0
+            assert e["first_partial_audio_s"]["p50"] > 0
+    assert rep["backends"]["onnxruntime"]["time_vs_onnxruntime"] == pytest.approx(1.0)
+    for png in ("stages.png", "latency_cdf.png", "rtf_vs_length.png"):
+        assert (out / png).read_bytes()[:8] == PNG
+
+
+def test_profile_needs_audio(exported_offline):
+    p = subprocess.run([sys.executable, "-m", "edge", "profile", "--model", exported_offline, "-b", "ref"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 2 and "--audio" in p.stderr and "Traceback" not in p.stderr
