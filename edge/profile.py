@@ -406,6 +406,13 @@ def plots(report: dict, out_dir: str) -> list[str]:
     import matplotlib.pyplot as plt
 
     written = []
+
+    def save(fig, name):
+        fig.tight_layout()
+        written.append(os.path.join(out_dir, name))
+        fig.savefig(written[-1], dpi=90)
+        plt.close(fig)
+
     names = [n for n, e in report["backends"].items() if "stages_rtf" in e]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     bottom = np.zeros(len(names))
@@ -417,10 +424,7 @@ def plots(report: dict, out_dir: str) -> list[str]:
     ax.set_ylabel("RTF (compute s / audio s)")
     ax.set_title(f"per-stage cost, {report['mode']}")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    written.append(os.path.join(out_dir, "stages.png"))
-    fig.savefig(written[-1], dpi=90)
-    plt.close(fig)
+    save(fig, "stages.png")
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for group in ("backends", "peers"):
@@ -429,10 +433,7 @@ def plots(report: dict, out_dir: str) -> list[str]:
             if lat:
                 ax.plot(lat, np.linspace(0, 1, len(lat)), label=n)
     ax.set_xlabel("latency per utterance (s)"), ax.set_ylabel("CDF"), ax.legend(fontsize=7)
-    fig.tight_layout()
-    written.append(os.path.join(out_dir, "latency_cdf.png"))
-    fig.savefig(written[-1], dpi=90)
-    plt.close(fig)
+    save(fig, "latency_cdf.png")
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for group in ("backends", "peers"):
@@ -443,10 +444,7 @@ def plots(report: dict, out_dir: str) -> list[str]:
                 ax.scatter(secs, np.array([p[1] for p in pts]) / secs, s=10, label=n)
     ax.set_xlabel("audio length (s)"), ax.set_ylabel("RTF"), ax.legend(fontsize=7)
     ax.set_title("does cost grow linearly with length?")
-    fig.tight_layout()
-    written.append(os.path.join(out_dir, "rtf_vs_length.png"))
-    fig.savefig(written[-1], dpi=90)
-    plt.close(fig)
+    save(fig, "rtf_vs_length.png")
     return written
 
 

@@ -34,36 +34,17 @@ def token_list(n_chars: int = 60) -> list[str]:
 
 def funasr_config(shape: str = "a", streaming: bool = False, vocab_size: int = 64, tail_threshold: float = 0.45,
                   predictor_bias: int = 1) -> dict:
-    base = CONFIGS[shape]
-    enc = dict(base["encoder_conf"], dropout_rate=0.0, positional_dropout_rate=0.0, attention_dropout_rate=0.0,
-               input_layer="pe_online" if streaming else "pe", pos_enc_class="SinusoidalPositionEncoder",
-               normalize_before=True, selfattention_layer_type="sanm")
-    dec = dict(base["decoder_conf"], dropout_rate=0.0, positional_dropout_rate=0.0,
-               self_attention_dropout_rate=0.0, src_attention_dropout_rate=0.0)
+    """A FunASR config for one of CONFIGS, with every dropout off (inference-equivalent training mode)."""
+    from tools.make_model import model_config
+
+    conf = model_config(CONFIGS[shape], streaming, vocab_size, tail_threshold, predictor_bias)
+    conf["encoder_conf"].update(dropout_rate=0.0, positional_dropout_rate=0.0, attention_dropout_rate=0.0,
+                                pos_enc_class="SinusoidalPositionEncoder")
+    conf["decoder_conf"].update(dropout_rate=0.0, positional_dropout_rate=0.0, self_attention_dropout_rate=0.0,
+                                src_attention_dropout_rate=0.0)
+    conf["model_conf"].update(lsm_weight=0.1, length_normalized_loss=True)
     if streaming:
-        enc.update(chunk_size=[12, 15], stride=[8, 10], pad_left=[0, 0], encoder_att_look_back_factor=[4, 4],
-                   decoder_att_look_back_factor=[1, 1])
-        dec["sanm_shfit"] = (dec["kernel_size"] - 1) // 2  # causal decoder FSMN, as FunASR's online models
-        dec["att_layer_num"] = dec["num_blocks"]  # peers size their FSMN caches by num_blocks
-    conf = {
-        "model": "ParaformerStreaming" if streaming else "Paraformer",
-        "model_conf": {"ctc_weight": 0.0, "lsm_weight": 0.1, "length_normalized_loss": True,
-                       "predictor_weight": 1.0, "predictor_bias": predictor_bias, "sampling_ratio": 0.75},
-        "encoder": "SANMEncoderChunkOpt" if streaming else "SANMEncoder",
-        "encoder_conf": enc,
-        "decoder": "ParaformerSANMDecoder",
-        "decoder_conf": dec,
-        "predictor": "CifPredictorV2",
-        "predictor_conf": {"idim": enc["output_size"], "threshold": 1.0, "l_order": 1, "r_order": 1,
-                           "tail_threshold": tail_threshold},
-        "frontend": "WavFrontend" if not streaming else "WavFrontendOnline",
-        "frontend_conf": {"fs": 16000, "window": "hamming", "n_mels": 80, "frame_length": 25, "frame_shift": 10,
-                          "lfr_m": 7, "lfr_n": 6, "dither": 0.0},
-        "tokenizer": "CharTokenizer",
-        "tokenizer_conf": {"unk_symbol": "<unk>"},
-        "input_size": 560,
-        "vocab_size": vocab_size,
-    }
+        conf["decoder_conf"]["att_layer_num"] = conf["decoder_conf"]["num_blocks"]  # peers size caches by num_blocks
     return conf
 
 

@@ -23,23 +23,30 @@ PRESETS = {
 }
 
 
-def model_config(preset: str = "tiny", streaming: bool = False, vocab_size: int = 100) -> dict:
-    p = PRESETS[preset]
-    enc = dict(p["encoder_conf"], input_layer="pe_online" if streaming else "pe", sanm_shfit=0,
+def model_config(preset="tiny", streaming: bool = False, vocab_size: int = 100, tail_threshold: float = 0.45,
+                 predictor_bias: int = 1) -> dict:
+    """A FunASR config.yaml as a dict; `preset` names a PRESETS entry or is a dict with
+    encoder_conf/decoder_conf. Streaming models get a causal decoder FSMN, as FunASR's online ones."""
+    p = PRESETS[preset] if isinstance(preset, str) else preset
+    enc = dict({"sanm_shfit": 0}, **p["encoder_conf"], input_layer="pe_online" if streaming else "pe",
                normalize_before=True, selfattention_layer_type="sanm")
-    dec = dict(p["decoder_conf"], sanm_shfit=(p["decoder_conf"]["kernel_size"] - 1) // 2 if streaming else 0)
+    dec = dict({"sanm_shfit": 0}, **p["decoder_conf"])
+    if streaming:
+        dec["sanm_shfit"] = (dec["kernel_size"] - 1) // 2
     if streaming:
         enc.update(chunk_size=[12, 15], stride=[8, 10], pad_left=[0, 0],
                    encoder_att_look_back_factor=[4, 4], decoder_att_look_back_factor=[1, 1])
     return {
         "model": "ParaformerStreaming" if streaming else "Paraformer",
-        "model_conf": {"ctc_weight": 0.0, "predictor_weight": 1.0, "predictor_bias": 1, "sampling_ratio": 0.75},
+        "model_conf": {"ctc_weight": 0.0, "predictor_weight": 1.0, "predictor_bias": predictor_bias,
+                       "sampling_ratio": 0.75},
         "encoder": "SANMEncoderChunkOpt" if streaming else "SANMEncoder",
         "encoder_conf": enc,
         "decoder": "ParaformerSANMDecoder",
         "decoder_conf": dec,
         "predictor": "CifPredictorV2",
-        "predictor_conf": {"idim": enc["output_size"], "threshold": 1.0, "l_order": 1, "r_order": 1, "tail_threshold": 0.45},
+        "predictor_conf": {"idim": enc["output_size"], "threshold": 1.0, "l_order": 1, "r_order": 1,
+                           "tail_threshold": tail_threshold},
         "frontend": "WavFrontendOnline" if streaming else "WavFrontend",
         "frontend_conf": {"fs": 16000, "window": "hamming", "n_mels": 80, "frame_length": 25, "frame_shift": 10,
                           "lfr_m": 7, "lfr_n": 6, "dither": 0.0},

@@ -1,0 +1,57 @@
+"""Produce the README's performance table from a fresh run (nothing typed by hand).
+
+`python bench/readme_table.py [--model models/demo] [--runs 5] [--out out/bench]` runs
+`paraedge profile` with every backend and the peers on the shipped demo samples, offline and
+streaming, 1 thread, and prints a Markdown table of RTF and time relative to onnxruntime measured
+in the same run. It also leaves report.json and the plots in --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def main(argv=None) -> int:
+    from edge.profile import plots, profile
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=os.path.join(ROOT, "models", "demo"))
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=os.path.join(ROOT, "out", "bench"))
+    args = ap.parse_args(argv)
+    audio = sorted(glob.glob(os.path.join(args.model, "samples", "*.wav")))
+    lines = [f"| mode | runtime | RTF | time vs onnxruntime fp32 |", "|---|---|---|---|"]
+    for mode in ("offline", "streaming"):
+        backends = ["ref", "onnxruntime", "onnxruntime:int8"]
+        rep = profile(args.model, backends, audio, args.threads, args.runs, 1, mode == "streaming", peers=True)
+        out = os.path.join(args.out, mode)
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "report.json"), "w") as f:
+            json.dump(rep, f, indent=1, ensure_ascii=False)
+        plots(rep, out)
+        for group, suffix in (("backends", ""), ("peers", " (peer)")):
+            for name, e in rep.get(group, {}).items():
+                if "rtf" not in e:
+                    continue
+                label = {"ref": "ParaEdge numpy reference", "onnxruntime": "ParaEdge onnxruntime fp32",
+                         "onnxruntime:int8": "ParaEdge onnxruntime INT8"}.get(name, name + suffix)
+                ratio = e.get("time_vs_onnxruntime")
+                lines.append(f"| {mode} | {label} | {e['rtf']:.4f} | {ratio:.2f} |" if ratio else
+                             f"| {mode} | {label} | {e['rtf']:.4f} | - |")
+    audio_s = sum(a["seconds"] for a in rep["audio"])
+    print(f"{len(audio)} demo samples ({audio_s:.1f} s of audio), {args.runs} runs after 1 warm-up, "
+          f"{args.threads} thread, CPU: {rep['cpu']}\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
