@@ -148,7 +148,10 @@ def noise_bank(rng, seconds: float = 20.0) -> dict:
 
 
 def augment(x: np.ndarray, rng, bank: dict | None = None) -> np.ndarray:
-    """Training augmentation: speed, reverb, noise (white/pink/car, 0-20 dB), gain."""
+    """Training augmentation: silence padding, speed, reverb, noise (white/pink/car, 0-20 dB), gain."""
+    if rng.random() < 0.7:  # a microphone hears silence (then noise) around a command: CIF must not fire there
+        lead, tail = int(rng.uniform(0, 0.4) * RATE), int(rng.uniform(0, 1.0) * RATE)
+        x = np.concatenate([np.zeros(lead, np.float32), x, np.zeros(tail, np.float32)])
     if rng.random() < 0.5:
         x = speed_perturb(x, float(rng.choice([0.9, 1.1])))
     if rng.random() < 0.3:

@@ -33,7 +33,7 @@ def make(out: str) -> list[dict]:
         wake = render(wake_text, "en", "", 150, 50)
         gap = np.zeros(int(0.35 * 16000), np.float32)
         cmd = render(command, lang, voice, 160, 50)
-        tail = np.zeros(int(0.8 * 16000), np.float32)
+        tail = np.zeros(int(0.5 * 16000), np.float32)  # the daemon ends an utterance after 0.5 s of silence
         x = np.concatenate([lead, wake, gap, cmd, tail])
         name = f"{i + 1:02d}_{wake_id}_{lang}.wav"
         write_wav(os.path.join(out, name), x * 0.8)

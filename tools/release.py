@@ -29,7 +29,8 @@ def release(train_dir: str, out: str, checkpoint: str = "best.pt") -> list[str]:
     vocab = build_vocab()
     conf = model_config(info["preset"], len(vocab))
     model = Paraformer(conf, len(vocab))
-    model.load_state_dict(torch.load(os.path.join(train_dir, checkpoint)))
+    state = torch.load(os.path.join(train_dir, checkpoint), weights_only=False)
+    model.load_state_dict(state["model"] if "model" in state and "opt" in state else state)  # ckpt.pt or best.pt
     z = np.load(os.path.join(train_dir, "cmvn.npz"))
     write_model_dir(out, model.eval(), conf, vocab, (z["shift"], z["scale"]), fp16_weights=True)
     written = export_dir(out)

@@ -233,7 +233,7 @@ def write_model_dir(out, model, conf, vocab, cmvn, fp16_weights: bool = False) -
 
 
 def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 24, lr: float = 1e-3,
-          seed: int = 0, eval_every: int = 500, threads: int = 2, log=print) -> str:
+          seed: int = 0, eval_every: int = 500, threads: int = 2, log=print, init: str | None = None) -> str:
     import torch
 
     from models.paraformer import Paraformer
@@ -257,6 +257,9 @@ def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 
         np.savez(cmvn_path, shift=cmvn[0], scale=cmvn[1])
     shift_t, scale_t = torch.from_numpy(cmvn[0]), torch.from_numpy(cmvn[1])
     model = Paraformer(conf, len(vocab))
+    if init:  # fine-tune: start from another run's weights with a fresh optimiser and schedule
+        st = torch.load(init, weights_only=False)
+        model.load_state_dict(st["model"] if "opt" in st else st)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=1e-2)
     warmup = min(1000, max(1, steps // 10))
 
@@ -373,8 +376,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--init", default=None, help="fine-tune from this checkpoint (model weights only)")
     args = ap.parse_args(argv)
-    train(args.corpus, args.out, args.steps, args.preset, args.batch, args.lr, args.seed, args.eval_every, args.threads)
+    train(args.corpus, args.out, args.steps, args.preset, args.batch, args.lr, args.seed, args.eval_every, args.threads,
+          init=args.init)
     return 0
 
 
