@@ -57,8 +57,10 @@ def test_int8_runs_and_mostly_agrees(exported_offline, speech):
     feats = ref.frontend(speech["zh"])
     _, lp_r = ref.decode_features(feats)
     _, lp_q = q.decode_features(feats)
-    assert lp_q.shape == lp_r.shape
-    agree = (lp_q.argmax(-1) == lp_r.argmax(-1)).mean()
+    # random weights: INT8 noise can move the alpha sum across an integer (one token more or less)
+    assert abs(len(lp_q) - len(lp_r)) <= 1 and lp_q.shape[1:] == lp_r.shape[1:]
+    n = min(len(lp_q), len(lp_r))
+    agree = (lp_q[:n].argmax(-1) == lp_r[:n].argmax(-1)).mean()
     assert agree >= 0.7, agree
 
 
