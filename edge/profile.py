@@ -230,8 +230,13 @@ def versions() -> dict:
 # -- peers --------------------------------------------------------------------------------------
 def peer_runners(model_dir: str, threads: int, streaming: bool) -> dict:
     """Peers that can read this model dir: name -> callable(samples) -> text."""
+    from edge.modeldir import ModelDir
+
     out = {}
     md = model_dir
+    if ModelDir(md).config.streaming != streaming:
+        # a streaming dir's model.onnx is an encoder, not an offline model: peers would crash on it
+        return out
     try:
         import sherpa_onnx
     except ImportError:
