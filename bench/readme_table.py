@@ -40,7 +40,7 @@ def main(argv=None) -> int:
         shutil.copytree(args.model, model, ignore=shutil.ignore_patterns("samples", "*.md"))
         export_dir(model)
     args.model = model
-    lines = [f"| mode | runtime | RTF | time vs onnxruntime fp32 |", "|---|---|---|---|"]
+    lines = ["| mode | runtime | RTF | time vs onnxruntime fp32 |", "|---|---|---|---|"]
     for mode in ("offline", "streaming"):
         backends = ["ref", "onnxruntime", "onnxruntime:int8"]
         rep = profile(args.model, backends, audio, args.threads, args.runs, 1, mode == "streaming", peers=True)

@@ -41,15 +41,7 @@ def cmd_transcribe(args) -> int:
             if notes and not args.json:
                 print(f"note: {path}: {', '.join(notes)}", file=sys.stderr)
             if args.streaming:
-                t = time.perf_counter()
-                stream = rec.stream(chunk_size=args.chunk_size)
-                for i in range(0, len(samples), 1600):  # feed 100 ms pieces, as a microphone would
-                    stream.accept(samples[i : i + 1600])
-                stream.finish()
-                result = stream.result()
-                elapsed = time.perf_counter() - t
-                result.timings = {"total_s": elapsed, "audio_s": len(samples) / 16000,
-                                  "rtf": elapsed / (len(samples) / 16000), "chunks": stream.chunks}
+                result = rec.transcribe_streaming(samples, chunk_size=args.chunk_size)
             else:
                 result = rec.transcribe(samples)
         except ParaEdgeError as exc:
@@ -68,12 +60,12 @@ def cmd_transcribe(args) -> int:
 
 def cmd_export(args) -> int:
     try:
-        from models.export import export_dir
+        import torch  # noqa: F401  (export is host-side)
+
+        from models.export import main as export_main
     except ImportError as exc:
         raise ParaEdgeError(f"export runs on the host and needs torch + onnx ({exc.name} is missing): pip install 'paraedge[host]'") from None
-    for f in export_dir(args.model_dir, quant=not args.no_quant, onnx=not args.no_onnx):
-        print(f"wrote {f} ({os.path.getsize(f) / 1e6:.2f} MB)")
-    return 0
+    return export_main([args.model_dir] + ["--no-quant"] * args.no_quant + ["--no-onnx"] * args.no_onnx)
 
 
 def cmd_info(args) -> int:

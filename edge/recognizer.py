@@ -107,6 +107,23 @@ class Recognizer:
                    "rtf": (t2 - t0) / audio_s if audio_s else 0.0}
         return self.ids_to_result(ids, timings)
 
+    def transcribe_streaming(self, samples: np.ndarray, hop: int = 1600, chunk_size=(0, 10, 5)) -> Result:
+        """Decode a whole clip the way a microphone feeds it (`hop` samples at a time, 100 ms by
+        default); `timings["partials"]` lists the text after every hop that recognised something."""
+        check_samples(np.asarray(samples))
+        t0 = time.perf_counter()
+        stream, partials = self.stream(chunk_size), []
+        for i in range(0, len(samples), hop):
+            if stream.accept(samples[i : i + hop]):
+                partials.append(stream.result().text)
+        stream.finish()
+        elapsed = time.perf_counter() - t0
+        audio_s = len(samples) / 16000.0
+        result = stream.result()
+        result.timings = {"total_s": elapsed, "audio_s": audio_s, "rtf": elapsed / audio_s,
+                          "chunks": stream.chunks, "partials": partials}
+        return result
+
     def stream(self, chunk_size=(0, 10, 5)) -> "Stream":
         if not self.config.streaming:
             raise ParaEdgeError(

@@ -64,21 +64,15 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             offline = rec.transcribe(command).text
             t_off = time.perf_counter() - t
-            stream, partials = rec.stream(), []
-            t = time.perf_counter()
-            for i in range(0, len(command), 1600):  # 100 ms of microphone audio at a time
-                if stream.accept(command[i : i + 1600]):
-                    partials.append(stream.result().text)
-            stream.finish()
-            t_st = time.perf_counter() - t
-            final = stream.result().text
+            streamed = rec.transcribe_streaming(command)  # 100 ms of microphone audio at a time
+            final, partials = streamed.text, streamed.timings["partials"]
             secs = len(command) / 16000
             known = "random" not in s["command"]
             exact[0] += known and offline == s["command"]
             exact[1] += known and final == s["command"]
             mark = "ok" if final == s["command"] else "differs" if known else ""
             print(f"  {name:17s} offline  {offline!r:34s} RTF {t_off / secs:.4f}")
-            print(f"  {'':17s} stream   {final!r:34s} RTF {t_st / secs:.4f}  partials {partials}  {mark}")
+            print(f"  {'':17s} stream   {final!r:34s} RTF {streamed.timings['rtf']:.4f}  partials {partials}  {mark}")
     n = len(samples) * len(recs)
     print(f"\nexact command text: offline {exact[0]}/{n}, streaming {exact[1]}/{n}")
     sys.stdout.flush()

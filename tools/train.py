@@ -138,7 +138,7 @@ def losses(model, feats, targets, streaming: bool):
     if not streaming:
         enc = model.encoder(enc_in, mask)
         alphas = model.predictor.alphas(enc, mask)
-        hidden, amask, memory, mem_mask_fn = enc, mask, enc, None
+        hidden, amask, memory = enc, mask, enc
     else:
         # the runtime's windows: [previous 5 prepared frames | next 10], zero context for the first
         k = math.ceil(t / CHUNK)
@@ -185,8 +185,7 @@ def losses(model, feats, targets, streaming: bool):
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ys[:, :nmax].reshape(-1), ignore_index=-1,
                          label_smoothing=0.1)
     # auxiliary CTC on the encoder frames (targets without </s>)
-    ctc_in = hidden if not streaming else hidden
-    lp = model.ctc.ctc_lo(ctc_in).log_softmax(-1).transpose(0, 1)
+    lp = model.ctc.ctc_lo(hidden).log_softmax(-1).transpose(0, 1)
     in_len = (amask > 0).sum(-1) if streaming else xlen
     ctc_tgt = [torch.tensor(tg[:-1]) for tg in targets]
     if streaming:  # CTC over the frames that are kept, in order
@@ -214,7 +213,6 @@ def evaluate(model_dir_writer, rows, limit: int | None = None) -> dict:
 
 
 def write_model_dir(out, model, conf, vocab, cmvn, fp16_weights: bool = False) -> str:
-    import torch
     import yaml
 
     from edge.frontend import Cmvn
@@ -255,7 +253,6 @@ def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 
     else:
         cmvn = compute_cmvn(data)
         np.savez(cmvn_path, shift=cmvn[0], scale=cmvn[1])
-    shift_t, scale_t = torch.from_numpy(cmvn[0]), torch.from_numpy(cmvn[1])
     model = Paraformer(conf, len(vocab))
     if init:  # fine-tune: start from another run's weights with a fresh optimiser and schedule
         st = torch.load(init, weights_only=False)
