@@ -9,14 +9,19 @@ FUNASR_DEPS := rapidfuzz six kaldiio librosa tqdm omegaconf jieba sentencepiece
 
 .PHONY: demo test test-fast apt venv host testdeps clean
 
-apt:  ## Debian packages: speech synthesis + conversion for test audio
-	@command -v espeak-ng >/dev/null && command -v sox >/dev/null || { \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq espeak-ng sox >/dev/null; }
+# Debian packages: speech synthesis + conversion for test audio; PortAudio + ALSA tools for capture
+APT_PACKAGES := espeak-ng sox libportaudio2 alsa-utils
+
+apt:  ## install whichever of APT_PACKAGES are missing
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); echo "apt-get install $$missing"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; fi
 
 $(VENV)/.runtime: setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -e .
+	$(PIP) install --no-deps "silero-vad>=5"
 	@touch $@
 
 $(VENV)/.host: $(VENV)/.runtime

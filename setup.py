@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["edge", "edge.*", "models", "models.*", "tools", "tools.*"]),
-    package_data={"models": ["demo/*", "demo/samples/*"]},
+    package_data={"models": ["demo/*", "demo/samples/*"], "edge": ["resources/*"]},
     install_requires=[
         # the device runtime: no torch, no TVM compiler
         "numpy>=1.23",
@@ -18,6 +18,12 @@ setup(
         "onnxruntime>=1.16",
         "kaldi-native-fbank>=1.18",
         "PyYAML>=6",
+        # the daemon: microphone, wake word (microWakeWord models + a TFLite runtime)
+        "sounddevice>=0.4",
+        "pymicro-wakeword>=2,<3",
+        "ai-edge-litert>=1.0",
+        "tomli>=2; python_version < '3.11'",
+        # silero-vad is installed with --no-deps (its package requires torch; we only read its ONNX file)
     ],
     extras_require={
         # host side: model definition, export, training. torch pinned: any looser spec pulls CUDA wheels.

@@ -96,6 +96,53 @@ def to_mono_16k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+class StreamingResampler:
+    """Mono float32 at `rate` -> 16 kHz, block by block, with the same polyphase filter as
+    `scipy.signal.resample_poly` (Kaiser-windowed FIR): fed any block sizes, the output equals
+    resample_poly on the whole signal except for the last half-filter, which waits for input.
+    Capture blocks must be resampled with state; resampling each block alone clicks at the seams."""
+
+    def __init__(self, rate: int, target: int = TARGET_RATE):
+        from scipy.signal import firwin
+
+        g = gcd(int(rate), int(target))
+        self.up, self.down = int(target) // g, int(rate) // g
+        m = max(self.up, self.down)
+        self.half = 10 * m
+        self.h = np.ones(1, np.float32)
+        if m > 1:
+            self.h = (firwin(2 * self.half + 1, 1.0 / m, window=("kaiser", 5.0)) * self.up).astype(np.float32)
+        self._hist = np.zeros(0, np.float32)  # input samples still needed, starting at absolute index _base
+        self._base = 0
+        self._next = 0  # next output index
+        self._taps_per_out = -(-len(self.h) // self.up)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float32)
+        if self.up == self.down:
+            return x
+        buf = np.concatenate([self._hist, x])
+        end = self._base + len(buf)  # absolute index one past the newest input
+        # y[n] = sum_m x[m] h[n*down + half - m*up]; output n is ready once input m_hi(n) arrived
+        last = ((end - 1) * self.up - self.half) // self.down
+        n = np.arange(self._next, last + 1)
+        y = np.zeros(0, np.float32)
+        if len(n):
+            m = self._newest(n)[:, None] - np.arange(self._taps_per_out)[None, :]
+            hi = n[:, None] * self.down + self.half - m * self.up
+            ok = (hi < len(self.h)) & (m >= 0)  # m < 0: the zeros before the stream started
+            xm = np.where(ok, buf[np.clip(m - self._base, 0, len(buf) - 1)], 0.0)
+            y = (xm * np.where(ok, self.h[np.clip(hi, 0, len(self.h) - 1)], 0.0)).sum(axis=1).astype(np.float32)
+            self._next = int(n[-1]) + 1
+        keep_from = max(int(self._newest(self._next)) - self._taps_per_out + 1, self._base)
+        self._hist = buf[keep_from - self._base :]
+        self._base = keep_from
+        return y
+
+    def _newest(self, n):
+        return (n * self.down + self.half) // self.up
+
+
 def check_samples(x: np.ndarray, what: str = "audio") -> np.ndarray:
     """Reject what would silently poison the features: empty or non-finite audio."""
     if x.size == 0:

@@ -84,6 +84,43 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    import logging
+
+    from edge.config import DaemonConfig
+    from edge.daemon import run_daemon
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    cfg = DaemonConfig.load(args.config)
+    overrides = {("model", "dir"): args.model, ("model", "backend"): args.backend, ("audio", "input"): args.input,
+                 ("audio", "device"): args.device, ("events", "socket"): args.socket}
+    for (section, key), value in overrides.items():
+        if value is not None:
+            setattr(getattr(cfg, section), key, value)
+    if args.fast:
+        cfg.audio.realtime = False
+    if args.no_wake:
+        cfg.wake.enabled = False
+    if args.wake:
+        cfg.wake.models = args.wake
+    return run_daemon(cfg.validated(), duration_s=args.duration)
+
+
+def cmd_devices(args) -> int:
+    from edge.capture import list_input_devices
+
+    devices = list_input_devices()
+    if args.json:
+        print(json.dumps(devices, indent=2))
+    elif not devices:
+        print("no audio input devices found")
+    for d in [] if args.json else devices:
+        mark = "*" if d["default"] else " "
+        print(f"{mark} {d['index']:3d}  {d['name']}  ({d['hostapi']}, {d['channels']} ch, {d['default_samplerate']:.0f} Hz)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="paraedge", description="ParaEdge: on-device Paraformer speech recognition")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -115,6 +152,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peers", action="store_true", help="include peers with an explicit backend list")
     p.add_argument("-o", "--output", help="directory for report.json and plots")
     p.set_defaults(func=lambda a: __import__("edge.profile", fromlist=["run_cli"]).run_cli(a))
+
+    p = sub.add_parser("run", help="the voice daemon: microphone -> wake word -> streaming decode -> JSON events")
+    p.add_argument("--config", "-c", help="edge.toml (see edge/resources/edge.toml); defaults: demo model, default mic")
+    p.add_argument("--model", "-m", help="model dir (overrides model.dir)")
+    p.add_argument("--backend", "-b", choices=["ref", "onnxruntime"], help="overrides model.backend")
+    p.add_argument("--input", "-i", help="a WAV file instead of the microphone, paced in real time")
+    p.add_argument("--fast", action="store_true", help="with --input: as fast as possible, not real time")
+    p.add_argument("--device", "-d", help="sounddevice input name or index (see `paraedge devices`)")
+    p.add_argument("--socket", help="UNIX socket for events and commands (mode 0600)")
+    p.add_argument("--wake", nargs="+", help="wake-word models: built-in names or microWakeWord .json paths")
+    p.add_argument("--no-wake", action="store_true", help="no wake word: the VAD opens every utterance")
+    p.add_argument("--duration", type=float, help="stop after this many seconds of audio")
+    p.add_argument("--verbose", "-v", action="count", default=0, help="log to stderr (-vv: debug)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("devices", help="list audio input devices")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_devices)
 
     p = sub.add_parser("info", help="describe a model dir")
     p.add_argument("model_dir")

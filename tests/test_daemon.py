@@ -1,0 +1,355 @@
+"""The voice daemon end to end: real wake-word models, silero VAD, the shipped demo model, and a
+real sounddevice input (an ALSA `file` plugin device the tests set up), plus the faults it must
+survive: a vanishing device, corrupt chunks, a truncated model on hot reload, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from edge.audio import load_audio
+from edge.capture import Chunk, DeviceLost, EndOfInput
+from edge.config import ConfigError, DaemonConfig
+from edge.daemon import Daemon
+from edge.events import EventBus
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(ROOT, "models", "demo")
+SAMPLES = os.path.join(DEMO, "samples")
+META = {m["file"]: m for m in json.load(open(os.path.join(SAMPLES, "samples.json"), encoding="utf-8"))}
+SILENCE = np.zeros(16000, np.float32)
+
+pytestmark = pytest.mark.skipif(shutil.which("sox") is None, reason="needs sox")
+
+
+def sample(name: str) -> np.ndarray:
+    return load_audio(os.path.join(SAMPLES, name))[0]
+
+
+def command_only(name: str) -> np.ndarray:
+    """The sample's command without its wake word."""
+    x = sample(name)
+    return x[int((META[name]["command_start_s"] - 0.2) * 16000) :]
+
+
+def kinds(events, kind):
+    return [e for e in events if e["event"] == kind]
+
+
+# -- through a real sounddevice input -------------------------------------------------------------
+def alsa_home(tmp_path, samples: np.ndarray, rate=16000, channels=1) -> str:
+    """A HOME whose ~/.asoundrc defines `filemic`: an ALSA capture device replaying raw PCM."""
+    raw = tmp_path / "mic.raw"
+    pcm = np.clip(np.round(samples * 32767), -32768, 32767).astype("<i2")
+    if rate != 16000:
+        from scipy.signal import resample_poly
+
+        pcm = np.clip(np.round(resample_poly(samples, rate // 1000, 16) * 32767), -32768, 32767).astype("<i2")
+    if channels > 1:
+        pcm = np.repeat(pcm[:, None], channels, axis=1)
+    raw.write_bytes(pcm.tobytes())
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".asoundrc").write_text(
+        'pcm.filemic {\n type file\n slave.pcm "null"\n file "/dev/null"\n'
+        f' infile "{raw}"\n format "raw"\n}}\n'
+    )
+    return str(home)
+
+
+def run_cli(args, home=None, timeout=120):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    if home:
+        env["HOME"] = home
+    p = subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+    events = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+    return p, events
+
+
+@pytest.fixture(scope="module")
+def portaudio():
+    try:
+        import sounddevice  # noqa: F401
+    except OSError as exc:
+        pytest.fail(f"PortAudio missing ({exc}); `make test` installs libportaudio2")
+
+
+def test_alsa_microphone_wake_partial_final(tmp_path, portaudio):
+    name = "01_okay_nabu_zh.wav"
+    audio = np.concatenate([sample(name), SILENCE])
+    home = alsa_home(tmp_path, audio)
+    p, events = run_cli(["run", "--device", "filemic", "--duration", "6"], home)
+    assert p.returncode == 0, p.stderr
+    assert events[0]["event"] == "ready" and events[0]["source"] == "mic:filemic"
+    assert len(kinds(events, "wake")) == 1 and kinds(events, "wake")[0]["wake_word"] == "okay_nabu"
+    assert len(kinds(events, "partial")) >= 1
+    finals = kinds(events, "final")
+    assert [f["text"] for f in finals] == [META[name]["command"]]
+    assert finals[0]["reason"] == "silence"
+    assert {"wake_to_first_partial_ms", "end_of_speech_to_final_ms"} <= set(finals[0]["latency"])
+    assert events[-1]["event"] == "stopped"
+    assert all(a["t"] <= b["t"] for a, b in zip(events, events[1:])), "timestamps are monotonic"
+
+
+def test_alsa_microphone_at_48k_stereo_is_converted(tmp_path, portaudio):
+    name = "04_alexa_en.wav"
+    home = alsa_home(tmp_path, np.concatenate([sample(name), SILENCE]), rate=48000, channels=2)
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text('[audio]\ndevice = "filemic"\nsamplerate = 48000\nchannels = 2\n')
+    p, events = run_cli(["run", "--config", str(cfg), "--duration", "5"], home)
+    assert p.returncode == 0, p.stderr
+    assert [f["text"] for f in kinds(events, "final")] == [META[name]["command"]]
+
+
+def test_no_wake_word_no_events(tmp_path, portaudio):
+    home = alsa_home(tmp_path, np.concatenate([command_only("05_okay_nabu_zh.wav"), SILENCE]))
+    p, events = run_cli(["run", "--device", "filemic", "--duration", "4"], home)
+    assert p.returncode == 0, p.stderr
+    assert [e["event"] for e in events] == ["ready", "stopped"]
+
+
+def test_two_commands_back_to_back(tmp_path):
+    a, b = "03_okay_nabu_zh.wav", "02_alexa_en.wav"
+    wav = tmp_path / "two.wav"
+    from edge.audio import write_wav
+
+    write_wav(str(wav), np.concatenate([sample(a), sample(b)]))
+    p, events = run_cli(["run", "--input", str(wav), "--fast"])
+    assert p.returncode == 0, p.stderr
+    assert [w["wake_word"] for w in kinds(events, "wake")] == ["okay_nabu", "alexa"]
+    assert [f["text"] for f in kinds(events, "final")] == [META[a]["command"], META[b]["command"]]
+
+
+# -- in-process: faults ---------------------------------------------------------------------------
+class ScriptedSource:
+    """A source the test controls: chunks from an array, optional faults at given chunk numbers."""
+
+    name = "scripted"
+
+    def __init__(self, samples, block=320, lose_at=None, lose_for=2, nan_at=None, on_chunk=None):
+        self.samples, self.block = samples, block
+        self.lose_at, self.lose_for, self.nan_at, self.on_chunk = lose_at, lose_for, nan_at, on_chunk
+        self.i = self.opens = self.failed_opens = 0
+        self.overruns = 0
+        self.down = False
+
+    def open(self):
+        if self.down and self.failed_opens < self.lose_for:
+            self.failed_opens += 1
+            raise DeviceLost("device still gone")
+        self.down = False
+        self.opens += 1
+
+    def read(self, timeout=0.1):
+        k = self.i // self.block
+        if self.lose_at is not None and k == self.lose_at and not self.down and self.failed_opens == 0:
+            self.down = True
+            raise DeviceLost("input device unplugged")
+        if self.i >= len(self.samples):
+            raise EndOfInput()
+        x = self.samples[self.i : self.i + self.block].copy()
+        if self.nan_at is not None and k == self.nan_at:
+            x[::7] = np.nan
+        if self.on_chunk:
+            self.on_chunk(k)
+        self.i += self.block
+        return Chunk(x, time.monotonic())
+
+    def close(self):
+        pass
+
+
+def daemon(source, cfg=None, **kw):
+    cfg = cfg or DaemonConfig()
+    cfg.audio.retry_max_s = 0.05
+    return Daemon(cfg, source=source, bus=EventBus(stdout=False, **kw))
+
+
+def test_device_vanishes_mid_utterance():
+    name = "03_okay_nabu_zh.wav"
+    audio = np.concatenate([sample(name), sample("02_alexa_en.wav")])
+    lose_at = int((META[name]["command_start_s"] + 0.9) * 16000) // 320  # in the middle of the command
+    src = ScriptedSource(audio, lose_at=lose_at)
+    d = daemon(src)
+    assert d.run() == 0
+    ev = d.bus.history
+    lost = [e for e in kinds(ev, "device") if e["state"] == "lost"]
+    assert len(lost) == 1 and "unplugged" in lost[0]["message"]
+    assert [e["state"] for e in kinds(ev, "device")] == ["lost", "open"]
+    finals = kinds(ev, "final")
+    assert finals[0]["reason"] == "device_lost"  # what was heard is published, not lost
+    assert finals[-1]["text"] == META["02_alexa_en.wav"]["command"], "it keeps serving after the device returns"
+    assert src.failed_opens == 2 and src.opens == 1
+
+
+def test_corrupt_chunk_is_reported_and_survived():
+    name = "05_okay_nabu_zh.wav"
+    src = ScriptedSource(np.concatenate([SILENCE, sample(name)]), nan_at=10)
+    d = daemon(src)
+    d.run()
+    errors = kinds(d.bus.history, "error")
+    assert len(errors) == 1 and errors[0]["what"] == "audio" and "non-finite" in errors[0]["message"]
+    assert [f["text"] for f in kinds(d.bus.history, "final")] == [META[name]["command"]]
+
+
+def test_backend_exception_drops_the_utterance_not_the_daemon(monkeypatch):
+    a, b = "01_okay_nabu_zh.wav", "04_alexa_en.wav"
+    src = ScriptedSource(np.concatenate([sample(a), sample(b)]))
+    d = daemon(src)
+    real = d.recognizer.backend.encode
+    calls = {"n": 0}
+
+    def flaky(x):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated backend fault")
+        return real(x)
+
+    monkeypatch.setattr(d.recognizer.backend, "encode", flaky)
+    d.run()
+    errors = kinds(d.bus.history, "error")
+    assert len(errors) == 1 and "simulated backend fault" in errors[0]["message"]
+    assert [f["text"] for f in kinds(d.bus.history, "final")] == [META[b]["command"]]
+
+
+def _copy_demo(tmp_path):
+    dst = tmp_path / "model"
+    shutil.copytree(DEMO, dst, ignore=shutil.ignore_patterns("samples", "*.png", "*.csv", "README.md"))
+    return dst
+
+
+def test_hot_reload_truncated_model_keeps_serving(tmp_path):
+    model = _copy_demo(tmp_path)
+    cfg = DaemonConfig()
+    cfg.model.dir = str(model)
+    a, b = "02_alexa_en.wav", "05_okay_nabu_zh.wav"
+    audio = np.concatenate([sample(a), SILENCE, sample(b)])
+    state = {}
+
+    def on_chunk(k):
+        if k == 5:  # truncate the serving model's file on disk, then ask for a reload
+            data = (model / "model_quant.onnx").read_bytes()
+            (model / "model_quant.onnx").write_bytes(data[: len(data) // 3])
+            state["d"].request_reload()
+        if k == 5 + 40:
+            time.sleep(1.0)  # let the reload thread fail before the audio runs out
+
+    src = ScriptedSource(audio, on_chunk=on_chunk)
+    d = state["d"] = daemon(src, cfg)
+    d.run()
+    ev = d.bus.history
+    errors = kinds(ev, "error")
+    assert len(errors) == 1 and errors[0]["what"] == "reload" and "still serving" in errors[0]["message"]
+    assert not kinds(ev, "model_reloaded")
+    assert [f["text"] for f in kinds(ev, "final")] == [META[a]["command"], META[b]["command"]]
+
+
+def test_hot_reload_swaps_between_utterances(tmp_path):
+    model = _copy_demo(tmp_path)
+    conf = tmp_path / "edge.toml"
+    conf.write_text(f'[model]\ndir = "{model}"\n')
+    cfg = DaemonConfig.load(str(conf))
+    a, b = "04_alexa_en.wav", "01_okay_nabu_zh.wav"
+    state = {}
+
+    def on_chunk(k):
+        if k == 100:  # mid-first-command: the swap must wait for the utterance to end
+            conf.write_text(f'[model]\ndir = "{model}"\nbackend = "ref"\n')
+            state["d"].request_reload()
+        if k == 101:
+            time.sleep(1.5)  # the reload thread started after chunk 100; give it time to finish
+
+    src = ScriptedSource(np.concatenate([sample(a), SILENCE, sample(b)]), on_chunk=on_chunk)
+    d = state["d"] = daemon(src, cfg)
+    d.run()
+    ev = d.bus.history
+    names = [e["event"] for e in ev if e["event"] in ("final", "model_reloaded")]
+    assert names == ["final", "model_reloaded", "final"]
+    assert kinds(ev, "model_reloaded")[0]["backend"] == "ref"
+    assert [f["text"] for f in kinds(ev, "final")] == [META[a]["command"], META[b]["command"]]
+
+
+def test_event_socket_is_private_and_takes_commands(tmp_path):
+    path = str(tmp_path / "ev.sock")
+    got = []
+    state = {}
+
+    def on_chunk(k):
+        if k == 0:
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.connect(path)
+            c.sendall(b"status\nbogus\n")
+            state["c"] = c
+            time.sleep(0.3)
+
+    src = ScriptedSource(sample("02_alexa_en.wav"), on_chunk=on_chunk)
+    d = daemon(src, socket_path=path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    d.run()
+    c = state["c"]
+    c.settimeout(2)
+    buf = b""
+    try:
+        while True:
+            data = c.recv(65536)
+            if not data:
+                break
+            buf += data
+    except socket.timeout:
+        pass
+    got = [json.loads(line)["event"] for line in buf.decode().splitlines()]
+    assert "status" in got and "final" in got and got[-1] == "stopped"
+    assert kinds(d.bus.history, "error")[0]["what"] == "command"
+    assert not os.path.exists(path), "socket removed on exit"
+
+
+def test_sigterm_finishes_the_open_utterance(tmp_path):
+    name = "03_okay_nabu_zh.wav"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    p = subprocess.Popen([sys.executable, "-m", "edge", "run", "--input", os.path.join(SAMPLES, name)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    events = []
+    for line in p.stdout:
+        events.append(json.loads(line))
+        if events[-1]["event"] == "partial":
+            p.send_signal(signal.SIGTERM)
+            break
+    out, err = p.communicate(timeout=30)
+    events += [json.loads(line) for line in out.splitlines()]
+    assert p.returncode == 0, err
+    finals = kinds(events, "final")
+    assert len(finals) == 1 and finals[0]["reason"] == "shutdown" and finals[0]["text"]
+    assert events[-1]["event"] == "stopped"
+
+
+# -- configuration ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("text,msg", [
+    ("[model]\nbacknd = 'ref'\n", "unknown key model.backnd"),
+    ("[vad]\ntrailing_silence_s = 'long'\n", "vad.trailing_silence_s should be float"),
+    ("[wake]\nenabled = 1\n", "wake.enabled should be bool"),
+    ("[speakers]\nx = 1\n", "unknown section [speakers]"),
+    ("[model\n", "not valid TOML"),
+    ("[model]\nchunk_size = [0, 0, 5]\n", "chunk_size"),
+])
+def test_bad_config_is_one_clear_line(tmp_path, text, msg):
+    conf = tmp_path / "edge.toml"
+    conf.write_text(text)
+    with pytest.raises(ConfigError, match=msg.replace("[", r"\[").replace("]", r"\]")):
+        DaemonConfig.load(str(conf))
+    p, _ = run_cli(["run", "--config", str(conf)])
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and msg.split()[0] in p.stderr
+
+
+def test_shipped_config_template_loads():
+    cfg = DaemonConfig.load(os.path.join(ROOT, "edge", "resources", "edge.toml"))
+    assert cfg.model.dir == DEMO and cfg.wake.models == ["okay_nabu", "alexa"] and cfg.vad.trailing_silence_s == 0.5
