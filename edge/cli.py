@@ -19,7 +19,8 @@ def _err(msg: str) -> None:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", required=True, help="model dir (FunASR layout: config.yaml, am.mvn, tokens.json, weights)")
-    p.add_argument("--backend", "-b", default="ref", choices=["ref", "onnxruntime"], help="compute backend (default: ref, numpy)")
+    p.add_argument("--backend", "-b", default="ref", choices=["ref", "onnxruntime", "tvm"],
+                   help="compute backend (default: ref, numpy; tvm: --model is a bundle from `paraedge compile`)")
     p.add_argument("--int8", action="store_true", help="onnxruntime: use the INT8 model_quant.onnx")
     p.add_argument("--threads", type=int, default=None, help="compute threads (default: library default)")
 
@@ -121,6 +122,18 @@ def cmd_devices(args) -> int:
     return 0
 
 
+def cmd_boards(args) -> int:
+    from edge.boards import all_boards
+
+    boards = all_boards()
+    if args.json:
+        print(json.dumps({b.name: b.raw for b in boards}, indent=2))
+    else:
+        for b in boards:
+            print(b.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="paraedge", description="ParaEdge: on-device Paraformer speech recognition")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -170,6 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("devices", help="list audio input devices")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_devices)
+
+    p = sub.add_parser("boards", help="list the board profiles (boards/*.toml) bundles can be compiled for")
+    p.add_argument("--json", action="store_true", help="full profiles as JSON")
+    p.set_defaults(func=cmd_boards)
+
+    p = sub.add_parser("compile", help="(host) compile a model dir into a TVM bundle for a board")
+    __import__("tools.compile", fromlist=["add_args"]).add_args(p)
+    p.set_defaults(func=lambda a: __import__("tools.compile", fromlist=["run"]).run(a))
 
     p = sub.add_parser("info", help="describe a model dir")
     p.add_argument("model_dir")

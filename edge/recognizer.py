@@ -49,7 +49,11 @@ def make_backend(name: str, model_dir: ModelDir, threads: int | None = None, int
         from edge.backends.onnxruntime import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(model_dir, threads, int8=int8)
-    raise ParaEdgeError(f"unknown backend '{name}' (choose ref or onnxruntime)")
+    if name == "tvm":  # model_dir is a bundle from `paraedge compile`
+        from edge.backends.tvm import TvmBackend
+
+        return TvmBackend(model_dir, threads, int8=int8)
+    raise ParaEdgeError(f"unknown backend '{name}' (choose ref, onnxruntime or tvm)")
 
 
 class Recognizer:

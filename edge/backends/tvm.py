@@ -1,0 +1,180 @@
+"""TVM backend: runs a bundle that `paraedge compile` wrote, with the TVM runtime only.
+
+A bundle is a device model dir (config.yaml, am.mvn, tokens.json) plus model.so, params.npz and
+manifest.json. Before anything runs, the manifest is checked: every listed file present with its
+sha256, nothing unlisted that matters, the board's arch and CPU features present on this machine.
+The import sets TVM_USE_RUNTIME_LIB=1 so a device needs libtvm_runtime + libtvm_ffi only.
+
+Static shapes: an input of t frames runs the smallest compiled bucket >= t with a frame mask;
+tokens likewise. Streaming decoder functions return each FSMN cache's whole window, and the
+cache kept is the last kernel-1 columns that belong to real tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+
+import numpy as np
+
+from edge.backends.base import Backend
+from edge.boards import BoardError, check_runs_here, parse_board
+from edge.errors import BackendUnavailable, ModelError
+
+F32 = np.float32
+BUNDLE_FORMAT = "paraedge-tvm-bundle/1"
+
+
+def import_tvm_runtime(threads: int | None = None):
+    """The TVM runtime without the compiler library (unless the host already imported it)."""
+    if "tvm" not in sys.modules:
+        os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+        if threads:
+            os.environ.setdefault("TVM_NUM_THREADS", str(int(threads)))
+    try:
+        import tvm
+        from tvm.runtime.vm import VirtualMachine  # noqa: F401
+    except ImportError as exc:
+        raise BackendUnavailable(f"backend tvm needs the TVM runtime ({exc}); pip install apache-tvm") from None
+    return tvm
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(bundle: str) -> dict:
+    """manifest.json, verified: format, every file present and unmodified. Raises ModelError."""
+    path = os.path.join(bundle, "manifest.json")
+    if not os.path.isfile(path):
+        raise BackendUnavailable(f"{bundle}: no manifest.json, not a TVM bundle; "
+                                 f"run `paraedge compile --board BOARD --model {bundle} -o OUT` on the host")
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        raise ModelError(f"{path}: not a {BUNDLE_FORMAT} manifest")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or "model.so" not in files:
+        raise ModelError(f"{path}: lists no files (model.so missing from the manifest)")
+    for name, digest in files.items():
+        full = os.path.join(bundle, name)
+        if not os.path.isfile(full):
+            raise ModelError(f"{full}: missing (listed in manifest.json)")
+        if _sha256(full) != digest:
+            raise ModelError(f"{full}: sha256 does not match manifest.json (modified or corrupt bundle)")
+    return manifest
+
+
+def bundle_board(manifest: dict, where: str):
+    b = manifest.get("board") or {}
+    profile = {"name": b.get("name"), "cpu": {"arch": b.get("arch"), "features": b.get("features", [])},
+               "tvm": {"target": manifest.get("target"), "host": manifest.get("host"), "cc": b.get("cc", "")},
+               "runtime": {"threads": 1, "memory_mb": 1}}
+    try:
+        return parse_board(profile, where)
+    except BoardError as exc:
+        raise ModelError(f"{where}: bad board entry ({exc})") from None
+
+
+class TvmBackend(Backend):
+    name = "tvm"
+
+    def __init__(self, model_dir, threads: int | None = None, int8: bool = False, device: str | None = None):
+        super().__init__(model_dir, threads)
+        bundle = model_dir.path
+        self.manifest = read_manifest(bundle)
+        where = os.path.join(bundle, "manifest.json")
+        self.board = bundle_board(self.manifest, where)
+        check_runs_here(self.board)
+        m = self.manifest["model"]
+        if int8 and not m.get("int8"):
+            raise BackendUnavailable(f"{bundle}: this bundle is fp32; compile with --int8 for an INT8 bundle")
+        if int(m.get("d_model", -1)) != self.config.d_model or int(m.get("vocab_size", -1)) != self.config.vocab_size:
+            raise ModelError(f"{where}: compiled for another model (d_model/vocab differ from config.yaml)")
+        self.int8 = bool(m.get("int8"))
+        tvm = import_tvm_runtime(threads)
+        from tvm.runtime.vm import VirtualMachine
+
+        self.tvm = tvm
+        self.dev = tvm.cuda(0) if self.board.cuda else tvm.cpu(0)
+        if self.board.cuda and not self.dev.exist:
+            raise BackendUnavailable(f"{bundle}: a CUDA bundle ({self.board.name}) and no CUDA GPU here")
+        try:
+            lib = tvm.runtime.load_module(os.path.join(bundle, "model.so"))
+        except Exception as exc:  # the runtime raises its own error types for foreign/corrupt objects
+            raise ModelError(f"{bundle}/model.so: the TVM runtime cannot load it ({str(exc).splitlines()[0]})") from None
+        if self.board.cuda:
+            from edge.backends.tvm_cuda import attach_cubins
+
+            attach_cubins(lib, bundle, self.manifest)
+        self.vm = VirtualMachine(lib, self.dev)
+        with np.load(os.path.join(bundle, "params.npz")) as z:
+            self.params = {k: tvm.runtime.tensor(z[k], self.dev) for k in z.files}
+        self.functions = {f["name"]: f for f in self.manifest["functions"]}
+        self.streaming = bool(m.get("streaming"))
+
+    def describe(self) -> str:
+        return f"tvm {self.board.name}{' int8' if self.int8 else ''}"
+
+    # -- buckets ------------------------------------------------------------------------------
+    def _pick(self, kind: str, t: int, n: int | None = None) -> dict:
+        fits = [f for f in self.functions.values() if f["kind"] == kind and f["T"] >= t and (n is None or f["N"] >= n)]
+        if not fits:
+            largest = max((f["T"] for f in self.functions.values() if f["kind"] == kind), default=0)
+            raise ModelError(f"{self.model_dir.path}: input of {t} frames{'' if n is None else f' / {n} tokens'} "
+                             f"exceeds the compiled {kind} shapes (largest {largest} frames); "
+                             "recompile with larger --buckets")
+        return min(fits, key=lambda f: (f["T"], f.get("N", 0)))
+
+    def _run(self, fn: dict, arrays: list[np.ndarray]):
+        args = [self.tvm.runtime.tensor(np.ascontiguousarray(a, dtype=F32), self.dev) for a in arrays]
+        out = self.vm[fn["name"]](*args, *[self.params[p] for p in fn["params"]])
+        if not isinstance(out, (list, tuple)) and hasattr(out, "numpy"):
+            return [out.numpy()]
+        return [o.numpy() for o in out]
+
+    @staticmethod
+    def _pad(x: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        padded = np.zeros((1, rows) + x.shape[1:], F32)
+        padded[0, : x.shape[0]] = x
+        mask = np.zeros((1, rows), F32)
+        mask[0, : x.shape[0]] = 1.0
+        return padded, mask
+
+    # -- the seam -----------------------------------------------------------------------------
+    def encode(self, x: np.ndarray):
+        t = x.shape[0]
+        fn = self._pick("encoder", t)
+        xp, mask = self._pad(x, fn["T"])
+        enc, alphas = self._run(fn, [xp, mask])
+        return enc[0, :t], alphas[0, :t]
+
+    def decode(self, enc, embeds, caches=None, streaming: bool = False):
+        t, n = enc.shape[0], embeds.shape[0]
+        if not streaming:
+            fn = self._pick("decoder", t, n)
+            ep, mask = self._pad(enc, fn["T"])
+            bp, tmask = self._pad(embeds, fn["N"])
+            (lp,) = self._run(fn, [ep, mask, bp, tmask])
+            return lp[0, :n], caches
+        if not self.streaming:
+            raise ModelError(f"{self.model_dir.path}: this bundle has no streaming decoder (compile a streaming model)")
+        fn = self._pick("stream_decoder", t, n)
+        k = fn["kernel"]
+        if caches is None:
+            caches = [np.zeros((1, self.config.d_model, k - 1), F32) for _ in range(fn["caches"])]
+        ep, mask = self._pad(enc, fn["T"])
+        bp, tmask = self._pad(embeds, fn["N"])
+        out = self._run(fn, [ep, mask, bp, tmask, *caches])
+        # window = [cache | tokens (padded)]: the new cache is the last k-1 columns of real ones
+        new = [np.ascontiguousarray(w[:, :, n : n + k - 1]) for w in out[1:]]
+        return out[0][0, :n], new

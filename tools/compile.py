@@ -1,0 +1,387 @@
+"""`paraedge compile`: a model dir -> a TVM artifact bundle for one board (host side).
+
+Needs torch (to trace the graphs), onnx, onnxruntime (constant folding) and apache-tvm (the
+compiler). Pipeline per static shape: torch -> ONNX (opset 17, static shapes) -> onnxruntime
+basic optimisation (folds the shape arithmetic TVM's ONNX importer cannot take) ->
+`tvm.relax.frontend.onnx.from_onnx` (weights kept as function inputs, so every shape shares one
+params.npz) -> one IRModule with every function -> `tvm.compile(mod, board target)` ->
+`export_library` with the board's cross compiler.
+
+The seam's three graphs, each at static shapes (padding + masks make a bucket exact):
+- `enc_T{t}`: prepared input [1,t,560] + frame mask [1,t] -> enc [1,t,d], alphas [1,t];
+- `dec_T{t}_N{n}`: enc, mask, acoustic embeds [1,n,d], token mask -> log-probs [1,n,V]
+  (offline: no caches, centred FSMN);
+- `sdec_T{t}_N{n}` (streaming models): the same with FSMN caches [1,d,k-1] in; it returns the
+  caches' whole windows [1,d,k-1+n] so the runtime keeps the last k-1 *valid* columns.
+Streaming windows are 15 LFR frames with chunk_size [0,10,5]; offline lengths pad up to the
+smallest bucket (default up to 512 frames, 30.7 s).
+
+The bundle (a device model dir): model.so, params.npz, config.yaml, am.mvn, tokens.json,
+manifest.json (board, target, TVM version, functions + input shapes, model hash, sha256 of every
+file); CUDA boards also get cubins/*.cubin (compiled on the host with NVRTC, see tools/cuda.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import types
+import warnings
+
+import numpy as np
+
+from edge.boards import Board, load_board
+from edge.errors import ParaEdgeError
+from edge.modeldir import ModelDir
+
+BUNDLE_FORMAT = "paraedge-tvm-bundle/1"
+DEFAULT_BUCKETS = (32, 64, 128, 256, 512)
+STREAM_BUCKETS = (15, 32)  # the [0,10,5] window; the final chunk can run a little longer
+MODEL_FILES = ("config.yaml", "am.mvn", "tokens.json")
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_hash(md: ModelDir) -> str:
+    """sha256 over what decides the model's numbers: config, CMVN, tokens, weights."""
+    h = hashlib.sha256()
+    weights = "model.npz" if md.has("model.npz") else "model.pt"
+    for name in MODEL_FILES + (weights,):
+        if md.has(name):
+            h.update(name.encode() + b"\0" + sha256_file(md.file(name)).encode())
+    return h.hexdigest()
+
+
+def token_buckets(t: int) -> list[int]:
+    """Decoder token-count buckets for an encoder bucket of t frames (count <= t: alphas <= 1)."""
+    return sorted({max(4, min(t, t // 4)), t + 1})
+
+
+# -- graphs ---------------------------------------------------------------------------------
+def _wrappers(model, streaming: bool):
+    import torch
+
+    class Enc(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder, self.predictor = model.encoder, model.predictor
+
+        def forward(self, x, mask):
+            enc = self.encoder(x, mask)
+            # the CIF conv sees the next frame: zero the padding so the last real alpha is exact
+            return enc, self.predictor.alphas(enc * mask[:, :, None], mask)
+
+    class Dec(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.decoder = model.decoder
+
+        def forward(self, enc, mask, embeds, tmask):
+            logits, _ = self.decoder(enc, mask, embeds * tmask[:, :, None], tmask)
+            return torch.log_softmax(logits, dim=-1)
+
+    def full_window(self, x, cache):  # forward_cached, returning the whole window
+        window = torch.cat([cache, x.transpose(1, 2)], dim=2)
+        return self.fsmn_block(window).transpose(1, 2) + x, window
+
+    class StreamDec(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.decoder = model.decoder
+            for layer in model.decoder.fsmn_layers(streaming=True):
+                layer.self_attn.forward_cached = types.MethodType(full_window, layer.self_attn)
+
+        def forward(self, enc, mask, embeds, tmask, *caches):
+            logits, windows = self.decoder(enc, mask, embeds * tmask[:, :, None], tmask, list(caches))
+            return (torch.log_softmax(logits, dim=-1), *windows)
+
+    return Enc().eval(), Dec().eval(), (StreamDec().eval() if streaming else None)
+
+
+def _to_onnx(module, args, names_in, names_out, path: str) -> None:
+    """torch -> static-shape ONNX -> onnxruntime basic optimisation (constant folding) in place."""
+    import onnxruntime as ort
+    import torch
+
+    raw = path + ".raw.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, raw, input_names=names_in, output_names=names_out,
+                          opset_version=17, dynamo=False)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.optimized_model_filepath = path
+    opts.log_severity_level = 3
+    ort.InferenceSession(raw, opts, providers=["CPUExecutionProvider"])
+    os.remove(raw)
+
+
+def plan(md: ModelDir, buckets=DEFAULT_BUCKETS, streaming: bool | None = None) -> list[dict]:
+    """Every function the bundle will hold: name, kind, static shapes."""
+    cfg = md.config
+    streaming = cfg.streaming if streaming is None else streaming
+    if streaming and not cfg.streaming:
+        raise ParaEdgeError(f"{md.path} is an offline model ({cfg.model}); --streaming needs ParaformerStreaming")
+    d, din = cfg.d_model, cfg.input_size
+    enc_t = sorted(set(buckets) | (set(STREAM_BUCKETS) if streaming else set()))
+    fns = []
+    for t in enc_t:
+        fns.append({"name": f"enc_T{t}", "kind": "encoder", "T": t, "inputs": {"x": [1, t, din], "mask": [1, t]}})
+        for n in token_buckets(t):
+            ins = {"enc": [1, t, d], "mask": [1, t], "embeds": [1, n, d], "tmask": [1, n]}
+            fns.append({"name": f"dec_T{t}_N{n}", "kind": "decoder", "T": t, "N": n, "inputs": ins})
+    if streaming:
+        k = int(cfg.decoder_conf.get("kernel_size", 21))
+        n_caches = _stream_cache_count(md)
+        for t in STREAM_BUCKETS:
+            for n in token_buckets(t):
+                ins = {"enc": [1, t, d], "mask": [1, t], "embeds": [1, n, d], "tmask": [1, n]}
+                ins.update({f"cache{i}": [1, d, k - 1] for i in range(n_caches)})
+                fns.append({"name": f"sdec_T{t}_N{n}", "kind": "stream_decoder", "T": t, "N": n, "inputs": ins,
+                            "kernel": k, "caches": n_caches})
+    return fns
+
+
+def _stream_cache_count(md: ModelDir) -> int:
+    dec = md.config.decoder_conf
+    att = int(dec.get("att_layer_num", 6))
+    extra = int(dec.get("num_blocks", 6)) - att
+    return att + (extra if extra > 1 else 0)
+
+
+# -- compile --------------------------------------------------------------------------------
+def _merge(mods: dict):
+    """{function name: IRModule from from_onnx} -> one IRModule; helper TIR functions renamed."""
+    import tvm  # noqa: F401
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class Rename(relax.PyExprMutator):
+        def __init__(self, mapping):
+            super().__init__()
+            self.mapping = mapping
+
+        def visit_global_var_(self, op):
+            return self.mapping.get(op.name_hint, op)
+
+    bb = relax.BlockBuilder()
+    for name, mod in mods.items():
+        mapping = {}
+        for gv, f in mod.functions_items():
+            if gv.name_hint != "main":
+                new = f"{gv.name_hint}__{name}"
+                mapping[gv.name_hint] = bb.add_func(f.with_attr("global_symbol", new), new)
+        main = Rename(mapping).visit_expr(mod["main"]).without_attr("params")
+        bb.add_func(main.with_attr("global_symbol", name), name)
+    return bb.get()
+
+
+def tvm_target(board: Board):
+    import tvm
+
+    if board.cuda:
+        return tvm.target.Target(board.target, host=board.host)
+    return tvm.target.Target(board.target)
+
+
+def _progress(total: int, desc: str):
+    try:
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, leave=False,
+                    disable=not sys.stderr.isatty() and os.environ.get("PARAEDGE_PROGRESS") != "1")
+    except ImportError:  # tqdm is a host extra; compile still works without a bar
+        class _Quiet:
+            def update(self, n=1):
+                pass
+
+            def set_postfix_str(self, s):
+                pass
+
+            def close(self):
+                pass
+
+        return _Quiet()
+
+
+def compile_bundle(model: str, board: str | Board, out: str, buckets=DEFAULT_BUCKETS, streaming: bool | None = None,
+                   int8: bool = False, tuning_db: str | None = None, log=None) -> dict:
+    """Compile `model` for `board` into the bundle dir `out`; returns the manifest."""
+    board = board if isinstance(board, Board) else load_board(board)  # bad profiles fail before heavy imports
+    md = ModelDir(model)
+    try:
+        import onnx
+        import torch  # noqa: F401
+        import tvm
+        from tvm.relax.frontend.onnx import from_onnx
+    except ImportError as exc:
+        raise ParaEdgeError(f"compile runs on the host and needs torch, onnx and apache-tvm ({exc.name} is missing): "
+                            "pip install 'paraedge[host]'") from None
+    from models.export import load_torch_model
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    cfg = md.config
+    streaming = cfg.streaming if streaming is None else streaming
+    fns = plan(md, buckets, streaming)
+    torch_model = load_torch_model(md)
+    enc_m, dec_m, sdec_m = _wrappers(torch_model, streaming)
+    bar = _progress(len(fns) + 3, f"compile {board.name}")
+    mods, params = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        import torch
+
+        for fn in fns:
+            bar.set_postfix_str(fn["name"])
+            shapes = fn["inputs"]
+            args = tuple(torch.ones(s) if k.endswith("mask") else torch.zeros(s) for k, s in shapes.items())
+            module = {"encoder": enc_m, "decoder": dec_m, "stream_decoder": sdec_m}[fn["kind"]]
+            outs = ["enc", "alphas"] if fn["kind"] == "encoder" else ["log_probs"]
+            if fn["kind"] == "stream_decoder":
+                outs += [f"window{i}" for i in range(fn["caches"])]
+            path = os.path.join(tmp, fn["name"] + ".onnx")
+            _to_onnx(module, args, list(shapes), outs, path)
+            if int8:
+                from tools.tvm_int8 import quantize_onnx
+
+                quantize_onnx(path)
+            mod = from_onnx(onnx.load(path), keep_params_in_input=True)
+            main = mod["main"]
+            n_in = int(main.attrs["num_input"])
+            keys = []
+            for var, value in zip(main.params[n_in:], main.attrs["params"]):
+                key, arr = var.name, value.numpy()
+                old = params.get(key)
+                if old is not None and (old.shape != arr.shape or old.dtype != arr.dtype or not np.array_equal(old, arr)):
+                    key = f"{fn['name']}/{key}"  # a shape-specific constant (folded reshape target etc.)
+                params[key] = arr
+                keys.append(key)
+            fn["params"] = keys
+            mods[fn["name"]] = mod
+            bar.update()
+        bar.set_postfix_str(f"tvm.compile {tvm_target(board).kind.name}")
+        irmod = _merge(mods)
+        target = tvm_target(board)
+        if tuning_db:
+            irmod = apply_tuning_db(irmod, target, tuning_db)
+        with tvm.transform.PassContext(opt_level=3):
+            ex = tvm.compile(irmod, target)
+        bar.update()
+        os.makedirs(out, exist_ok=True)
+        for name in os.listdir(out):  # a bundle dir is ours: stale files would fail verification
+            p = os.path.join(out, name)
+            shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+        bar.set_postfix_str("export_library")
+        so = os.path.join(out, "model.so")
+        extra = {}
+        if board.cuda:
+            from tools.cuda import export_cuda
+
+            extra = export_cuda(ex, so, board, out)
+        elif board.arch == "aarch64":
+            ex.export_library(so, fcompile=tvm.support.cc.cross_compiler(board.cc))
+        else:
+            ex.export_library(so)
+        bar.update()
+        np.savez(os.path.join(out, "params.npz"), **params)
+        for name in MODEL_FILES:
+            shutil.copy(md.file(name), os.path.join(out, name))
+        bar.update()
+        bar.close()
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "board": {"name": board.name, "arch": board.arch, "features": board.features, "cc": board.cc},
+        "target": board.target,
+        "host": board.host,
+        "tvm_version": tvm.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"type": cfg.model, "streaming": streaming, "int8": bool(int8), "hash": model_hash(md),
+                  "source": os.path.abspath(md.path), "d_model": cfg.d_model, "vocab_size": cfg.vocab_size},
+        "tuning_db": os.path.basename(tuning_db) if tuning_db else None,
+        "functions": fns,
+        **extra,
+    }
+    manifest["files"] = {f: sha256_file(os.path.join(out, f)) for f in _bundle_files(out)}
+    with open(os.path.join(out, "manifest.json"), "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1)
+    log(f"wrote {out} ({board.name}, {len(fns)} functions, "
+        f"{sum(os.path.getsize(os.path.join(out, f)) for f in manifest['files']) / 1e6:.1f} MB)")
+    return manifest
+
+
+def _bundle_files(out: str) -> list[str]:
+    files = []
+    for root, _, names in os.walk(out):
+        for name in names:
+            rel = os.path.relpath(os.path.join(root, name), out)
+            if rel != "manifest.json":
+                files.append(rel)
+    return sorted(files)
+
+
+def apply_tuning_db(irmod, target, db_dir: str):
+    """Apply a committed MetaSchedule database (workload.json + records.json) to the module."""
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    if not os.path.isdir(db_dir):
+        raise ParaEdgeError(f"{db_dir}: tuning database not found")
+    with target:
+        irmod = relax.get_pipeline("zero")(irmod)
+    db = ms.database.JSONDatabase(os.path.join(db_dir, "workload.json"), os.path.join(db_dir, "records.json"),
+                                  allow_missing=False)
+    with target, db:
+        return relax.transform.MetaScheduleApplyDatabase()(irmod)
+
+
+def parse_buckets(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
+    except ValueError:
+        raise ParaEdgeError(f"--buckets: expected comma-separated frame counts, got '{text}'") from None
+    if not values or min(values) < 1:
+        raise ParaEdgeError("--buckets: need at least one positive frame count")
+    return values
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="paraedge compile", description=__doc__.split("\n\n")[0])
+    add_args(ap)
+    args = ap.parse_args(argv)
+    return run(args)
+
+
+def add_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--board", required=True, help="board profile name (see `paraedge boards`) or a .toml path")
+    ap.add_argument("--model", "-m", required=True, help="model dir (FunASR layout)")
+    ap.add_argument("-o", "--output", required=True, help="bundle dir to write")
+    ap.add_argument("--int8", action="store_true", help="INT8 weights and activations for the matmuls")
+    ap.add_argument("--streaming", action="store_true", help="add the streaming chunk shapes (default for ParaformerStreaming)")
+    ap.add_argument("--buckets", type=parse_buckets, default=DEFAULT_BUCKETS,
+                    help="offline lengths in 60 ms LFR frames to compile (default 32,64,128,256,512)")
+    ap.add_argument("--tuning-db", help="a MetaSchedule database dir (workload.json, records.json) to apply")
+
+
+def run(args) -> int:
+    compile_bundle(args.model, args.board, args.output, buckets=args.buckets, streaming=args.streaming or None,
+                   int8=args.int8, tuning_db=args.tuning_db)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except ParaEdgeError as exc:
+        print(f"paraedge: error: {exc}", file=sys.stderr)
+        sys.exit(2)
