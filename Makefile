@@ -9,8 +9,9 @@ FUNASR_DEPS := rapidfuzz six kaldiio librosa tqdm omegaconf jieba sentencepiece
 
 .PHONY: demo test test-fast apt venv host testdeps clean
 
-# Debian packages: speech synthesis + conversion for test audio; PortAudio + ALSA tools for capture
-APT_PACKAGES := espeak-ng sox libportaudio2 alsa-utils
+# Debian packages: speech synthesis + conversion for test audio; PortAudio, ALSA and PulseAudio for
+# the virtual microphones the daemon tests record from
+APT_PACKAGES := espeak-ng sox libportaudio2 alsa-utils pulseaudio pulseaudio-utils libasound2-plugins
 
 apt:  ## install whichever of APT_PACKAGES are missing
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \

@@ -34,7 +34,7 @@ class EndOfInput(Exception):
 @dataclass
 class Chunk:
     samples: np.ndarray  # 16 kHz mono float32
-    t: float  # time.monotonic() when the last sample was captured
+    t: float | None  # time.monotonic() when the last sample was captured; None when not clocked (fast file)
 
 
 class FileSource:
@@ -67,7 +67,7 @@ class FileSource:
                 return None
             if wait > 0:
                 time.sleep(wait)
-        chunk = Chunk(self._samples[self._pos : end], time.monotonic())
+        chunk = Chunk(self._samples[self._pos : end], time.monotonic() if self.realtime else None)
         self._pos = end
         return chunk
 

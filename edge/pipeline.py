@@ -40,16 +40,16 @@ class Pipeline:
         return self.stream is not None
 
     # -- time bookkeeping ----------------------------------------------------------------------
-    def _capture_time(self, sample: int) -> float:
-        """Monotonic time at which absolute sample `sample` was captured (from chunk end times)."""
-        for end, t in reversed(self.captured):
-            if end <= sample:
-                return t + (sample - end) / TARGET_RATE
-        end, t = self.captured[0] if self.captured else (self.pos, time.monotonic())
-        return t - (end - sample) / TARGET_RATE
+    def _capture_time(self, sample: int) -> float | None:
+        """Monotonic time at which absolute sample `sample` was captured, from the end time of the
+        chunk that carried it; None for sources that are not clocked."""
+        for end, t in self.captured:
+            if end >= sample:
+                return None if t is None else t - (end - sample) / TARGET_RATE
+        return None
 
     # -- feeding -------------------------------------------------------------------------------
-    def feed(self, samples: np.ndarray, t_capture: float) -> None:
+    def feed(self, samples: np.ndarray, t_capture: float | None) -> None:
         start = self.pos
         self.pos += len(samples)
         self.captured.append((self.pos, t_capture))
@@ -131,8 +131,8 @@ class Pipeline:
         if self.t_first_partial is not None:
             latency["wake_to_first_partial_ms"] = round((self.t_first_partial - self.t_open) * 1000, 2)
         speech_end = self.endpoint.speech_end_s
-        if speech_end is not None:
-            eos = self._capture_time(self.utt_start + int(speech_end * TARGET_RATE))
+        eos = None if speech_end is None else self._capture_time(self.utt_start + int(speech_end * TARGET_RATE))
+        if eos is not None:
             latency["end_of_speech_to_final_ms"] = round((t_final - eos) * 1000, 2)
         self.utterances += 1
         self.bus.emit("final", text=result.text, tokens=result.tokens, reason=reason, audio_s=round(audio_s, 3),

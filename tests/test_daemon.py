@@ -118,6 +118,49 @@ def test_no_wake_word_no_events(tmp_path, portaudio):
     assert [e["event"] for e in events] == ["ready", "stopped"]
 
 
+@pytest.fixture
+def pulse_mic(tmp_path):
+    """A private PulseAudio server with a null sink; ALSA device `pulsemic` records its monitor in real time."""
+    if shutil.which("pulseaudio") is None or shutil.which("paplay") is None:
+        pytest.fail("pulseaudio/paplay missing; `make test` installs pulseaudio pulseaudio-utils libasound2-plugins")
+    home, rt = tmp_path / "home", tmp_path / "rt"
+    home.mkdir()
+    rt.mkdir(mode=0o700)
+    env = dict(os.environ, HOME=str(home), XDG_RUNTIME_DIR=str(rt), PYTHONPATH=ROOT)
+    (home / ".asoundrc").write_text('pcm.pulsemic {\n type pulse\n device "vsink.monitor"\n}\n')
+    subprocess.run(["pulseaudio", "-D", "-n", "--exit-idle-time=-1", "--load=module-native-protocol-unix",
+                    "--load=module-null-sink sink_name=vsink"], env=env, check=True, capture_output=True, timeout=30)
+    try:
+        for _ in range(50):
+            if subprocess.run(["pactl", "info"], env=env, capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+        yield env
+    finally:
+        subprocess.run(["pulseaudio", "--kill"], env=env, capture_output=True, timeout=30)
+
+
+@pytest.mark.slow
+def test_pulseaudio_realtime_latency(pulse_mic, portaudio):
+    """Real time: the sample is played into a virtual sink while the daemon records its monitor."""
+    name = "03_okay_nabu_zh.wav"
+    d = subprocess.Popen([sys.executable, "-m", "edge", "run", "--device", "pulsemic", "--duration", "8"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=pulse_mic, cwd=ROOT)
+    first = json.loads(d.stdout.readline())
+    assert first["event"] == "ready", d.stderr.read()
+    time.sleep(0.5)
+    subprocess.run(["paplay", "-d", "vsink", os.path.join(SAMPLES, name)], env=pulse_mic, check=True, timeout=30)
+    out, err = d.communicate(timeout=60)
+    events = [json.loads(line) for line in out.splitlines()]
+    assert d.returncode == 0, err
+    finals = kinds(events, "final")
+    assert [f["text"] for f in finals] == [META[name]["command"]]
+    lat = finals[0]["latency"]
+    # the latency is measured and reported (its size is a benchmark matter, not a test assertion),
+    # and it cannot be shorter than the trailing silence that ends the utterance
+    assert lat["end_of_speech_to_final_ms"] >= 500 and lat["wake_to_first_partial_ms"] > 0
+
+
 def test_two_commands_back_to_back(tmp_path):
     a, b = "03_okay_nabu_zh.wav", "02_alexa_en.wav"
     wav = tmp_path / "two.wav"
