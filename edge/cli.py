@@ -134,6 +134,18 @@ def cmd_boards(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from edge.config import DaemonConfig
+    from edge.doctor import diagnose
+
+    cfg = DaemonConfig.load(args.config)
+    if args.model:
+        cfg.model.dir = args.model
+    report = diagnose(cfg, board=args.board)
+    print(report.render())
+    return 1 if report.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="paraedge", description="ParaEdge: on-device Paraformer speech recognition")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -179,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, help="stop after this many seconds of audio")
     p.add_argument("--verbose", "-v", action="count", default=0, help="log to stderr (-vv: debug)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("doctor", help="check CPU vs board, kernels, model, audio, wake word, VAD; say what would run")
+    p.add_argument("--config", "-c", help="edge.toml to check (default: the built-in defaults)")
+    p.add_argument("--model", "-m", help="model dir (overrides model.dir)")
+    p.add_argument("--board", help="board profile to check this machine against (overrides `board` in the config)")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("devices", help="list audio input devices")
     p.add_argument("--json", action="store_true")

@@ -396,3 +396,23 @@ def test_bad_config_is_one_clear_line(tmp_path, text, msg):
 def test_shipped_config_template_loads():
     cfg = DaemonConfig.load(os.path.join(ROOT, "edge", "resources", "edge.toml"))
     assert cfg.model.dir == DEMO and cfg.wake.models == ["okay_nabu", "alexa"] and cfg.vad.trailing_silence_s == 0.5
+
+
+# -- doctor ----------------------------------------------------------------------------------------
+def test_doctor_reports_what_would_run(tmp_path, portaudio):
+    home = alsa_home(tmp_path, SILENCE)
+    conf = tmp_path / "edge.toml"
+    conf.write_text('board = "x86-host"\n[audio]\ndevice = "filemic"\n')
+    p, _ = run_cli(["doctor", "--config", str(conf)], home)
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = {line.split()[1]: line.split()[0] for line in p.stdout.splitlines()}
+    assert all(lines[k] == "ok" for k in ("cpu", "board", "model", "audio", "wake", "vad", "would")), p.stdout
+    assert "onnxruntime int8 on microphone filemic" in p.stdout
+
+    # another board's profile, a missing device and a broken model are each named, exit 1
+    conf.write_text('board = "raspberry-pi-4"\n[audio]\ndevice = "usb-mic"\n[model]\ndir = "nowhere"\n')
+    p, _ = run_cli(["doctor", "--config", str(conf)], home)
+    assert p.returncode == 1
+    fails = {line.split()[1]: line for line in p.stdout.splitlines() if line.startswith("FAIL")}
+    assert set(fails) == {"board", "audio", "model"}, p.stdout
+    assert "aarch64" in fails["board"] and "'usb-mic' not found" in fails["audio"] and "nowhere" in fails["model"]
