@@ -2,6 +2,12 @@
 
 from setuptools import find_packages, setup
 
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from kernels.build import setup_kwargs as kernel_setup_kwargs  # noqa: E402  (the optional NEON cffi extension)
+
 setup(
     name="paraedge",
     version="0.1.0",
@@ -23,6 +29,7 @@ setup(
         "pymicro-wakeword>=2,<3",
         "ai-edge-litert>=1.0",
         "tomli>=2; python_version < '3.11'",
+        "cffi>=1.15",  # the optional NEON kernels (edge._kernels, built by this setup.py when it can be)
         # silero-vad is installed with --no-deps (its package requires torch; we only read its ONNX file)
     ],
     extras_require={
@@ -31,4 +38,5 @@ setup(
         "test": ["pytest>=7", "funasr-onnx>=0.4", "sherpa-onnx>=1.10"],
     },
     entry_points={"console_scripts": ["paraedge=edge.cli:main"]},
+    **kernel_setup_kwargs(),
 )

@@ -91,3 +91,45 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, heads: int) -> np.nda
     vh = v.reshape(-1, heads, dk).transpose(1, 0, 2)
     p = softmax(qh @ kh)
     return (p @ vh).transpose(1, 0, 2).reshape(t1, d)
+
+
+# -- INT8 (the NEON backend's arithmetic; edge/kernels.py must match these exactly) ------------
+def quantize_rows_s8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-row int8: scale = max|row| / 127, q = round-half-even(x * 127 / max|row|),
+    clipped to [-127, 127]; an all-zero row gets scale 0. Weights use it per output channel
+    (rows of torch's [out, in]), activations per time step (dynamic, as onnxruntime's)."""
+    x = np.asarray(x, dtype=F32)
+    amax = np.abs(x).max(axis=1) if x.shape[1] else np.zeros(x.shape[0], F32)
+    inv = np.where(amax > 0, F32(127) / np.where(amax > 0, amax, F32(1)), F32(0)).astype(F32)
+    q = np.rint(np.clip(x * inv[:, None], F32(-127), F32(127))).astype(np.int8)
+    return q, (amax / F32(127)).astype(F32)
+
+
+def gemm_s8s32(a: np.ndarray, w_nk: np.ndarray) -> np.ndarray:
+    """int8 [M, K] x int8 [N, K] (one row per output channel) -> exact int32 [M, N]."""
+    return a.astype(np.int32) @ w_nk.astype(np.int32).T
+
+
+def dequant_s32(c: np.ndarray, a_scale: np.ndarray, w_scale: np.ndarray, bias: np.ndarray | None = None,
+                relu: bool = False) -> np.ndarray:
+    """float32(c) * (a_scale[m] * w_scale[n]) + bias[n], then optionally ReLU."""
+    y = c.astype(F32) * (a_scale.astype(F32)[:, None] * w_scale.astype(F32)[None, :])
+    if bias is not None:
+        y = y + bias.astype(F32)
+    return relu_(y) if relu else y
+
+
+def relu_(x: np.ndarray) -> np.ndarray:
+    return np.where(x > 0, x, F32(0)).astype(F32)
+
+
+def requant_s32_s8(c: np.ndarray, mult: np.ndarray) -> np.ndarray:
+    """Per-output-channel requantization to int8: round-half-even(float32(c) * mult[n]), saturated."""
+    return np.rint(np.clip(c.astype(F32) * mult.astype(F32)[None, :], F32(-128), F32(127))).astype(np.int8)
+
+
+def linear_s8(x: np.ndarray, w_t: np.ndarray, b: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
+    """The INT8 Linear: weights [in, out] quantized per output channel, activations per row."""
+    qw, ws = quantize_rows_s8(np.ascontiguousarray(w_t.T))
+    qx, xs = quantize_rows_s8(x)
+    return dequant_s32(gemm_s8s32(qx, qw), xs, ws, b, relu)

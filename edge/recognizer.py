@@ -53,7 +53,11 @@ def make_backend(name: str, model_dir: ModelDir, threads: int | None = None, int
         from edge.backends.tvm import TvmBackend
 
         return TvmBackend(model_dir, threads, int8=int8)
-    raise ParaEdgeError(f"unknown backend '{name}' (choose ref, onnxruntime or tvm)")
+    if name == "neon":  # INT8 + NEON C kernels (edge/kernels.py); BackendUnavailable when not built
+        from edge.backends.neon import NeonBackend
+
+        return NeonBackend(model_dir, threads)
+    raise ParaEdgeError(f"unknown backend '{name}' (choose ref, onnxruntime, tvm or neon)")
 
 
 class Recognizer:
@@ -91,7 +95,7 @@ class Recognizer:
             log_probs, count = self.backend.offline(feats)
         else:
             enc, alphas = self.backend.encode(self.prepare(feats))
-            embeds = cif_offline(enc, alphas, self.cif)
+            embeds = (getattr(self.backend, "cif_offline", None) or cif_offline)(enc, alphas, self.cif)
             count = embeds.shape[0]
             if count < 1:
                 return [], np.zeros((0, self.config.vocab_size), F32)
@@ -148,7 +152,7 @@ class Stream:
         self.chunk_size = (left, chunk, right)
         self.chunk_samples = chunk * SAMPLES_PER_LFR_FRAME
         self.frontend = rec.frontend.stream()
-        self.cif = CifStream(rec.cif, rec.config.d_model)
+        self.cif = (getattr(rec.backend, "cif_stream", None) or CifStream)(rec.cif, rec.config.d_model)
         self.context = np.zeros((left + right, rec.config.input_size), F32)  # prepared frames
         self.position = 0
         self.caches = None

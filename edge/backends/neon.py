@@ -1,0 +1,115 @@
+"""The NEON backend: the reference model with its hot spots in the C kernels (edge/kernels.py).
+
+Every Linear layer of the encoder and decoder runs INT8: weights quantized per output channel
+once at load time and packed for the CPU's GEMM path (sdot or smull), activations quantized per
+row on each call (dynamic, like onnxruntime's INT8 export). FSMN memory, LayerNorm and CIF run in
+C in float32 (FSMN and CIF bit-exact with the reference). Attention scores and the CIF predictor
+(conv + alpha head) stay float32 numpy: the token count hangs on the alpha sum.
+
+Weights are read and checked by the reference backend's loader, so both see the same model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge import kernels, ops
+from edge.backends.base import Backend
+from edge.backends.reference import ReferenceBackend
+
+F32 = np.float32
+
+
+class _Enc:
+    def __init__(self, layer, path):
+        self.r = layer
+        self.qkv = kernels.Linear(*layer.qkv, path=path)
+        self.out = kernels.Linear(*layer.out, path=path)
+        self.w1 = kernels.Linear(*layer.w1, path=path)
+        self.w2 = kernels.Linear(*layer.w2, path=path)
+
+    def __call__(self, x):
+        r, d = self.r, self.r.d
+        qkv = self.qkv(kernels.layer_norm(x, *r.norm1))
+        q, k, v = qkv[:, :d], qkv[:, d : 2 * d], qkv[:, 2 * d :]
+        memory = kernels.fsmn(v, r.fsmn_w, r.pad[0])
+        att = self.out(ops.attention(q, k, v, r.heads)) + memory
+        x = x + att if r.d_in == r.d else att
+        return x + self.w2(self.w1(kernels.layer_norm(x, *r.norm2), relu=True))
+
+
+class _Dec:
+    def __init__(self, layer, path):
+        self.r = layer
+        self.w1 = kernels.Linear(*layer.w1, path=path)
+        self.w2 = kernels.Linear(*layer.w2, path=path)
+        if layer.cross:
+            self.q = kernels.Linear(*layer.q, path=path)
+            self.kv = kernels.Linear(*layer.kv, path=path)
+            self.out = kernels.Linear(*layer.out, path=path)
+
+    def fsmn(self, x, cache):
+        """Same cache as the reference (FunASR's padded window), so caches are interchangeable;
+        the kernel reads the window's last kernel-1 rows instead of a padded copy."""
+        k, left = self.r.kernel, self.r.pad[0]
+        if cache is None:
+            return kernels.fsmn(x, self.r.fsmn_w, left), np.pad(x, (self.r.pad, (0, 0)))
+        hist = cache[1:][-(k - 1) :] if k > 1 else cache[:0]
+        return kernels.fsmn(x, self.r.fsmn_w, k - 1, hist), np.concatenate([hist, x])
+
+    def __call__(self, x, memory, cache=None):
+        r = self.r
+        residual = x
+        h = self.w1(kernels.layer_norm(x, *r.norm1), relu=True)
+        h = self.w2(kernels.layer_norm(h, *r.ffn_norm))
+        if r.fsmn_w is None:
+            return h, None
+        att, cache = self.fsmn(kernels.layer_norm(h, *r.norm2), cache)
+        x = residual + att
+        if r.cross:
+            q = self.q(kernels.layer_norm(x, *r.norm3))
+            kv = self.kv(memory)
+            x = x + self.out(ops.attention(q, kv[:, : r.d], kv[:, r.d :], r.heads))
+        return x, cache
+
+
+class NeonBackend(Backend):
+    name = "neon"
+
+    def __init__(self, model_dir, threads: int | None = None, path: str | None = None):
+        kernels.require()  # BackendUnavailable with the reason when the extension is missing
+        super().__init__(model_dir, threads)
+        self.path = path or kernels.best_path()
+        ref = self.ref = ReferenceBackend(model_dir, threads)
+        self.encoder = [_Enc(layer, self.path) for layer in ref.encoder]
+        self.decoders = [_Dec(layer, self.path) for layer in ref.decoders]
+        self.decoders2 = [_Dec(layer, self.path) for layer in ref.decoders2]
+        self.decoders3 = _Dec(ref.decoders3, self.path)
+        self.output = kernels.Linear(*ref.output, path=self.path)
+        self.cif = ref.cif
+
+    def describe(self) -> str:
+        return f"neon int8 ({self.path})"
+
+    # CIF in C, picked up by edge.recognizer (bit-exact with edge.cif)
+    cif_offline = staticmethod(kernels.cif_offline)
+    cif_stream = kernels.CifStream
+
+    def encode(self, x: np.ndarray):
+        x = np.ascontiguousarray(x, dtype=F32)
+        for layer in self.encoder:
+            x = layer(x)
+        enc = kernels.layer_norm(x, *self.ref.after_norm)
+        return enc, self.ref.alphas(enc)
+
+    def decode(self, enc, embeds, caches=None, streaming: bool = False):
+        caches = list(caches) if caches is not None else [None] * self.ref.fsmn_layers
+        x = np.ascontiguousarray(embeds, dtype=F32)
+        for i, layer in enumerate(self.decoders):
+            x, caches[i] = layer(x, enc, caches[i])
+        if self.decoders2 and (not streaming or len(self.decoders2) > 1):
+            for j, layer in enumerate(self.decoders2, start=len(self.decoders)):
+                x, caches[j] = layer(x, enc, caches[j])
+        x, _ = self.decoders3(x, enc)
+        logits = self.output(kernels.layer_norm(x, *self.ref.dec_norm))
+        return ops.log_softmax(logits), caches
