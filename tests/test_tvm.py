@@ -1,0 +1,157 @@
+"""TVM bundles: board profiles, `paraedge compile`, the runtime-only backend against the numpy
+reference (identical tokens, log-probs within 1e-3), manifest verification, foreign boards.
+Bundles are compiled once per session from the tiny test models (a few seconds each)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm.relax", reason="apache-tvm (host extra) is not installed")
+
+from edge.boards import BoardError, all_boards, load_board  # noqa: E402
+from edge.errors import ModelError, ParaEdgeError  # noqa: E402
+from edge.recognizer import Recognizer  # noqa: E402
+from tests.conftest import ROOT  # noqa: E402
+
+OFFLINE_BUCKETS = (64, 512)  # the clips are 2-4 s (< 64 frames); long_speech is 30 s (500 frames)
+
+
+@pytest.fixture(scope="session")
+def tvm_offline(tmp_path_factory, exported_offline):
+    from tools.compile import compile_bundle
+
+    out = str(tmp_path_factory.mktemp("tvm") / "off_x86")
+    compile_bundle(exported_offline, "x86-host", out, buckets=OFFLINE_BUCKETS)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tvm_streaming(tmp_path_factory, exported_streaming):
+    from tools.compile import compile_bundle
+
+    out = str(tmp_path_factory.mktemp("tvm") / "str_x86")
+    compile_bundle(exported_streaming, "x86-host", out, buckets=(128,))
+    return out
+
+
+def _copy(bundle, tmp_path):
+    dst = tmp_path / "bundle"
+    shutil.copytree(bundle, dst)
+    return str(dst)
+
+
+# -- boards ---------------------------------------------------------------------------------
+def test_board_profiles_load():
+    boards = {b.name: b for b in all_boards()}
+    for name in ("jetson-orin-nano", "jetson-agx-orin", "jetson-agx-xavier", "snapdragon-rb5", "sa8155p",
+                 "raspberry-pi-5", "raspberry-pi-4", "qemu-a76", "x86-host"):
+        assert name in boards, name
+    assert boards["jetson-agx-xavier"].target["arch"] == "sm_72" and boards["jetson-orin-nano"].target["arch"] == "sm_87"
+    assert "carmel" not in json.dumps(boards["jetson-orin-nano"].host)  # TVM's tag is wrong there
+    assert "+dotprod" in boards["raspberry-pi-5"].target["mattr"] and "+dotprod" not in boards["raspberry-pi-4"].target["mattr"]
+
+
+def test_bad_board_profiles_are_clear(tmp_path):
+    with pytest.raises(BoardError, match="unknown board 'nope' \\(known: .*x86-host"):
+        load_board("nope")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "bad"\n[cpu]\narch = "mips"\n')
+    with pytest.raises(BoardError, match="arch 'mips' is not supported"):
+        load_board(str(bad))
+    bad.write_text("name = \n")
+    with pytest.raises(BoardError, match="not valid TOML"):
+        load_board(str(bad))
+    src = open(os.path.join(ROOT, "boards", "jetson-agx-orin.toml")).read()
+    bad.write_text(src.replace("host = {", "hostx = {"))
+    with pytest.raises(BoardError, match="CUDA board needs \\[tvm\\] host"):
+        load_board(str(bad))
+
+
+def test_cli_boards_and_bad_board():
+    r = subprocess.run([sys.executable, "-m", "edge", "boards"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and "raspberry-pi-5" in r.stdout and "sm_87" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "edge", "compile", "--board", "pi9", "--model", ".", "-o", "/tmp/x"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown board 'pi9'" in r.stderr
+
+
+# -- x86 bundles against the reference --------------------------------------------------------
+def test_offline_tvm_equals_reference(tvm_offline, exported_offline, speech, long_speech):
+    ref, tvm = Recognizer(exported_offline, "ref"), Recognizer(tvm_offline, "tvm")
+    for x in (speech["zh"], speech["en"], speech["zh"][:777], long_speech):
+        feats = ref.frontend(x)
+        ids_r, lp_r = ref.decode_features(feats)
+        ids_t, lp_t = tvm.decode_features(feats)
+        assert lp_r.shape == lp_t.shape
+        np.testing.assert_allclose(lp_t, lp_r, atol=1e-3)
+        assert ids_t == ids_r
+
+
+def test_streaming_tvm_equals_reference(tvm_streaming, exported_streaming, speech):
+    ref, tvm = Recognizer(exported_streaming, "ref"), Recognizer(tvm_streaming, "tvm")
+    for x in (speech["zh"], speech["en"], speech["zh2"][: 9600 * 3], speech["zh2"][: 9600 * 3 + 500]):
+        assert tvm.transcribe_streaming(x).token_ids == ref.transcribe_streaming(x).token_ids
+    assert tvm.transcribe(speech["zh"]).token_ids == ref.transcribe(speech["zh"]).token_ids
+
+
+def test_manifest_describes_bundle(tvm_offline):
+    m = json.load(open(os.path.join(tvm_offline, "manifest.json")))
+    assert m["board"]["name"] == "x86-host" and m["tvm_version"].startswith("0.27")
+    assert set(m["files"]) >= {"model.so", "params.npz", "config.yaml", "am.mvn", "tokens.json"}
+    shapes = {f["name"]: f["inputs"] for f in m["functions"]}
+    assert shapes["enc_T64"]["x"] == [1, 64, 560] and "dec_T512_N513" in shapes
+    assert len(m["model"]["hash"]) == 64
+
+
+def test_tampered_bundle_is_refused(tvm_offline, tmp_path):
+    b = _copy(tvm_offline, tmp_path)
+    with open(os.path.join(b, "params.npz"), "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(ModelError, match="params.npz: sha256 does not match manifest.json"):
+        Recognizer(b, "tvm")
+    os.remove(os.path.join(b, "params.npz"))
+    with pytest.raises(ModelError, match="params.npz: missing"):
+        Recognizer(b, "tvm")
+
+
+def test_foreign_board_bundle_is_refused(tvm_offline, tmp_path):
+    b = _copy(tvm_offline, tmp_path)
+    path = os.path.join(b, "manifest.json")
+    m = json.load(open(path))
+    m["board"].update(name="raspberry-pi-5", arch="aarch64", features=["asimd", "asimddp"])
+    m["target"] = load_board("raspberry-pi-5").target
+    json.dump(m, open(path, "w"))  # the manifest itself is not hashed: the board check must still hold
+    with pytest.raises(ParaEdgeError, match="bundle is for board 'raspberry-pi-5' \\(aarch64\\); this machine is x86_64"):
+        Recognizer(b, "tvm")
+    m["board"].update(name="x86-future", arch="x86_64", features=["avx2", "avx1024"])
+    m["target"] = load_board("x86-host").target
+    json.dump(m, open(path, "w"))
+    with pytest.raises(ParaEdgeError, match="this CPU lacks avx1024"):
+        Recognizer(b, "tvm")
+
+
+def test_too_long_input_is_a_clear_error(tvm_streaming, speech):
+    rec = Recognizer(tvm_streaming, "tvm")
+    feats = rec.frontend(np.tile(speech["zh"], 4))
+    with pytest.raises(ModelError, match="exceeds the compiled encoder shapes \\(largest 128 frames\\)"):
+        rec.decode_features(feats)
+
+
+def test_cli_transcribe_with_tvm_runtime_only(tvm_offline, speech_dir, exported_offline):
+    """The device path: runtime-only TVM (no compiler library mapped), same text as the reference."""
+    wav = str(speech_dir / "zh.wav")
+    code = ("import sys, runpy; sys.argv = ['paraedge', 'transcribe', %r, '--model', %r, '--backend', 'tvm'];"
+            "from edge.cli import main; rc = main();"
+            "maps = open('/proc/self/maps').read(); print('COMPILER' if 'libtvm_compiler' in maps else 'RUNTIME-ONLY');"
+            "sys.exit(rc)") % (wav, tvm_offline)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    text, mode = r.stdout.strip().splitlines()
+    assert mode == "RUNTIME-ONLY"
+    assert text == Recognizer(exported_offline, "ref").transcribe(__import__("edge.audio").audio.load_audio(wav)[0]).text
