@@ -12,6 +12,8 @@ FUNASR_DEPS := rapidfuzz six kaldiio librosa tqdm omegaconf jieba sentencepiece
 # Debian packages: speech synthesis + conversion for test audio; PortAudio, ALSA and PulseAudio for
 # the virtual microphones the daemon tests record from
 APT_PACKAGES := espeak-ng sox libportaudio2 alsa-utils pulseaudio pulseaudio-utils libasound2-plugins
+# TVM bundles: the aarch64 cross compiler, and qemu-user for the emulated board (tools/armroot.py)
+APT_PACKAGES += gcc-aarch64-linux-gnu qemu-user
 
 apt:  ## install whichever of APT_PACKAGES are missing
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \

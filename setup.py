@@ -34,7 +34,9 @@ setup(
     ],
     extras_require={
         # host side: model definition, export, training. torch pinned: any looser spec pulls CUDA wheels.
-        "host": ["torch==2.13.0", "onnx>=1.15", "matplotlib>=3.5", "tqdm>=4"],
+        "host": ["torch==2.13.0", "onnx>=1.15", "matplotlib>=3.5", "tqdm>=4",
+                 # TVM compiler for `paraedge compile`; devices load only its runtime libraries
+                 "apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.15.post2"],
         "test": ["pytest>=7", "funasr-onnx>=0.4", "sherpa-onnx>=1.10"],
     },
     entry_points={"console_scripts": ["paraedge=edge.cli:main"]},
