@@ -161,16 +161,21 @@ def test_pulseaudio_realtime_latency(pulse_mic, portaudio):
     assert lat["end_of_speech_to_final_ms"] >= 500 and lat["wake_to_first_partial_ms"] > 0
 
 
-def test_two_commands_back_to_back(tmp_path):
+def test_two_commands_back_to_back(tmp_path, portaudio):
     a, b = "03_okay_nabu_zh.wav", "02_alexa_en.wav"
-    wav = tmp_path / "two.wav"
-    from edge.audio import write_wav
-
-    write_wav(str(wav), np.concatenate([sample(a), sample(b)]))
-    p, events = run_cli(["run", "--input", str(wav), "--fast"])
+    home = alsa_home(tmp_path, np.concatenate([sample(a), sample(b), SILENCE]))
+    p, events = run_cli(["run", "--device", "filemic", "--duration", "10"], home)
     assert p.returncode == 0, p.stderr
     assert [w["wake_word"] for w in kinds(events, "wake")] == ["okay_nabu", "alexa"]
     assert [f["text"] for f in kinds(events, "final")] == [META[a]["command"], META[b]["command"]]
+
+
+def test_file_input_goes_through_the_same_pipeline(tmp_path):
+    name = "05_okay_nabu_zh.wav"
+    p, events = run_cli(["run", "--input", os.path.join(SAMPLES, name), "--fast"])
+    assert p.returncode == 0, p.stderr
+    assert [f["text"] for f in kinds(events, "final")] == [META[name]["command"]]
+    assert "end_of_speech_to_final_ms" not in kinds(events, "final")[0]["latency"]  # not clocked: no wall latency
 
 
 # -- in-process: faults ---------------------------------------------------------------------------
