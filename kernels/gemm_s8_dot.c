@@ -39,53 +39,66 @@ void pe_gemm_s8_pack_dot(const int8_t *w, int K, int N, int8_t *packed) {
 }
 
 #if PE_HAVE_DOT
-#define DOT4(r, a, lane)                                              \
-    acc[r][0] = vdotq_laneq_s32(acc[r][0], b.val[0], a, lane);        \
-    acc[r][1] = vdotq_laneq_s32(acc[r][1], b.val[1], a, lane);        \
-    acc[r][2] = vdotq_laneq_s32(acc[r][2], b.val[2], a, lane);        \
-    acc[r][3] = vdotq_laneq_s32(acc[r][3], b.val[3], a, lane)
+/* 16 named accumulators (c<row><col-group>), not an array: GCC then keeps them in registers
+ * instead of writing them back to the stack every iteration (3x fewer instructions per sdot) */
+#define DOT4(r, a, lane)                                  \
+    c##r##0 = vdotq_laneq_s32(c##r##0, b.val[0], a, lane); \
+    c##r##1 = vdotq_laneq_s32(c##r##1, b.val[1], a, lane); \
+    c##r##2 = vdotq_laneq_s32(c##r##2, b.val[2], a, lane); \
+    c##r##3 = vdotq_laneq_s32(c##r##3, b.val[3], a, lane)
 
-#define DOT_K16(p, a0, a1, a2, a3)                                                               \
-    do {                                                                                         \
-        int8x16x4_t b = vld1q_s8_x4(p);                                                          \
-        DOT4(0, a0, 0); DOT4(1, a1, 0); DOT4(2, a2, 0); DOT4(3, a3, 0);                          \
-        b = vld1q_s8_x4(p + 64);                                                                 \
-        DOT4(0, a0, 1); DOT4(1, a1, 1); DOT4(2, a2, 1); DOT4(3, a3, 1);                          \
-        b = vld1q_s8_x4(p + 128);                                                                \
-        DOT4(0, a0, 2); DOT4(1, a1, 2); DOT4(2, a2, 2); DOT4(3, a3, 2);                          \
-        b = vld1q_s8_x4(p + 192);                                                                \
-        DOT4(0, a0, 3); DOT4(1, a1, 3); DOT4(2, a2, 3); DOT4(3, a3, 3);                          \
+/* the empty asm keeps GCC from hoisting all 16 B vectors of a K16 step at once: with the 16
+ * accumulators that is 33 live registers and a spill per step */
+#if defined(__aarch64__) && defined(__GNUC__)
+#define KEEP_ORDER() __asm__ volatile("" ::: "memory")
+#else
+#define KEEP_ORDER() ((void)0)
+#endif
+#define DOT_KB(p, lane)                                                  \
+    do {                                                                 \
+        KEEP_ORDER();                                                    \
+        int8x16x4_t b = vld1q_s8_x4(p);                                  \
+        DOT4(0, a0, lane); DOT4(1, a1, lane); DOT4(2, a2, lane); DOT4(3, a3, lane); \
     } while (0)
+
+#define DOT_K16(p) DOT_KB(p, 0); DOT_KB(p + 64, 1); DOT_KB(p + 128, 2); DOT_KB(p + 192, 3)
+
+#define STORE_ROW(r)                                                                   \
+    if (r < mr) {                                                                      \
+        int32_t *cr = c + (size_t)r * ldc;                                             \
+        if (nr == DOT_NR) {                                                            \
+            vst1q_s32(cr, c##r##0); vst1q_s32(cr + 4, c##r##1);                        \
+            vst1q_s32(cr + 8, c##r##2); vst1q_s32(cr + 12, c##r##3);                   \
+        } else {                                                                       \
+            int32_t tmp[DOT_NR];                                                       \
+            vst1q_s32(tmp, c##r##0); vst1q_s32(tmp + 4, c##r##1);                      \
+            vst1q_s32(tmp + 8, c##r##2); vst1q_s32(tmp + 12, c##r##3);                 \
+            memcpy(cr, tmp, sizeof(int32_t) * (size_t)nr);                             \
+        }                                                                              \
+    }
 
 static void kernel_dot_4x16(const int8_t *const rows[4], const int8_t *panel, int K, int32_t *c, int ldc, int mr,
                             int nr) {
-    int32x4_t acc[4][4];
-    for (int r = 0; r < 4; r++)
-        for (int j = 0; j < 4; j++) acc[r][j] = vdupq_n_s32(0);
-    const int8_t *p = panel;
+    int32x4_t z = vdupq_n_s32(0);
+    int32x4_t c00 = z, c01 = z, c02 = z, c03 = z, c10 = z, c11 = z, c12 = z, c13 = z;
+    int32x4_t c20 = z, c21 = z, c22 = z, c23 = z, c30 = z, c31 = z, c32 = z, c33 = z;
+    const int8_t *p = panel, *r0 = rows[0], *r1 = rows[1], *r2 = rows[2], *r3 = rows[3];
     int k = 0;
     for (; k + KB <= K; k += KB, p += KB * DOT_NR) {
-        int8x16_t a0 = vld1q_s8(rows[0] + k), a1 = vld1q_s8(rows[1] + k);
-        int8x16_t a2 = vld1q_s8(rows[2] + k), a3 = vld1q_s8(rows[3] + k);
-        DOT_K16(p, a0, a1, a2, a3);
+        int8x16_t a0 = vld1q_s8(r0 + k), a1 = vld1q_s8(r1 + k), a2 = vld1q_s8(r2 + k), a3 = vld1q_s8(r3 + k);
+        DOT_K16(p);
     }
     if (k < K) { /* K tail: zero-padded row copies against the zero-padded panel */
         int8_t buf[4][KB];
         memset(buf, 0, sizeof(buf));
         for (int r = 0; r < 4; r++) memcpy(buf[r], rows[r] + k, (size_t)(K - k));
         int8x16_t a0 = vld1q_s8(buf[0]), a1 = vld1q_s8(buf[1]), a2 = vld1q_s8(buf[2]), a3 = vld1q_s8(buf[3]);
-        DOT_K16(p, a0, a1, a2, a3);
+        DOT_K16(p);
     }
-    for (int r = 0; r < mr; r++) {
-        int32_t *cr = c + (size_t)r * ldc;
-        if (nr == DOT_NR) {
-            for (int j = 0; j < 4; j++) vst1q_s32(cr + 4 * j, acc[r][j]);
-        } else {
-            int32_t tmp[DOT_NR];
-            for (int j = 0; j < 4; j++) vst1q_s32(tmp + 4 * j, acc[r][j]);
-            memcpy(cr, tmp, sizeof(int32_t) * (size_t)nr);
-        }
-    }
+    STORE_ROW(0)
+    STORE_ROW(1)
+    STORE_ROW(2)
+    STORE_ROW(3)
 }
 
 void pe_gemm_s8s32_dot(const int8_t *a, const int8_t *packed, int M, int K, int N, int32_t *c) {
