@@ -60,6 +60,11 @@ def require():
     return lib
 
 
+def is_arm() -> bool:
+    """Native NEON here (elsewhere the extension runs through SIMDe: exact, but slower than numpy)."""
+    return platform.machine().lower() in ("aarch64", "arm64")
+
+
 def _mask_names(mask: int) -> list[str]:
     return [name for name, bit in PATHS.items() if mask >> bit & 1]
 

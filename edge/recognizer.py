@@ -41,6 +41,10 @@ class Result:
 
 
 def make_backend(name: str, model_dir: ModelDir, threads: int | None = None, int8: bool = False):
+    if name == "auto":  # the NEON kernels where they are native (ARM, extension built), else numpy
+        from edge import kernels
+
+        name = "neon" if kernels.available() and kernels.is_arm() else "ref"
     if name in ("ref", "reference", "numpy"):
         from edge.backends.reference import ReferenceBackend
 

@@ -1,0 +1,86 @@
+"""The neon backend (INT8 Linear + C FSMN/CIF/layernorm) on the shipped demo model: the same tokens
+as the numpy reference on every sample, offline and streaming, on both GEMM paths; FSMN caches
+interchangeable with the reference's; a clear error when the extension is missing."""
+
+import os
+
+import numpy as np
+import pytest
+
+from edge import kernels
+from tests.test_demo_model import DEMO, SAMPLES, samples
+
+
+@pytest.fixture(scope="module")
+def commands():
+    from edge.audio import load_audio
+
+    if not kernels.available():
+        pytest.fail(f"NEON kernels not built: {kernels.unavailable_reason()}")
+    out = []
+    for s in samples():
+        x, _ = load_audio(os.path.join(SAMPLES, s["file"]))
+        out.append((s, x[int(s["command_start_s"] * 16000):]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def ref():
+    from edge.recognizer import Recognizer
+
+    return Recognizer(DEMO, "ref", threads=1)
+
+
+@pytest.mark.parametrize("path", ["dot", "neon"])
+def test_int8_tokens_equal_reference_on_demo_samples(path, commands, ref, monkeypatch):
+    from edge.recognizer import Recognizer
+
+    if path not in kernels.describe()["runnable"]:
+        pytest.skip(f"{path} cannot run on this CPU")
+    monkeypatch.setenv("PARAEDGE_KERNEL_PATH", path)
+    rec = Recognizer(DEMO, "neon", threads=1)
+    assert rec.backend.describe() == f"neon int8 ({path})"
+    for s, x in commands:
+        offline = rec.transcribe(x)
+        assert offline.token_ids == ref.transcribe(x).token_ids and offline.text == s["command"], s["file"]
+        assert rec.transcribe_streaming(x).token_ids == ref.transcribe_streaming(x).token_ids, s["file"]
+
+
+def test_stages_close_to_reference_and_caches_interchangeable(commands, ref):
+    from edge.backends.neon import NeonBackend
+
+    neon = NeonBackend(ref.model)
+    x = ref.prepare(ref.frontend(commands[0][1])[:15], start=20)
+    enc_r, a_r = ref.backend.encode(x)
+    enc_n, a_n = neon.encode(x)
+    np.testing.assert_allclose(a_n, a_r, atol=0.05)  # INT8 noise on the alphas stays small
+    assert np.corrcoef(enc_n.ravel(), enc_r.ravel())[0, 1] > 0.99
+    from edge.cif import cif_offline
+
+    emb = cif_offline(enc_r, a_r, ref.cif)
+    caches_r = caches_n = None
+    for _ in range(3):
+        lp_r, caches_r = ref.backend.decode(enc_r, emb, caches_r, streaming=True)
+        lp_n, caches_n = neon.decode(enc_r, emb, caches_r, streaming=True)  # the reference's caches
+        assert [c.shape for c in caches_n] == [c.shape for c in caches_r]
+        assert (lp_n.argmax(-1) == lp_r.argmax(-1)).mean() >= 0.9
+
+
+def test_missing_extension_is_a_clear_error(monkeypatch, ref):
+    from edge.errors import BackendUnavailable
+    from edge.recognizer import Recognizer
+
+    monkeypatch.setattr(kernels, "_lib", None)
+    monkeypatch.setattr(kernels, "_reason", "extension not built (test)")
+    assert not kernels.available() and "not available" in kernels.describe_line()
+    with pytest.raises(BackendUnavailable, match="backend neon needs the NEON kernels: extension not built"):
+        Recognizer(DEMO, "neon")
+
+
+def test_auto_picks_neon_only_where_it_is_native(ref):
+    from edge.backends.neon import NeonBackend
+    from edge.backends.reference import ReferenceBackend
+    from edge.recognizer import make_backend
+
+    backend = make_backend("auto", ref.model)
+    assert isinstance(backend, NeonBackend if kernels.is_arm() else ReferenceBackend)
