@@ -118,22 +118,25 @@ class StreamingResampler:
         self._taps_per_out = -(-len(self.h) // self.up)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        from scipy.signal import upfirdn
+
         x = np.asarray(x, np.float32)
         if self.up == self.down:
             return x
         buf = np.concatenate([self._hist, x])
         end = self._base + len(buf)  # absolute index one past the newest input
         # y[n] = sum_m x[m] h[n*down + half - m*up]; output n is ready once input m_hi(n) arrived
-        last = ((end - 1) * self.up - self.half) // self.down
-        n = np.arange(self._next, last + 1)
+        count = ((end - 1) * self.up - self.half) // self.down + 1 - self._next
         y = np.zeros(0, np.float32)
-        if len(n):
-            m = self._newest(n)[:, None] - np.arange(self._taps_per_out)[None, :]
-            hi = n[:, None] * self.down + self.half - m * self.up
-            ok = (hi < len(self.h)) & (m >= 0)  # m < 0: the zeros before the stream started
-            xm = np.where(ok, buf[np.clip(m - self._base, 0, len(buf) - 1)], 0.0)
-            y = (xm * np.where(ok, self.h[np.clip(hi, 0, len(self.h) - 1)], 0.0)).sum(axis=1).astype(np.float32)
-            self._next = int(n[-1]) + 1
+        if count > 0:
+            # upfirdn evaluates at multiples of `down` in the upsampled buffer; delaying h by `pad`
+            # zeros lines those up with our outputs (the same trick resample_poly uses)
+            off = self.half - self._base * self.up
+            pad = (-off) % self.down
+            full = upfirdn(np.concatenate([np.zeros(pad, np.float32), self.h]), buf, self.up, self.down)
+            j0 = (self._next * self.down + off + pad) // self.down
+            y = full[j0 : j0 + count].astype(np.float32)
+            self._next += count
         keep_from = max(int(self._newest(self._next)) - self._taps_per_out + 1, self._base)
         self._hist = buf[keep_from - self._base :]
         self._base = keep_from

@@ -284,6 +284,52 @@ def peer_runners(model_dir: str, threads: int, streaming: bool) -> dict:
     return out
 
 
+# -- the daemon's always-on costs ---------------------------------------------------------------
+def daemon_costs(samples: list[Sample], runs: int, wake_models=("okay_nabu", "alexa")) -> dict:
+    """What the daemon pays while idle and per utterance outside the recognizer: the wake gate per
+    10 ms hop, the VAD per 32 ms window, capture resampling (48 kHz mic, 20 ms blocks)."""
+    from edge.audio import StreamingResampler
+
+    out = {}
+    audio_s = sum(s.seconds for s in samples) * runs
+
+    def measure(name, make, step, feed):
+        try:
+            obj = make()
+        except ParaEdgeError as exc:
+            out[name] = {"skipped": str(exc)}
+            return
+        per, total = [], 0.0
+        for _ in range(runs):
+            for s in samples:
+                x = feed(s)
+                for i in range(0, len(x) - step + 1, step):
+                    t0 = time.perf_counter()
+                    obj(x[i : i + step])
+                    per.append(time.perf_counter() - t0)
+        total = sum(per)
+        out[name] = {"per_step_us": {k: v * 1e6 for k, v in percentiles(per).items()}, "step_ms": 1000 * step / (
+            48000 if name == "resample_48k" else 16000), "rtf": total / audio_s}
+
+    def gate():
+        from edge.wake import WakeGate
+
+        g = WakeGate(list(wake_models))
+        return g.process
+    measure("wake_gate", gate, 160, lambda s: s.samples)
+
+    def vad():
+        from edge.vad import SileroVad
+
+        return SileroVad().process
+    measure("vad", vad, 512, lambda s: s.samples)
+
+    from scipy.signal import resample_poly
+    measure("resample_48k", lambda: StreamingResampler(48000), 960,
+            lambda s: resample_poly(s.samples, 3, 1).astype(np.float32))
+    return out
+
+
 # -- the command --------------------------------------------------------------------------------
 def load_samples(paths) -> list[Sample]:
     from edge.audio import check_samples, read_wav, to_mono_16k
@@ -298,7 +344,7 @@ def load_samples(paths) -> list[Sample]:
 
 
 def profile(model: str, backends: list[str], audio: list[str], threads: int = 1, runs: int = 5,
-            warmup: int = 1, streaming: bool = False, peers: bool = True) -> dict:
+            warmup: int = 1, streaming: bool = False, peers: bool = True, daemon: bool = True) -> dict:
     from edge.recognizer import Recognizer
 
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
@@ -366,6 +412,8 @@ def profile(model: str, backends: list[str], audio: list[str], threads: int = 1,
             for e in report.get(group, {}).values():
                 if "rtf" in e:
                     e["time_vs_onnxruntime"] = e["rtf"] / base
+    if daemon:
+        report["daemon"] = daemon_costs(samples, runs)
     from edge.modeldir import ModelDir
 
     md = ModelDir(model)
@@ -398,6 +446,13 @@ def table(report: dict) -> str:
             rows.append(f"{name + (' (peer)' if group == 'peers' else ''):22s} {e['rtf']:8.4f} "
                         f"{(f'{ratio:.2f}' if ratio else '-'):>7s} {e['latency_s']['p50']:8.4f} "
                         f"{e['latency_s']['p99']:8.4f} {e.get('load_s', float('nan')):7.3f}  {st}")
+    for name, e in report.get("daemon", {}).items():
+        if "skipped" in e:
+            rows.append(f"daemon {name}: skipped: {e['skipped']}")
+        else:
+            p = e["per_step_us"]
+            rows.append(f"daemon {name:12s} RTF {e['rtf']:.4f}; per {e['step_ms']:.0f} ms step: p50 {p['p50']:.0f} us, "
+                        f"p99 {p['p99']:.0f} us, max {p['max']:.0f} us")
     mc = report["model_cost"]
     rows.append(f"model: {sum(mc['macs_per_audio_second'].values()) / 1e6:.1f} M MAC per audio second; "
                 f"peak fp32 GEMM probe {mc['peak_gemm_gflops']:.1f} GFLOP/s")

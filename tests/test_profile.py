@@ -41,6 +41,12 @@ def test_profile_report(mode, exported_offline, exported_streaming, speech_dir, 
             assert e["chunk_s"]["p50"] <= e["chunk_s"]["max"] and e["eos_to_final_s"]["p50"] >= 0
             assert e["first_partial_audio_s"]["p50"] > 0
     assert rep["backends"]["onnxruntime"]["time_vs_onnxruntime"] == pytest.approx(1.0)
+    # the daemon's always-on costs: wake gate per 10 ms hop, VAD per window, capture resampling
+    assert set(rep["daemon"]) == {"wake_gate", "vad", "resample_48k"}
+    for e in rep["daemon"].values():
+        q = e["per_step_us"]
+        assert e["rtf"] > 0 and 0 < q["p50"] <= q["p90"] <= q["p99"] <= q["max"]
+    assert rep["daemon"]["wake_gate"]["step_ms"] == 10
     for png in ("stages.png", "latency_cdf.png", "rtf_vs_length.png"):
         assert (out / png).read_bytes()[:8] == PNG
 
