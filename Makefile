@@ -14,6 +14,9 @@ FUNASR_DEPS := rapidfuzz six kaldiio librosa tqdm omegaconf jieba sentencepiece
 APT_PACKAGES := espeak-ng sox libportaudio2 alsa-utils pulseaudio pulseaudio-utils libasound2-plugins
 # TVM bundles: the aarch64 cross compiler, and qemu-user for the emulated board (tools/armroot.py)
 APT_PACKAGES += gcc-aarch64-linux-gnu qemu-user
+# NEON kernels: host build of the cffi extension (SIMDe = arm_neon.h on x86), CMake builds; the qemu
+# insn-count plugin is built from the installed qemu's Debian source header (tools/qemu_insn.py)
+APT_PACKAGES += gcc python3-dev libsimde-dev cmake
 
 apt:  ## install whichever of APT_PACKAGES are missing
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
@@ -21,7 +24,7 @@ apt:  ## install whichever of APT_PACKAGES are missing
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); echo "apt-get install $$missing"; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; fi
 
-$(VENV)/.runtime: setup.py
+$(VENV)/.runtime: setup.py $(wildcard kernels/*.c kernels/*.h kernels/build.py)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -e .
 	$(PIP) install --no-deps "silero-vad>=5"
