@@ -36,7 +36,7 @@ $(VENV)/.host: $(VENV)/.runtime
 
 # funasr is the oracle: installed without its dependency tree so it cannot replace the pinned torch
 $(VENV)/.test: $(VENV)/.host
-	$(PIP) install -e ".[test]" $(FUNASR_DEPS)
+	$(PIP) install -e ".[test,cuda]" $(FUNASR_DEPS)
 	$(PIP) install --no-deps "funasr==1.4.16"
 	@$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	@touch $@

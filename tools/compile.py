@@ -126,6 +126,40 @@ def _to_onnx(module, args, names_in, names_out, path: str) -> None:
     opts.log_severity_level = 3
     ort.InferenceSession(raw, opts, providers=["CPUExecutionProvider"])
     os.remove(raw)
+    _sanitize_names(path)
+
+
+def _sanitize_names(path: str) -> None:
+    """Tensor names as C identifiers: TVM's CUDA codegen names kernel parameters after them."""
+    import re
+
+    import onnx
+
+    m = onnx.load(path)
+    g = m.graph
+    keep = {v.name for v in list(g.input) + list(g.output)}
+    names = {}
+
+    def fix(name: str) -> str:
+        if not name or name in keep:
+            return name
+        if name not in names:
+            base = re.sub(r"[^0-9A-Za-z_]", "_", name).strip("_") or "t"
+            base = "t_" + base if base[0].isdigit() else base
+            cand, i = base, 1
+            while cand in names.values() or cand in keep:
+                cand, i = f"{base}_{i}", i + 1
+            names[name] = cand
+        return names[name]
+
+    for t in g.initializer:
+        t.name = fix(t.name)
+    for node in g.node:
+        node.input[:] = [fix(n) for n in node.input]
+        node.output[:] = [fix(n) for n in node.output]
+    for v in g.value_info:
+        v.name = fix(v.name)
+    onnx.save(m, path)
 
 
 def plan(md: ModelDir, buckets=DEFAULT_BUCKETS, streaming: bool | None = None) -> list[dict]:
@@ -275,8 +309,10 @@ def compile_bundle(model: str, board: str | Board, out: str, buckets=DEFAULT_BUC
         target = tvm_target(board)
         if tuning_db:
             irmod = apply_tuning_db(irmod, target, tuning_db)
+        from tools.tvm_pipeline import relax_pipeline
+
         with tvm.transform.PassContext(opt_level=3):
-            ex = tvm.compile(irmod, target)
+            ex = tvm.compile(irmod, target, relax_pipeline=relax_pipeline(board, target))
         bar.update()
         os.makedirs(out, exist_ok=True)
         for name in os.listdir(out):  # a bundle dir is ours: stale files would fail verification
@@ -286,9 +322,10 @@ def compile_bundle(model: str, board: str | Board, out: str, buckets=DEFAULT_BUC
         so = os.path.join(out, "model.so")
         extra = {}
         if board.cuda:
-            from tools.cuda import export_cuda
+            from tools.cuda import export_with_cubins
 
-            extra = export_cuda(ex, so, board, out)
+            fcompile = tvm.support.cc.cross_compiler(board.cc) if board.arch == "aarch64" else None
+            extra = export_with_cubins(ex, so, board, out, fcompile)
         elif board.arch == "aarch64":
             ex.export_library(so, fcompile=tvm.support.cc.cross_compiler(board.cc))
         else:

@@ -112,10 +112,6 @@ class TvmBackend(Backend):
             lib = tvm.runtime.load_module(os.path.join(bundle, "model.so"))
         except Exception as exc:  # the runtime raises its own error types for foreign/corrupt objects
             raise ModelError(f"{bundle}/model.so: the TVM runtime cannot load it ({str(exc).splitlines()[0]})") from None
-        if self.board.cuda:
-            from edge.backends.tvm_cuda import attach_cubins
-
-            attach_cubins(lib, bundle, self.manifest)
         self.vm = VirtualMachine(lib, self.dev)
         with np.load(os.path.join(bundle, "params.npz")) as z:
             self.params = {k: tvm.runtime.tensor(z[k], self.dev) for k in z.files}
