@@ -5,7 +5,9 @@
    onnxruntime aarch64 (MatMulInteger for the bare GEMM, DynamicQuantizeMatMul for the whole INT8
    Linear), on Paraformer-shaped matmuls. Kernel cost = count(program runs it) - count(program
    skips it); onnxruntime runs in the aarch64 Python root of tools/armroot.py (1 thread).
-2. Host wall time of the cffi extension (SIMDe on x86) vs numpy on the same shapes, as ratios.
+2. End to end: one offline decode of a demo sample in that aarch64 Python (numpy reference,
+   onnxruntime INT8, the neon backend on each GEMM path), instructions per decode.
+3. Host wall time of the cffi extension (SIMDe on x86) vs numpy on the same shapes, as ratios.
 
     .venv/bin/python bench/kernels.py [--no-ort] [--quick]
 Counts are deterministic; wall times are this machine's (median of --runs).
@@ -102,6 +104,41 @@ def ort_insns(model: str, kind: str, m: int, k: int, guest: str) -> int:
     return round((run(ORT_REPS) - run(0)) / ORT_REPS)
 
 
+_ARM_EXT: dict = {}  # armroot -> site dir of its cffi, once the extension is cross-built for it
+
+
+def e2e_insns(backend: str, int8: bool, path: str | None = None) -> tuple[int, dict]:
+    """Steady-state instructions of one offline decode of a demo sample (encoder + CIF + decoder;
+    model load and frontend excluded): count(2 decodes) - count(1 decode), in the armroot's
+    aarch64 Python with the extension cross-built for it."""
+    import json
+
+    from kernels.build import build_for_armroot
+    from tools import armroot
+
+    root = armroot.build_root()
+    if root not in _ARM_EXT:
+        _ARM_EXT[root] = build_for_armroot(root)[1]
+    env = armroot.env_for(root, [_ARM_EXT[root]])
+    env["PYTHONHASHSEED"] = "0"
+    if path:
+        env["PARAEDGE_KERNEL_PATH"] = path
+    guest = os.path.join(REPO, "bench", "arm_decode.py")
+    out = {}
+
+    def run(reps):
+        def wrap(p):
+            return armroot.command([guest, backend, "1" if int8 else "0", str(reps)], root, "cortex-a76", p)
+        return qemu_insn.count_insns([], wrap=wrap, env=env)
+
+    n = run(2) - run(1)
+    r = subprocess.run(armroot.command([guest, backend, "1" if int8 else "0", "1"], root), capture_output=True,
+                       text=True, env=env, cwd=REPO)
+    if r.returncode == 0:
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+    return n, out
+
+
 def host_wall(shapes, runs: int) -> list[dict]:
     from edge import kernels, ops
 
@@ -138,6 +175,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--no-ort", action="store_true", help="skip onnxruntime aarch64 (needs tools/armroot.py's root)")
     ap.add_argument("--quick", action="store_true", help="two shapes only")
+    ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end decodes under qemu")
     ap.add_argument("--runs", type=int, default=20, help="host wall-time runs per shape (median)")
     args = ap.parse_args(argv)
     shapes = QUICK if args.quick else SHAPES
@@ -179,6 +217,19 @@ def main(argv=None) -> int:
                           ("layernorm", (100, 256)), ("layernorm", (15, 1024))):
         s, v = c_insns(exe, kernel, "scalar", *shape), c_insns(exe, kernel, "neon", *shape)
         print(f"| {kernel} | {'x'.join(map(str, shape))} | {s:,} | {v:,} | {s / v:.1f} |", flush=True)
+
+    if not args.no_e2e:
+        print("\nEnd to end, one offline decode of demo sample 02 (29 LFR frames; encoder + CIF + decoder, "
+              "model load and frontend excluded):\n")
+        print("| runtime | aarch64 instructions | vs onnxruntime INT8 | text |")
+        print("|---|---|---|---|")
+        e2e = [("numpy reference fp32", "ref", False, None), ("onnxruntime INT8", "onnxruntime", True, None),
+               ("neon backend, scalar C GEMM", "neon", False, "scalar"), ("neon backend, smull", "neon", False, "neon"),
+               ("neon backend, sdot", "neon", False, "dot")]
+        results = [(label, *e2e_insns(b, q, p)) for label, b, q, p in e2e]
+        base = results[1][1]
+        for label, n, out in results:
+            print(f"| {label} | {n:,} | {n / base:.2f} | {out.get('text')} |", flush=True)
 
     rows = host_wall(shapes, args.runs)
     if rows:

@@ -6,7 +6,8 @@ falls back to numpy and `edge.kernels.describe()` says why.
 
     python -m kernels.build                      # in place: edge/_kernels.<abi>.so
     python -m kernels.build --cross aarch64      # cross-compile for aarch64 CPython (needs the
-        --python-include DIR --out DIR           #   arm64 Python headers, e.g. from tools/armroot.py)
+        --python-include DIR --out DIR           #   arm64 Python headers)
+    python -m kernels.build --armroot            # ... for tools/armroot.py's emulated board, into edge/
     python -m kernels.build --check              # print why a build would be skipped, if it would
 
 `setup.py` calls `setup_kwargs()`: the extension is built by `pip install -e .` when it can be.
@@ -15,6 +16,8 @@ falls back to numpy and `edge.kernels.describe()` says why.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import platform
 import shutil
@@ -123,13 +126,52 @@ def build_cross(arch: str, python_include: str, out: str, ext_suffix: str | None
     spec = CROSS[arch]
     os.makedirs(out, exist_ok=True)
     c_file = os.path.join(out, "_kernels.c")
-    ffibuilder(flags=[]).emit_c_code(c_file)
+    with contextlib.redirect_stdout(io.StringIO()):  # cffi chats about "generating ..."
+        ffibuilder(flags=[]).emit_c_code(c_file)
     suffix = ext_suffix or f".cpython-{sys.version_info.major}{sys.version_info.minor}-{spec['abi']}.so"
     so = os.path.join(out, "_kernels" + suffix)
-    cmd = [spec["cc"], *COMMON_FLAGS, *spec["flags"], "-shared", "-fPIC", "-I", python_include, "-I", HERE,
+    cmd = [spec["cc"], *COMMON_FLAGS, *spec["flags"], "-shared", "-fPIC", "-I", python_include,
+           "-I", os.path.dirname(python_include), "-I", HERE,
            c_file, *[os.path.join(HERE, s) for s in SOURCES], "-lm", "-o", so]
     subprocess.run(cmd, check=True)
     return so
+
+
+def armroot_deps(root: str, out: str = os.path.join(ROOT, "out", "kernels-a64-py")) -> tuple[str, str]:
+    """What the extension needs for tools/armroot.py's aarch64 CPython, cached under `out`: that
+    Python's headers (Debian's arm64 libpython3.11-dev, fetched with the armroot's private arm64
+    apt state: no second root) and an aarch64 cffi wheel (the extension's runtime half).
+    Returns (include dir, site dir for PYTHONPATH)."""
+    inc, site = os.path.join(out, "usr", "include"), os.path.join(out, "site")
+    stamp = os.path.join(out, ".ok")
+    if os.path.exists(stamp):
+        return inc, site
+    os.makedirs(os.path.join(out, "cache", "archives", "partial"), exist_ok=True)
+    apt = os.path.join(root, ".apt")
+    opts = ["-o", f"Dir::State={apt}/state", "-o", f"Dir::State::status={apt}/state/status",
+            "-o", f"Dir::Cache={out}/cache", "-o", f"Dir::Etc::SourceList={apt}/etc/sources.list",
+            "-o", "Dir::Etc::SourceParts=/nonexistent", "-o", "APT::Architecture=arm64",
+            "-o", "APT::Architectures=arm64", "-o", "Debug::NoLocking=1"]
+    subprocess.run(["apt-get", *opts, "download", "libpython3.11-dev"], cwd=out, check=True, capture_output=True)
+    for deb in [f for f in os.listdir(out) if f.endswith(".deb")]:
+        subprocess.run(["dpkg", "-x", os.path.join(out, deb), out], check=True)
+        os.remove(os.path.join(out, deb))
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--target", site,
+                    "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp", "--platform",
+                    "manylinux2014_aarch64", "--no-deps", "cffi>=1.15", "pycparser"], check=True)
+    open(stamp, "w").close()
+    return inc, site
+
+
+def build_for_armroot(root: str) -> tuple[str, str]:
+    """Cross-build edge/_kernels.cpython-311-aarch64-linux-gnu.so (beside the host's build: each
+    interpreter loads its own ABI tag) for the armroot's Python; returns (.so, site dir to add)."""
+    inc, site = armroot_deps(root)
+    so = build_cross("aarch64", os.path.join(inc, "python3.11"), os.path.join(ROOT, "build", "kernels-a64"),
+                     ext_suffix=".cpython-311-aarch64-linux-gnu.so")
+    dest = os.path.join(ROOT, "edge", os.path.basename(so))
+    shutil.copyfile(so, dest)
+    return dest, site
 
 
 def setup_kwargs() -> dict:
@@ -164,12 +206,18 @@ def main(argv=None) -> int:
     ap.add_argument("--python-include", help="--cross: the target CPython's include dir (Python.h)")
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "kernels"), help="--cross: output dir")
     ap.add_argument("--check", action="store_true", help="only say whether a host build would work")
+    ap.add_argument("--armroot", action="store_true", help="cross-build into edge/ for tools/armroot.py's aarch64 Python")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     if args.check:
         reason = why_not()
         print(reason or "ok: the host build can work")
         return 1 if reason else 0
+    if args.armroot:
+        from tools import armroot
+
+        print(build_for_armroot(armroot.build_root())[0])
+        return 0
     if args.cross:
         if not args.python_include:
             ap.error("--cross needs --python-include (the target CPython's Python.h directory)")

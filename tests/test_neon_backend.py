@@ -84,3 +84,23 @@ def test_auto_picks_neon_only_where_it_is_native(ref):
 
     backend = make_backend("auto", ref.model)
     assert isinstance(backend, NeonBackend if kernels.is_arm() else ReferenceBackend)
+
+
+@pytest.mark.arm
+def test_aarch64_extension_decodes_on_emulated_boards():
+    """The extension cross-built for aarch64 CPython (tools/armroot.py's root) under qemu: real
+    NEON, sdot picked on a Cortex-A76, smull on a Cortex-A72, the sample's exact text on both."""
+    import json
+
+    from kernels.build import build_for_armroot
+    from tests.conftest import ROOT
+    from tools import armroot
+
+    root = armroot.build_root()
+    _, site = build_for_armroot(root)
+    for cpu, path in (("cortex-a76", "dot"), ("cortex-a72", "neon")):
+        r = armroot.run_python([os.path.join(ROOT, "bench", "arm_decode.py"), "neon", "0", "1"], root=root, cpu=cpu,
+                               extra_path=[site], timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        assert out["backend"] == f"neon int8 ({path})" and out["text"] == out["expected"], (cpu, out)
