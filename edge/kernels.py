@@ -109,7 +109,7 @@ def describe() -> dict:
         info["active"] = best_path()
     except ParaEdgeError as exc:
         info["active"], info["reason"] = None, str(exc)
-    info["kernels"] = ["gemm_s8", "quantize", "dequant", "requant", "fsmn", "cif", "layernorm"]
+    info["kernels"] = ["gemm_s8", "quantize", "dequant", "requant", "fsmn", "cif", "layernorm", "attention"]
     return info
 
 
@@ -254,6 +254,21 @@ def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = 
         raise ValueError("layer_norm: gamma/beta do not match x")
     y = np.empty_like(x)
     lib.pe_layernorm_f32(_p(x, "float"), x.shape[0], x.shape[1], _p(g, "float"), _p(b, "float"), float(eps), _p(y, "float"))
+    return y
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, heads: int) -> np.ndarray:
+    """ops.attention (no mask, batch 1) fused in C: one call for all heads; float32-close."""
+    lib = require()
+    q, k, v = _c(q, F32, 2, "q"), _c(k, F32, 2, "k"), _c(v, F32, 2, "v")
+    (t1, d), t2 = q.shape, k.shape[0]
+    if k.shape[1] != d or v.shape != k.shape or d % heads:
+        raise ValueError(f"attention: q {q.shape}, k {k.shape}, v {v.shape} with {heads} heads do not fit")
+    dk = d // heads
+    y = np.empty_like(q)
+    scratch = np.empty(dk + t2 + 4, F32)
+    lib.pe_attention_f32(_p(q, "float"), t1, _p(k, "float"), _p(v, "float"), t2, d, int(heads), float(F32(dk**-0.5)),
+                         _p(y, "float"), _p(scratch, "float"))
     return y
 
 

@@ -4,11 +4,6 @@
 
 #include "pe_neon.h"
 
-static inline float hsum(float32x4_t v) {
-    float32x2_t s = vpadd_f32(vget_low_f32(v), vget_high_f32(v));
-    return vget_lane_f32(vpadd_f32(s, s), 0);
-}
-
 void pe_layernorm_f32(const float *x, int M, int D, const float *gamma, const float *beta, float eps, float *y) {
     for (int m = 0; m < M; m++) {
         const float *r = x + (size_t)m * D;
@@ -16,7 +11,7 @@ void pe_layernorm_f32(const float *x, int M, int D, const float *gamma, const fl
         float32x4_t s4 = vdupq_n_f32(0.0f);
         int d = 0;
         for (; d + 4 <= D; d += 4) s4 = vaddq_f32(s4, vld1q_f32(r + d));
-        float sum = hsum(s4);
+        float sum = pe_hsum(s4);
         for (; d < D; d++) sum += r[d];
         float mean = sum / (float)D;
         float32x4_t vm = vdupq_n_f32(mean), q4 = vdupq_n_f32(0.0f);
@@ -24,7 +19,7 @@ void pe_layernorm_f32(const float *x, int M, int D, const float *gamma, const fl
             float32x4_t c = vsubq_f32(vld1q_f32(r + d), vm);
             q4 = vaddq_f32(q4, vmulq_f32(c, c));
         }
-        float sq = hsum(q4);
+        float sq = pe_hsum(q4);
         for (; d < D; d++) sq += (r[d] - mean) * (r[d] - mean);
         float inv = 1.0f / sqrtf(sq / (float)D + eps);
         float32x4_t vi = vdupq_n_f32(inv);

@@ -68,6 +68,13 @@ int pe_cif_stream_f32(const float *hidden, const float *alphas, int T, int D, fl
 /* LayerNorm over the last axis (biased variance), y = (x - mean) / sqrt(var + eps) * gamma + beta */
 void pe_layernorm_f32(const float *x, int M, int D, const float *gamma, const float *beta, float eps, float *y);
 
+/* Attention without mask for short sequences, all heads in one call (no [T1, T2] matrices in
+ * Python): y = softmax((q * scale) k^T) v per head, heads split along D. q [T1, D], k/v [T2, D],
+ * scale = 1/sqrt(D / heads). scratch: D / heads + T2 + 4 floats. exp is a polynomial (|rel err|
+ * < 3e-7); matches numpy's attention to float32 rounding, not bit for bit. */
+void pe_attention_f32(const float *q, int T1, const float *k, const float *v, int T2, int D, int heads, float scale,
+                      float *y, float *scratch);
+
 /* scalar references (ref_scalar.c): the definition of each kernel's result */
 void pe_ref_gemm_s8s32(const int8_t *a, const int8_t *w, int M, int K, int N, int32_t *c);
 void pe_ref_quantize_rows_s8(const float *x, int M, int K, int8_t *q, float *scale);
@@ -80,6 +87,8 @@ int pe_ref_cif_offline_f32(const float *hidden, const float *alphas, int T, int 
                            float *out, float *scratch);
 int pe_ref_cif_stream_f32(const float *hidden, const float *alphas, int T, int D, float threshold, int final,
                           float tail, float *carry_alpha, float *carry_hidden, float *out);
+void pe_ref_attention_f32(const float *q, int T1, const float *k, const float *v, int T2, int D, int heads,
+                          float scale, float *y, float *scratch);
 void pe_ref_layernorm_f32(const float *x, int M, int D, const float *gamma, const float *beta, float eps,
                           float *y);
 /* cdef-end */

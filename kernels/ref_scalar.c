@@ -133,3 +133,25 @@ void pe_ref_layernorm_f32(const float *x, int M, int D, const float *gamma, cons
         for (int d = 0; d < D; d++) y[(size_t)m * D + d] = (r[d] - mean) * inv * gamma[d] + beta[d];
     }
 }
+
+void pe_ref_attention_f32(const float *q, int T1, const float *k, const float *v, int T2, int D, int heads,
+                          float scale, float *y, float *scratch) {
+    int dk = D / heads;
+    float *s = scratch;
+    for (int h = 0; h < heads; h++)
+        for (int i = 0; i < T1; i++) {
+            float mx = -INFINITY, sum = 0.0f;
+            for (int t = 0; t < T2; t++) {
+                float acc = 0.0f;
+                for (int j = 0; j < dk; j++) acc += (q[(size_t)i * D + h * dk + j] * scale) * k[(size_t)t * D + h * dk + j];
+                s[t] = acc;
+                if (acc > mx) mx = acc;
+            }
+            for (int t = 0; t < T2; t++) sum += s[t] = expf(s[t] - mx);
+            for (int j = 0; j < dk; j++) {
+                float acc = 0.0f;
+                for (int t = 0; t < T2; t++) acc += (s[t] / sum) * v[(size_t)t * D + h * dk + j];
+                y[(size_t)i * D + h * dk + j] = acc;
+            }
+        }
+}

@@ -5,7 +5,8 @@
  *       can be compared; exit 1 on any mismatch. force-dot runs sdot even without HWCAP_ASIMDDP.
  *   test_kernels bench KERNEL PATH REPS ARGS...         runs one kernel REPS times after setup
  *       (packing included in setup): instruction counts are count(REPS=1) - count(REPS=0).
- *       gemm|linear PATH REPS M K N; fsmn - REPS T D KERNEL; cif - REPS T D; layernorm - REPS M D */
+ *       gemm|linear PATH REPS M K N; fsmn PATH REPS T D KERNEL; cif PATH REPS T D; layernorm PATH REPS M D;
+ *       attention PATH REPS T D HEADS (float kernels: PATH scalar = the C reference, else NEON) */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,15 +23,16 @@ static uint32_t next(void) {
 }
 static float frand(void) { return (float)(next() % 2000001) / 1000000.0f - 1.0f; }
 
-static uint64_t hashes[8];
+static uint64_t hashes[9];
 static void fnv(int slot, const void *p, size_t n) {
     const unsigned char *b = p;
     uint64_t h = hashes[slot] ? hashes[slot] : 1469598103934665603ull;
     for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 1099511628211ull;
     hashes[slot] = h;
 }
-enum { H_GEMM, H_QUANT, H_DEQ, H_REQ, H_FSMN, H_CIF, H_CIFS, H_NORM };
-static const char *hash_names[] = {"gemm", "quantize", "dequant", "requant", "fsmn", "cif_offline", "cif_stream", "layernorm"};
+enum { H_GEMM, H_QUANT, H_DEQ, H_REQ, H_FSMN, H_CIF, H_CIFS, H_NORM, H_ATT, H_COUNT };
+static const char *hash_names[] = {"gemm",        "quantize",   "dequant",   "requant",  "fsmn",
+                                   "cif_offline", "cif_stream", "layernorm", "attention"};
 
 static int failures = 0;
 static void fail(const char *what, int a, int b, int c, int d) {
@@ -206,6 +208,32 @@ static int check_layernorm(void) {
     return cases;
 }
 
+static int check_attention(void) {
+    int cases = 0;
+    static const int shapes[][4] = {{1, 1, 4, 1}, {3, 5, 8, 2}, {2, 3, 10, 2}, {7, 9, 12, 3}, {15, 15, 256, 4},
+                                    {4, 29, 256, 4}, {29, 29, 256, 4}, {100, 100, 64, 1}};
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+        int T1 = shapes[si][0], T2 = shapes[si][1], D = shapes[si][2], H = shapes[si][3], dk = D / H;
+        float *q = malloc(sizeof(float) * T1 * D), *k = malloc(sizeof(float) * T2 * D), *v = malloc(sizeof(float) * T2 * D);
+        float *y = malloc(sizeof(float) * T1 * D), *yr = malloc(sizeof(float) * T1 * D);
+        float *sc = malloc(sizeof(float) * (dk + T2 + 4));
+        for (int i = 0; i < T1 * D; i++) q[i] = frand() * 4.0f;
+        for (int i = 0; i < T2 * D; i++) k[i] = frand() * 4.0f, v[i] = frand();
+        float scale = 1.0f / sqrtf((float)dk);
+        pe_attention_f32(q, T1, k, v, T2, D, H, scale, y, sc);
+        pe_ref_attention_f32(q, T1, k, v, T2, D, H, scale, yr, sc);
+        for (int i = 0; i < T1 * D; i++)
+            if (fabsf(y[i] - yr[i]) > 2e-5f * (1.0f + fabsf(yr[i]))) {
+                fail("attention", T1, T2, D, H);
+                break;
+            }
+        fnv(H_ATT, y, sizeof(float) * T1 * D);
+        free(q); free(k); free(v); free(y); free(yr); free(sc);
+        cases++;
+    }
+    return cases;
+}
+
 static int path_id(const char *s) {
     return !strcmp(s, "scalar") ? PE_PATH_SCALAR : !strcmp(s, "neon") ? PE_PATH_NEON : !strcmp(s, "dot") ? PE_PATH_DOT : -1;
 }
@@ -226,7 +254,8 @@ static int run_check(int argc, char **argv) {
     printf("ok fsmn %d cases\n", check_fsmn());
     printf("ok cif %d cases\n", check_cif());
     printf("ok layernorm %d cases\n", check_layernorm());
-    for (int i = 0; i < 8; i++) printf("hash %s %016llx\n", hash_names[i], (unsigned long long)hashes[i]);
+    printf("ok attention %d cases\n", check_attention());
+    for (int i = 0; i < H_COUNT; i++) printf("hash %s %016llx\n", hash_names[i], (unsigned long long)hashes[i]);
     printf(failures ? "FAILED %d\n" : "ALL OK\n", failures);
     return failures ? 1 : 0;
 }
@@ -277,6 +306,13 @@ static int run_bench(int argc, char **argv) {
         for (int i = 0; i < D; i++) g[i] = frand();
         for (int r = 0; r < reps; r++)
             (path == PE_PATH_SCALAR ? pe_ref_layernorm_f32 : pe_layernorm_f32)(x, M, D, g, g, 1e-12f, y);
+        printf("%f\n", y[0]);
+    } else if (!strcmp(kernel, "attention")) {
+        int T = a0, D = a1, H = a2;
+        float *q = malloc(sizeof(float) * T * D), *y = malloc(sizeof(float) * T * D), *sc = malloc(sizeof(float) * (D + T + 4));
+        for (int i = 0; i < T * D; i++) q[i] = frand();
+        for (int r = 0; r < reps; r++)
+            (path == PE_PATH_SCALAR ? pe_ref_attention_f32 : pe_attention_f32)(q, T, q, q, T, D, H, 0.125f, y, sc);
         printf("%f\n", y[0]);
     } else {
         return 2;

@@ -184,7 +184,7 @@ def arm_exe(tmp_path_factory):
 def test_c_driver_native_simde_build(native_check):
     r, hashes = native_check
     assert r.returncode == 0 and "ALL OK" in r.stdout, r.stdout[-2000:]
-    assert len(hashes) == 8 and "compiled 0x7" in r.stdout
+    assert len(hashes) == 9 and "compiled 0x7" in r.stdout
 
 
 @pytest.mark.arm
@@ -215,3 +215,12 @@ def test_sdot_gemm_needs_far_fewer_instructions(arm_exe):
         [arm_exe, "bench", "gemm", "dot", "1", "4", "16", "16"])  # deterministic
     scalar, neon, dot = insns("scalar"), insns("neon"), insns("dot")
     assert scalar >= 4 * dot and dot < neon < scalar, (scalar, neon, dot)
+
+
+def test_fused_attention_matches_reference(paths):
+    rng = np.random.default_rng(6)
+    for t1, t2, d, heads in ((1, 1, 4, 1), (3, 5, 8, 2), (2, 3, 10, 2), (15, 15, 256, 4), (4, 29, 256, 4), (100, 100, 64, 1)):
+        q, k, v = (rng.standard_normal((t, d)).astype(F32) * 3 for t in (t1, t2, t2))
+        np.testing.assert_allclose(kernels.attention(q, k, v, heads), ops.attention(q, k, v, heads), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="heads"):
+        kernels.attention(np.zeros((2, 6), F32), np.zeros((3, 6), F32), np.zeros((3, 6), F32), 4)

@@ -2,9 +2,10 @@
 
 Every Linear layer of the encoder and decoder runs INT8: weights quantized per output channel
 once at load time and packed for the CPU's GEMM path (sdot or smull), activations quantized per
-row on each call (dynamic, like onnxruntime's INT8 export). FSMN memory, LayerNorm and CIF run in
-C in float32 (FSMN and CIF bit-exact with the reference). Attention scores and the CIF predictor
-(conv + alpha head) stay float32 numpy: the token count hangs on the alpha sum.
+row on each call (dynamic, like onnxruntime's INT8 export). FSMN memory, LayerNorm, attention
+(fused, all heads per call) and CIF run in C in float32 (FSMN and CIF bit-exact with the
+reference). The CIF predictor (conv + alpha head) stays float32 numpy: the token count hangs on
+the alpha sum.
 
 Weights are read and checked by the reference backend's loader, so both see the same model.
 """
@@ -33,7 +34,7 @@ class _Enc:
         qkv = self.qkv(kernels.layer_norm(x, *r.norm1))
         q, k, v = qkv[:, :d], qkv[:, d : 2 * d], qkv[:, 2 * d :]
         memory = kernels.fsmn(v, r.fsmn_w, r.pad[0])
-        att = self.out(ops.attention(q, k, v, r.heads)) + memory
+        att = self.out(kernels.attention(q, k, v, r.heads)) + memory
         x = x + att if r.d_in == r.d else att
         return x + self.w2(self.w1(kernels.layer_norm(x, *r.norm2), relu=True))
 
@@ -69,7 +70,7 @@ class _Dec:
         if r.cross:
             q = self.q(kernels.layer_norm(x, *r.norm3))
             kv = self.kv(memory)
-            x = x + self.out(ops.attention(q, kv[:, : r.d], kv[:, r.d :], r.heads))
+            x = x + self.out(kernels.attention(q, kv[:, : r.d], kv[:, r.d :], r.heads))
         return x, cache
 
 
