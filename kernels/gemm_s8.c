@@ -42,46 +42,57 @@ void pe_gemm_s8_pack(int path, const int8_t *w, int K, int N, int8_t *packed) {
     acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(a), vget_low_s8(b))); \
     acc = vpadalq_s16(acc, vmull_high_s8(a, b))
 
-/* 4 rows x 4 channels, full K; rows[] may repeat a row for an M tail (only mr rows are stored) */
+/* 4 rows x 4 channels, full K; rows[] may repeat a row for an M tail (only mr rows are stored).
+ * 16 named accumulators (c<row><channel>): GCC keeps them in registers (an array got spilled). */
+#define ROW4(r, a) MUL16(c##r##0, a, b0); MUL16(c##r##1, a, b1); MUL16(c##r##2, a, b2); MUL16(c##r##3, a, b3)
+/* one A row live at a time (the empty asm stops GCC hoisting all four): 16 accumulators + 4 B +
+ * 1 A + 2 products fit the 32 registers without spills */
+#if defined(__aarch64__) && defined(__GNUC__)
+#define KEEP_ORDER() __asm__ volatile("" ::: "memory")
+#else
+#define KEEP_ORDER() ((void)0)
+#endif
+#define ROWSTEP(r, pa)                   \
+    do {                                 \
+        KEEP_ORDER();                    \
+        int8x16_t a = vld1q_s8(pa);      \
+        ROW4(r, a);                      \
+    } while (0)
+#define STEP16(pa0, pa1, pa2, pa3, p)                                                                  \
+    do {                                                                                               \
+        int8x16_t b0 = vld1q_s8(p), b1 = vld1q_s8(p + 16), b2 = vld1q_s8(p + 32), b3 = vld1q_s8(p + 48); \
+        ROWSTEP(0, pa0); ROWSTEP(1, pa1); ROWSTEP(2, pa2); ROWSTEP(3, pa3);                            \
+    } while (0)
+#define STORE4(r)                                                                                   \
+    if (r < mr) {                                                                                   \
+        int32x4_t s = vpaddq_s32(vpaddq_s32(c##r##0, c##r##1), vpaddq_s32(c##r##2, c##r##3));         \
+        if (nr == 4) {                                                                              \
+            vst1q_s32(c + (size_t)r * ldc, s);                                                      \
+        } else {                                                                                    \
+            int32_t tmp[4];                                                                         \
+            vst1q_s32(tmp, s);                                                                      \
+            memcpy(c + (size_t)r * ldc, tmp, sizeof(int32_t) * (size_t)nr);                         \
+        }                                                                                           \
+    }
+
 static void kernel_neon_4x4(const int8_t *const rows[4], const int8_t *panel, int K, int32_t *c, int ldc, int mr,
                             int nr) {
-    int32x4_t acc[4][4];
-    for (int r = 0; r < 4; r++)
-        for (int j = 0; j < 4; j++) acc[r][j] = vdupq_n_s32(0);
+    int32x4_t z = vdupq_n_s32(0);
+    int32x4_t c00 = z, c01 = z, c02 = z, c03 = z, c10 = z, c11 = z, c12 = z, c13 = z;
+    int32x4_t c20 = z, c21 = z, c22 = z, c23 = z, c30 = z, c31 = z, c32 = z, c33 = z;
+    const int8_t *p = panel, *r0 = rows[0], *r1 = rows[1], *r2 = rows[2], *r3 = rows[3];
     int k = 0;
-    const int8_t *p = panel;
-    for (; k + KB <= K; k += KB, p += KB * NEON_NR) {
-        int8x16_t b0 = vld1q_s8(p), b1 = vld1q_s8(p + 16), b2 = vld1q_s8(p + 32), b3 = vld1q_s8(p + 48);
-        for (int r = 0; r < 4; r++) {
-            int8x16_t a = vld1q_s8(rows[r] + k);
-            MUL16(acc[r][0], a, b0);
-            MUL16(acc[r][1], a, b1);
-            MUL16(acc[r][2], a, b2);
-            MUL16(acc[r][3], a, b3);
-        }
-    }
+    for (; k + KB <= K; k += KB, p += KB * NEON_NR) STEP16(r0 + k, r1 + k, r2 + k, r3 + k, p);
     if (k < K) { /* K tail: zero-padded copies of the rows; the packed panel is already padded */
-        int8x16_t b0 = vld1q_s8(p), b1 = vld1q_s8(p + 16), b2 = vld1q_s8(p + 32), b3 = vld1q_s8(p + 48);
-        for (int r = 0; r < 4; r++) {
-            int8_t buf[KB] = {0};
-            memcpy(buf, rows[r] + k, (size_t)(K - k));
-            int8x16_t a = vld1q_s8(buf);
-            MUL16(acc[r][0], a, b0);
-            MUL16(acc[r][1], a, b1);
-            MUL16(acc[r][2], a, b2);
-            MUL16(acc[r][3], a, b3);
-        }
+        int8_t buf[4][KB];
+        memset(buf, 0, sizeof(buf));
+        for (int r = 0; r < 4; r++) memcpy(buf[r], rows[r] + k, (size_t)(K - k));
+        STEP16(buf[0], buf[1], buf[2], buf[3], p);
     }
-    for (int r = 0; r < mr; r++) {
-        int32x4_t s = vpaddq_s32(vpaddq_s32(acc[r][0], acc[r][1]), vpaddq_s32(acc[r][2], acc[r][3]));
-        if (nr == 4) {
-            vst1q_s32(c + (size_t)r * ldc, s);
-        } else {
-            int32_t tmp[4];
-            vst1q_s32(tmp, s);
-            memcpy(c + (size_t)r * ldc, tmp, sizeof(int32_t) * (size_t)nr);
-        }
-    }
+    STORE4(0)
+    STORE4(1)
+    STORE4(2)
+    STORE4(3)
 }
 
 static void gemm_neon(const int8_t *a, const int8_t *packed, int M, int K, int N, int32_t *c) {
