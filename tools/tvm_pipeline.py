@@ -2,7 +2,7 @@
 
 CUDA: TVM's default CUDA pipeline minus dlight's GEMV rule, which asserts on the CIF alpha
 projection's [T,d]x[d,1] shape; Matmul/Reduction/GeneralReduction/Fallback schedule every kernel.
-CPU: TVM's default pipeline (see tools/tvm_cpu.py for the performance work).
+CPU: TVM's default pipeline plus the deterministic schedules of tools/tvm_cpu.py.
 """
 
 from __future__ import annotations
@@ -37,4 +37,6 @@ def relax_pipeline(board, target):
     """The Relax pipeline for a board's target ("default" = TVM's own)."""
     if board.cuda:
         return cuda_pipeline(target)
-    return "default"
+    from tools.tvm_cpu import cpu_pipeline
+
+    return cpu_pipeline(target)

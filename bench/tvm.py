@@ -1,0 +1,186 @@
+"""TVM bundles against onnxruntime, measured side by side in one run (same model, same threads).
+
+x86 (this host): wall time of offline and streaming decoding of the demo samples, as RTF and
+relative to onnxruntime fp32, for onnxruntime fp32/INT8 and the x86-host TVM bundle.
+`--arm`: the same model on the emulated aarch64 board (tools/armroot.py, qemu -cpu cortex-a76):
+dynamic aarch64 instructions per second of audio (qemu plugin, tools/qemu_insn.py) for the
+qemu-a76 TVM bundle and onnxruntime aarch64 fp32/INT8. Each count is
+count(load + frontend + decode) - count(load + frontend), so imports and model loading cancel;
+counts are deterministic, so one run is enough.
+
+    python bench/tvm.py --runs 3 --arm      # prints Markdown tables; JSON in --out
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+RUNTIMES = [("onnxruntime fp32", "onnxruntime", False), ("onnxruntime INT8", "onnxruntime", True), ("TVM fp32", "tvm", False)]
+
+ARM_SCRIPT = r"""
+import sys, numpy as np
+from edge.audio import load_audio
+from edge.recognizer import Recognizer
+model, backend, int8, mode, wav, decode = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4], sys.argv[5], sys.argv[6] == "1"
+rec = Recognizer(model, backend, threads=1, int8=int8)
+x = load_audio(wav)[0]
+feats = rec.frontend(x)
+if decode:
+    if mode == "offline":
+        ids, _ = rec.decode_features(feats)
+    else:
+        ids = rec.transcribe_streaming(x).token_ids
+    print("ids", ids)
+"""
+
+
+def fp32_model(model: str, out: str) -> str:
+    """A scratch copy with the fp32 ONNX pair exported (the demo ships INT8 ONNX only)."""
+    dst = os.path.join(out, "model")
+    if not os.path.exists(os.path.join(dst, "model.onnx")):
+        from models.export import export_dir
+
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(model, dst, ignore=shutil.ignore_patterns("samples", "*.md", "*.png", "*.csv"))
+        export_dir(dst)
+    return dst
+
+
+def bundle(model: str, board: str, out: str, buckets=None) -> str:
+    """Compile (or reuse, when the model hash and compiler source match) a bundle for `board`."""
+    from tools.compile import DEFAULT_BUCKETS, compile_bundle, model_hash
+    from edge.modeldir import ModelDir
+
+    dst = os.path.join(out, f"tvm-{board}")
+    man = os.path.join(dst, "manifest.json")
+    if os.path.exists(man):
+        m = json.load(open(man))
+        if m["model"]["hash"] == model_hash(ModelDir(model)) and m.get("compiler") == _compiler_stamp():
+            return dst
+    compile_bundle(model, board, dst, buckets=buckets or DEFAULT_BUCKETS)
+    m = json.load(open(man))
+    m["compiler"] = _compiler_stamp()  # not a hashed file: lets the bench reuse a fresh bundle
+    json.dump(m, open(man, "w"), indent=1)
+    return dst
+
+
+def _compiler_stamp() -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in ("tools/compile.py", "tools/tvm_cpu.py", "tools/tvm_pipeline.py"):
+        h.update(open(os.path.join(ROOT, f), "rb").read())
+    return h.hexdigest()[:16]
+
+
+def x86_table(model, tvm_dir, audio, threads, runs):
+    from edge.audio import load_audio
+    from edge.recognizer import Recognizer
+
+    clips = [load_audio(a)[0] for a in audio]
+    seconds = sum(len(c) for c in clips) / 16000
+    results = {}
+    for mode in ("offline", "streaming"):
+        for label, backend, int8 in RUNTIMES:
+            rec = Recognizer(tvm_dir if backend == "tvm" else model, backend, threads=threads, int8=int8)
+            run = (lambda c: rec.transcribe(c)) if mode == "offline" else (lambda c: rec.transcribe_streaming(c))
+            texts = [run(c).text for c in clips]  # warm-up
+            best = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                for c in clips:
+                    run(c)
+                best.append(time.perf_counter() - t0)
+            results[(mode, label)] = {"seconds": min(best), "rtf": min(best) / seconds, "texts": texts}
+    lines = [f"{len(clips)} samples ({seconds:.1f} s of audio), best of {runs} runs after 1 warm-up, {threads} thread(s), "
+             f"{_cpu_name()}", "", "| mode | runtime | RTF | time vs onnxruntime fp32 | same text as onnxruntime fp32 |",
+             "|---|---|---|---|---|"]
+    for (mode, label), r in results.items():
+        base = results[(mode, "onnxruntime fp32")]
+        same = sum(a == b for a, b in zip(r["texts"], base["texts"]))
+        lines.append(f"| {mode} | {label} | {r['rtf']:.4f} | {r['seconds'] / base['seconds']:.2f} | {same}/{len(clips)} |")
+    return lines, {f"{m}/{l}": r for (m, l), r in results.items()}
+
+
+def arm_table(model, arm_dir, wav):
+    from tools import armroot, qemu_insn
+
+    root = armroot.build_root()
+    script = os.path.join(os.path.dirname(arm_dir), "arm_decode.py")
+    with open(script, "w") as f:
+        f.write(ARM_SCRIPT)
+    import wave
+
+    with wave.open(wav) as w:
+        seconds = w.getnframes() / w.getframerate()
+    env = armroot.env_for(root)
+    env["TVM_NUM_THREADS"] = "1"
+    results = {}
+    for mode in ("offline", "streaming"):
+        for label, backend, int8 in RUNTIMES:
+            mdir = arm_dir if backend == "tvm" else model
+            counts = []
+            for decode in ("0", "1"):
+                args = [script, mdir, backend, "1" if int8 else "0", mode, wav, decode]
+                counts.append(qemu_insn.count_insns(args, env=env, cwd=ROOT, timeout=1200,
+                                                    wrap=lambda plug, a=args: armroot.command(a, root, plugin=plug)))
+            results[(mode, label)] = (counts[1] - counts[0]) / seconds
+            print(f"arm {mode} {label}: {results[(mode, label)] / 1e6:.1f} M instructions / s of audio", file=sys.stderr)
+    lines = [f"{os.path.basename(wav)} ({seconds:.2f} s), qemu-aarch64 -cpu cortex-a76, 1 thread; decode only "
+             "(load + frontend subtracted)", "", "| mode | runtime | M instructions / s audio | vs onnxruntime fp32 |",
+             "|---|---|---|---|"]
+    for (mode, label), n in results.items():
+        lines.append(f"| {mode} | {label} | {n / 1e6:.1f} | {n / results[(mode, 'onnxruntime fp32')]:.2f} |")
+    return lines, {f"{m}/{l}": n for (m, l), n in results.items()}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=os.path.join(ROOT, "models", "demo"))
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--arm", action="store_true", help="also count aarch64 instructions on the emulated board")
+    ap.add_argument("--arm-wav", help="clip for the emulated board (default: the demo's shortest sample)")
+    ap.add_argument("--out", default=os.path.join(ROOT, "out", "bench", "tvm"))
+    args = ap.parse_args(argv)
+    os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
+    os.makedirs(args.out, exist_ok=True)
+    audio = sorted(glob.glob(os.path.join(args.model, "samples", "*.wav")))
+    model = fp32_model(args.model, args.out)
+    tvm_dir = bundle(model, "x86-host", args.out)
+    lines, report = x86_table(model, tvm_dir, audio, args.threads, args.runs)
+    print("\n".join(lines))
+    if args.arm:
+        arm_dir = bundle(model, "qemu-a76", args.out)
+        wav = args.arm_wav or min(audio, key=os.path.getsize)
+        arm_lines, arm = arm_table(model, arm_dir, wav)
+        print()
+        print("\n".join(arm_lines))
+        report["arm_instructions_per_audio_second"] = arm
+    with open(os.path.join(args.out, "report.json"), "w") as f:
+        json.dump(report, f, indent=1, ensure_ascii=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
