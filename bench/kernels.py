@@ -38,6 +38,10 @@ SHAPES = [(15, 256, 768), (15, 256, 1024), (15, 1024, 256), (100, 256, 768), (10
 QUICK = [(15, 256, 1024), (100, 1024, 256)]
 ORT_REPS = 10
 ARM_BUILD = os.path.join(REPO, "out", "kernels-a64")
+# the emulated Python's environment for counting: no BLAS threads spinning between calls, fixed
+# hashing, and its own byte-code cache (the host's pytest runs rewrite __pycache__ under it)
+GUEST_ENV = {"PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1",
+             "PYTHONPYCACHEPREFIX": os.path.join(REPO, "out", "qemu", "pycache-aarch64")}
 
 ORT_GUEST = r"""
 import sys
@@ -98,9 +102,10 @@ def ort_insns(model: str, kind: str, m: int, k: int, guest: str) -> int:
 
     root = armroot.build_root()
     env = armroot.env_for(root)
-    env.update(PYTHONHASHSEED="0", OPENBLAS_NUM_THREADS="1")
+    env.update(GUEST_ENV)
     run = lambda reps: qemu_insn.count_insns(
         [], wrap=lambda p: armroot.command([guest, model, kind, str(m), str(k), str(reps)], root, "cortex-a76", p), env=env)
+    run(0)  # warm-up: byte-compiles what changed, so the counted runs do the same work
     return round((run(ORT_REPS) - run(0)) / ORT_REPS)
 
 
@@ -120,7 +125,7 @@ def e2e_insns(backend: str, int8: bool, path: str | None = None) -> tuple[int, d
     if root not in _ARM_EXT:
         _ARM_EXT[root] = build_for_armroot(root)[1]
     env = armroot.env_for(root, [_ARM_EXT[root]])
-    env.update(PYTHONHASHSEED="0", OPENBLAS_NUM_THREADS="1")  # idle BLAS threads spin: counts would vary
+    env.update(GUEST_ENV)
     if path:
         env["PARAEDGE_KERNEL_PATH"] = path
     guest = os.path.join(REPO, "bench", "arm_decode.py")
@@ -131,6 +136,7 @@ def e2e_insns(backend: str, int8: bool, path: str | None = None) -> tuple[int, d
             return armroot.command([guest, backend, "1" if int8 else "0", str(reps)], root, "cortex-a76", p)
         return qemu_insn.count_insns([], wrap=wrap, env=env)
 
+    run(0)  # warm-up: byte-compiles what changed, so the counted runs do the same work
     n = run(2) - run(1)
     r = subprocess.run(armroot.command([guest, backend, "1" if int8 else "0", "1"], root), capture_output=True,
                        text=True, env=env, cwd=REPO)
