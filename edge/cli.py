@@ -19,8 +19,9 @@ def _err(msg: str) -> None:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", required=True, help="model dir (FunASR layout: config.yaml, am.mvn, tokens.json, weights)")
-    p.add_argument("--backend", "-b", default="ref", choices=["ref", "onnxruntime", "tvm"],
-                   help="compute backend (default: ref, numpy; tvm: --model is a bundle from `paraedge compile`)")
+    p.add_argument("--backend", "-b", default="ref", choices=["ref", "onnxruntime", "tvm", "neon", "auto"],
+                   help="compute backend (default: ref, numpy; tvm: --model is a bundle from `paraedge compile`; "
+                        "neon: INT8 + NEON C kernels; auto: neon on ARM when built, else ref)")
     p.add_argument("--int8", action="store_true", help="onnxruntime: use the INT8 model_quant.onnx")
     p.add_argument("--threads", type=int, default=None, help="compute threads (default: library default)")
 
