@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edge import insn_markers
 from edge.cif import cif_offline
 from edge.errors import BackendUnavailable, ParaEdgeError
 
 STAGES = ("resample", "fbank", "lfr_cmvn", "frontend", "encoder", "cif", "decoder", "model")
+MARKED = STAGES + ("total", "load")  # stage numbers for instruction-count markers (tools/arm_profile.py)
 
 
 @dataclass
@@ -52,10 +54,12 @@ class _Clock:
         self.times, self.stage = times, stage
 
     def __enter__(self):
+        insn_markers.begin(MARKED.index(self.stage))
         self.t = time.perf_counter()
 
     def __exit__(self, *exc):
         self.times.add(self.stage, time.perf_counter() - self.t)
+        insn_markers.end(MARKED.index(self.stage))
 
 
 def _resample(s: Sample, t: RunTimes):
@@ -357,17 +361,24 @@ def profile(model: str, backends: list[str], audio: list[str], threads: int = 1,
     for spec in backends:
         name, _, opt = spec.partition(":")
         t0 = time.perf_counter()
+        insn_markers.reset()
+        insn_markers.begin(MARKED.index("load"))
         try:
             rec = Recognizer(model, name, threads=threads, int8=(opt == "int8"))
         except BackendUnavailable as exc:
             report["backends"][spec] = {"skipped": str(exc)}
             continue
+        insn_markers.end(MARKED.index("load"))
         load_s = time.perf_counter() - t0
         runner = run_streaming if streaming else run_offline
         per_run, by_len = [], []
         for s in samples:
             for i in range(warmup + runs):
+                insn_markers.active = i >= warmup
+                insn_markers.begin(MARKED.index("total"))
                 t = runner(rec, s)
+                insn_markers.end(MARKED.index("total"))
+                insn_markers.active = True
                 if i >= warmup:
                     per_run.append(t)
                     by_len.append((s.seconds, t.total))
@@ -392,6 +403,7 @@ def profile(model: str, backends: list[str], audio: list[str], threads: int = 1,
             fp = [r.extra["first_partial"] for r in per_run if r.extra["first_partial"]]
             entry["first_partial_audio_s"] = percentiles([f["audio_s"] for f in fp])
         report["backends"][spec] = entry
+        insn_markers.snapshot()  # one block of counts per backend, in report order
     if peers:
         report["peers"] = {}
         for name, fn in peer_runners(model, threads, streaming).items():
@@ -412,13 +424,13 @@ def profile(model: str, backends: list[str], audio: list[str], threads: int = 1,
             for e in report.get(group, {}).values():
                 if "rtf" in e:
                     e["time_vs_onnxruntime"] = e["rtf"] / base
-    if daemon:
+    if daemon and not insn_markers.ENABLED:  # under emulation only the recognizer's stages are counted
         report["daemon"] = daemon_costs(samples, runs)
     from edge.modeldir import ModelDir
 
     md = ModelDir(model)
     macs = model_macs_per_second(md.config)
-    peak = peak_gemm_gflops()
+    peak = None if insn_markers.ENABLED else peak_gemm_gflops()  # a wall-clock probe means nothing emulated
     report["model_cost"] = {"macs_per_audio_second": macs, "peak_gemm_gflops": peak,
                             "weights_mb": sum(v.nbytes for v in md.weights.values()) / 2**20,
                             "rss_before_mb": rss0 / 1024.0}
@@ -427,7 +439,7 @@ def profile(model: str, backends: list[str], audio: list[str], threads: int = 1,
             if "stages_rtf" in e:
                 flops = 2 * sum(macs[k] for k in ("encoder", "cif", "decoder"))
                 model_rtf = sum(e["stages_rtf"].get(k, 0.0) for k in ("encoder", "cif", "decoder", "model"))
-                e["fraction_of_peak"] = flops / 1e9 / peak / model_rtf if model_rtf else None
+                e["fraction_of_peak"] = flops / 1e9 / peak / model_rtf if model_rtf and peak else None
     return report
 
 
@@ -455,7 +467,7 @@ def table(report: dict) -> str:
                         f"p99 {p['p99']:.0f} us, max {p['max']:.0f} us")
     mc = report["model_cost"]
     rows.append(f"model: {sum(mc['macs_per_audio_second'].values()) / 1e6:.1f} M MAC per audio second; "
-                f"peak fp32 GEMM probe {mc['peak_gemm_gflops']:.1f} GFLOP/s")
+                f"peak fp32 GEMM probe {mc['peak_gemm_gflops'] or 0:.1f} GFLOP/s")
     return "\n".join(rows)
 
 
