@@ -9,6 +9,7 @@ import sys
 import time
 
 from edge.errors import ParaEdgeError
+from edge.recognizer import BACKENDS
 
 EXIT_USAGE = 2
 
@@ -19,7 +20,7 @@ def _err(msg: str) -> None:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", required=True, help="model dir (FunASR layout: config.yaml, am.mvn, tokens.json, weights)")
-    p.add_argument("--backend", "-b", default="ref", choices=["ref", "onnxruntime", "tvm", "neon", "auto"],
+    p.add_argument("--backend", "-b", default="ref", choices=BACKENDS,
                    help="compute backend (default: ref, numpy; tvm: --model is a bundle from `paraedge compile`; "
                         "neon: INT8 + NEON C kernels; auto: neon on ARM when built, else ref)")
     p.add_argument("--int8", action="store_true", help="onnxruntime: use the INT8 model_quant.onnx")
@@ -182,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the voice daemon: microphone -> wake word -> streaming decode -> JSON events")
     p.add_argument("--config", "-c", help="edge.toml (see edge/resources/edge.toml); defaults: demo model, default mic")
     p.add_argument("--model", "-m", help="model dir (overrides model.dir)")
-    p.add_argument("--backend", "-b", choices=["ref", "onnxruntime"], help="overrides model.backend")
+    p.add_argument("--backend", "-b", choices=BACKENDS, help="overrides model.backend")
     p.add_argument("--input", "-i", help="a WAV file instead of the microphone, paced in real time")
     p.add_argument("--fast", action="store_true", help="with --input: as fast as possible, not real time")
     p.add_argument("--device", "-d", help="sounddevice input name or index (see `paraedge devices`)")

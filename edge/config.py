@@ -31,7 +31,7 @@ def shipped_demo_model() -> str:
 @dataclass
 class ModelSection:
     dir: str = field(default_factory=shipped_demo_model)
-    backend: str = "onnxruntime"
+    backend: str = "onnxruntime"  # ref | onnxruntime | tvm (dir = a compiled bundle) | neon | auto
     int8: bool = True
     threads: int = 1
     chunk_size: list = field(default_factory=lambda: [0, 10, 5])  # LFR frames: 600 ms chunk, 300 ms look-ahead
@@ -123,7 +123,11 @@ class DaemonConfig:
         return cfg.validated()
 
     def validated(self) -> "DaemonConfig":
+        from edge.recognizer import BACKENDS
+
         m, v, w = self.model, self.vad, self.wake
+        if m.backend not in BACKENDS:
+            raise ConfigError(f"model.backend '{m.backend}' is not one of {', '.join(BACKENDS)}")
         if len(m.chunk_size) != 3 or not all(isinstance(c, int) and c >= 0 for c in m.chunk_size) or m.chunk_size[1] < 1:
             raise ConfigError(f"model.chunk_size must be [left, chunk, right] LFR frames, chunk >= 1; got {m.chunk_size}")
         if m.threads < 1:

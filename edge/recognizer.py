@@ -40,6 +40,9 @@ class Result:
         return {"text": self.text, "tokens": self.tokens, "token_ids": self.token_ids, "timings": self.timings}
 
 
+BACKENDS = ("ref", "onnxruntime", "tvm", "neon", "auto")
+
+
 def make_backend(name: str, model_dir: ModelDir, threads: int | None = None, int8: bool = False):
     if name == "auto":  # the NEON kernels where they are native (ARM, extension built), else numpy
         from edge import kernels

@@ -388,6 +388,7 @@ def test_sigterm_finishes_the_open_utterance(tmp_path):
     ("[speakers]\nx = 1\n", "unknown section [speakers]"),
     ("[model\n", "not valid TOML"),
     ("[model]\nchunk_size = [0, 0, 5]\n", "chunk_size"),
+    ("[model]\nbackend = 'gpu'\n", "model.backend 'gpu' is not one of"),
 ])
 def test_bad_config_is_one_clear_line(tmp_path, text, msg):
     conf = tmp_path / "edge.toml"
