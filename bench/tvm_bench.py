@@ -8,7 +8,7 @@ qemu-a76 TVM bundle and onnxruntime aarch64 fp32/INT8. Each count is
 count(load + frontend + decode) - count(load + frontend), so imports and model loading cancel;
 counts are deterministic, so one run is enough.
 
-    python bench/tvm.py --runs 3 --arm      # prints Markdown tables; JSON in --out
+    python bench/tvm_bench.py --runs 3 --arm      # prints Markdown tables; JSON in --out
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, ROOT)  # (this file is not named tvm.py: bench/ is sys.path[0] and would shadow the tvm package)
 
 RUNTIMES = [("onnxruntime fp32", "onnxruntime", False), ("onnxruntime INT8", "onnxruntime", True), ("TVM fp32", "tvm", False)]
 

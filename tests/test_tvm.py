@@ -108,6 +108,13 @@ def test_manifest_describes_bundle(tvm_offline):
     assert len(m["model"]["hash"]) == 64
 
 
+def test_int8_flag_on_fp32_bundle_is_refused(tvm_offline):
+    from edge.errors import BackendUnavailable
+
+    with pytest.raises(BackendUnavailable, match="this bundle is fp32; compile with --int8"):
+        Recognizer(tvm_offline, "tvm", int8=True)
+
+
 def test_tampered_bundle_is_refused(tvm_offline, tmp_path):
     b = _copy(tvm_offline, tmp_path)
     with open(os.path.join(b, "params.npz"), "r+b") as f:
@@ -155,3 +162,28 @@ def test_cli_transcribe_with_tvm_runtime_only(tvm_offline, speech_dir, exported_
     text, mode = r.stdout.strip().splitlines()
     assert mode == "RUNTIME-ONLY"
     assert text == Recognizer(exported_offline, "ref").transcribe(__import__("edge.audio").audio.load_audio(wav)[0]).text
+
+
+def test_int8_bundle_agrees_with_reference(tmp_path_factory):
+    """Real INT8 (int8 weights and activations, int32 accumulation) on the trained demo model:
+    >= 99 % of the reference's tokens over its samples, at a quarter of the weight bytes."""
+    import difflib
+    import glob
+
+    from edge.audio import load_audio
+    from tools.compile import compile_bundle
+
+    demo = os.path.join(ROOT, "models", "demo")
+    out = str(tmp_path_factory.mktemp("tvm") / "demo_int8")
+    m = compile_bundle(demo, "x86-host", out, buckets=(96,), streaming=False, int8=True)
+    assert m["model"]["int8"]
+    with np.load(os.path.join(out, "params.npz")) as z:
+        assert sum(z[k].size for k in z.files if z[k].dtype == np.int8) > 0.9 * sum(z[k].size for k in z.files)
+    ref, q = Recognizer(demo, "ref"), Recognizer(out, "tvm", int8=True)
+    matched = total = 0
+    for wav in sorted(glob.glob(os.path.join(demo, "samples", "*.wav"))):
+        x = load_audio(wav)[0]
+        a, b = ref.transcribe(x).token_ids, q.transcribe(x).token_ids
+        matched += sum(blk.size for blk in difflib.SequenceMatcher(a=a, b=b).get_matching_blocks())
+        total += max(len(a), len(b))
+    assert total > 20 and matched / total >= 0.99, (matched, total)

@@ -300,13 +300,18 @@ def compile_bundle(model: str, board: str | Board, out: str, buckets=DEFAULT_BUC
         import tvm
         from tvm.relax.frontend.onnx import from_onnx
     except ImportError as exc:
-        raise ParaEdgeError(f"compile runs on the host and needs torch, onnx and apache-tvm ({exc.name} is missing): "
-                            "pip install 'paraedge[host]'") from None
+        if "tvm" in sys.modules and os.environ.get("TVM_USE_RUNTIME_LIB") == "1":
+            raise ParaEdgeError("compile needs the TVM compiler, but this process loaded the TVM runtime only "
+                                "(TVM_USE_RUNTIME_LIB=1): compile in a separate process") from None
+        raise ParaEdgeError(f"compile runs on the host and needs torch, onnx and apache-tvm ({exc.name} is missing: "
+                            f"{exc}): pip install 'paraedge[host]'") from None
     from models.export import load_torch_model
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     cfg = md.config
     streaming = cfg.streaming if streaming is None else streaming
+    if int8 and board.cuda:
+        raise ParaEdgeError(f"--int8 is for CPU boards; {board.name} is a CUDA board (compile it fp32)")
     fns = plan(md, buckets, streaming)
     torch_model = load_torch_model(md)
     if not board.cuda:
@@ -328,10 +333,13 @@ def compile_bundle(model: str, board: str | Board, out: str, buckets=DEFAULT_BUC
             path = os.path.join(tmp, fn["name"] + ".onnx")
             _to_onnx(module, args, list(shapes), outs, path)
             if int8:
-                from tools.tvm_int8 import quantize_onnx
+                from tools.tvm_int8 import int8_matmul_import, quantize_onnx
 
                 quantize_onnx(path)
-            mod = from_onnx(onnx.load(path), keep_params_in_input=True)
+                with int8_matmul_import():
+                    mod = from_onnx(onnx.load(path), keep_params_in_input=True)
+            else:
+                mod = from_onnx(onnx.load(path), keep_params_in_input=True)
             main = mod["main"]
             n_in = int(main.attrs["num_input"])
             keys = []
