@@ -52,7 +52,12 @@ def emulated_profile(model: str, audio: list[str], backends: list[str], streamin
         if streaming:
             args.append("--streaming")
         plugin = ["-plugin", f"{qemu_insn.plugin()},out={total_file},stages={stages_file}"]
-        env = armroot.env_for(root)
+        extra = []
+        if any(b.split(":")[0] in ("neon", "auto") for b in backends):
+            from kernels.build import build_for_armroot  # the NEON kernels, cross-built for this root
+
+            extra.append(build_for_armroot(root)[1])
+        env = armroot.env_for(root, extra)
         env.update(PARAEDGE_INSN_MARKERS="1", OPENBLAS_NUM_THREADS="1", MPLBACKEND="Agg")
         import subprocess
 
