@@ -212,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("tools.compile", fromlist=["add_args"]).add_args(p)
     p.set_defaults(func=lambda a: __import__("tools.compile", fromlist=["run"]).run(a))
 
+    p = sub.add_parser("tune", help="(host) MetaSchedule-tune a board's kernels (locally or over TVM RPC)")
+    __import__("tools.tune", fromlist=["add_args"]).add_args(p)
+    p.set_defaults(func=lambda a: __import__("tools.tune", fromlist=["run"]).run(a))
+
     p = sub.add_parser("info", help="describe a model dir")
     p.add_argument("model_dir")
     p.set_defaults(func=cmd_info)

@@ -289,41 +289,26 @@ def _progress(total: int, desc: str):
         return _Quiet()
 
 
-def compile_bundle(model: str, board: str | Board, out: str, buckets=DEFAULT_BUCKETS, streaming: bool | None = None,
-                   int8: bool = False, tuning_db: str | None = None, log=None) -> dict:
-    """Compile `model` for `board` into the bundle dir `out`; returns the manifest."""
-    board = board if isinstance(board, Board) else load_board(board)  # bad profiles fail before heavy imports
-    md = ModelDir(model)
-    try:
-        import onnx
-        import torch  # noqa: F401
-        import tvm
-        from tvm.relax.frontend.onnx import from_onnx
-    except ImportError as exc:
-        if "tvm" in sys.modules and os.environ.get("TVM_USE_RUNTIME_LIB") == "1":
-            raise ParaEdgeError("compile needs the TVM compiler, but this process loaded the TVM runtime only "
-                                "(TVM_USE_RUNTIME_LIB=1): compile in a separate process") from None
-        raise ParaEdgeError(f"compile runs on the host and needs torch, onnx and apache-tvm ({exc.name} is missing: "
-                            f"{exc}): pip install 'paraedge[host]'") from None
+def build_irmodule(model, board: Board, buckets, streaming: bool | None, int8: bool, bar=None):
+    """Every planned function traced, imported and merged: (IRModule, params by key, functions)."""
+    import onnx
+    import torch
+    from tvm.relax.frontend.onnx import from_onnx
+
     from models.export import load_torch_model
 
-    log = log or (lambda msg: print(msg, file=sys.stderr))
-    cfg = md.config
-    streaming = cfg.streaming if streaming is None else streaming
-    if int8 and board.cuda:
-        raise ParaEdgeError(f"--int8 is for CPU boards; {board.name} is a CUDA board (compile it fp32)")
+    md = model if isinstance(model, ModelDir) else ModelDir(model)
+    streaming = md.config.streaming if streaming is None else streaming
     fns = plan(md, buckets, streaming)
     torch_model = load_torch_model(md)
     if not board.cuda:
         pack_linears(torch_model)
     enc_m, dec_m, sdec_m = _wrappers(torch_model, streaming)
-    bar = _progress(len(fns) + 3, f"compile {board.name}")
     mods, params = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        import torch
-
         for fn in fns:
-            bar.set_postfix_str(fn["name"])
+            if bar is not None:
+                bar.set_postfix_str(fn["name"])
             shapes = fn["inputs"]
             args = tuple(torch.ones(s) if k.endswith("mask") else torch.zeros(s) for k, s in shapes.items())
             module = {"encoder": enc_m, "decoder": dec_m, "stream_decoder": sdec_m}[fn["kind"]]
@@ -352,9 +337,36 @@ def compile_bundle(model: str, board: str | Board, out: str, buckets=DEFAULT_BUC
                 keys.append(key)
             fn["params"] = keys
             mods[fn["name"]] = mod
-            bar.update()
+            if bar is not None:
+                bar.update()
+    return _merge(mods), params, fns
+
+
+def compile_bundle(model: str, board: str | Board, out: str, buckets=DEFAULT_BUCKETS, streaming: bool | None = None,
+                   int8: bool = False, tuning_db: str | None = None, log=None) -> dict:
+    """Compile `model` for `board` into the bundle dir `out`; returns the manifest."""
+    board = board if isinstance(board, Board) else load_board(board)  # bad profiles fail before heavy imports
+    md = ModelDir(model)
+    try:
+        import onnx
+        import torch  # noqa: F401
+        import tvm
+        from tvm.relax.frontend.onnx import from_onnx
+    except ImportError as exc:
+        if "tvm" in sys.modules and os.environ.get("TVM_USE_RUNTIME_LIB") == "1":
+            raise ParaEdgeError("compile needs the TVM compiler, but this process loaded the TVM runtime only "
+                                "(TVM_USE_RUNTIME_LIB=1): compile in a separate process") from None
+        raise ParaEdgeError(f"compile runs on the host and needs torch, onnx and apache-tvm ({exc.name} is missing: "
+                            f"{exc}): pip install 'paraedge[host]'") from None
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    cfg = md.config
+    streaming = cfg.streaming if streaming is None else streaming
+    if int8 and board.cuda:
+        raise ParaEdgeError(f"--int8 is for CPU boards; {board.name} is a CUDA board (compile it fp32)")
+    bar = _progress(len(plan(md, buckets, streaming)) + 3, f"compile {board.name}")
+    irmod, params, fns = build_irmodule(md, board, buckets, streaming, int8, bar)
+    with tempfile.TemporaryDirectory():
         bar.set_postfix_str(f"tvm.compile {tvm_target(board).kind.name}")
-        irmod = _merge(mods)
         target = tvm_target(board)
         if tuning_db:
             irmod = apply_tuning_db(irmod, target, tuning_db)
@@ -417,7 +429,8 @@ def _bundle_files(out: str) -> list[str]:
 
 
 def apply_tuning_db(irmod, target, db_dir: str):
-    """Apply a committed MetaSchedule database (workload.json + records.json) to the module."""
+    """Apply a MetaSchedule database (`paraedge tune`'s database_workload.json +
+    database_tuning_record.json) to the module; kernels without a record keep tools/tvm_cpu.py's."""
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
 
@@ -425,8 +438,12 @@ def apply_tuning_db(irmod, target, db_dir: str):
         raise ParaEdgeError(f"{db_dir}: tuning database not found")
     with target:
         irmod = relax.get_pipeline("zero")(irmod)
-    db = ms.database.JSONDatabase(os.path.join(db_dir, "workload.json"), os.path.join(db_dir, "records.json"),
-                                  allow_missing=False)
+    paths = [os.path.join(db_dir, f) for f in ("database_workload.json", "database_tuning_record.json")]
+    for path in paths:
+        if not os.path.isfile(path):
+            raise ParaEdgeError(f"{path}: missing (a tuning database has database_workload.json and "
+                                "database_tuning_record.json)")
+    db = ms.database.JSONDatabase(*paths, allow_missing=False)
     with target, db:
         return relax.transform.MetaScheduleApplyDatabase()(irmod)
 
@@ -456,7 +473,7 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--streaming", action="store_true", help="add the streaming chunk shapes (default for ParaformerStreaming)")
     ap.add_argument("--buckets", type=parse_buckets, default=DEFAULT_BUCKETS,
                     help="offline lengths in 60 ms LFR frames to compile (default 16,24,32,48,64,80,96,128,160,192,256,320,384,512)")
-    ap.add_argument("--tuning-db", help="a MetaSchedule database dir (workload.json, records.json) to apply")
+    ap.add_argument("--tuning-db", help="a MetaSchedule database dir from `paraedge tune` to apply")
 
 
 def run(args) -> int:
