@@ -170,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("profile", help="per-stage latency, RTF and memory per backend, peers side by side")
     p.add_argument("--model", "-m", required=True)
     p.add_argument("--backend", "-b", default="all",
-                   help="comma list of ref, onnxruntime, onnxruntime:int8, or 'all' (adds sherpa-onnx/funasr-onnx peers)")
+                   help="comma list of ref, onnxruntime, onnxruntime:int8, neon, tvm, tvm:int8, or 'all' "
+                        "(every available backend + sherpa-onnx/funasr-onnx peers)")
     p.add_argument("--audio", nargs="+", help="WAV files to decode")
     p.add_argument("--threads", type=int, default=1, help="threads for every backend and peer (default 1)")
     p.add_argument("--runs", type=int, default=5)

@@ -418,7 +418,10 @@ def profile(model: str, backends: list[str], audio: list[str], threads: int = 1,
             audio_s = sum(s.seconds for s in samples) * runs
             report["peers"][name] = {"rtf": sum(times) / audio_s, "latency_s": percentiles(times),
                                      "rtf_by_length": by_len, "text": text}
-    base = report["backends"].get("onnxruntime", {}).get("rtf")
+    # ratios against onnxruntime fp32, or INT8 where the model ships only INT8 (the demo model)
+    ref_name = next((n for n in ("onnxruntime", "onnxruntime:int8") if "rtf" in report["backends"].get(n, {})), None)
+    base = report["backends"][ref_name]["rtf"] if ref_name else None
+    report["ratio_base"] = ref_name
     if base:
         for group in ("backends", "peers"):
             for e in report.get(group, {}).values():
@@ -446,7 +449,7 @@ def profile(model: str, backends: list[str], audio: list[str], threads: int = 1,
 def table(report: dict) -> str:
     rows = [f"ParaEdge profile: {report['mode']}, {report['threads']} thread(s), {report['runs']} runs, "
             f"{sum(a['seconds'] for a in report['audio']):.1f} s audio, CPU {report['cpu']}"]
-    head = f"{'backend':22s} {'RTF':>8s} {'x ORT':>7s} {'p50 s':>8s} {'p99 s':>8s} {'load s':>7s}  stages (RTF)"
+    head = f"{'backend':22s} {'RTF':>8s} {'x ' + (report.get('ratio_base') or 'ORT'):>7s} {'p50 s':>8s} {'p99 s':>8s} {'load s':>7s}  stages (RTF)"
     rows += [head, "-" * len(head)]
     for group in ("backends", "peers"):
         for name, e in report.get(group, {}).items():
@@ -521,7 +524,11 @@ def plots(report: dict, out_dir: str) -> list[str]:
 
 
 def run_cli(args) -> int:
-    backends = args.backend.split(",") if args.backend != "all" else ["ref", "onnxruntime", "onnxruntime:int8"]
+    backends = args.backend.split(",")
+    if args.backend == "all":  # every backend this machine has; a missing one shows as skipped, with why
+        backends = ["ref", "onnxruntime", "onnxruntime:int8", "neon"]
+        if os.path.isfile(os.path.join(args.model, "manifest.json")):  # a `paraedge compile` bundle
+            backends.append("tvm")
     if not args.audio:
         raise ParaEdgeError("profile needs --audio FILE.wav [...]")
     report = profile(args.model, backends, args.audio, args.threads, args.runs, args.warmup, args.streaming,
