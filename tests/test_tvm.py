@@ -26,7 +26,7 @@ def tvm_offline(tmp_path_factory, exported_offline):
     from tools.compile import compile_bundle
 
     out = str(tmp_path_factory.mktemp("tvm") / "off_x86")
-    compile_bundle(exported_offline, "x86-host", out, buckets=OFFLINE_BUCKETS)
+    compile_bundle(exported_offline, "x86-host", out, buckets=OFFLINE_BUCKETS, token_divs=(4,))  # 2 token buckets: the picker
     return out
 
 
@@ -35,7 +35,7 @@ def tvm_streaming(tmp_path_factory, exported_streaming):
     from tools.compile import compile_bundle
 
     out = str(tmp_path_factory.mktemp("tvm") / "str_x86")
-    compile_bundle(exported_streaming, "x86-host", out, buckets=(128,))
+    compile_bundle(exported_streaming, "x86-host", out, buckets=(128,), token_divs=())
     return out
 
 
@@ -175,7 +175,7 @@ def test_int8_bundle_agrees_with_reference(tmp_path_factory):
 
     demo = os.path.join(ROOT, "models", "demo")
     out = str(tmp_path_factory.mktemp("tvm") / "demo_int8")
-    m = compile_bundle(demo, "x86-host", out, buckets=(96,), streaming=False, int8=True)
+    m = compile_bundle(demo, "x86-host", out, buckets=(96,), streaming=False, int8=True, token_divs=())
     assert m["model"]["int8"]
     with np.load(os.path.join(out, "params.npz")) as z:
         assert sum(z[k].size for k in z.files if z[k].dtype == np.int8) > 0.9 * sum(z[k].size for k in z.files)

@@ -41,7 +41,7 @@ def arm_bundle(tmp_path_factory, exported_streaming):
     from tools.compile import compile_bundle
 
     out = str(tmp_path_factory.mktemp("tvm") / "str_a76")
-    compile_bundle(exported_streaming, "qemu-a76", out, buckets=(64,))
+    compile_bundle(exported_streaming, "qemu-a76", out, buckets=(64,), token_divs=())
     return out
 
 

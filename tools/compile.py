@@ -64,44 +64,62 @@ def model_hash(md: ModelDir) -> str:
     return h.hexdigest()
 
 
-def token_buckets(t: int) -> list[int]:
+TOKEN_DIVS = (8, 4, 2)
+
+
+def token_buckets(t: int, divs=TOKEN_DIVS) -> list[int]:
     """Decoder token-count buckets for an encoder bucket of t frames (count <= t: alphas <= 1).
-    Speech runs ~0.25 tokens per 60 ms frame, so small buckets carry the common case."""
-    return sorted({min(t + 1, max(4, t // d)) for d in (8, 4, 2)} | {t + 1})
+    Speech runs ~0.25 tokens per 60 ms frame, so small buckets (t/8, t/4, t/2) carry the common
+    case; `divs=()` keeps only the always-sufficient t+1 (fewer functions, quicker compiles)."""
+    return sorted({min(t + 1, max(4, t // d)) for d in divs} | {t + 1})
 
 
 # -- graphs ---------------------------------------------------------------------------------
 PANEL = 16  # packed weight panel width (2 AVX2 / 4 NEON float32 vectors)
 
 
+def packed_matmul(x, w, panel: int = PANEL):
+    """x [..., K] @ w [K, N] as a batched matmul over contiguous weight panels [N/panel, K, panel]
+    (folded into the exported initializer); columns past the last whole panel stay plain."""
+    import torch
+
+    k, n = w.shape
+    whole = n - n % panel
+    if whole == 0:
+        return x @ w
+    if whole != n:  # the vocabulary: whole panels packed, the remaining columns plain
+        return torch.cat([packed_matmul(x, w[:, :whole], panel), x @ w[:, whole:]], dim=-1)
+    wp = w.reshape(k, n // panel, panel).permute(1, 0, 2)
+    y = torch.matmul(x.reshape(1, -1, k), wp)  # [N/panel, rows, panel]
+    return y.permute(1, 0, 2).reshape(*x.shape[:-1], n)
+
+
 def pack_linears(model, panel: int = PANEL) -> int:
-    """Every Linear with out_features % panel == 0 computes x @ W as a batched matmul over
-    weight panels [N/panel, K, panel] (contiguous, as MLAS packs B): the exported weight is
-    the packed one (folded at export), so the matmul streams it without 4 KB strides."""
+    """Every Linear (but the 1-wide CIF output) computes x @ W as a batched matmul over weight
+    panels [N/panel, K, panel] (contiguous, as MLAS packs B): the exported weight is the packed
+    one (folded at export), so the matmul streams it without 4 KB strides."""
     import torch
 
     def forward(self, x):
-        k, n = self.in_features, self.out_features
-        wp = self.weight.t().reshape(k, n // panel, panel).permute(1, 0, 2)
-        y = torch.matmul(x.reshape(1, -1, k), wp)  # [N/panel, rows, panel]
-        y = y.permute(1, 0, 2).reshape(*x.shape[:-1], n)
+        y = packed_matmul(x, self.weight.t(), panel)
         return y + self.bias if self.bias is not None else y
 
     count = 0
     for m in model.modules():
-        if isinstance(m, torch.nn.Linear) and m.out_features % panel == 0 and m.in_features >= panel:
+        if isinstance(m, torch.nn.Linear) and m.out_features >= panel and m.in_features >= panel:
             m.forward = types.MethodType(forward, m)
             count += 1
     return count
 
 
-def _wrappers(model, streaming: bool):
+def _wrappers(model, streaming: bool, packed: bool = False):
     import torch
 
     class Enc(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.encoder, self.predictor = model.encoder, model.predictor
+            self.packed = packed
 
         def forward(self, x, mask):
             enc = self.encoder(x, mask)
@@ -118,7 +136,7 @@ def _wrappers(model, streaming: bool):
             k = left + right + 1
             cols = torch.cat([h[:, i : i + t] for i in range(k)], dim=-1)  # [B, T, k*d]
             w = p.cif_conv1d.weight.permute(2, 1, 0).reshape(k * hidden.shape[2], -1)  # [k*d_in, d_out]
-            h = torch.relu(cols @ w + p.cif_conv1d.bias)
+            h = torch.relu((packed_matmul(cols, w) if self.packed else cols @ w) + p.cif_conv1d.bias)
             a = torch.sigmoid(p.cif_output(h))[:, :, 0]
             return torch.relu(a * p.smooth_factor - p.noise_threshold) * mask
 
@@ -201,7 +219,7 @@ def _sanitize_names(path: str) -> None:
     onnx.save(m, path)
 
 
-def plan(md: ModelDir, buckets=DEFAULT_BUCKETS, streaming: bool | None = None) -> list[dict]:
+def plan(md: ModelDir, buckets=DEFAULT_BUCKETS, streaming: bool | None = None, token_divs=TOKEN_DIVS) -> list[dict]:
     """Every function the bundle will hold: name, kind, static shapes."""
     cfg = md.config
     streaming = cfg.streaming if streaming is None else streaming
@@ -212,14 +230,14 @@ def plan(md: ModelDir, buckets=DEFAULT_BUCKETS, streaming: bool | None = None) -
     fns = []
     for t in enc_t:
         fns.append({"name": f"enc_T{t}", "kind": "encoder", "T": t, "inputs": {"x": [1, t, din], "mask": [1, t]}})
-        for n in token_buckets(t):
+        for n in token_buckets(t, token_divs):
             ins = {"enc": [1, t, d], "mask": [1, t], "embeds": [1, n, d], "tmask": [1, n]}
             fns.append({"name": f"dec_T{t}_N{n}", "kind": "decoder", "T": t, "N": n, "inputs": ins})
     if streaming:
         k = int(cfg.decoder_conf.get("kernel_size", 21))
         n_caches = _stream_cache_count(md)
         for t in STREAM_BUCKETS:
-            for n in token_buckets(t):
+            for n in token_buckets(t, token_divs):
                 ins = {"enc": [1, t, d], "mask": [1, t], "embeds": [1, n, d], "tmask": [1, n]}
                 ins.update({f"cache{i}": [1, d, k - 1] for i in range(n_caches)})
                 fns.append({"name": f"sdec_T{t}_N{n}", "kind": "stream_decoder", "T": t, "N": n, "inputs": ins,
@@ -289,7 +307,8 @@ def _progress(total: int, desc: str):
         return _Quiet()
 
 
-def build_irmodule(model, board: Board, buckets, streaming: bool | None, int8: bool, bar=None):
+def build_irmodule(model, board: Board, buckets, streaming: bool | None, int8: bool, bar=None,
+                   token_divs=TOKEN_DIVS):
     """Every planned function traced, imported and merged: (IRModule, params by key, functions)."""
     import onnx
     import torch
@@ -299,11 +318,11 @@ def build_irmodule(model, board: Board, buckets, streaming: bool | None, int8: b
 
     md = model if isinstance(model, ModelDir) else ModelDir(model)
     streaming = md.config.streaming if streaming is None else streaming
-    fns = plan(md, buckets, streaming)
+    fns = plan(md, buckets, streaming, token_divs)
     torch_model = load_torch_model(md)
     if not board.cuda:
         pack_linears(torch_model)
-    enc_m, dec_m, sdec_m = _wrappers(torch_model, streaming)
+    enc_m, dec_m, sdec_m = _wrappers(torch_model, streaming, packed=not board.cuda)
     mods, params = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for fn in fns:
@@ -343,15 +362,15 @@ def build_irmodule(model, board: Board, buckets, streaming: bool | None, int8: b
 
 
 def compile_bundle(model: str, board: str | Board, out: str, buckets=DEFAULT_BUCKETS, streaming: bool | None = None,
-                   int8: bool = False, tuning_db: str | None = None, log=None) -> dict:
+                   int8: bool = False, tuning_db: str | None = None, log=None, token_divs=TOKEN_DIVS) -> dict:
     """Compile `model` for `board` into the bundle dir `out`; returns the manifest."""
     board = board if isinstance(board, Board) else load_board(board)  # bad profiles fail before heavy imports
     md = ModelDir(model)
-    try:
-        import onnx
+    try:  # the host toolchain, checked before any work
+        import onnx  # noqa: F401
         import torch  # noqa: F401
         import tvm
-        from tvm.relax.frontend.onnx import from_onnx
+        from tvm.relax.frontend.onnx import from_onnx  # noqa: F401
     except ImportError as exc:
         if "tvm" in sys.modules and os.environ.get("TVM_USE_RUNTIME_LIB") == "1":
             raise ParaEdgeError("compile needs the TVM compiler, but this process loaded the TVM runtime only "
@@ -363,40 +382,39 @@ def compile_bundle(model: str, board: str | Board, out: str, buckets=DEFAULT_BUC
     streaming = cfg.streaming if streaming is None else streaming
     if int8 and board.cuda:
         raise ParaEdgeError(f"--int8 is for CPU boards; {board.name} is a CUDA board (compile it fp32)")
-    bar = _progress(len(plan(md, buckets, streaming)) + 3, f"compile {board.name}")
-    irmod, params, fns = build_irmodule(md, board, buckets, streaming, int8, bar)
-    with tempfile.TemporaryDirectory():
-        bar.set_postfix_str(f"tvm.compile {tvm_target(board).kind.name}")
-        target = tvm_target(board)
-        if tuning_db:
-            irmod = apply_tuning_db(irmod, target, tuning_db)
-        from tools.tvm_pipeline import relax_pipeline
+    bar = _progress(len(plan(md, buckets, streaming, token_divs)) + 3, f"compile {board.name}")
+    irmod, params, fns = build_irmodule(md, board, buckets, streaming, int8, bar, token_divs)
+    bar.set_postfix_str(f"tvm.compile {tvm_target(board).kind.name}")
+    target = tvm_target(board)
+    if tuning_db:
+        irmod = apply_tuning_db(irmod, target, tuning_db)
+    from tools.tvm_pipeline import relax_pipeline
 
-        with tvm.transform.PassContext(opt_level=3):
-            ex = tvm.compile(irmod, target, relax_pipeline=relax_pipeline(board, target))
-        bar.update()
-        os.makedirs(out, exist_ok=True)
-        for name in os.listdir(out):  # a bundle dir is ours: stale files would fail verification
-            p = os.path.join(out, name)
-            shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
-        bar.set_postfix_str("export_library")
-        so = os.path.join(out, "model.so")
-        extra = {}
-        if board.cuda:
-            from tools.cuda import export_with_cubins
+    with tvm.transform.PassContext(opt_level=3):
+        ex = tvm.compile(irmod, target, relax_pipeline=relax_pipeline(board, target))
+    bar.update()
+    os.makedirs(out, exist_ok=True)
+    for name in os.listdir(out):  # a bundle dir is ours: stale files would fail verification
+        p = os.path.join(out, name)
+        shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+    bar.set_postfix_str("export_library")
+    so = os.path.join(out, "model.so")
+    extra = {}
+    if board.cuda:
+        from tools.cuda import export_with_cubins
 
-            fcompile = tvm.support.cc.cross_compiler(board.cc) if board.arch == "aarch64" else None
-            extra = export_with_cubins(ex, so, board, out, fcompile)
-        elif board.arch == "aarch64":
-            ex.export_library(so, fcompile=tvm.support.cc.cross_compiler(board.cc))
-        else:
-            ex.export_library(so)
-        bar.update()
-        np.savez(os.path.join(out, "params.npz"), **params)
-        for name in MODEL_FILES:
-            shutil.copy(md.file(name), os.path.join(out, name))
-        bar.update()
-        bar.close()
+        fcompile = tvm.support.cc.cross_compiler(board.cc) if board.arch == "aarch64" else None
+        extra = export_with_cubins(ex, so, board, out, fcompile)
+    elif board.arch == "aarch64":
+        ex.export_library(so, fcompile=tvm.support.cc.cross_compiler(board.cc))
+    else:
+        ex.export_library(so)
+    bar.update()
+    np.savez(os.path.join(out, "params.npz"), **params)
+    for name in MODEL_FILES:
+        shutil.copy(md.file(name), os.path.join(out, name))
+    bar.update()
+    bar.close()
     manifest = {
         "format": BUNDLE_FORMAT,
         "board": {"name": board.name, "arch": board.arch, "features": board.features, "cc": board.cc},

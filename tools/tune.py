@@ -31,7 +31,6 @@ def tune(model: str, board_name: str, out: str, trials: int, rpc: str | None = N
     if board.cuda:
         raise ParaEdgeError("tune: CUDA boards use dlight's GPU schedules; tuning them is not wired up")
     import tvm
-    from tvm import relax
     from tvm.s_tir import meta_schedule as ms
 
     from tools.compile import build_irmodule

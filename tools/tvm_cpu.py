@@ -59,7 +59,6 @@ def rules():
                 return None
             extents = [int(sch.get(lp).extent) for lp in loops]
             m, n = extents[-3], extents[-2]
-            lanes = simd_lanes(target)
             mi = _divisor(m, (6, 5, 4, 3, 2))
             # 16 columns: 2 AVX2 or 4 NEON vectors; x mi rows = 12 (of 16 ymm) / 24 (of 32 q) accumulators
             nj = _divisor(n, (16, 8, 4, 2))
