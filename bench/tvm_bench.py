@@ -56,7 +56,7 @@ def fp32_model(model: str, out: str) -> str:
     return dst
 
 
-def bundle(model: str, board: str, out: str, recompile: bool = False) -> str:
+def bundle(model: str, board: str, out: str, recompile: bool | str = False) -> str:
     """Compile a bundle for `board` (all default buckets: minutes), or reuse the one in `out`
     when it was compiled from the same model (pass --recompile after changing the compiler)."""
     from edge.modeldir import ModelDir
@@ -64,7 +64,7 @@ def bundle(model: str, board: str, out: str, recompile: bool = False) -> str:
 
     dst = os.path.join(out, f"tvm-{board}")
     man = os.path.join(dst, "manifest.json")
-    if not recompile and os.path.exists(man) and json.load(open(man))["model"]["hash"] == model_hash(ModelDir(model)):
+    if recompile not in (True, board) and os.path.exists(man) and json.load(open(man))["model"]["hash"] == model_hash(ModelDir(model)):
         return dst
     compile_bundle(model, board, dst, buckets=DEFAULT_BUCKETS)
     return dst
@@ -150,7 +150,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-x86", action="store_true", help="skip the x86 wall-time table")
     ap.add_argument("--arm-wav", help="clip for the emulated board (default: the demo's shortest sample)")
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "bench", "tvm"))
-    ap.add_argument("--recompile", action="store_true", help="compile the bundles even if --out has them")
+    ap.add_argument("--recompile", nargs="?", const=True, default=False,
+                    help="compile the bundles (or only the one for the named board) even if --out has them")
     args = ap.parse_args(argv)
     os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
     os.makedirs(args.out, exist_ok=True)

@@ -65,7 +65,11 @@ def rules():
             batch, (i, j, k) = loops[:-3], loops[-3:]
             io, ii = sch.split(i, [None, mi])
             jo, ji = sch.split(j, [None, nj])
-            sch.reorder(*batch, jo, io, k, ii, ji)
+            # aarch64: 4 k steps per iteration (-14 % instructions on an A76: loop overhead, A loads);
+            # on x86 the same unroll measured slower, so k stays rolled there
+            kd = _divisor(int(sch.get(k).extent), (4, 2)) if simd_lanes(target) == 4 else 1
+            ko, ki = sch.split(k, [None, kd])
+            sch.reorder(*batch, jo, io, ko, ki, ii, ji)
             local = sch.cache_write(block, 0, "local")
             sch.reverse_compute_at(local, io, preserve_unit_loops=True)
             for c in sch.get_consumers(local):  # epilogue at the tile: bias, ReLU, residual, mask
@@ -76,11 +80,13 @@ def rules():
             outer = sch.fuse(*batch, jo) if batch else jo
             if int(sch.get(outer).extent) > 1:
                 sch.parallel(outer)
+            if kd > 1:
+                sch.unroll(ki)
             sch.unroll(ii)
             sch.vectorize(ji)
             if nj > 1:
                 sch.vectorize(sch.get_loops(local)[-1])
-            init = sch.decompose_reduction(block, k)
+            init = sch.decompose_reduction(block, ko)
             sch.vectorize(sch.get_loops(init)[-1])
             return sch
 
