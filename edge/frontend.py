@@ -1,7 +1,11 @@
 """Acoustic frontend: Kaldi fbank -> LFR stacking -> CMVN, exactly as FunASR's WavFrontend.
 
-- fbank: kaldi-native-fbank, samples scaled to the int16 range (FunASR's `upsacle_samples`),
-  hamming window, snip_edges, dither forced to 0 (inference must be deterministic).
+- fbank: Kaldi's algorithm (`KaldiFbank`: DC removal, pre-emphasis 0.97, window, power spectrum,
+  triangular mel banks, log), vectorised over all frames in numpy: samples scaled to the int16
+  range (FunASR's `upsacle_samples`), snip_edges, dither forced to 0 (inference must be
+  deterministic). Tested against kaldi-native-fbank and FunASR's WavFrontend; it replaced a
+  per-frame kaldi-native-fbank loop whose Python overhead was half of an INT8 decode's aarch64
+  instructions.
 - LFR: stack `lfr_m` frames every `lfr_n`, left-padded with (m-1)//2 copies of the first frame
   and right-padded with the last frame (FunASR `apply_lfr`).
 - CMVN: Kaldi nnet `am.mvn` (<AddShift> then <Rescale>).
@@ -12,12 +16,14 @@ an LFR frame is emitted as soon as its whole window of fbank frames exists.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.fft import rfft as _rfft  # imported once: a function-level import cost more than the FFT
 
 from edge.errors import ModelError
 
@@ -110,43 +116,104 @@ class Cmvn:
         return ((feats + self.shift[:dim]) * self.scale[:dim]).astype(np.float32)
 
 
-def _fbank_options(cfg: FrontendConfig, frame_length_ms: float):
-    import kaldi_native_fbank as knf
-
-    opts = knf.FbankOptions()
-    opts.frame_opts.samp_freq = float(cfg.fs)
-    opts.frame_opts.frame_length_ms = float(frame_length_ms)
-    opts.frame_opts.frame_shift_ms = float(cfg.frame_shift)
-    opts.frame_opts.dither = 0.0
-    opts.frame_opts.window_type = cfg.window
-    opts.frame_opts.snip_edges = cfg.snip_edges
-    opts.mel_opts.num_bins = cfg.n_mels
-    opts.energy_floor = 0.0
-    return opts
+def _kaldi_samples(fs: int, ms: float) -> int:
+    """Kaldi sizes frames in float32 arithmetic (samp_freq * 0.001f * ms); so do we, to the sample."""
+    return int(np.float32(fs) * np.float32(0.001) * np.float32(ms))
 
 
-def _drain(fb, start: int = 0) -> np.ndarray:
-    n = fb.num_frames_ready
-    if n <= start:
-        return np.zeros((0, fb.dim), dtype=np.float32)
-    return np.array([fb.get_frame(i) for i in range(start, n)], dtype=np.float32)
+def _window(kind: str, n: int) -> np.ndarray:
+    i = np.arange(n, dtype=np.float64)
+    a = 2 * np.pi / (n - 1) if n > 1 else 0.0
+    if kind == "hamming":
+        return 0.54 - 0.46 * np.cos(a * i)
+    if kind == "hanning":
+        return 0.5 - 0.5 * np.cos(a * i)
+    if kind == "povey":
+        return (0.5 - 0.5 * np.cos(a * i)) ** 0.85
+    if kind == "rectangular":
+        return np.ones(n)
+    if kind == "blackman":
+        return 0.42 - 0.5 * np.cos(a * i) + 0.08 * np.cos(2 * a * i)
+    raise ModelError(f"frontend window '{kind}' is not supported (hamming, hanning, povey, rectangular, blackman)")
+
+
+def _mel(f):
+    return 1127.0 * np.log(1.0 + f / 700.0)
+
+
+class KaldiFbank:
+    """Kaldi/kaldi-native-fbank log-mel fbank (snip_edges, no dither, power spectrum, 20 Hz to
+    Nyquist), all frames at once, in float64. The streaming frontend calls it on whatever frames
+    are complete, and gets bit-identical frames for any chunking."""
+
+    PREEMPH = 0.97
+
+    def __init__(self, cfg: FrontendConfig, frame_length_ms: float):
+        self.length = _kaldi_samples(cfg.fs, frame_length_ms)
+        self.shift = _kaldi_samples(cfg.fs, cfg.frame_shift)
+        self.padded = 1 << max(self.length - 1, 0).bit_length()
+        self.window = _window(cfg.window, self.length)
+        # triangular mel banks over FFT bins 0 .. padded/2 - 1, stored sparse: for each mel bin, the
+        # FFT bins inside its triangle and their weights, padded to the widest band with weight 0
+        bins = np.arange(self.padded // 2)
+        m = _mel(bins * cfg.fs / self.padded)
+        lo, hi = _mel(20.0), _mel(cfg.fs / 2.0)
+        delta = (hi - lo) / (cfg.n_mels + 1)
+        bands = []
+        for b in range(cfg.n_mels):
+            left, center, right = lo + b * delta, lo + (b + 1) * delta, lo + (b + 2) * delta
+            inside = np.flatnonzero((m > left) & (m < right))  # tiny FFTs can leave a band empty: energy 0
+            mm = m[inside]
+            bands.append((inside, np.where(mm <= center, (mm - left) / (center - left), (right - mm) / (right - center))))
+        width = max(1, max(len(i) for i, _ in bands))
+        self.mel_idx = np.zeros((width, cfg.n_mels), np.intp)
+        self.mel_w = np.zeros((width, cfg.n_mels), np.float64)
+        for b, (inside, w) in enumerate(bands):
+            self.mel_idx[: len(inside), b] = inside
+            self.mel_w[: len(inside), b] = w
+        self.eps = np.finfo(np.float32).eps
+
+    def num_frames(self, n: int) -> int:
+        return 1 + (n - self.length) // self.shift if n >= self.length else 0
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Samples (already in the int16 range) -> [frames, n_mels] float32."""
+        t = self.num_frames(len(x))
+        if t == 0:
+            return np.zeros((0, self.mel_idx.shape[1]), np.float32)
+        x = np.asarray(x, np.float64)
+        frames = np.lib.stride_tricks.sliding_window_view(x, self.length)[:: self.shift][:t]
+        frames = frames - frames.mean(axis=1, keepdims=True)
+        buf = np.zeros((t, self.padded), np.float64)
+        buf[:, 1 : self.length] = (frames[:, 1:] - self.PREEMPH * frames[:, :-1]) * self.window[1:]
+        buf[:, 0] = frames[:, 0] * (1.0 - self.PREEMPH) * self.window[0]
+        spec = _rfft(buf, axis=1)
+        power = spec.real * spec.real + spec.imag * spec.imag
+        # summed bin by bin in a fixed order (not a BLAS matmul, whose order can depend on the
+        # number of rows): a frame's energies never depend on which frames came with it
+        power_t = np.ascontiguousarray(power.T)  # [bins, frames]: each gather below copies whole rows
+        energy = np.zeros((self.mel_idx.shape[1], t))
+        for idx, w in zip(self.mel_idx, self.mel_w[:, :, None]):
+            energy += power_t[idx] * w
+        energy = energy.T
+        return np.log(np.maximum(energy, self.eps)).astype(np.float32)
 
 
 def fbank(samples: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
     """Log-mel fbank [frames, n_mels] of 16 kHz float samples in [-1, 1]."""
-    import kaldi_native_fbank as knf
-
     x = np.asarray(samples, dtype=np.float32)
     if cfg.upscale_samples:
         x = x * INT16_SCALE
     # FunASR shortens the window for clips under one frame, so they still give one frame.
     frame_length = min(cfg.frame_length, x.size / cfg.fs * 1000.0)
-    if frame_length <= 0:
+    if frame_length <= 0 or _kaldi_samples(cfg.fs, frame_length) < 1:
         return np.zeros((0, cfg.n_mels), dtype=np.float32)
-    fb = knf.OnlineFbank(_fbank_options(cfg, frame_length))
-    fb.accept_waveform(cfg.fs, x)
-    fb.input_finished()
-    return _drain(fb)
+    return _fbank_for(cfg, frame_length)(x)
+
+
+@functools.lru_cache(maxsize=16)
+def _fbank_for(cfg: FrontendConfig, frame_length_ms: float) -> KaldiFbank:
+    return KaldiFbank(cfg, frame_length_ms)
 
 
 def lfr_windows(num_frames: int, m: int, n: int) -> int:
@@ -193,14 +260,13 @@ class StreamingFrontend:
     returns the right-padded tail. Concatenated, they equal `Frontend(...)(all_samples)`."""
 
     def __init__(self, cfg: FrontendConfig, cmvn: Cmvn | None):
-        import kaldi_native_fbank as knf
-
         self.cfg = cfg
         self.cmvn = cmvn
-        self._fb = knf.OnlineFbank(_fbank_options(cfg, cfg.frame_length))
+        self._fb = _fbank_for(cfg, cfg.frame_length)
+        self._samples = np.zeros(0, np.float32)  # input from the next fbank frame's first sample on
         self._frames: list[np.ndarray] = []  # fbank frames not yet needed-no-more
         self._offset = 0  # absolute index of self._frames[0]
-        self._taken = 0  # fbank frames read out of knf
+        self._taken = 0  # fbank frames computed
         self._emitted = 0  # LFR frames emitted
         self._finished = False
 
@@ -209,12 +275,11 @@ class StreamingFrontend:
         return self._emitted
 
     def _pull(self) -> None:
-        n = self._fb.num_frames_ready
-        for i in range(self._taken, n):
-            self._frames.append(np.array(self._fb.get_frame(i), dtype=np.float32, copy=True))
-        if n > self._taken:
-            self._fb.pop(n - self._taken)  # knf keeps frames until popped; we keep our own copy
-        self._taken = n
+        n = self._fb.num_frames(len(self._samples))
+        if n:
+            self._frames.extend(self._fb(self._samples[: (n - 1) * self._fb.shift + self._fb.length]))
+            self._samples = self._samples[n * self._fb.shift :]
+            self._taken += n
 
     def _window(self, k: int, total: int) -> np.ndarray:
         m, n = self.cfg.lfr_m, self.cfg.lfr_n
@@ -237,12 +302,12 @@ class StreamingFrontend:
 
     def accept(self, samples: np.ndarray) -> np.ndarray:
         if self._finished:
-            raise RuntimeError("StreamingFrontend.accept() after finish(); call reset()")
+            raise RuntimeError("StreamingFrontend.accept() after finish(); start a new stream")
         x = np.asarray(samples, dtype=np.float32)
         if x.size:
             if self.cfg.upscale_samples:
                 x = x * INT16_SCALE
-            self._fb.accept_waveform(self.cfg.fs, x)
+            self._samples = np.concatenate([self._samples, x])
         self._pull()
         m, n = self.cfg.lfr_m, self.cfg.lfr_n
         # LFR frame k needs padded frames [k*n, k*n+m), i.e. real frames up to k*n + m - 1 - left
@@ -253,9 +318,7 @@ class StreamingFrontend:
         """Flush: emit the remaining, right-padded LFR frames."""
         if self._finished:
             return np.zeros((0, self.cfg.feat_dim), dtype=np.float32)
-        self._fb.input_finished()
-        self._pull()
-        self._finished = True
+        self._finished = True  # snip_edges: a partial last frame is dropped, as offline
         if self._taken == 0:
             return np.zeros((0, self.cfg.feat_dim), dtype=np.float32)
         return self._emit(lfr_windows(self._taken, self.cfg.lfr_m, self.cfg.lfr_n))

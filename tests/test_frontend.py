@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from edge.frontend import Cmvn, Frontend, FrontendConfig, apply_lfr
+from tests.oracle import assert_features_close
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +28,58 @@ def test_matches_funasr_wavfrontend(name, speech, cmvn):
     ref = WavFrontend(cmvn_file=cmvn, **FUNASR_CONF)
     feats_ref, _ = ref(torch.from_numpy(x)[None], torch.tensor([len(x)]))
     ours = Frontend(FrontendConfig.from_conf(FUNASR_CONF), Cmvn.load(cmvn))(x)
-    assert ours.shape == tuple(feats_ref.shape[1:])
-    np.testing.assert_allclose(ours, feats_ref[0].numpy(), atol=1e-4)
+    assert_features_close(ours, feats_ref[0].numpy(), name)
+
+
+def plain_kaldi_fbank(x: np.ndarray, n_mels: int = 80, fs: int = 16000) -> np.ndarray:
+    """Kaldi's fbank written the slow, obvious way (one frame at a time, float64), as Kaldi's
+    feature-window.cc / mel-computations.cc describe it: the oracle for the vectorised one."""
+    length, shift, padded = 400, 160, 512
+    mel = lambda f: 1127.0 * np.log(1.0 + f / 700.0)  # noqa: E731
+    lo, hi = mel(20.0), mel(fs / 2)
+    delta = (hi - lo) / (n_mels + 1)
+    banks = np.zeros((padded // 2 + 1, n_mels))
+    for b in range(n_mels):
+        left, center, right = lo + b * delta, lo + (b + 1) * delta, lo + (b + 2) * delta
+        for k in range(padded // 2):
+            m = mel(k * fs / padded)
+            if left < m < right:
+                banks[k, b] = (m - left) / (center - left) if m <= center else (right - m) / (right - center)
+    window = 0.54 - 0.46 * np.cos(2 * np.pi * np.arange(length) / (length - 1))
+    out = []
+    for t in range(1 + (len(x) - length) // shift):
+        w = x[t * shift : t * shift + length].astype(np.float64) * 32768.0
+        w = w - w.mean()
+        w = np.concatenate([[w[0] - 0.97 * w[0]], w[1:] - 0.97 * w[:-1]]) * window
+        power = np.abs(np.fft.rfft(w, padded)) ** 2
+        out.append(np.log(np.maximum(power @ banks, np.finfo(np.float32).eps)))
+    return np.array(out)
+
+
+def test_fbank_is_kaldis_algorithm(speech):
+    from edge.frontend import fbank
+
+    for x in (speech["zh"][:48000], speech["en"][:16000], np.zeros(4000, np.float32)):
+        np.testing.assert_allclose(fbank(x, FrontendConfig()), plain_kaldi_fbank(x), atol=2e-5, rtol=0)
+
+
+def test_fbank_matches_kaldi_native_fbank(speech):
+    """kaldi-native-fbank (float32) is an independent implementation of the same algorithm."""
+    import kaldi_native_fbank as knf
+
+    from edge.frontend import fbank
+
+    opts = knf.FbankOptions()
+    opts.frame_opts.dither = 0.0
+    opts.frame_opts.window_type = "hamming"
+    opts.mel_opts.num_bins = 80
+    for name in ("zh", "en"):
+        x = speech[name]
+        fb = knf.OnlineFbank(opts)
+        fb.accept_waveform(16000, x * 32768.0)
+        fb.input_finished()
+        ref = np.array([fb.get_frame(i) for i in range(fb.num_frames_ready)])
+        assert_features_close(fbank(x, FrontendConfig()), ref, name)
 
 
 def test_lfr_matches_funasr_padding():
