@@ -22,7 +22,6 @@ setup(
         "numpy>=1.23",
         "scipy>=1.10",
         "onnxruntime>=1.16",
-        "kaldi-native-fbank>=1.18",
         "PyYAML>=6",
         # the daemon: microphone, wake word (microWakeWord models + a TFLite runtime)
         "sounddevice>=0.4",
@@ -39,7 +38,7 @@ setup(
                  "apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.15.post2", "psutil>=5"],
         # host: NVRTC + CUDA headers to precompile cubins for CUDA boards (no GPU or CUDA toolkit needed)
         "cuda": ["nvidia-cuda-nvrtc-cu12==12.9.*", "nvidia-cuda-runtime-cu12==12.9.*", "nvidia-cuda-cccl-cu12==12.9.*"],
-        "test": ["pytest>=7", "funasr-onnx>=0.4", "sherpa-onnx>=1.10"],
+        "test": ["pytest>=7", "kaldi-native-fbank>=1.18", "funasr-onnx>=0.4", "sherpa-onnx>=1.10"],
     },
     entry_points={"console_scripts": ["paraedge=edge.cli:main"]},
     **kernel_setup_kwargs(),

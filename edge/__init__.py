@@ -1,6 +1,6 @@
 """ParaEdge: an on-device Paraformer speech runtime.
 
-Device side only: numpy, scipy, onnxruntime, kaldi-native-fbank. Nothing here imports torch.
+Device side only: numpy, scipy, onnxruntime (+ the daemon's audio/wake-word packages). Nothing here imports torch.
 """
 
 __version__ = "0.1.0"
