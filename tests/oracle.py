@@ -41,6 +41,29 @@ def assert_features_close(ours, ref, what: str = "", frac: float = 1e-3) -> None
     assert d.max() < 1e-3, f"{what}: max feature difference {d.max():.2e}"
 
 
+def funasr_with_our_fbank(monkeypatch) -> None:
+    """Make FunASR's WavFrontend/WavFrontendOnline compute fbank with ParaEdge's KaldiFbank.
+
+    FunASR's own fbank is float32 (torchaudio, or kaldi-native-fbank without it), ours float64;
+    on random-weight models a 1e-5 feature difference can flip a near-tie argmax. With the fbank
+    shared, these tests compare everything after it bit for bit (LFR, CMVN, streaming caches,
+    encoder, CIF, decoder); the fbank itself is compared with FunASR's, kaldi-native-fbank and a
+    plain float64 Kaldi fbank in tests/test_frontend.py."""
+    import torch
+    from funasr.utils import fbank as funasr_fbank
+
+    from edge.frontend import FrontendConfig, KaldiFbank
+
+    def fbank(waveform, num_mel_bins=80, frame_length=25.0, frame_shift=10.0, dither=0.0, energy_floor=0.0,
+              window_type="povey", sample_frequency=16000, snip_edges=True, **unused):
+        assert dither == 0.0 and energy_floor == 0.0 and snip_edges and not unused, (dither, energy_floor, unused)
+        cfg = FrontendConfig(fs=int(sample_frequency), n_mels=num_mel_bins, frame_length=frame_length,
+                             frame_shift=frame_shift, window=window_type)
+        return torch.from_numpy(KaldiFbank(cfg, frame_length)(waveform[0].numpy()))
+
+    monkeypatch.setattr(funasr_fbank, "fbank", fbank)
+
+
 def token_list(n_chars: int = 60) -> list[str]:
     return ["<blank>", "<s>", "</s>"] + CJK[:n_chars] + ["<unk>"]
 
