@@ -28,7 +28,9 @@ def pytest_configure(config):
 def render(text: str, voice: str, path: str, rate: int = 16000, channels: int = 1, bits: int = 16, enc=None) -> str:
     raw = path + ".raw.wav"
     subprocess.run(["espeak-ng", "-v", voice, "-w", raw, text], check=True, capture_output=True)
-    cmd = ["sox", raw, "-r", str(rate), "-c", str(channels), "-b", str(bits)]
+    # -R: repeatable. sox dithers by default when it writes fewer bits, with a random seed, so the
+    # same phrase would differ run to run; tests on random-weight models need the same input.
+    cmd = ["sox", "-R", raw, "-r", str(rate), "-c", str(channels), "-b", str(bits)]
     if enc:
         cmd += ["-e", enc]
     subprocess.run(cmd + [path], check=True, capture_output=True)
