@@ -178,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--streaming", action="store_true")
     p.add_argument("--peers", action="store_true", help="include peers with an explicit backend list")
+    p.add_argument("--board", help="board profile this runs on (boards/*.toml): printed with the numbers, checked against the CPU")
     p.add_argument("-o", "--output", help="directory for report.json and plots")
     p.set_defaults(func=lambda a: __import__("edge.profile", fromlist=["run_cli"]).run_cli(a))
 

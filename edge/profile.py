@@ -448,7 +448,9 @@ def profile(model: str, backends: list[str], audio: list[str], threads: int = 1,
 
 def table(report: dict) -> str:
     rows = [f"ParaEdge profile: {report['mode']}, {report['threads']} thread(s), {report['runs']} runs, "
-            f"{sum(a['seconds'] for a in report['audio']):.1f} s audio, CPU {report['cpu']}"]
+            f"{sum(a['seconds'] for a in report['audio']):.1f} s audio, CPU {report['cpu']}",
+            f"board: {report.get('board') or '(none given: --board)'}; versions: "
+            + ", ".join(f"{k} {v}" for k, v in report["versions"].items())]
     head = f"{'backend':22s} {'RTF':>8s} {'x ' + (report.get('ratio_base') or 'ORT'):>7s} {'p50 s':>8s} {'p99 s':>8s} {'load s':>7s}  stages (RTF)"
     rows += [head, "-" * len(head)]
     for group in ("backends", "peers"):
@@ -531,8 +533,15 @@ def run_cli(args) -> int:
             backends.append("tvm")
     if not args.audio:
         raise ParaEdgeError("profile needs --audio FILE.wav [...]")
+    board = None
+    if args.board:  # the profile the numbers are for; a CPU that cannot run it is refused up front
+        from edge.boards import check_runs_here, load_board
+
+        board = load_board(args.board)
+        check_runs_here(board)
     report = profile(args.model, backends, args.audio, args.threads, args.runs, args.warmup, args.streaming,
                      peers=args.backend == "all" or args.peers)
+    report["board"] = board.summary() if board else None
     print(table(report))
     if args.output:
         os.makedirs(args.output, exist_ok=True)

@@ -17,7 +17,7 @@ def test_profile_report(mode, exported_offline, exported_streaming, speech_dir, 
     model = exported_streaming if mode == "streaming" else exported_offline
     out = tmp_path / "prof"
     args = [sys.executable, "-m", "edge", "profile", "--model", model, "--backend", "ref,onnxruntime",
-            "--audio", str(speech_dir / "zh.wav"), str(speech_dir / "en.wav"), "--runs", "3", "-o", str(out)]
+            "--audio", str(speech_dir / "zh.wav"), str(speech_dir / "en.wav"), "--runs", "3", "-o", str(out), "--board", "x86-host"]
     if mode == "streaming":
         args.append("--streaming")
     p = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
@@ -25,6 +25,7 @@ def test_profile_report(mode, exported_offline, exported_streaming, speech_dir, 
     assert "onnxruntime" in p.stdout and "RTF" in p.stdout
     rep = json.loads((out / "report.json").read_text())
     assert rep["mode"] == mode and rep["threads"] == 1 and rep["runs"] == 3
+    assert rep["board"].startswith("x86-host") and "board: x86-host" in p.stdout
     assert {"cpu", "versions", "audio", "model_cost"} <= set(rep)
     assert rep["model_cost"]["peak_gemm_gflops"] > 0
     assert set(rep["model_cost"]["macs_per_audio_second"]) == {"fbank", "encoder", "cif", "decoder"}
