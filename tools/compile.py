@@ -36,6 +36,7 @@ import warnings
 
 import numpy as np
 
+from edge.backends.tvm import sha256_file  # the one the loader verifies with
 from edge.boards import Board, load_board
 from edge.errors import ParaEdgeError
 from edge.modeldir import ModelDir
@@ -44,14 +45,6 @@ BUNDLE_FORMAT = "paraedge-tvm-bundle/1"
 DEFAULT_BUCKETS = (16, 24, 32, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512)  # <= 25 % padding waste
 STREAM_BUCKETS = (15, 32)  # the [0,10,5] window; the final chunk can run a little longer
 MODEL_FILES = ("config.yaml", "am.mvn", "tokens.json")
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def model_hash(md: ModelDir) -> str:

@@ -41,7 +41,7 @@ def import_tvm_runtime(threads: int | None = None):
     return tvm
 
 
-def _sha256(path: str) -> str:
+def sha256_file(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -69,7 +69,7 @@ def read_manifest(bundle: str) -> dict:
         full = os.path.join(bundle, name)
         if not os.path.isfile(full):
             raise ModelError(f"{full}: missing (listed in manifest.json)")
-        if _sha256(full) != digest:
+        if sha256_file(full) != digest:
             raise ModelError(f"{full}: sha256 does not match manifest.json (modified or corrupt bundle)")
     return manifest
 
