@@ -16,7 +16,7 @@ import numpy as np
 
 from edge import kernels, ops
 from edge.backends.base import Backend
-from edge.backends.reference import ReferenceBackend
+from edge.backends.reference import ReferenceBackend, run_decoder_layers
 
 F32 = np.float32
 # The fused attention kernel beats numpy's batched BLAS matmuls on short sequences only (aarch64
@@ -114,13 +114,6 @@ class NeonBackend(Backend):
         return enc, self.ref.alphas(enc)
 
     def decode(self, enc, embeds, caches=None, streaming: bool = False):
-        caches = list(caches) if caches is not None else [None] * self.ref.fsmn_layers
-        x = np.ascontiguousarray(embeds, dtype=F32)
-        for i, layer in enumerate(self.decoders):
-            x, caches[i] = layer(x, enc, caches[i])
-        if self.decoders2 and (not streaming or len(self.decoders2) > 1):
-            for j, layer in enumerate(self.decoders2, start=len(self.decoders)):
-                x, caches[j] = layer(x, enc, caches[j])
-        x, _ = self.decoders3(x, enc)
+        x, caches = run_decoder_layers(self, enc, embeds, caches, streaming)
         logits = self.output(kernels.layer_norm(x, *self.ref.dec_norm))
         return ops.log_softmax(logits), caches

@@ -196,14 +196,21 @@ class ReferenceBackend(Backend):
         return ops.relu(a * F32(self.cif.smooth_factor) - F32(self.cif.noise_threshold))
 
     def decode(self, enc, embeds, caches=None, streaming: bool = False):
-        caches = list(caches) if caches is not None else [None] * self.fsmn_layers
-        x = np.ascontiguousarray(embeds, dtype=F32)
-        for i, layer in enumerate(self.decoders):
-            x, caches[i] = layer(x, enc, caches[i])
-        # FunASR's forward_chunk only runs decoders2 when it has more than one layer
-        if self.decoders2 and (not streaming or len(self.decoders2) > 1):
-            for j, layer in enumerate(self.decoders2, start=len(self.decoders)):
-                x, caches[j] = layer(x, enc, caches[j])
-        x, _ = self.decoders3(x, enc)
+        x, caches = run_decoder_layers(self, enc, embeds, caches, streaming)
         logits = ops.linear(ops.layer_norm(x, *self.dec_norm), *self.output)
         return ops.log_softmax(logits), caches
+
+
+def run_decoder_layers(model, enc, embeds, caches, streaming: bool):
+    """The decoder's layer stack (decoders, decoders2, decoders3) with FSMN caches, for any backend
+    whose layers are callables `layer(x, memory, cache) -> (x, cache)`."""
+    caches = list(caches) if caches is not None else [None] * (len(model.decoders) + len(model.decoders2))
+    x = np.ascontiguousarray(embeds, dtype=F32)
+    for i, layer in enumerate(model.decoders):
+        x, caches[i] = layer(x, enc, caches[i])
+    # FunASR's forward_chunk only runs decoders2 when it has more than one layer
+    if model.decoders2 and (not streaming or len(model.decoders2) > 1):
+        for j, layer in enumerate(model.decoders2, start=len(model.decoders)):
+            x, caches[j] = layer(x, enc, caches[j])
+    x, _ = model.decoders3(x, enc)
+    return x, caches
