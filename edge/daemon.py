@@ -139,8 +139,7 @@ class Daemon:
         delay = 0.25
         while not self.stopping.is_set():
             try:
-                if hasattr(self._source, "open"):
-                    self._source.open()
+                self._source.open()
                 self.bus.emit("device", state="open", source=self._source.name)
                 return True
             except ParaEdgeError as exc:

@@ -137,13 +137,14 @@ class Pipeline:
         self.utterances += 1
         self.bus.emit("final", text=result.text, tokens=result.tokens, reason=reason, audio_s=round(audio_s, 3),
                       rtf=round(self.decode_s / audio_s, 4) if audio_s else 0.0, latency=latency)
-        if self.gate is not None:
-            self.gate.reset()
-        self.vad.reset()
+        self._back_to_idle()
 
     def abort(self) -> None:
         """Drop a broken utterance without publishing (the error event already said why)."""
         self.stream = None
+        self._back_to_idle()
+
+    def _back_to_idle(self) -> None:
         if self.gate is not None:
             self.gate.reset()
         self.vad.reset()

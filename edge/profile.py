@@ -297,40 +297,39 @@ def daemon_costs(samples: list[Sample], runs: int, wake_models=("okay_nabu", "al
     out = {}
     audio_s = sum(s.seconds for s in samples) * runs
 
-    def measure(name, make, step, feed):
+    def measure(name, make, step, inputs, rate=16000):
         try:
-            obj = make()
+            fn = make()
         except ParaEdgeError as exc:
             out[name] = {"skipped": str(exc)}
             return
-        per, total = [], 0.0
+        per = []
         for _ in range(runs):
-            for s in samples:
-                x = feed(s)
+            for x in inputs:
                 for i in range(0, len(x) - step + 1, step):
                     t0 = time.perf_counter()
-                    obj(x[i : i + step])
+                    fn(x[i : i + step])
                     per.append(time.perf_counter() - t0)
-        total = sum(per)
-        out[name] = {"per_step_us": {k: v * 1e6 for k, v in percentiles(per).items()}, "step_ms": 1000 * step / (
-            48000 if name == "resample_48k" else 16000), "rtf": total / audio_s}
+        out[name] = {"per_step_us": {k: v * 1e6 for k, v in percentiles(per).items()}, "step_ms": 1000 * step / rate,
+                     "rtf": sum(per) / audio_s}
 
     def gate():
         from edge.wake import WakeGate
 
-        g = WakeGate(list(wake_models))
-        return g.process
-    measure("wake_gate", gate, 160, lambda s: s.samples)
+        return WakeGate(list(wake_models)).process
 
     def vad():
         from edge.vad import SileroVad
 
         return SileroVad().process
-    measure("vad", vad, 512, lambda s: s.samples)
 
     from scipy.signal import resample_poly
-    measure("resample_48k", lambda: StreamingResampler(48000), 960,
-            lambda s: resample_poly(s.samples, 3, 1).astype(np.float32))
+
+    mono = [s.samples for s in samples]
+    measure("wake_gate", gate, 160, mono)
+    measure("vad", vad, 512, mono)
+    mic_48k = [resample_poly(x, 3, 1).astype(np.float32) for x in mono]  # made once, not per run
+    measure("resample_48k", lambda: StreamingResampler(48000), 960, mic_48k, rate=48000)
     return out
 
 
