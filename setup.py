@@ -34,8 +34,9 @@ setup(
     extras_require={
         # host side: model definition, export, training. torch pinned: any looser spec pulls CUDA wheels.
         "host": ["torch==2.13.0", "onnx>=1.15", "matplotlib>=3.5", "tqdm>=4",
-                 # TVM compiler for `paraedge compile`; devices load only its runtime libraries
-                 "apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.15.post2", "psutil>=5"],
+                 # TVM compiler for `paraedge compile`; devices load only its runtime libraries.
+                 # tvm-ffi 0.1.14.post1: 0.1.15 segfaults when MetaSchedule writes its database (`paraedge tune`)
+                 "apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post1", "psutil>=5", "cloudpickle>=2"],
         # host: NVRTC + CUDA headers to precompile cubins for CUDA boards (no GPU or CUDA toolkit needed)
         "cuda": ["nvidia-cuda-nvrtc-cu12==12.9.*", "nvidia-cuda-runtime-cu12==12.9.*", "nvidia-cuda-cccl-cu12==12.9.*"],
         "test": ["pytest>=7", "kaldi-native-fbank>=1.18", "funasr-onnx>=0.4", "sherpa-onnx>=1.10"],

@@ -83,6 +83,31 @@ def test_recipe_runs_and_resumes(tmp_path):
     log = list(csv.DictReader(open(os.path.join(out, "log.csv"))))
     assert [int(r["step"]) for r in log] == [2, 4, 6]
 
+    # the card's tables come from the evaluator: one block per streaming chunk size
+    from models.export import export_dir
+    from tools.evaluate import evaluate, write_card
+
+    model = os.path.join(out, "eval_model")
+    export_dir(model)
+    card = os.path.join(model, "README.md")
+    with open(card, "w", encoding="utf-8") as f:
+        f.write("card\n<!-- results:begin -->\nold\n<!-- results:end -->\n")
+    report = evaluate(model, corpus, chunk_size=(10, 10, 5))
+    assert set(report["sets"]) == {"test_clean", "test_snr20", "test_snr10", "test_snr5"}
+    assert all(r["fp32_streaming"]["n"] == 5 for r in report["sets"].values())
+    write_card(card, report)
+    text = open(card, encoding="utf-8").read()
+    assert "<!-- results:begin -->\nold\n<!-- results:end -->" in text  # the default table is left alone
+    assert "<!-- results[10,10,5]:begin -->" in text and "(+600 ms left context)" in text
+
+
+def test_streaming_ratio_spreads_streaming_steps():
+    from tools.train import streaming_step
+
+    assert [streaming_step(s, 0.5) for s in range(4)] == [False, True, False, True]  # the default: odd steps
+    assert sum(streaming_step(s, 0.75) for s in range(400)) == 300
+    assert not any(streaming_step(s, 0.0) for s in range(10)) and all(streaming_step(s, 1.0) for s in range(10))
+
 
 def _commands():
     from edge.audio import load_audio

@@ -187,3 +187,24 @@ def test_int8_bundle_agrees_with_reference(tmp_path_factory):
         matched += sum(blk.size for blk in difflib.SequenceMatcher(a=a, b=b).get_matching_blocks())
         total += max(len(a), len(b))
     assert total > 20 and matched / total >= 0.99, (matched, total)
+
+
+@pytest.mark.slow
+def test_tune_writes_a_database_that_compile_applies(tmp_path, exported_streaming, speech):
+    """`paraedge tune` on this host measures real candidates (two, to stay quick) into a MetaSchedule
+    database; `paraedge compile --tuning-db` applies it and the bundle still decodes exactly."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from tools.compile import compile_bundle
+    from tools.tune import DB_FILES, tune
+
+    db_dir = tune(exported_streaming, "x86-host", str(tmp_path / "db"), trials=2)
+    db = ms.database.JSONDatabase(*(os.path.join(db_dir, f) for f in DB_FILES), allow_missing=False)
+    measured = [float(r.run_secs[0]) for r in db.get_all_tuning_records() if r.run_secs]
+    assert measured and all(0 < s < 1.0 for s in measured), measured  # built and run, not timed out
+    out = str(tmp_path / "tuned")
+    compile_bundle(exported_streaming, "x86-host", out, buckets=(128,), token_divs=(), tuning_db=db_dir)
+    assert json.load(open(os.path.join(out, "manifest.json")))["tuning_db"] == "db"
+    ref, tvm = Recognizer(exported_streaming, "ref"), Recognizer(out, "tvm")
+    for x in (speech["zh"], speech["en"]):
+        assert tvm.transcribe_streaming(x).token_ids == ref.transcribe_streaming(x).token_ids

@@ -32,7 +32,7 @@ DEBS = [f"python{PY}", f"libpython{PY}-stdlib", "libstdc++6", "libgcc-s1", "libg
         "libbz2-1.0", "liblzma5", "libssl3", "libexpat1", "libsqlite3-0", "libuuid1", "libncursesw6", "libtinfo6",
         "libreadline8", "libgfortran5", "libopenblas0-pthread"]
 WHEELS = ["numpy==1.26.4", "scipy==1.17.1", "onnxruntime==1.32.0", "kaldi-native-fbank", "PyYAML",
-          "apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.15.post2", "ml_dtypes==0.5.4", "typing_extensions"]
+          "apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post1", "ml_dtypes==0.5.4", "typing_extensions"]
 PLATFORMS = ["manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64"]
 STAMP = ".paraedge-armroot-v1"
 CPUINFO = "".join(

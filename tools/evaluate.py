@@ -1,7 +1,10 @@
 """Accuracy of a model dir on corpus manifests: CER and whole-command accuracy, offline and streaming,
 fp32 (numpy reference) and INT8 (onnxruntime). Produces the model card's table.
 
-`python -m tools.evaluate --model models/demo --corpus out/corpus [--write-card]`
+`python -m tools.evaluate --model models/demo --corpus out/corpus [--write-card] [--chunk-size 0,10,5]`
+
+The card holds one table per streaming chunk size: the default [0, 10, 5] and, when measured,
+others (e.g. [10, 10, 5], 600 ms of left context per chunk).
 """
 
 from __future__ import annotations
@@ -37,13 +40,16 @@ SET_LABEL = {"test_clean": "held-out voices, clean", "test_snr20": "held-out, ca
              "test_snr10": "held-out, car noise 10 dB", "test_snr5": "held-out, car noise 5 dB"}
 
 
-def decode_all(rec, rows, streaming: bool) -> list[list[int]]:
+DEFAULT_CHUNK = (0, 10, 5)
+
+
+def decode_all(rec, rows, streaming: bool, chunk_size=DEFAULT_CHUNK) -> list[list[int]]:
     from edge.audio import load_audio
 
     out = []
     for r in rows:
         x = load_audio(r["path"])[0]
-        out.append((rec.transcribe_streaming(x) if streaming else rec.transcribe(x)).token_ids)
+        out.append((rec.transcribe_streaming(x, chunk_size=chunk_size) if streaming else rec.transcribe(x)).token_ids)
     return out
 
 
@@ -61,12 +67,12 @@ def token_agreement(a: list[list[int]], b: list[list[int]]) -> float:
     return 1.0 - errs / max(sum(len(x) for x in a), 1)
 
 
-def evaluate(model: str, corpus: str, limit: int | None = None) -> dict:
+def evaluate(model: str, corpus: str, limit: int | None = None, chunk_size=DEFAULT_CHUNK) -> dict:
     from edge.recognizer import Recognizer
     from tools.corpus import read_manifest
 
     recs = {"fp32": Recognizer(model, "ref"), "int8": Recognizer(model, "onnxruntime", int8=True, threads=1)}
-    report = {"model": model, "sets": {}}
+    report = {"model": model, "chunk_size": list(chunk_size), "sets": {}}
     t0 = time.time()
     for name in SETS:
         path = os.path.join(corpus, f"{name}.jsonl")
@@ -78,7 +84,7 @@ def evaluate(model: str, corpus: str, limit: int | None = None) -> dict:
         res, hyps = {}, {}
         for prec, rec in recs.items():
             for mode in ("offline", "streaming"):
-                hyps[(prec, mode)] = decode_all(rec, rows, mode == "streaming")
+                hyps[(prec, mode)] = decode_all(rec, rows, mode == "streaming", chunk_size)
                 res[f"{prec}_{mode}"] = score(rec, rows, hyps[(prec, mode)])
         off, st = hyps[("fp32", "offline")], hyps[("fp32", "streaming")]
         res["int8_fp32_token_agreement"] = token_agreement(off, hyps[("int8", "offline")])
@@ -95,7 +101,9 @@ def evaluate(model: str, corpus: str, limit: int | None = None) -> dict:
 
 
 def card_table(report: dict) -> str:
-    lines = ["| test set | utts | fp32 offline acc / CER | fp32 600 ms streaming acc / CER | INT8 offline acc / CER "
+    left, chunk, right = report.get("chunk_size", DEFAULT_CHUNK)
+    label = f"{60 * chunk} ms streaming" + (f" (+{60 * left} ms left context)" if left else "")
+    lines = [f"| test set | utts | fp32 offline acc / CER | fp32 {label} acc / CER | INT8 offline acc / CER "
              "| INT8 streaming acc / CER | INT8 = fp32 tokens | streaming = offline | streaming last char wrong, offline right |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, r in report["sets"].items():
@@ -109,14 +117,18 @@ def card_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+def markers(chunk_size) -> tuple[str, str]:
+    """The card's block for one chunk size; the default keeps its original, unkeyed markers."""
+    key = "" if tuple(chunk_size) == DEFAULT_CHUNK else "[" + ",".join(str(c) for c in chunk_size) + "]"
+    return f"<!-- results{key}:begin -->", f"<!-- results{key}:end -->"
 
 
 def write_card(card_path: str, report: dict) -> None:
     text = open(card_path, encoding="utf-8").read()
-    table = f"{BEGIN}\n{card_table(report)}\n{END}"
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + table + text[text.index(END) + len(END):]
+    begin, end = markers(report.get("chunk_size", DEFAULT_CHUNK))
+    table = f"{begin}\n{card_table(report)}\n{end}"
+    if begin in text:
+        text = text[: text.index(begin)] + table + text[text.index(end) + len(end):]
     else:
         text += "\n" + table + "\n"
     with open(card_path, "w", encoding="utf-8") as f:
@@ -130,8 +142,15 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="utterances per test set (default: all)")
     ap.add_argument("--write-card", action="store_true", help="update the results table in MODEL/README.md")
     ap.add_argument("--json", default=None, help="also write the report here")
+    ap.add_argument("--chunk-size", default="0,10,5", help="streaming [left,chunk,right] in 60 ms frames")
     args = ap.parse_args(argv)
-    report = evaluate(args.model, args.corpus, args.limit)
+    try:
+        chunk_size = tuple(int(c) for c in args.chunk_size.split(","))
+    except ValueError:
+        chunk_size = ()
+    if len(chunk_size) != 3 or chunk_size[1] < 1 or min(chunk_size) < 0:
+        ap.error(f"--chunk-size: expected left,chunk,right with chunk >= 1, got '{args.chunk_size}'")
+    report = evaluate(args.model, args.corpus, args.limit, chunk_size)
     print(card_table(report))
     if args.json:
         with open(args.json, "w") as f:

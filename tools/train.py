@@ -108,6 +108,11 @@ class Data:
                                                 persistent_workers=True))
 
 
+def streaming_step(step: int, ratio: float) -> bool:
+    """Whether `step` trains as the runtime streams; spread evenly (0.5: odd steps, 0.75: three in four)."""
+    return int((step + 1) * ratio) > int(step * ratio)
+
+
 def compute_cmvn(data: Data, n: int = 400):
     feats = np.concatenate([data.feats(data.audio[i]) for i in range(0, len(data.audio), max(1, len(data.audio) // n))])
     mean, std = feats.mean(0), feats.std(0) + 1e-5
@@ -231,7 +236,8 @@ def write_model_dir(out, model, conf, vocab, cmvn, fp16_weights: bool = False) -
 
 
 def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 24, lr: float = 1e-3,
-          seed: int = 0, eval_every: int = 500, threads: int = 2, log=print, init: str | None = None) -> str:
+          seed: int = 0, eval_every: int = 500, threads: int = 2, log=print, init: str | None = None,
+          streaming_ratio: float = 0.5) -> str:
     import torch
 
     from models.paraformer import Paraformer
@@ -294,7 +300,7 @@ def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 
             g["lr"] = lr_at(step)
         feats, targets = next(batches)
         feats = [(f + cmvn[0]) * cmvn[1] for f in feats]
-        total, parts = losses(model, feats, targets, streaming=bool(step % 2))
+        total, parts = losses(model, feats, targets, streaming=streaming_step(step, streaming_ratio))
         opt.zero_grad()
         total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -374,9 +380,13 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--init", default=None, help="fine-tune from this checkpoint (model weights only)")
+    ap.add_argument("--streaming-ratio", type=float, default=0.5,
+                    help="fraction of steps trained exactly as the runtime streams (the rest with full context)")
     args = ap.parse_args(argv)
+    if not 0.0 <= args.streaming_ratio <= 1.0:
+        ap.error("--streaming-ratio must be within [0, 1]")
     train(args.corpus, args.out, args.steps, args.preset, args.batch, args.lr, args.seed, args.eval_every, args.threads,
-          init=args.init)
+          init=args.init, streaming_ratio=args.streaming_ratio)
     return 0
 
 

@@ -26,7 +26,7 @@ DB_FILES = ("database_workload.json", "database_tuning_record.json")
 
 
 def tune(model: str, board_name: str, out: str, trials: int, rpc: str | None = None, buckets=(15,),
-         streaming: bool | None = None, rpc_key: str | None = None) -> str:
+         streaming: bool | None = None, rpc_key: str | None = None, timeout: int = 180) -> str:
     board = load_board(board_name)
     if board.cuda:
         raise ParaEdgeError("tune: CUDA boards use dlight's GPU schedules; tuning them is not wired up")
@@ -42,16 +42,17 @@ def tune(model: str, board_name: str, out: str, trials: int, rpc: str | None = N
 
     with target:
         irmod = tvm.transform.Sequential(cpu.library_dispatch_passes(target) + cpu.legalize_passes(target))(irmod)
-    builder: object = "local"
-    runner: object = "local"
-    if board.arch == "aarch64":
-        builder = ms.builder.LocalBuilder(f_export=tvm.support.cc.cross_compiler(board.cc))
+    # Each candidate builds and runs in a fresh worker process that imports TVM first: on a small
+    # host that alone takes tens of seconds, so MetaSchedule's 30 s default times every build out.
+    export = tvm.support.cc.cross_compiler(board.cc) if board.arch == "aarch64" else None
+    builder = ms.builder.LocalBuilder(timeout_sec=timeout, **({"f_export": export} if export else {}))
+    runner: object = ms.runner.LocalRunner(timeout_sec=timeout)
     if rpc:
         host, _, port = rpc.rpartition(":")
         if not host or not port.isdigit():
             raise ParaEdgeError(f"--rpc: expected HOST:PORT, got '{rpc}'")
         config = ms.runner.RPCConfig(tracker_host=host, tracker_port=int(port), tracker_key=rpc_key or board.name,
-                                     session_timeout_sec=120)
+                                     session_timeout_sec=max(120, timeout))
         runner = ms.runner.RPCRunner(config, evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1))
     elif board.arch != os.uname().machine:
         raise ParaEdgeError(f"tune: {board.name} is {board.arch}; this host cannot run its kernels: pass --rpc HOST:PORT")
@@ -73,12 +74,13 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--rpc-key", help="the board's key at the tracker (default: the board name)")
     ap.add_argument("--trials", type=int, default=256, help="measured candidates in total")
     ap.add_argument("--buckets", default="15", help="encoder lengths to tune (default 15: the streaming window)")
+    ap.add_argument("--timeout", type=int, default=180, help="seconds allowed to build or run one candidate")
 
 
 def run(args) -> int:
     from tools.compile import parse_buckets
 
     out = tune(args.model, args.board, args.output, args.trials, args.rpc, parse_buckets(args.buckets),
-               rpc_key=args.rpc_key)
+               rpc_key=args.rpc_key, timeout=args.timeout)
     print(f"wrote {out}: compile with --tuning-db {out}", file=sys.stderr)
     return 0
