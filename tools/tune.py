@@ -42,11 +42,6 @@ def tune(model: str, board_name: str, out: str, trials: int, rpc: str | None = N
 
     with target:
         irmod = tvm.transform.Sequential(cpu.library_dispatch_passes(target) + cpu.legalize_passes(target))(irmod)
-    # Each candidate builds and runs in a fresh worker process that imports TVM first: on a small
-    # host that alone takes tens of seconds, so MetaSchedule's 30 s default times every build out.
-    export = tvm.support.cc.cross_compiler(board.cc) if board.arch == "aarch64" else None
-    builder = ms.builder.LocalBuilder(timeout_sec=timeout, **({"f_export": export} if export else {}))
-    runner: object = ms.runner.LocalRunner(timeout_sec=timeout)
     if rpc:
         host, _, port = rpc.rpartition(":")
         if not host or not port.isdigit():
@@ -56,6 +51,12 @@ def tune(model: str, board_name: str, out: str, trials: int, rpc: str | None = N
         runner = ms.runner.RPCRunner(config, evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1))
     elif board.arch != os.uname().machine:
         raise ParaEdgeError(f"tune: {board.name} is {board.arch}; this host cannot run its kernels: pass --rpc HOST:PORT")
+    else:
+        runner = ms.runner.LocalRunner(timeout_sec=timeout)
+    # Each candidate builds and runs in a fresh worker process that imports TVM first: on a small
+    # host that alone takes tens of seconds, so MetaSchedule's 30 s default times every build out.
+    export = tvm.support.cc.cross_compiler(board.cc) if board.arch == "aarch64" else None
+    builder = ms.builder.LocalBuilder(timeout_sec=timeout, **({"f_export": export} if export else {}))
     os.makedirs(out, exist_ok=True)
     ms.relax_integration.tune_relax(mod=irmod, params={}, target=target, work_dir=out, max_trials_global=trials,
                                     num_trials_per_iter=min(64, max(trials, 1)), builder=builder, runner=runner,
