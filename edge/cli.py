@@ -156,8 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("wav", nargs="+", help="WAV files")
     _add_model_args(p)
     p.add_argument("--streaming", action="store_true", help="decode chunk by chunk, as the daemon does")
-    p.add_argument("--chunk-size", type=lambda s: [int(v) for v in s.split(",")], default=[0, 10, 5],
-                   help="streaming [left,chunk,right] in 60 ms frames (default 0,10,5: 600 ms + 300 ms look-ahead)")
+    p.add_argument("--chunk-size", type=lambda s: [int(v) for v in s.split(",")], default=None,
+                   help="streaming [left,chunk,right] in 60 ms frames, e.g. 0,10,5: 600 ms + 300 ms look-ahead "
+                        "(default: the model's config.yaml chunk_size, else 0,10,5)")
     p.add_argument("--json", action="store_true", help="one JSON object per file: text, tokens, timings, RTF")
     p.set_defaults(func=cmd_transcribe)
 

@@ -34,7 +34,7 @@ class ModelSection:
     backend: str = "onnxruntime"  # ref | onnxruntime | tvm (dir = a compiled bundle) | neon | auto
     int8: bool = True
     threads: int = 1
-    chunk_size: list = field(default_factory=lambda: [0, 10, 5])  # LFR frames: 600 ms chunk, 300 ms look-ahead
+    chunk_size: list = field(default_factory=list)  # [left, chunk, right] LFR frames; [] = the model's default
 
 
 @dataclass
@@ -128,8 +128,10 @@ class DaemonConfig:
         m, v, w = self.model, self.vad, self.wake
         if m.backend not in BACKENDS:
             raise ConfigError(f"model.backend '{m.backend}' is not one of {', '.join(BACKENDS)}")
-        if len(m.chunk_size) != 3 or not all(isinstance(c, int) and c >= 0 for c in m.chunk_size) or m.chunk_size[1] < 1:
-            raise ConfigError(f"model.chunk_size must be [left, chunk, right] LFR frames, chunk >= 1; got {m.chunk_size}")
+        if m.chunk_size and (len(m.chunk_size) != 3 or not all(isinstance(c, int) and c >= 0 for c in m.chunk_size)
+                             or m.chunk_size[1] < 1):
+            raise ConfigError(f"model.chunk_size must be [left, chunk, right] LFR frames, chunk >= 1 (or [] for the "
+                              f"model's default); got {m.chunk_size}")
         if m.threads < 1:
             raise ConfigError("model.threads must be >= 1")
         if not 0 < v.neg_threshold <= v.threshold < 1:

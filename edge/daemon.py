@@ -38,7 +38,7 @@ def load_recognizer(cfg: DaemonConfig):
     rec = Recognizer(m.dir, backend=m.backend, threads=m.threads, int8=m.int8)
     # warm-up doubles as verification: one streamed second must run and give finite outputs
     noise = (np.random.default_rng(0).standard_normal(16000) * 0.01).astype(np.float32)
-    stream = rec.stream(tuple(m.chunk_size))
+    stream = rec.stream(tuple(m.chunk_size) or None)
     stream.accept(noise)
     stream.finish()
     return rec
@@ -108,7 +108,7 @@ class Daemon:
             return
         self.cfg.model = cfg.model
         self.recognizer = self.pipeline.recognizer = rec
-        self.pipeline.chunk_size = tuple(cfg.model.chunk_size)
+        self.pipeline.chunk_size = tuple(cfg.model.chunk_size) or None
         self.bus.emit("model_reloaded", model=cfg.model.dir, backend=rec.backend.describe())
 
     def _commands(self) -> None:

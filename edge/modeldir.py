@@ -19,6 +19,7 @@ from edge.frontend import Cmvn, Frontend, FrontendConfig
 
 OFFLINE_MODELS = ("Paraformer",)
 STREAMING_MODELS = ("ParaformerStreaming",)
+DEFAULT_CHUNK_SIZE = (0, 10, 5)  # FunASR's default: 600 ms chunks, 300 ms look-ahead, no left context
 ENCODERS = ("SANMEncoder", "SANMEncoderChunkOpt")
 DECODERS = ("ParaformerSANMDecoder",)
 PREDICTORS = ("CifPredictorV2",)
@@ -38,6 +39,9 @@ class ModelConfig:
     sos: int = 1
     eos: int = 2
     blank_id: int = 0
+    # the model's streaming default; a top-level `chunk_size` in config.yaml is the key FunASR's
+    # AutoModel hands to generate(), so a model trained for left context can ask for it
+    chunk_size: tuple = DEFAULT_CHUNK_SIZE
     raw: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -79,6 +83,12 @@ class ModelConfig:
             value = model_conf.get(key, conf.get(key))
             return default if value is None else int(value)
 
+        chunk_size = conf.get("chunk_size", list(DEFAULT_CHUNK_SIZE))
+        try:
+            chunk_size = check_chunk_size(chunk_size)
+        except ValueError as e:
+            raise ModelError(f"{where}: {e}") from None
+
         return cls(
             model=model,
             encoder_conf=enc,
@@ -90,8 +100,21 @@ class ModelConfig:
             sos=pick("sos", 1),
             eos=pick("eos", 2),
             blank_id=pick("blank_id", 0),
+            chunk_size=chunk_size,
             raw=conf,
         )
+
+
+def check_chunk_size(chunk_size) -> tuple:
+    """[left, chunk, right] in LFR frames (60 ms each): left context, chunk, look-ahead."""
+    try:
+        values = tuple(int(c) for c in chunk_size)
+        ok = len(values) == 3 and all(int(c) == c for c in chunk_size) and min(values) >= 0 and values[1] >= 1
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"chunk_size must be [left, chunk, right] LFR frames with chunk >= 1, got {chunk_size!r}")
+    return values
 
 
 def _read_yaml(path):

@@ -24,10 +24,10 @@ log = logging.getLogger("paraedge.pipeline")
 
 
 class Pipeline:
-    def __init__(self, recognizer, gate, vad, endpoint, bus, chunk_size=(0, 10, 5), pre_roll_s: float = 0.1):
+    def __init__(self, recognizer, gate, vad, endpoint, bus, chunk_size=None, pre_roll_s: float = 0.1):
         self.recognizer, self.gate, self.vad, self.bus = recognizer, gate, vad, bus
         self.endpoint = Endpointer(endpoint)
-        self.chunk_size = tuple(chunk_size)
+        self.chunk_size = tuple(chunk_size) if chunk_size else None  # None: the model's default
         self.pre_roll = collections.deque()  # recent idle audio: (samples, capture time)
         self.pre_roll_n = int(pre_roll_s * TARGET_RATE)
         self.captured: collections.deque = collections.deque(maxlen=2000)  # (end sample, capture time)

@@ -4,7 +4,8 @@ Offline: features -> scale by sqrt(d_model) + sinusoidal positions -> encoder ->
 floor of the alpha sum) -> parallel decoder -> argmax, blank/sos/eos dropped (FunASR inference()).
 
 Streaming mirrors FunASR's ParaformerStreaming with `chunk_size=[left, chunk, right]` in LFR
-frames (default [0, 10, 5]: 600 ms chunks, 300 ms look-ahead): each 600 ms of audio runs the
+frames (default: the model's config.yaml `chunk_size`, else FunASR's [0, 10, 5]: 600 ms chunks,
+300 ms look-ahead, no left context): each 600 ms of audio runs the
 streaming frontend; its frames are position-encoded with a running offset and prefixed with the
 previous `left + right` frames; the encoder runs on that window; alphas of the left context and
 the look-ahead are zeroed; CIF carries its remainder; the decoder carries FSMN caches. The last
@@ -22,7 +23,7 @@ from edge import ops
 from edge.audio import check_samples
 from edge.cif import CifConfig, CifStream, cif_offline
 from edge.errors import ParaEdgeError
-from edge.modeldir import ModelDir
+from edge.modeldir import ModelDir, check_chunk_size
 from edge.text import tokens_to_text
 
 F32 = np.float32
@@ -122,7 +123,7 @@ class Recognizer:
                    "rtf": (t2 - t0) / audio_s if audio_s else 0.0}
         return self.ids_to_result(ids, timings)
 
-    def transcribe_streaming(self, samples: np.ndarray, hop: int = 1600, chunk_size=(0, 10, 5)) -> Result:
+    def transcribe_streaming(self, samples: np.ndarray, hop: int = 1600, chunk_size=None) -> Result:
         """Decode a whole clip the way a microphone feeds it (`hop` samples at a time, 100 ms by
         default); `timings["partials"]` lists the text after every hop that recognised something."""
         check_samples(np.asarray(samples))
@@ -139,7 +140,8 @@ class Recognizer:
                           "chunks": stream.chunks, "partials": partials}
         return result
 
-    def stream(self, chunk_size=(0, 10, 5)) -> "Stream":
+    def stream(self, chunk_size=None) -> "Stream":
+        """A new streaming utterance; `chunk_size` None means the model's default."""
         if not self.config.streaming:
             raise ParaEdgeError(
                 f"{self.model.path} is an offline model ({self.config.model}); streaming needs a ParaformerStreaming model"
@@ -151,10 +153,11 @@ class Stream:
     """One streaming utterance. Feed audio with `accept()`; `finish()` flushes the tail.
     Both return the token ids recognised by that call; `result()` gives everything so far."""
 
-    def __init__(self, rec: Recognizer, chunk_size=(0, 10, 5)):
-        left, chunk, right = (int(c) for c in chunk_size)
-        if chunk <= 0 or left < 0 or right < 0:
-            raise ParaEdgeError(f"bad chunk_size {list(chunk_size)}: need [left>=0, chunk>0, right>=0]")
+    def __init__(self, rec: Recognizer, chunk_size=None):
+        try:
+            left, chunk, right = check_chunk_size(rec.config.chunk_size if chunk_size is None else chunk_size)
+        except ValueError as e:
+            raise ParaEdgeError(str(e)) from None
         self.rec = rec
         self.chunk_size = (left, chunk, right)
         self.chunk_samples = chunk * SAMPLES_PER_LFR_FRAME

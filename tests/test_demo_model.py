@@ -60,6 +60,27 @@ def test_samples_decode_exactly(backend, int8, mode):
             assert text.startswith(s["command"]) and len(text) <= len(s["command"]) + 1, (s["file"], text)
 
 
+@pytest.mark.parametrize("value, expect", [(None, (0, 10, 5)), ([10, 10, 5], (10, 10, 5)), ([0, 8, 4], (0, 8, 4)),
+                                           ([0, 0, 5], "chunk >= 1"), ([10, 10], "chunk >= 1"), ("0,10,5", "chunk >= 1")])
+def test_config_chunk_size_is_the_streaming_default(value, expect):
+    """A top-level `chunk_size` in config.yaml (the key FunASR's AutoModel hands to generate()) is the
+    model's streaming default; without it FunASR's [0, 10, 5]; a bad one is refused when loading."""
+    import yaml
+
+    from edge.errors import ModelError
+    from edge.modeldir import ModelConfig
+
+    conf = yaml.safe_load(open(os.path.join(DEMO, "config.yaml"), encoding="utf-8"))
+    conf.pop("chunk_size", None)
+    if value is not None:
+        conf["chunk_size"] = value
+    if isinstance(expect, str):
+        with pytest.raises(ModelError, match=expect):
+            ModelConfig.from_dict(conf)
+    else:
+        assert ModelConfig.from_dict(conf).chunk_size == expect
+
+
 def test_recipe_runs_and_resumes(tmp_path):
     """A few steps of the real recipe on a tiny corpus: features, losses, checkpoint, resume, logs."""
     import csv
@@ -91,14 +112,49 @@ def test_recipe_runs_and_resumes(tmp_path):
     export_dir(model)
     card = os.path.join(model, "README.md")
     with open(card, "w", encoding="utf-8") as f:
-        f.write("card\n<!-- results:begin -->\nold\n<!-- results:end -->\n")
+        f.write("card\n<!-- results[0,10,5]:begin -->\nold\n<!-- results[0,10,5]:end -->\n")
     report = evaluate(model, corpus, chunk_size=(10, 10, 5))
     assert set(report["sets"]) == {"test_clean", "test_snr20", "test_snr10", "test_snr5"}
     assert all(r["fp32_streaming"]["n"] == 5 for r in report["sets"].values())
     write_card(card, report)
     text = open(card, encoding="utf-8").read()
-    assert "<!-- results:begin -->\nold\n<!-- results:end -->" in text  # the default table is left alone
+    assert "<!-- results[0,10,5]:begin -->\nold\n<!-- results[0,10,5]:end -->" in text  # another size's table stays
     assert "<!-- results[10,10,5]:begin -->" in text and "(+600 ms left context)" in text
+
+
+@pytest.mark.parametrize("left", [0, 10])
+def test_training_streams_exactly_as_the_runtime(tmp_path, left):
+    """The recipe's streaming batches see what the runtime's Stream sees: the same windows, the
+    same alphas kept, for chunk_size [left, 10, 5] (a random tiny model, 37 frames: 3 chunks + a tail)."""
+    import torch
+
+    from edge.recognizer import Recognizer
+    from models.paraformer import Paraformer
+    from tools.train import build_vocab, model_config, stream_windows, write_model_dir
+
+    torch.manual_seed(0)
+    vocab = build_vocab()
+    conf = model_config("tiny", len(vocab), stream_left=left)
+    model = Paraformer(conf, len(vocab)).eval()
+    feats = np.random.default_rng(0).standard_normal((37, 560)).astype(np.float32)  # CMVN'd LFR features
+    rec = Recognizer(write_model_dir(str(tmp_path / "m"), model, conf, vocab, (np.zeros(560), np.ones(560))), "ref")
+    stream = rec.stream()  # config.yaml carries chunk_size [left, 10, 5]
+    assert stream.chunk_size == (left, 10, 5)
+    kept, step = [], stream.cif.step
+
+    def record(enc, alphas, final):
+        kept.append(alphas[left:] if final else alphas[left : left + 10])
+        return step(enc, alphas, final)
+
+    stream.cif.step = record
+    for i in range(0, 30, 10):
+        stream._run(feats[i : i + 10], final=False)
+    stream._run(feats[30:], final=True)
+    with torch.no_grad():
+        x = torch.from_numpy(feats)[None]
+        _, alphas, keep, _, _ = stream_windows(model, model.encoder.embed(x), torch.ones(1, 37), torch.tensor([37]), left)
+    got, want = np.concatenate(kept), alphas[0][keep[0] > 0].numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4)
 
 
 def test_streaming_ratio_spreads_streaming_steps():

@@ -82,12 +82,13 @@ def test_streaming_matches_funasr(which, request, speech):
         assert stream.result().token_ids == expected, n
 
 
-def test_streaming_other_chunk_size(funasr_streaming_a, speech):
+@pytest.mark.parametrize("chunk_size", [(0, 8, 4), (10, 10, 5)])  # shorter chunks; 600 ms of left context
+def test_streaming_other_chunk_size(funasr_streaming_a, speech, chunk_size):
     model, frontend, conf = load_funasr(funasr_streaming_a)
     rec = Recognizer(funasr_streaming_a)
     x = speech["en"]
-    expected = funasr_streaming(model, frontend, conf, x, step=8 * 960, chunk_size=(0, 8, 4))
-    stream = rec.stream(chunk_size=(0, 8, 4))
+    expected = funasr_streaming(model, frontend, conf, x, step=chunk_size[1] * 960, chunk_size=chunk_size)
+    stream = rec.stream(chunk_size=chunk_size)
     stream.accept(x)
     stream.finish()
     assert stream.result().token_ids == expected
@@ -103,3 +104,21 @@ def test_funasr_automodel_reads_the_same_dir(funasr_offline_a, speech_dir):
     am = AutoModel(model=funasr_offline_a, disable_update=True, device="cpu", disable_pbar=True, disable_log=True)
     text = am.generate(input=wav)[0]["text"]
     assert text == Recognizer(funasr_offline_a).transcribe(load_audio(wav)[0]).text
+
+
+def test_funasr_automodel_takes_chunk_size_from_config(tmp_path, funasr_streaming_a):
+    """A top-level `chunk_size` in config.yaml reaches FunASR's generate() kwargs as it reaches our
+    Stream: both read it as the model's streaming default."""
+    import shutil
+
+    import yaml
+    from funasr import AutoModel
+
+    d = tmp_path / "m"
+    shutil.copytree(funasr_streaming_a, d)
+    conf = yaml.safe_load(open(d / "config.yaml", encoding="utf-8"))
+    conf["chunk_size"] = [10, 10, 5]
+    yaml.safe_dump(conf, open(d / "config.yaml", "w", encoding="utf-8"))
+    am = AutoModel(model=str(d), disable_update=True, device="cpu", disable_pbar=True, disable_log=True)
+    assert list(am.kwargs["chunk_size"]) == [10, 10, 5]
+    assert Recognizer(str(d)).stream().chunk_size == (10, 10, 5)

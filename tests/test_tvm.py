@@ -97,6 +97,26 @@ def test_streaming_tvm_equals_reference(tvm_streaming, exported_streaming, speec
     for x in (speech["zh"], speech["en"], speech["zh2"][: 9600 * 3], speech["zh2"][: 9600 * 3 + 500]):
         assert tvm.transcribe_streaming(x).token_ids == ref.transcribe_streaming(x).token_ids
     assert tvm.transcribe(speech["zh"]).token_ids == ref.transcribe(speech["zh"]).token_ids
+    # another chunk size than the one compiled for runs in the next larger bucket, still exact
+    for x in (speech["zh"], speech["zh2"][: 9600 * 3 + 500]):
+        assert tvm.transcribe_streaming(x, chunk_size=(10, 10, 5)).token_ids == \
+            ref.transcribe_streaming(x, chunk_size=(10, 10, 5)).token_ids
+
+
+def test_streaming_buckets_follow_the_models_chunk_size(exported_streaming, tmp_path):
+    import yaml
+
+    from edge.modeldir import ModelDir
+    from tools.compile import plan
+
+    names = {f["name"] for f in plan(ModelDir(exported_streaming), buckets=(64,))}
+    assert {"enc_T15", "enc_T32", "sdec_T15_N4", "enc_T64"} <= names  # [0, 10, 5]: 15-frame windows
+    d = _copy(exported_streaming, tmp_path)
+    conf = yaml.safe_load(open(os.path.join(d, "config.yaml"), encoding="utf-8"))
+    conf["chunk_size"] = [10, 10, 5]
+    yaml.safe_dump(conf, open(os.path.join(d, "config.yaml"), "w", encoding="utf-8"))
+    names = {f["name"] for f in plan(ModelDir(d), buckets=(64,))}
+    assert {"enc_T25", "enc_T42", "sdec_T25_N4", "sdec_T42_N5"} <= names and "enc_T15" not in names
 
 
 def test_manifest_describes_bundle(tvm_offline):

@@ -13,7 +13,7 @@ The seam's three graphs, each at static shapes (padding + masks make a bucket ex
   (offline: no caches, centred FSMN);
 - `sdec_T{t}_N{n}` (streaming models): the same with FSMN caches [1,d,k-1] in; it returns the
   caches' whole windows [1,d,k-1+n] so the runtime keeps the last k-1 *valid* columns.
-Streaming windows are 15 LFR frames with chunk_size [0,10,5]; offline lengths pad up to the
+Streaming windows follow the model's chunk_size (15 LFR frames for [0,10,5]); offline lengths pad up to the
 smallest bucket (default up to 512 frames, 30.7 s).
 
 The bundle (a device model dir): model.so, params.npz, config.yaml, am.mvn, tokens.json,
@@ -43,7 +43,15 @@ from edge.modeldir import ModelDir
 
 BUNDLE_FORMAT = "paraedge-tvm-bundle/1"
 DEFAULT_BUCKETS = (16, 24, 32, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512)  # <= 25 % padding waste
-STREAM_BUCKETS = (15, 32)  # the [0,10,5] window; the final chunk can run a little longer
+
+
+def stream_buckets(chunk_size) -> tuple[int, int]:
+    """The streaming window (left + chunk + right frames: 15 for [0,10,5]) and a larger one for the
+    final chunk, which also carries the audio left over and the frontend's flushed frames."""
+    left, chunk, right = chunk_size
+    return left + chunk + right, left + 2 * chunk + right + 7
+
+
 MODEL_FILES = ("config.yaml", "am.mvn", "tokens.json")
 
 
@@ -219,7 +227,8 @@ def plan(md: ModelDir, buckets=DEFAULT_BUCKETS, streaming: bool | None = None, t
     if streaming and not cfg.streaming:
         raise ParaEdgeError(f"{md.path} is an offline model ({cfg.model}); --streaming needs ParaformerStreaming")
     d, din = cfg.d_model, cfg.input_size
-    enc_t = sorted(set(buckets) | (set(STREAM_BUCKETS) if streaming else set()))
+    stream_t = stream_buckets(cfg.chunk_size) if streaming else ()
+    enc_t = sorted(set(buckets) | set(stream_t))
     fns = []
     for t in enc_t:
         fns.append({"name": f"enc_T{t}", "kind": "encoder", "T": t, "inputs": {"x": [1, t, din], "mask": [1, t]}})
@@ -229,7 +238,7 @@ def plan(md: ModelDir, buckets=DEFAULT_BUCKETS, streaming: bool | None = None, t
     if streaming:
         k = int(cfg.decoder_conf.get("kernel_size", 21))
         n_caches = _stream_cache_count(md)
-        for t in STREAM_BUCKETS:
+        for t in stream_t:
             for n in token_buckets(t, token_divs):
                 ins = {"enc": [1, t, d], "mask": [1, t], "embeds": [1, n, d], "tmask": [1, n]}
                 ins.update({f"cache{i}": [1, d, k - 1] for i in range(n_caches)})

@@ -3,8 +3,9 @@ fp32 (numpy reference) and INT8 (onnxruntime). Produces the model card's table.
 
 `python -m tools.evaluate --model models/demo --corpus out/corpus [--write-card] [--chunk-size 0,10,5]`
 
-The card holds one table per streaming chunk size: the default [0, 10, 5] and, when measured,
-others (e.g. [10, 10, 5], 600 ms of left context per chunk).
+Streaming uses the model's default chunk size (config.yaml `chunk_size`, else [0, 10, 5]) unless
+--chunk-size says otherwise. The card holds one table per streaming chunk size measured, each
+between `<!-- results[left,chunk,right]:begin/end -->` markers.
 """
 
 from __future__ import annotations
@@ -40,10 +41,7 @@ SET_LABEL = {"test_clean": "held-out voices, clean", "test_snr20": "held-out, ca
              "test_snr10": "held-out, car noise 10 dB", "test_snr5": "held-out, car noise 5 dB"}
 
 
-DEFAULT_CHUNK = (0, 10, 5)
-
-
-def decode_all(rec, rows, streaming: bool, chunk_size=DEFAULT_CHUNK) -> list[list[int]]:
+def decode_all(rec, rows, streaming: bool, chunk_size=None) -> list[list[int]]:
     from edge.audio import load_audio
 
     out = []
@@ -67,11 +65,12 @@ def token_agreement(a: list[list[int]], b: list[list[int]]) -> float:
     return 1.0 - errs / max(sum(len(x) for x in a), 1)
 
 
-def evaluate(model: str, corpus: str, limit: int | None = None, chunk_size=DEFAULT_CHUNK) -> dict:
+def evaluate(model: str, corpus: str, limit: int | None = None, chunk_size=None) -> dict:
     from edge.recognizer import Recognizer
     from tools.corpus import read_manifest
 
     recs = {"fp32": Recognizer(model, "ref"), "int8": Recognizer(model, "onnxruntime", int8=True, threads=1)}
+    chunk_size = tuple(chunk_size or recs["fp32"].config.chunk_size)
     report = {"model": model, "chunk_size": list(chunk_size), "sets": {}}
     t0 = time.time()
     for name in SETS:
@@ -101,7 +100,7 @@ def evaluate(model: str, corpus: str, limit: int | None = None, chunk_size=DEFAU
 
 
 def card_table(report: dict) -> str:
-    left, chunk, right = report.get("chunk_size", DEFAULT_CHUNK)
+    left, chunk, right = report["chunk_size"]
     label = f"{60 * chunk} ms streaming" + (f" (+{60 * left} ms left context)" if left else "")
     lines = [f"| test set | utts | fp32 offline acc / CER | fp32 {label} acc / CER | INT8 offline acc / CER "
              "| INT8 streaming acc / CER | INT8 = fp32 tokens | streaming = offline | streaming last char wrong, offline right |",
@@ -118,14 +117,14 @@ def card_table(report: dict) -> str:
 
 
 def markers(chunk_size) -> tuple[str, str]:
-    """The card's block for one chunk size; the default keeps its original, unkeyed markers."""
-    key = "" if tuple(chunk_size) == DEFAULT_CHUNK else "[" + ",".join(str(c) for c in chunk_size) + "]"
+    """The card's block for one chunk size."""
+    key = "[" + ",".join(str(c) for c in chunk_size) + "]"
     return f"<!-- results{key}:begin -->", f"<!-- results{key}:end -->"
 
 
 def write_card(card_path: str, report: dict) -> None:
     text = open(card_path, encoding="utf-8").read()
-    begin, end = markers(report.get("chunk_size", DEFAULT_CHUNK))
+    begin, end = markers(report["chunk_size"])
     table = f"{begin}\n{card_table(report)}\n{end}"
     if begin in text:
         text = text[: text.index(begin)] + table + text[text.index(end) + len(end):]
@@ -142,14 +141,17 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="utterances per test set (default: all)")
     ap.add_argument("--write-card", action="store_true", help="update the results table in MODEL/README.md")
     ap.add_argument("--json", default=None, help="also write the report here")
-    ap.add_argument("--chunk-size", default="0,10,5", help="streaming [left,chunk,right] in 60 ms frames")
+    ap.add_argument("--chunk-size", default=None,
+                    help="streaming [left,chunk,right] in 60 ms frames (default: the model's)")
     args = ap.parse_args(argv)
-    try:
-        chunk_size = tuple(int(c) for c in args.chunk_size.split(","))
-    except ValueError:
-        chunk_size = ()
-    if len(chunk_size) != 3 or chunk_size[1] < 1 or min(chunk_size) < 0:
-        ap.error(f"--chunk-size: expected left,chunk,right with chunk >= 1, got '{args.chunk_size}'")
+    chunk_size = None
+    if args.chunk_size is not None:
+        try:
+            chunk_size = tuple(int(c) for c in args.chunk_size.split(","))
+        except ValueError:
+            chunk_size = ()
+        if len(chunk_size) != 3 or chunk_size[1] < 1 or min(chunk_size) < 0:
+            ap.error(f"--chunk-size: expected left,chunk,right with chunk >= 1, got '{args.chunk_size}'")
     report = evaluate(args.model, args.corpus, args.limit, chunk_size)
     print(card_table(report))
     if args.json:

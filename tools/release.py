@@ -18,7 +18,9 @@ import os
 import numpy as np
 
 
-def release(train_dir: str, out: str, checkpoint: str = "best.pt") -> list[str]:
+def release(train_dir: str, out: str, checkpoint: str = "best.pt", stream_left: int | None = None) -> list[str]:
+    """`stream_left`: the left context of the model's default streaming chunk size (config.yaml
+    `chunk_size` [left, 10, 5]); default: the largest the run trained with."""
     import torch
 
     from models.export import export_dir
@@ -27,7 +29,10 @@ def release(train_dir: str, out: str, checkpoint: str = "best.pt") -> list[str]:
 
     info = json.load(open(os.path.join(train_dir, "train_info.json")))
     vocab = build_vocab()
-    conf = model_config(info["preset"], len(vocab))
+    if stream_left is None:
+        trained = info.get("stream_left", 0)
+        stream_left = max(trained) if isinstance(trained, list) else trained
+    conf = model_config(info["preset"], len(vocab), stream_left)
     model = Paraformer(conf, len(vocab))
     state = torch.load(os.path.join(train_dir, checkpoint), weights_only=False)
     model.load_state_dict(state["model"] if "model" in state and "opt" in state else state)  # ckpt.pt or best.pt
@@ -48,8 +53,10 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint", default="best.pt")
     ap.add_argument("--corpus", default="out/corpus")
     ap.add_argument("--evaluate", action="store_true", help="measure and write the model card table")
+    ap.add_argument("--stream-left", type=int, default=None,
+                    help="default streaming chunk_size [N, 10, 5] (default: the largest left context trained)")
     args = ap.parse_args(argv)
-    for f in release(args.train, args.out, args.checkpoint):
+    for f in release(args.train, args.out, args.checkpoint, args.stream_left):
         print(f"wrote {f} ({os.path.getsize(f) / 1e6:.2f} MB)")
     from tools.make_samples import make
 

@@ -7,9 +7,10 @@ from target-length-scaled alphas (label smoothing 0.1), CIF quantity loss |sum(a
 auxiliary CTC loss on the encoder. Targets end with </s> (`predictor_bias: 1`, as FunASR's models).
 
 Streaming-capable: every other batch is trained exactly as the runtime decodes a stream with
-chunk_size [0, 10, 5] (each 10-frame chunk encoded in a window with the previous 5 frames; alphas
-outside the chunk zeroed; each token's decoder cross-attention limited to the window it fired in),
-the others with full context, so the same weights serve offline and 600 ms streaming decoding.
+chunk_size [left, 10, 5] (`--stream-left`, default 0, or a list the streaming batches take in turn:
+each 10-frame chunk encoded in a window with the previous left + 5 frames; alphas outside the chunk zeroed; each token's decoder cross-attention
+limited to the window it fired in), the others with full context, so the same weights serve offline
+and 600 ms streaming decoding.
 
 Resumable (`ckpt.pt` holds model, optimiser, step and RNG state), seeded, logs loss and held-out
 CER to `log.csv` and `curve.png`, and keeps the best checkpoint by held-out whole-command accuracy.
@@ -53,7 +54,7 @@ def build_vocab() -> list[str]:
     return ["<blank>", "<s>", "</s>"] + toks + ["<unk>"]
 
 
-def model_config(preset: str, vocab_size: int) -> dict:
+def model_config(preset: str, vocab_size: int, stream_left: int = 0) -> dict:
     from tools.make_model import model_config as base_config
 
     conf = base_config("tiny", streaming=True, vocab_size=vocab_size)
@@ -62,6 +63,7 @@ def model_config(preset: str, vocab_size: int) -> dict:
     conf["decoder_conf"].update(p["decoder_conf"])
     conf["predictor_conf"]["idim"] = p["encoder_conf"]["output_size"]
     conf["model_conf"]["ctc_weight"] = 0.3
+    conf["chunk_size"] = [stream_left, CHUNK, LOOKAHEAD]  # the streaming windows it was trained for
     return conf
 
 
@@ -129,8 +131,37 @@ def pad(seqs, value=0.0):
     return torch.from_numpy(out), torch.tensor([len(s) for s in seqs])
 
 
-def losses(model, feats, targets, streaming: bool):
-    """One forward pass; returns (total, parts)."""
+def stream_windows(model, enc_in, mask, xlen, left: int = 0):
+    """The encoder and predictor run as the runtime streams with chunk_size [left, 10, 5]: every
+    window is [previous left + 5 prepared frames | next 10], zero context at the start. Returns the
+    windows' frames back to back (hidden [B, K*W, D]), their alphas with everything the runtime
+    zeroes zeroed, the kept-frame mask, each frame's window id and the frames' validity."""
+    import torch
+    import torch.nn.functional as F
+
+    b, t, _ = enc_in.shape
+    ctx, width = left + LOOKAHEAD, left + LOOKAHEAD + CHUNK
+    k = math.ceil(t / CHUNK)
+    tt = k * CHUNK
+    enc_in = F.pad(enc_in * mask[:, :, None], (0, 0, ctx, tt - t))  # zeros before frame 0 and after the end
+    wins = enc_in.unfold(1, width, CHUNK).permute(0, 1, 3, 2)  # [B, K, width, D]
+    # the zero context before frame 0 is real input at runtime, so it is not masked
+    wmask_full = F.pad(F.pad(mask, (ctx, 0), value=1.0), (0, tt - t)).unfold(1, width, CHUNK)  # [B, K, width]
+    wmask = wmask_full.reshape(b * k, -1)
+    enc_w = model.encoder(wins.reshape(b * k, width, -1), wmask) * wmask[:, :, None]  # the last window ends early
+    a_w = model.predictor.alphas(enc_w, wmask).reshape(b, k, -1)
+    # keep positions left..left+9 of each window, and the look-ahead too in each utterance's last window
+    last = ((xlen + CHUNK - 1) // CHUNK - 1)[:, None, None]
+    pos = torch.arange(width)[None, None, :]
+    win = torch.arange(k)[None, :, None]
+    keep = ((pos >= left) & ((pos < left + CHUNK) | (win == last)) & (win <= last)).float() * wmask_full
+    window_of = torch.arange(k).repeat_interleave(width)  # window id of each frame
+    return (enc_w.reshape(b, k * width, -1), (a_w * keep).reshape(b, -1), keep.reshape(b, -1), window_of,
+            wmask_full.reshape(b, -1))
+
+
+def losses(model, feats, targets, streaming: bool, left: int = 0):
+    """One forward pass; returns (total, parts). Streaming windows have `left` frames of extra context."""
     import torch
     import torch.nn.functional as F
 
@@ -142,34 +173,12 @@ def losses(model, feats, targets, streaming: bool):
     enc_in = model.encoder.embed(x)
     if not streaming:
         enc = model.encoder(enc_in, mask)
-        alphas = model.predictor.alphas(enc, mask)
+        # zero the batch padding first: at runtime the predictor's conv sees zeros past the end
+        alphas = model.predictor.alphas(enc * mask[:, :, None], mask)
         hidden, amask, memory = enc, mask, enc
     else:
-        # the runtime's windows: [previous 5 prepared frames | next 10], zero context for the first
-        k = math.ceil(t / CHUNK)
-        tt = k * CHUNK
-        enc_in = F.pad(enc_in * mask[:, :, None], (0, 0, LOOKAHEAD, tt - t))  # zeros before frame 0 and after the end
-        wins = enc_in.unfold(1, CHUNK + LOOKAHEAD, CHUNK).permute(0, 1, 3, 2)  # [B, K, 15, D]
-        wmask_full = F.pad(mask, (LOOKAHEAD, tt - t)).unfold(1, CHUNK + LOOKAHEAD, CHUNK)  # [B, K, 15]
-        wmask_full = wmask_full.clone()
-        wmask_full[:, 0, :LOOKAHEAD] = 1.0  # the first window's zero context is real input at runtime
-        enc_w = model.encoder(wins.reshape(b * k, CHUNK + LOOKAHEAD, -1), wmask_full.reshape(b * k, -1))
-        a_w = model.predictor.alphas(enc_w, wmask_full.reshape(b * k, -1)).reshape(b, k, -1)
-        enc_w = enc_w.reshape(b, k, CHUNK + LOOKAHEAD, -1)
-        # keep positions 0..9 of each window, and the look-ahead too in each utterance's last window
-        last = ((xlen + CHUNK - 1) // CHUNK - 1)[:, None, None]
-        pos = torch.arange(CHUNK + LOOKAHEAD)[None, None, :]
-        win = torch.arange(k)[None, :, None]
-        keep = ((pos < CHUNK) | (win == last)) & (win <= last)
-        keep = keep.float() * wmask_full
-        a_w = a_w * keep
-        # CIF over the concatenation of every window's frames; dropped frames carry zero alpha
-        hidden = enc_w.reshape(b, k * (CHUNK + LOOKAHEAD), -1)
-        alphas = a_w.reshape(b, -1)
-        amask = keep.reshape(b, -1)
+        hidden, alphas, amask, window_of, mem_valid = stream_windows(model, enc_in, mask, xlen, left)
         memory = hidden
-        window_of = torch.arange(k).repeat_interleave(CHUNK + LOOKAHEAD)  # window id of each memory frame
-        mem_valid = wmask_full.reshape(b, -1)
     # quantity loss + target-scaled CIF (teacher forcing the token count)
     n_tgt = ylen.float()
     qty = (alphas.sum(-1) - n_tgt).abs().mean()
@@ -237,7 +246,7 @@ def write_model_dir(out, model, conf, vocab, cmvn, fp16_weights: bool = False) -
 
 def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 24, lr: float = 1e-3,
           seed: int = 0, eval_every: int = 500, threads: int = 2, log=print, init: str | None = None,
-          streaming_ratio: float = 0.5) -> str:
+          streaming_ratio: float = 0.5, stream_left=0) -> str:
     import torch
 
     from models.paraformer import Paraformer
@@ -247,7 +256,8 @@ def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 
     rng = np.random.default_rng(seed)
     os.makedirs(out, exist_ok=True)
     vocab = build_vocab()
-    conf = model_config(preset, len(vocab))
+    lefts = [int(v) for v in (stream_left if isinstance(stream_left, (list, tuple)) else [stream_left])]
+    conf = model_config(preset, len(vocab), max(lefts))
     train_rows = read_manifest(os.path.join(corpus, "train.jsonl"))
     test_rows = read_manifest(os.path.join(corpus, "test_clean.jsonl")) if os.path.exists(
         os.path.join(corpus, "test_clean.jsonl")) else []
@@ -300,7 +310,8 @@ def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 
             g["lr"] = lr_at(step)
         feats, targets = next(batches)
         feats = [(f + cmvn[0]) * cmvn[1] for f in feats]
-        total, parts = losses(model, feats, targets, streaming=streaming_step(step, streaming_ratio))
+        total, parts = losses(model, feats, targets, streaming=streaming_step(step, streaming_ratio),
+                              left=lefts[(step // 2) % len(lefts)])
         opt.zero_grad()
         total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -339,6 +350,7 @@ def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 
     logf.close()
     with open(os.path.join(out, "train_info.json"), "w") as f:
         json.dump({"steps": steps, "batch": batch, "preset": preset, "seed": seed, "threads": threads,
+                   "streaming_ratio": streaming_ratio, "stream_left": lefts,
                    "best_heldout_acc": best, "vocab_size": len(vocab),
                    "parameters": int(sum(p.numel() for p in model.parameters()))}, f, indent=1)
     return out
@@ -382,11 +394,17 @@ def main(argv=None) -> int:
     ap.add_argument("--init", default=None, help="fine-tune from this checkpoint (model weights only)")
     ap.add_argument("--streaming-ratio", type=float, default=0.5,
                     help="fraction of steps trained exactly as the runtime streams (the rest with full context)")
+    ap.add_argument("--stream-left", type=lambda v: [int(x) for x in v.split(",")], default=[0],
+                    help="left context (LFR frames) of the streaming windows: train for chunk_size [N, 10, 5]; "
+                         "a list (0,10) takes turns")
     args = ap.parse_args(argv)
     if not 0.0 <= args.streaming_ratio <= 1.0:
         ap.error("--streaming-ratio must be within [0, 1]")
+    if min(args.stream_left) < 0:
+        ap.error("--stream-left must be >= 0")
     train(args.corpus, args.out, args.steps, args.preset, args.batch, args.lr, args.seed, args.eval_every, args.threads,
-          init=args.init, streaming_ratio=args.streaming_ratio)
+          init=args.init, streaming_ratio=args.streaming_ratio,
+          stream_left=args.stream_left)
     return 0
 
 
