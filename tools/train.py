@@ -317,7 +317,7 @@ def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
         step += 1
-        run["loss"] += float(total)
+        run["loss"] += float(total.detach())
         for k_ in ("ce", "qty", "ctc"):
             run[k_] += parts[k_]
         run["n"] += 1
