@@ -42,7 +42,9 @@ from edge.errors import ParaEdgeError
 from edge.modeldir import ModelDir
 
 BUNDLE_FORMAT = "paraedge-tvm-bundle/1"
-DEFAULT_BUCKETS = (16, 24, 32, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512)  # <= 25 % padding waste
+# Offline lengths in LFR frames (60 ms). Padding is real compute, so commands (1-7.7 s) get buckets
+# 8-16 frames apart (at most 1/6 of a bucket is padding), longer audio at most 1/4.
+DEFAULT_BUCKETS = (16, 24, 32, 40, 48, 56, 64, 72, 80, 96, 112, 128, 160, 192, 256, 320, 384, 512)
 
 
 def stream_buckets(chunk_size) -> tuple[int, int]:

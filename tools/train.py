@@ -323,7 +323,7 @@ def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 
         run["n"] += 1
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{float(total):.3f}")
+            bar.set_postfix(loss=f"{float(total.detach()):.3f}")
         if step % eval_every == 0 or step == steps:
             model.eval()
             metrics = {"cer": float("nan"), "acc": float("nan")}
