@@ -33,16 +33,9 @@ def main(argv=None) -> int:
     audio = sorted(glob.glob(os.path.join(args.model, "samples", "*.wav")))
     # the demo ships only INT8 ONNX: export the fp32 pair into a scratch copy so onnxruntime fp32
     # (the baseline every ratio is taken against) and the peers' fp32 runs exist
-    import shutil
+    from models.export import fp32_copy
 
-    from models.export import export_dir
-
-    model = os.path.join(args.out, "model")
-    if not os.path.exists(os.path.join(model, "decoder.onnx")):
-        shutil.rmtree(model, ignore_errors=True)
-        shutil.copytree(args.model, model, ignore=shutil.ignore_patterns("samples", "*.md"))
-        export_dir(model)
-    args.model = model
+    args.model = fp32_copy(args.model, os.path.join(args.out, "model"))
     lines = ["| mode | runtime | RTF | time vs onnxruntime fp32 |", "|---|---|---|---|"]
     for mode in ("offline", "streaming"):
         backends = ["ref", "onnxruntime", "onnxruntime:int8"]

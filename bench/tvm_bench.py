@@ -18,7 +18,6 @@ import glob
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 
@@ -46,14 +45,9 @@ if decode:
 
 def fp32_model(model: str, out: str) -> str:
     """A scratch copy with the fp32 ONNX pair exported (the demo ships INT8 ONNX only)."""
-    dst = os.path.join(out, "model")
-    if not os.path.exists(os.path.join(dst, "model.onnx")):
-        from models.export import export_dir
+    from models.export import fp32_copy
 
-        shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(model, dst, ignore=shutil.ignore_patterns("samples", "*.md", "*.png", "*.csv"))
-        export_dir(dst)
-    return dst
+    return fp32_copy(model, os.path.join(out, "model"))
 
 
 def bundle(model: str, board: str, out: str, recompile: bool | str = False, buckets=None) -> str:

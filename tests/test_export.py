@@ -96,3 +96,25 @@ def test_export_refuses_mismatched_weights(tmp_path, funasr_offline_a):
     yaml.safe_dump(conf, open(d / "config.yaml", "w"))
     with pytest.raises(ModelError, match="lack"):
         export_dir(str(d))
+
+
+def test_bench_scratch_copy_follows_its_source(tmp_path, funasr_streaming_a):
+    """The benchmarks' fp32 scratch copy is reused while the model is unchanged and rebuilt when it
+    changes, so new weights or a new config.yaml are never measured with a stale copy."""
+    import shutil
+
+    import yaml
+
+    from models.export import fp32_copy
+
+    src, dst = tmp_path / "src", str(tmp_path / "scratch")
+    shutil.copytree(funasr_streaming_a, src)
+    fp32_copy(str(src), dst)
+    first = os.path.getmtime(os.path.join(dst, "decoder.onnx"))
+    fp32_copy(str(src), dst)
+    assert os.path.getmtime(os.path.join(dst, "decoder.onnx")) == first  # reused
+    conf = yaml.safe_load(open(src / "config.yaml", encoding="utf-8"))
+    conf["chunk_size"] = [10, 10, 5]
+    yaml.safe_dump(conf, open(src / "config.yaml", "w", encoding="utf-8"))
+    fp32_copy(str(src), dst)
+    assert yaml.safe_load(open(os.path.join(dst, "config.yaml"), encoding="utf-8"))["chunk_size"] == [10, 10, 5]
