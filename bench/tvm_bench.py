@@ -4,9 +4,10 @@ x86 (this host): wall time of offline and streaming decoding of the demo samples
 relative to onnxruntime fp32, for onnxruntime fp32/INT8 and the x86-host TVM bundle.
 `--arm`: the same model on the emulated aarch64 board (tools/armroot.py, qemu -cpu cortex-a76):
 dynamic aarch64 instructions per second of audio (qemu plugin, tools/qemu_insn.py) for the
-qemu-a76 TVM bundle and onnxruntime aarch64 fp32/INT8. Each count is
-count(load + frontend + decode) - count(load + frontend), so imports and model loading cancel;
-counts are deterministic, so one run is enough.
+qemu-a76 TVM bundle and onnxruntime aarch64 fp32/INT8, counted between the profiler's stage
+markers (tools/arm_profile.py): only the decode counts, not imports, loading or the warm-up.
+(Subtracting a load-only run from a full one, as this bench did before, gave onnxruntime counts
+that moved by up to 25 M per audio second between two runs of the same command.)
 
     python bench/tvm_bench.py --runs 3 --arm      # prints Markdown tables; JSON in --out
 """
@@ -26,21 +27,6 @@ sys.path.insert(0, ROOT)  # (this file is not named tvm.py: bench/ is sys.path[0
 
 RUNTIMES = [("onnxruntime fp32", "onnxruntime", False), ("onnxruntime INT8", "onnxruntime", True), ("TVM fp32", "tvm", False)]
 
-ARM_SCRIPT = r"""
-import sys, numpy as np
-from edge.audio import load_audio
-from edge.recognizer import Recognizer
-model, backend, int8, mode, wav, decode = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4], sys.argv[5], sys.argv[6] == "1"
-rec = Recognizer(model, backend, threads=1, int8=int8)
-x = load_audio(wav)[0]
-feats = rec.frontend(x)
-if decode:
-    if mode == "offline":
-        ids, _ = rec.decode_features(feats)
-    else:
-        ids = rec.transcribe_streaming(x).token_ids
-    print("ids", ids)
-"""
 
 
 def fp32_model(model: str, out: str) -> str:
@@ -99,32 +85,31 @@ def x86_table(model, tvm_dir, audio, threads, runs):
 
 
 def arm_table(model, arm_dir, wav):
-    from tools import armroot, qemu_insn
+    """Instructions of the decode alone: `paraedge profile` runs inside the emulated board with the
+    instruction-count plugin (tools/arm_profile.py), whose markers bracket the measured run, so
+    imports, model loading and the warm-up never count; the frontend's share is subtracted."""
+    from tools.arm_profile import emulated_profile
 
-    root = armroot.build_root()
-    script = os.path.join(os.path.dirname(arm_dir), "arm_decode.py")
-    with open(script, "w") as f:
-        f.write(ARM_SCRIPT)
+    results = {}
+    for mode in ("offline", "streaming"):
+        streaming = mode == "streaming"
+        ort = emulated_profile(model, [wav], ["onnxruntime", "onnxruntime:int8"], streaming=streaming)["backends"]
+        tvm = emulated_profile(arm_dir, [wav], ["tvm"], streaming=streaming)["backends"]
+        for label, e in (("onnxruntime fp32", ort["onnxruntime"]), ("onnxruntime INT8", ort["onnxruntime:int8"]),
+                         ("TVM fp32", tvm["tvm"])):
+            if "skipped" in e:
+                raise RuntimeError(f"{label} did not run on the emulated board: {e['skipped']}")
+            st = e["stages_minsns_per_audio_s"]
+            frontend = sum(st.get(k, 0.0) for k in ("fbank", "lfr_cmvn", "frontend"))
+            results[(mode, label)] = (e["minsns_per_audio_s"] - frontend) * 1e6
+            print(f"arm {mode} {label}: {results[(mode, label)] / 1e6:.1f} M instructions / s of audio", file=sys.stderr)
     import wave
 
     with wave.open(wav) as w:
         seconds = w.getnframes() / w.getframerate()
-    env = armroot.env_for(root)
-    env["TVM_NUM_THREADS"] = "1"
-    results = {}
-    for mode in ("offline", "streaming"):
-        for label, backend, int8 in RUNTIMES:
-            mdir = arm_dir if backend == "tvm" else model
-            counts = []
-            for decode in ("0", "1"):
-                args = [script, mdir, backend, "1" if int8 else "0", mode, wav, decode]
-                counts.append(qemu_insn.count_insns(args, env=env, cwd=ROOT, timeout=1200,
-                                                    wrap=lambda plug, a=args: armroot.command(a, root, plugin=plug)))
-            results[(mode, label)] = (counts[1] - counts[0]) / seconds
-            print(f"arm {mode} {label}: {results[(mode, label)] / 1e6:.1f} M instructions / s of audio", file=sys.stderr)
     lines = [f"{os.path.basename(wav)} ({seconds:.2f} s), qemu-aarch64 -cpu cortex-a76, 1 thread; decode only "
-             "(load + frontend subtracted)", "", "| mode | runtime | M instructions / s audio | vs onnxruntime fp32 |",
-             "|---|---|---|---|"]
+             "(counted between the profiler's markers, frontend subtracted)", "",
+             "| mode | runtime | M instructions / s audio | vs onnxruntime fp32 |", "|---|---|---|---|"]
     for (mode, label), n in results.items():
         lines.append(f"| {mode} | {label} | {n / 1e6:.1f} | {n / results[(mode, 'onnxruntime fp32')]:.2f} |")
     return lines, {f"{m}/{l}": n for (m, l), n in results.items()}

@@ -433,8 +433,11 @@ def profile(model: str, backends: list[str], audio: list[str], threads: int = 1,
     md = ModelDir(model)
     macs = model_macs_per_second(md.config)
     peak = None if insn_markers.ENABLED else peak_gemm_gflops()  # a wall-clock probe means nothing emulated
-    report["model_cost"] = {"macs_per_audio_second": macs, "peak_gemm_gflops": peak,
-                            "weights_mb": sum(v.nbytes for v in md.weights.values()) / 2**20,
+    try:
+        weights_mb = sum(v.nbytes for v in md.weights.values()) / 2**20
+    except ParaEdgeError:  # a TVM bundle: its params.npz holds the compiled layout, not the model's weights
+        weights_mb = None
+    report["model_cost"] = {"macs_per_audio_second": macs, "peak_gemm_gflops": peak, "weights_mb": weights_mb,
                             "rss_before_mb": rss0 / 1024.0}
     for group in ("backends",):
         for e in report[group].values():
