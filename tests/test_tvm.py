@@ -184,6 +184,17 @@ def test_cli_transcribe_with_tvm_runtime_only(tvm_offline, speech_dir, exported_
     assert text == Recognizer(exported_offline, "ref").transcribe(__import__("edge.audio").audio.load_audio(wav)[0]).text
 
 
+def test_profile_runs_on_a_bundle(tvm_offline, speech_dir, exported_offline):
+    """`paraedge profile --backend tvm` on a bundle (as the ARM bench runs it on the emulated board)."""
+    from edge.profile import profile
+
+    wav = str(speech_dir / "zh.wav")
+    rep = profile(tvm_offline, ["tvm"], [wav], runs=1, warmup=0, peers=False, daemon=False)
+    e = rep["backends"]["tvm"]
+    assert e["rtf"] > 0 and rep["model_cost"]["weights_mb"] is None
+    assert e["text"]["zh.wav"] == Recognizer(exported_offline, "ref").transcribe(__import__("edge.audio").audio.load_audio(wav)[0]).text
+
+
 def test_int8_bundle_agrees_with_reference(tmp_path_factory):
     """Real INT8 (int8 weights and activations, int32 accumulation) on the trained demo model:
     >= 99 % of the reference's tokens over its samples, at a quarter of the weight bytes."""
