@@ -123,15 +123,17 @@ class DaemonConfig:
         return cfg.validated()
 
     def validated(self) -> "DaemonConfig":
+        from edge.modeldir import check_chunk_size
         from edge.recognizer import BACKENDS
 
         m, v, w = self.model, self.vad, self.wake
         if m.backend not in BACKENDS:
             raise ConfigError(f"model.backend '{m.backend}' is not one of {', '.join(BACKENDS)}")
-        if m.chunk_size and (len(m.chunk_size) != 3 or not all(isinstance(c, int) and c >= 0 for c in m.chunk_size)
-                             or m.chunk_size[1] < 1):
-            raise ConfigError(f"model.chunk_size must be [left, chunk, right] LFR frames, chunk >= 1 (or [] for the "
-                              f"model's default); got {m.chunk_size}")
+        if m.chunk_size:
+            try:
+                check_chunk_size(m.chunk_size)
+            except ValueError as e:
+                raise ConfigError(f"model.{e} ([] = the model's default)") from None
         if m.threads < 1:
             raise ConfigError("model.threads must be >= 1")
         if not 0 < v.neg_threshold <= v.threshold < 1:

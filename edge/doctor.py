@@ -132,5 +132,6 @@ def diagnose(cfg: DaemonConfig, board: str | None = None, load_model: bool = Tru
     if "rec" in state:
         rec = state["rec"]
         src = cfg.audio.input or f"microphone {cfg.audio.device or '(default)'}"
-        r.add("ok", "would run", f"{rec.backend.describe()} on {src}, {cfg.model.threads} thread(s), chunks {list(cfg.model.chunk_size or rec.config.chunk_size)}")
+        chunks = list(cfg.model.chunk_size or rec.config.chunk_size)
+        r.add("ok", "would run", f"{rec.backend.describe()} on {src}, {cfg.model.threads} thread(s), chunks {chunks}")
     return r

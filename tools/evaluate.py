@@ -152,12 +152,16 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     chunk_size = None
     if args.chunk_size is not None:
+        from edge.modeldir import check_chunk_size
+
         try:
-            chunk_size = tuple(int(c) for c in args.chunk_size.split(","))
+            values = [int(c) for c in args.chunk_size.split(",")]
         except ValueError:
-            chunk_size = ()
-        if len(chunk_size) != 3 or chunk_size[1] < 1 or min(chunk_size) < 0:
-            ap.error(f"--chunk-size: expected left,chunk,right with chunk >= 1, got '{args.chunk_size}'")
+            ap.error(f"--chunk-size: expected left,chunk,right integers, got '{args.chunk_size}'")
+        try:
+            chunk_size = check_chunk_size(values)
+        except ValueError as e:
+            ap.error(f"--chunk-size: {e}")
     report = evaluate(args.model, args.corpus, args.limit, chunk_size)
     print(card_table(report))
     if args.json:
