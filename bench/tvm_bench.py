@@ -93,7 +93,8 @@ def arm_table(model, arm_dir, wav):
     results = {}
     for mode in ("offline", "streaming"):
         streaming = mode == "streaming"
-        ort = emulated_profile(model, [wav], ["onnxruntime", "onnxruntime:int8"], streaming=streaming)["backends"]
+        ort_rep = emulated_profile(model, [wav], ["onnxruntime", "onnxruntime:int8"], streaming=streaming)
+        ort, seconds = ort_rep["backends"], ort_rep["audio_s"]
         tvm = emulated_profile(arm_dir, [wav], ["tvm"], streaming=streaming)["backends"]
         for label, e in (("onnxruntime fp32", ort["onnxruntime"]), ("onnxruntime INT8", ort["onnxruntime:int8"]),
                          ("TVM fp32", tvm["tvm"])):
@@ -103,10 +104,6 @@ def arm_table(model, arm_dir, wav):
             frontend = sum(st.get(k, 0.0) for k in ("fbank", "lfr_cmvn", "frontend"))
             results[(mode, label)] = (e["minsns_per_audio_s"] - frontend) * 1e6
             print(f"arm {mode} {label}: {results[(mode, label)] / 1e6:.1f} M instructions / s of audio", file=sys.stderr)
-    import wave
-
-    with wave.open(wav) as w:
-        seconds = w.getnframes() / w.getframerate()
     lines = [f"{os.path.basename(wav)} ({seconds:.2f} s), qemu-aarch64 -cpu cortex-a76, 1 thread; decode only "
              "(counted between the profiler's markers, frontend subtracted)", "",
              "| mode | runtime | M instructions / s audio | vs onnxruntime fp32 |", "|---|---|---|---|"]

@@ -210,26 +210,21 @@ def export_dir(path, quant: bool = True, onnx: bool = True) -> list[str]:
 
 def fp32_copy(src: str, dst: str) -> str:
     """A scratch copy of model dir `src` with the fp32 ONNX pair exported (the demo ships only the
-    INT8 pair), for benchmarks. Reused while `src` is unchanged: a stamp of its files' hashes decides,
-    so new weights or a new config.yaml are never measured with a stale copy."""
-    import hashlib
+    INT8 pair), for benchmarks. Reused while `src` is unchanged: a stamp of its model hash (config,
+    CMVN, tokens, weights) decides, so new weights or a new config.yaml are never measured stale."""
     import shutil
 
-    skip = shutil.ignore_patterns("samples", "*.md", "*.png", "*.csv")
-    names = sorted(set(os.listdir(src)) - skip(src, os.listdir(src)))
-    h = hashlib.sha256()
-    for name in names:
-        if os.path.isfile(os.path.join(src, name)):
-            with open(os.path.join(src, name), "rb") as f:
-                h.update(name.encode() + b"\0" + hashlib.sha256(f.read()).digest())
+    from tools.compile import model_hash  # lazy: tools.compile imports this module
+
+    digest = model_hash(ModelDir(src))
     stamp = os.path.join(dst, ".source-sha256")
-    if os.path.exists(os.path.join(dst, "decoder.onnx")) and os.path.exists(stamp) and open(stamp).read() == h.hexdigest():
+    if os.path.exists(os.path.join(dst, "decoder.onnx")) and os.path.exists(stamp) and open(stamp).read() == digest:
         return dst
     shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(src, dst, ignore=skip)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("samples", "*.md", "*.png", "*.csv"))
     export_dir(dst)
     with open(stamp, "w") as f:
-        f.write(h.hexdigest())
+        f.write(digest)
     return dst
 
 
