@@ -1,10 +1,10 @@
 """TVM bundles against onnxruntime, measured side by side in one run (same model, same threads).
 
 x86 (this host): wall time of offline and streaming decoding of the demo samples, as RTF and
-relative to onnxruntime fp32, for onnxruntime fp32/INT8 and the x86-host TVM bundle.
+relative to onnxruntime fp32, for onnxruntime fp32/INT8 and the x86-host TVM bundles (fp32, --int8).
 `--arm`: the same model on the emulated aarch64 board (tools/armroot.py, qemu -cpu cortex-a76):
 dynamic aarch64 instructions per second of audio (qemu plugin, tools/qemu_insn.py) for the
-qemu-a76 TVM bundle and onnxruntime aarch64 fp32/INT8, counted between the profiler's stage
+qemu-a76 TVM bundles (fp32, --int8) and onnxruntime aarch64 fp32/INT8, counted between the profiler's stage
 markers (tools/arm_profile.py): only the decode counts, not imports, loading or the warm-up.
 (Subtracting a load-only run from a full one, as this bench did before, gave onnxruntime counts
 that moved by up to 25 M per audio second between two runs of the same command.)
@@ -25,7 +25,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # (this file is not named tvm.py: bench/ is sys.path[0] and would shadow the tvm package)
 
-RUNTIMES = [("onnxruntime fp32", "onnxruntime", False), ("onnxruntime INT8", "onnxruntime", True), ("TVM fp32", "tvm", False)]
+RUNTIMES = [("onnxruntime fp32", "onnxruntime", False), ("onnxruntime INT8", "onnxruntime", True),
+            ("TVM fp32", "tvm", False), ("TVM INT8", "tvm", True)]
 
 
 
@@ -36,7 +37,7 @@ def fp32_model(model: str, out: str) -> str:
     return fp32_copy(model, os.path.join(out, "model"))
 
 
-def bundle(model: str, board: str, out: str, recompile: bool | str = False, buckets=None) -> str:
+def bundle(model: str, board: str, out: str, recompile: bool | str = False, buckets=None, int8: bool = False) -> str:
     """Compile a bundle for `board` (all default buckets: minutes), or reuse the one in `out`
     when it was compiled from the same model with those buckets (pass --recompile after changing
     the compiler)."""
@@ -44,18 +45,18 @@ def bundle(model: str, board: str, out: str, recompile: bool | str = False, buck
     from tools.compile import DEFAULT_BUCKETS, compile_bundle, model_hash
 
     buckets = tuple(buckets or DEFAULT_BUCKETS)
-    dst = os.path.join(out, f"tvm-{board}")
+    dst = os.path.join(out, f"tvm-{board}{'-int8' if int8 else ''}")
     man = os.path.join(dst, "manifest.json")
     if recompile not in (True, board) and os.path.exists(man):
         m = json.load(open(man))
         have = {f["T"] for f in m["functions"] if f.get("kind") == "encoder"}
-        if m["model"]["hash"] == model_hash(ModelDir(model)) and set(buckets) <= have:
+        if m["model"]["hash"] == model_hash(ModelDir(model)) and set(buckets) <= have and m["model"]["int8"] == int8:
             return dst
-    compile_bundle(model, board, dst, buckets=buckets)
+    compile_bundle(model, board, dst, buckets=buckets, int8=int8)
     return dst
 
 
-def x86_table(model, tvm_dir, audio, threads, runs):
+def x86_table(model, tvm_dirs, audio, threads, runs):
     from edge.audio import load_audio
     from edge.recognizer import Recognizer
 
@@ -64,7 +65,7 @@ def x86_table(model, tvm_dir, audio, threads, runs):
     results = {}
     for mode in ("offline", "streaming"):
         for label, backend, int8 in RUNTIMES:
-            rec = Recognizer(tvm_dir if backend == "tvm" else model, backend, threads=threads, int8=int8)
+            rec = Recognizer(tvm_dirs[int8] if backend == "tvm" else model, backend, threads=threads, int8=int8)
             run = (lambda c: rec.transcribe(c)) if mode == "offline" else (lambda c: rec.transcribe_streaming(c))
             texts = [run(c).text for c in clips]  # warm-up
             best = []
@@ -84,7 +85,7 @@ def x86_table(model, tvm_dir, audio, threads, runs):
     return lines, {f"{m}/{l}": r for (m, l), r in results.items()}
 
 
-def arm_table(model, arm_dir, wav):
+def arm_table(model, arm_dirs, wav):
     """Instructions of the decode alone: `paraedge profile` runs inside the emulated board with the
     instruction-count plugin (tools/arm_profile.py), whose markers bracket the measured run, so
     imports, model loading and the warm-up never count; the frontend's share is subtracted."""
@@ -95,9 +96,9 @@ def arm_table(model, arm_dir, wav):
         streaming = mode == "streaming"
         ort_rep = emulated_profile(model, [wav], ["onnxruntime", "onnxruntime:int8"], streaming=streaming)
         ort, seconds = ort_rep["backends"], ort_rep["audio_s"]
-        tvm = emulated_profile(arm_dir, [wav], ["tvm"], streaming=streaming)["backends"]
+        tvm = [emulated_profile(arm_dirs[q], [wav], ["tvm"], streaming=streaming)["backends"]["tvm"] for q in (False, True)]
         for label, e in (("onnxruntime fp32", ort["onnxruntime"]), ("onnxruntime INT8", ort["onnxruntime:int8"]),
-                         ("TVM fp32", tvm["tvm"])):
+                         ("TVM fp32", tvm[0]), ("TVM INT8", tvm[1])):
             if "skipped" in e:
                 raise RuntimeError(f"{label} did not run on the emulated board: {e['skipped']}")
             st = e["stages_minsns_per_audio_s"]
@@ -145,13 +146,13 @@ def main(argv=None) -> int:
     model = fp32_model(args.model, args.out)
     report = {}
     if not args.no_x86:
-        tvm_dir = bundle(model, "x86-host", args.out, args.recompile, args.buckets)
-        lines, report = x86_table(model, tvm_dir, audio, args.threads, args.runs)
+        tvm_dirs = {q: bundle(model, "x86-host", args.out, args.recompile, args.buckets, q) for q in (False, True)}
+        lines, report = x86_table(model, tvm_dirs, audio, args.threads, args.runs)
         print("\n".join(lines))
     if args.arm:
-        arm_dir = bundle(model, "qemu-a76", args.out, args.recompile, args.buckets)
+        arm_dirs = {q: bundle(model, "qemu-a76", args.out, args.recompile, args.buckets, q) for q in (False, True)}
         wav = args.arm_wav or min(audio, key=os.path.getsize)
-        arm_lines, arm = arm_table(model, arm_dir, wav)
+        arm_lines, arm = arm_table(model, arm_dirs, wav)
         print()
         print("\n".join(arm_lines))
         report["arm_instructions_per_audio_second"] = arm

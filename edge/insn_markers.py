@@ -41,5 +41,11 @@ def reset() -> None:
 
 
 def snapshot() -> None:
-    """Write the per-stage counts so far as one block, then start afresh."""
+    """Write the per-stage counts so far as one block, then start afresh. With
+    PARAEDGE_INSN_MAPS=FILE the process's memory map goes to FILE too, so the plugin's hot-block
+    addresses can be attributed to the libraries' functions."""
     _mark(SNAPSHOT)
+    maps = os.environ.get("PARAEDGE_INSN_MAPS")
+    if ENABLED and maps:
+        with open("/proc/self/maps", encoding="utf-8") as src, open(maps, "w", encoding="utf-8") as dst:
+            dst.write(src.read())

@@ -31,7 +31,7 @@ def test_emulated_profile_counts_every_stage(tmp_path):
     wav = str(tmp_path / "cmd.wav")
     x = load_audio(os.path.join(DEMO, "samples", "02_alexa_en.wav"))[0][16000:]  # keep emulation short
     write_wav(wav, x)
-    rep = emulated_profile(DEMO, [wav], ["ref", "onnxruntime:int8"], streaming=False)
+    rep = emulated_profile(DEMO, [wav], ["ref", "onnxruntime:int8"], streaming=False, kernels=True)
     assert rep["cpu"] == "cortex-a76" and rep["mode"] == "offline"
     native = Recognizer(DEMO, "onnxruntime", int8=True).transcribe(load_audio(wav)[0]).text
     for name in ("ref", "onnxruntime:int8"):
@@ -45,3 +45,11 @@ def test_emulated_profile_counts_every_stage(tmp_path):
         assert list(e["text"].values()) == [native]  # same tokens on the emulated board
     assert rep["backends"]["onnxruntime:int8"]["vs_onnxruntime_int8"] == 1.0
     assert "M insn/audio s" in table(rep)
+    # the hot-block histogram covers the measured runs exactly and names real functions
+    funcs = rep["functions_minsns_per_audio_s"]
+    total = sum(e["minsns_per_audio_s"] for e in rep["backends"].values())
+    assert abs(sum(funcs.values()) - total) <= 0.01 * total, (sum(funcs.values()), total)
+    top = list(funcs)[:10]
+    assert any(k.startswith("onnxruntime_pybind11_state") for k in top), top  # onnxruntime's kernels
+    assert any("sgemm" in k for k in top), top  # the reference's numpy matmuls (OpenBLAS)
+    assert sum(v for k, v in funcs.items() if k.startswith("?") or k.endswith(":?")) < 0.2 * total

@@ -195,6 +195,25 @@ def test_profile_runs_on_a_bundle(tvm_offline, speech_dir, exported_offline):
     assert e["text"]["zh.wav"] == Recognizer(exported_offline, "ref").transcribe(__import__("edge.audio").audio.load_audio(wav)[0]).text
 
 
+def test_int8_ops_equal_numpy_reference(tmp_path):
+    """QuantizeRowsS8 + MatMulS8Panels, x86 schedule: int8 rows and int32 products exact."""
+    import subprocess
+    import sys
+
+    from tests import tvm_int8_ops
+
+    so = str(tmp_path / "ops.so")
+    tvm_int8_ops.build("x86-host", so)
+    x, _ = tvm_int8_ops.inputs()
+    np.save(tmp_path / "x.npy", x)
+    script = tmp_path / "run.py"
+    script.write_text(tvm_int8_ops.RUN)
+    r = subprocess.run([sys.executable, str(script), so, str(tmp_path / "x.npy"), str(tmp_path / "out.npz")],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    tvm_int8_ops.check(np.load(tmp_path / "out.npz"))
+
+
 def test_int8_bundle_agrees_with_reference(tmp_path_factory):
     """Real INT8 (int8 weights and activations, int32 accumulation) on the trained demo model:
     >= 99 % of the reference's tokens over its samples, at a quarter of the weight bytes."""

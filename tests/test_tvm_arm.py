@@ -71,3 +71,24 @@ def test_arm_bundle_on_emulated_board_gives_reference_tokens(armroot, arm_bundle
     assert out["board"] == "tvm qemu-a76" and not out["compiler_loaded"]
     assert out["offline"] == ref.transcribe(x).token_ids and out["offline"]
     assert out["streaming"] == ref.transcribe_streaming(x).token_ids
+
+
+def test_int8_sdot_ops_on_emulated_board_equal_numpy_reference(armroot, tmp_path):
+    """The dotprod schedule: MatMulS8Panels tensorized into `sdot`, run on the emulated A76,
+    exact against the numpy reference (and the instruction really is in the code)."""
+    import subprocess
+
+    from tests import tvm_int8_ops
+    from tools.armroot import run_python
+
+    so = str(tmp_path / "ops.so")
+    tvm_int8_ops.build("qemu-a76", so)
+    dis = subprocess.run(["aarch64-linux-gnu-objdump", "-d", so], capture_output=True, text=True).stdout
+    assert "sdot\t" in dis
+    x, _ = tvm_int8_ops.inputs()
+    np.save(tmp_path / "x.npy", x)
+    script = tmp_path / "run.py"
+    script.write_text(tvm_int8_ops.RUN)
+    r = run_python([str(script), so, str(tmp_path / "x.npy"), str(tmp_path / "out.npz")], root=armroot, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    tvm_int8_ops.check(np.load(tmp_path / "out.npz"))

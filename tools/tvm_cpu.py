@@ -8,10 +8,19 @@ directly, the way dlight does for GPUs:
   (Linear layers, attention scores/context). Register-blocked micro-kernel: i split by a divisor
   mi <= 6 of M, j by nj = 16 (when it divides N), loop order
   (b, jo, io, k, ii, ji) so a K x nj panel of B stays in cache across the M rows; ii unrolled, ji
-  vectorised; the accumulator tile is a `local` cache so LLVM keeps it in registers; the
-  epilogue (bias, ReLU, residual, mask) is computed at the tile; outer loops parallel.
-- `Elementwise`: spatial-only functions (transposes, adds, masks): innermost loop vectorised
-  when its extent allows, outer loops fused and parallel.
+  vectorised; the accumulator tile is a small cache buffer in "global" scope inside the tile
+  loop: TVM gives those a stack slot that LLVM keeps in registers (a "local" one costs a
+  workspace allocation and free per loop iteration, measured as 3 M of 24 M instructions per
+  audio second on the A76); the epilogue chain (bias, ReLU, residual, mask, dequant) is
+  computed at the tile; outer loops parallel.
+- `Elementwise`: spatial functions (transposes, adds, masks): chains of blocks inlined into the
+  last one (no intermediate buffers), innermost loop vectorised when its extent allows, outer
+  loops fused and parallel.
+- `QuantizeRows`: the INT8 activation quantizer of tools/tvm_int8.py, vectorised.
+- `MatmulS8`: the INT8 panel matmul of tools/tvm_int8.py (block `matmul_s8`, C[p, m, j] over
+  weights [P, K/4, 16, 4]): the same register blocking, one 16-column panel row per output row;
+  on dotprod targets the 16 x 4 step is tensorized into 4 `sdot` (tools.tvm_int8.sdot_intrin),
+  elsewhere the 4 k are unrolled over a 16-lane int32 vector.
 - dlight's CPU `Reduction` for layer norm / softmax style reductions.
 """
 
@@ -28,6 +37,12 @@ def simd_lanes(target) -> int:
     if triple.startswith("aarch64") or triple.startswith("arm"):
         return 4
     return 8  # AVX2 (haswell and later)
+
+
+def has_dotprod(target) -> bool:
+    """aarch64 with the ARMv8.2 dot-product extension (`sdot`) enabled in the target."""
+    attrs = [str(a) for a in (target.attrs.get("mattr") or [])]
+    return str(target.attrs.get("mtriple", "")).startswith("aarch64") and "+dotprod" in attrs
 
 
 def _divisor(n: int, candidates) -> int:
@@ -70,13 +85,9 @@ def rules():
             kd = _divisor(int(sch.get(k).extent), (4, 2)) if simd_lanes(target) == 4 else 1
             ko, ki = sch.split(k, [None, kd])
             sch.reorder(*batch, jo, io, ko, ki, ii, ji)
-            local = sch.cache_write(block, 0, "local")
+            local = sch.cache_write(block, 0, "global")
             sch.reverse_compute_at(local, io, preserve_unit_loops=True)
-            for c in sch.get_consumers(local):  # epilogue at the tile: bias, ReLU, residual, mask
-                try:
-                    sch.reverse_compute_inline(c)
-                except Exception:  # noqa: BLE001
-                    pass
+            _inline_epilogue(sch, local)  # at the tile: bias, ReLU, residual, mask
             outer = sch.fuse(*batch, jo) if batch else jo
             if int(sch.get(outer).extent) > 1:
                 sch.parallel(outer)
@@ -90,12 +101,49 @@ def rules():
             sch.vectorize(sch.get_loops(init)[-1])
             return sch
 
+    class MatmulS8(dl.ScheduleRule):
+        def apply(self, func, target, tunable):
+            if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+                return None
+            sch = s_tir.Schedule(func)
+            try:
+                block = sch.get_sblock("matmul_s8")
+            except Exception:  # noqa: BLE001 (not the INT8 panel matmul)
+                return None
+            p, m, j, k = sch.get_loops(block)
+            mi = _divisor(int(sch.get(m).extent), (6, 5, 4, 3, 2))
+            io, ii = sch.split(m, [None, mi])
+            ko, kv = sch.split(k, [None, 4])
+            dot = has_dotprod(target)
+            if dot:
+                sch.reorder(p, io, ko, ii, j, kv)
+            else:
+                sch.reorder(p, io, ko, kv, ii, j)
+            local = sch.cache_write(block, 0, "global")
+            sch.reverse_compute_at(local, io, preserve_unit_loops=True)
+            _inline_epilogue(sch, local)  # the dequant (cast, * s_x, * s_w) at the tile
+            outer = sch.fuse(p, io)
+            if int(sch.get(outer).extent) > 1:
+                sch.parallel(outer)
+            sch.unroll(ii)
+            if not dot:
+                sch.unroll(kv)
+                sch.vectorize(j)
+            init = sch.decompose_reduction(block, ko)
+            sch.vectorize(sch.get_loops(init)[-1])
+            if dot:  # after the init is split off: the intrinsic accumulates into C
+                from tools.tvm_int8 import sdot_intrin
+
+                sch.tensorize(j, sdot_intrin(int(sch.get(j).extent)))
+            sch.vectorize(sch.get_loops(local)[-1])
+            return sch
+
     class Elementwise(dl.ScheduleRule):
         def apply(self, func, target, tunable):
             if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
                 return None
             sch = s_tir.Schedule(func)
-            blocks = sch.get_child_blocks(sch.get_sblock("root")) if _has_root(sch) else []
+            blocks = _inline_spatial(sch) if _has_root(sch) else []
             if len(blocks) != 1:
                 return None
             block = blocks[0]
@@ -117,7 +165,66 @@ def rules():
                     sch.parallel(outer)
             return sch
 
-    return [Matmul(), dl.cpu.GEMV(), dl.cpu.Reduction(), Elementwise()]
+    class QuantizeRows(dl.ScheduleRule):
+        """tools.tvm_int8.quantize_rows_te: the row maxima (vectorised partial maxima), then the
+        quantized rows (vectorised); two passes over an x that fits in L1."""
+
+        def apply(self, func, target, tunable):
+            if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+                return None
+            sch = s_tir.Schedule(func)
+            try:
+                quant, amax = sch.get_sblock("q8_quant"), sch.get_sblock("q8_amax")
+            except Exception:  # noqa: BLE001
+                return None
+            lanes = simd_lanes(target)
+            *rows, k = sch.get_loops(quant)
+            row = sch.fuse(*rows) if len(rows) > 1 else rows[0]
+            if int(sch.get(k).extent) % lanes == 0:
+                _, ki = sch.split(k, [None, lanes])
+                sch.vectorize(ki)
+                _, ai = sch.split(sch.get_loops(amax)[-1], [None, lanes])
+                partial = sch.rfactor(ai, 0)
+                sch.vectorize(sch.get_loops(partial)[-1])
+            if int(sch.get(row).extent) > 1:
+                sch.parallel(row)
+            return sch
+
+    return [Matmul(), MatmulS8(), QuantizeRows(), dl.cpu.GEMV(), dl.cpu.Reduction(), Elementwise()]
+
+
+def _inline_epilogue(sch, block) -> None:
+    """Pull the chain of elementwise consumers after `block` into it (each a sole consumer)."""
+    while True:
+        consumers = sch.get_consumers(block)
+        if len(consumers) != 1:
+            return
+        try:
+            sch.reverse_compute_inline(consumers[0])
+        except Exception:  # noqa: BLE001 (not inlinable: a reduction, a broadcast read, ...)
+            return
+
+
+def _inline_spatial(sch) -> list:
+    """Inline every spatial block of a fused function into its consumers (transpose -> reshape ->
+    add chains), so intermediates are neither stored nor allocated per call; the blocks left."""
+    from tvm import tirx
+
+    root = sch.get_sblock("root")
+    progress = True
+    while progress:
+        progress = False
+        blocks = sch.get_child_blocks(root)
+        for b in blocks[:-1]:
+            if any(iv.iter_type != tirx.IterVar.DataPar for iv in sch.get(b).iter_vars):
+                continue
+            try:
+                sch.compute_inline(b)
+                progress = True
+                break
+            except Exception:  # noqa: BLE001
+                continue
+    return sch.get_child_blocks(root)
 
 
 def _has_root(sch) -> bool:

@@ -4,11 +4,19 @@ TVM's ONNX importer turns QDQ graphs into float fake-quant and has no ConvIntege
 the INT8 graph is arranged here, on the static-shape ONNX of each function, for every MatMul
 whose B is a weight:
 - weights: symmetric per output channel, int8 initializers (a quarter of the fp32 bytes);
-- activations: symmetric per row (dynamic: amax of each row / 127), rounded to int8 in the graph;
-- `MatMulInteger(x_q, w_q)` -> int32, then `* s_x * s_w` back to float (bias etc. stay float).
-`int8_matmul_import()` makes the importer emit one `matmul(int8, int8, out_dtype=int32)`
-(widening inside the kernel) instead of two int32 copies of the operands, so the weight is
-read as int8 by the scheduled matmul.
+- activations: symmetric per row (dynamic: amax of each row / 127), rounded half-to-even to int8
+  by one `ai.paraedge.QuantizeRowsS8` node (the arithmetic of edge.ops.quantize_rows_s8; TVM's own
+  lowering of ONNX Div/Round/Clip/Cast cost 4x the instructions of the INT8 matmuls it feeds);
+- the int8 product -> int32, then `* s_x * s_w` back to float (bias etc. stay float).
+
+The packed Linears (weight panels [N/16, K, 16], see tools/compile.py) become one
+`ai.paraedge.MatMulS8Panels` node whose int8 weight is stored [N/16, K/4, 16, 4]: for 16 output
+columns, 4 consecutive k of each column are 4 adjacent bytes. That is the operand layout of the
+aarch64 dot-product instruction (`sdot`: 4 int32 lanes += 4 x 4 int8 products), so one 16-byte
+load feeds one `sdot` and a panel step of 4 k is 4 of them per row. `int8_matmul_import()`
+teaches the importer that node (a TE compute, block `matmul_s8`, scheduled by tools/tvm_cpu.py
+and tensorized with `sdot_intrin()` on dotprod boards) and maps the other, zero-point-free
+MatMulIntegers (the few unpacked weights) to one matmul(int8, int8, out_dtype=int32).
 """
 
 from __future__ import annotations
@@ -16,6 +24,25 @@ from __future__ import annotations
 import contextlib
 
 import numpy as np
+
+DOMAIN = "ai.paraedge"
+PANELS_OP = "MatMulS8Panels"
+QUANT_OP = "QuantizeRowsS8"  # x -> (int8 rows, per-row scale [.., 1]): edge.ops.quantize_rows_s8
+EPS = 1e-12  # an all-zero row: scale EPS / 127 and zeros, where the numpy reference has scale 0
+PANEL_K = 4  # k values per sdot lane
+
+
+def pack_panels_s8(wq: np.ndarray) -> np.ndarray:
+    """int8 panels [P, K, 16] -> [P, K/4, 16, 4] (4 consecutive k of a column adjacent)."""
+    p, k, j = wq.shape
+    return np.ascontiguousarray(wq.reshape(p, k // PANEL_K, PANEL_K, j).transpose(0, 1, 3, 2))
+
+
+def panels_s8_reference(xq: np.ndarray, w4: np.ndarray) -> np.ndarray:
+    """What MatMulS8Panels computes: int8 x [1, M, K] and w [P, K/4, 16, 4] -> exact int32 [P, M, 16]."""
+    p, kb, j, kv = w4.shape
+    w = w4.transpose(0, 1, 3, 2).reshape(p, kb * kv, j).astype(np.int32)  # back to [P, K, 16]
+    return np.matmul(xq[0].astype(np.int32)[None], w)
 
 
 def quantize_onnx(path: str) -> int:
@@ -27,10 +54,6 @@ def quantize_onnx(path: str) -> int:
     g = m.graph
     inits = {t.name: t for t in g.initializer}
     nodes, count = [], 0
-    eps = numpy_helper.from_array(np.array(1e-12, np.float32), "q8_eps")
-    c127 = numpy_helper.from_array(np.array(127.0, np.float32), "q8_127")
-    lo = numpy_helper.from_array(np.array(-127.0, np.float32), "q8_lo")
-    g.initializer.extend([eps, c127, lo])
     for node in g.node:
         w = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
         if w is None or w.data_type != TensorProto.FLOAT or len(w.dims) not in (2, 3):
@@ -40,20 +63,16 @@ def quantize_onnx(path: str) -> int:
         # the K axis is the second-to-last: [K, N] or packed panels [N/16, K, 16]
         sw = np.maximum(np.abs(wf).max(axis=-2, keepdims=True), 1e-12) / 127.0
         wq = np.clip(np.round(wf / sw), -127, 127).astype(np.int8)
+        panels = wq.ndim == 3 and wq.shape[1] % PANEL_K == 0
         p = f"q8_{w.name}"  # named after the weight: every shape's function shares the int8 copy
-        g.initializer.extend([numpy_helper.from_array(wq, p + "_w"),
+        g.initializer.extend([numpy_helper.from_array(pack_panels_s8(wq) if panels else wq, p + "_w"),
                               numpy_helper.from_array(sw.astype(np.float32), p + "_sw")])
         x, y = node.input[0], node.output[0]
+        matmul = (helper.make_node(PANELS_OP, [p + "_xq", p + "_w"], [p + "_acc"], domain=DOMAIN) if panels
+                  else helper.make_node("MatMulInteger", [p + "_xq", p + "_w"], [p + "_acc"]))
         nodes += [
-            helper.make_node("Abs", [x], [p + "_abs"]),
-            helper.make_node("ReduceMax", [p + "_abs"], [p + "_amax"], axes=[-1], keepdims=1),
-            helper.make_node("Max", [p + "_amax", "q8_eps"], [p + "_amax1"]),
-            helper.make_node("Div", [p + "_amax1", "q8_127"], [p + "_sx"]),
-            helper.make_node("Div", [x, p + "_sx"], [p + "_xs"]),
-            helper.make_node("Round", [p + "_xs"], [p + "_xr"]),
-            helper.make_node("Clip", [p + "_xr", "q8_lo", "q8_127"], [p + "_xc"]),
-            helper.make_node("Cast", [p + "_xc"], [p + "_xq"], to=TensorProto.INT8),
-            helper.make_node("MatMulInteger", [p + "_xq", p + "_w"], [p + "_acc"]),
+            helper.make_node(QUANT_OP, [x], [p + "_xq", p + "_sx"], domain=DOMAIN),
+            matmul,
             helper.make_node("Cast", [p + "_acc"], [p + "_accf"], to=TensorProto.FLOAT),
             helper.make_node("Mul", [p + "_accf", p + "_sx"], [p + "_y1"]),
             helper.make_node("Mul", [p + "_y1", p + "_sw"], [y]),
@@ -65,26 +84,128 @@ def quantize_onnx(path: str) -> int:
     g.initializer.extend(keep)
     del g.node[:]
     g.node.extend(nodes)
+    if not any(o.domain == DOMAIN for o in m.opset_import):
+        m.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     onnx.save(m, path)
     return count
 
 
+def panels_s8_te(x, w):
+    """TE compute of MatMulS8Panels: C[p, m, j] = sum_k x[0, m, k] * w[p, k/4, j, k%4] (int32)."""
+    from tvm import te
+
+    kk = te.reduce_axis((0, int(x.shape[-1])), name="k")
+    p, _, j, _ = (int(s) for s in w.shape)
+    return te.compute((p, int(x.shape[-2]), j),
+                      lambda pi, m, ji: te.sum(x[0, m, kk].astype("int32")
+                                               * w[pi, kk // PANEL_K, ji, kk % PANEL_K].astype("int32"), axis=kk),
+                      name="matmul_s8")
+
+
+def quantize_rows_te(x):
+    """TE compute of QuantizeRowsS8: per row amax, inv = 127 / amax, q = int8(clamp(rint(x * inv)))."""
+    from tvm import te, tirx
+
+    rows, k = x.shape[:-1], int(x.shape[-1])
+    kk = te.reduce_axis((0, k), name="k")
+    amax = te.compute(rows, lambda *i: te.max(te.abs(x[(*i, kk)]), axis=kk), name="q8_amax")
+    inv = te.compute(rows, lambda *i: tirx.const(127.0, "float32") / te.max(amax[i], tirx.const(EPS, "float32")),
+                     name="q8_inv")
+    q = te.compute(x.shape, lambda *i: te.min(te.max(tirx.nearbyint(x[i] * inv[i[:-1]]), tirx.const(-127.0, "float32")),
+                                              tirx.const(127.0, "float32")).astype("int8"), name="q8_quant")
+    scale = te.compute((*rows, 1), lambda *i: te.max(amax[i[:-1]], tirx.const(EPS, "float32")) / tirx.const(127.0, "float32"),
+                       name="q8_scale")
+    return [q, scale]
+
+
 @contextlib.contextmanager
 def int8_matmul_import():
-    """While active, the Relax ONNX importer maps zero-point-free MatMulInteger to a single
-    int8 x int8 -> int32 matmul."""
+    """While active, the Relax ONNX importer maps MatMulS8Panels to the TE compute above and
+    zero-point-free MatMulInteger to a single int8 x int8 -> int32 matmul."""
+    import warnings
+
     from tvm import relax
     from tvm.relax.frontend.onnx import onnx_frontend as fe
 
     original = fe.MatMulInteger._impl_v10
+    original_map = fe._get_convert_map
 
     def impl(cls, bb, inputs, attr, params):
         if len(inputs) > 2 and any(i is not None for i in inputs[2:]):
             return original.__func__(cls, bb, inputs, attr, params)
         return relax.op.matmul(inputs[0], inputs[1], out_dtype="int32")
 
+    class MatMulS8Panels(fe.OnnxOpConverter):
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            x, w = (bb.normalize(i) for i in inputs)
+            shape = x.ty.shape
+            if len(shape) != 3 or int(shape[0]) != 1:
+                raise ValueError(f"{PANELS_OP}: x must be [1, M, K], got {shape}")
+            return bb.emit_te(panels_s8_te, x, w, primfunc_name_hint="matmul_s8_panels")
+
+    class QuantizeRowsS8(fe.OnnxOpConverter):
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            return bb.emit_te(quantize_rows_te, bb.normalize(inputs[0]), primfunc_name_hint="quantize_rows_s8")
+
     fe.MatMulInteger._impl_v10 = classmethod(impl)
+    fe._get_convert_map = lambda: {**original_map(), PANELS_OP: MatMulS8Panels, QUANT_OP: QuantizeRowsS8}
     try:
-        yield
+        with warnings.catch_warnings():  # onnx.checker does not know the ai.paraedge domain
+            warnings.filterwarnings("ignore", message=".*ai.paraedge.*")
+            warnings.filterwarnings("ignore", message=f".*({PANELS_OP}|{QUANT_OP}).*")
+            yield
     finally:
         fe.MatMulInteger._impl_v10 = original
+        fe._get_convert_map = original_map
+
+
+_SDOT = {}
+
+
+def sdot_intrin(cols: int = 16) -> str:
+    """Register (once) and name the tensor intrinsic C[cols] (int32) += A[4] . B[cols, 4]
+    (int8): the 4 A bytes broadcast to every lane, then one `sdot` per 4 columns. TVM's own
+    ARM_DOT_4x4 intrinsic covers 4 columns; this one takes a whole panel row of accumulators.
+    C is a small "global" buffer inside the tile loop: TVM puts those on the stack (LLVM then keeps
+    them in registers), where "local" ones become a workspace allocation per loop iteration."""
+    if cols in _SDOT:
+        return _SDOT[cols]
+    from tvm import s_tir
+    from tvm.script import tirx as T
+
+    groups = cols // 4
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (cols, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (cols,), "int32", offset_factor=1, scope="global")
+        with T.sblock("root"):
+            T.reads(C[0:cols], A[0:4], B[0:cols, 0:4])
+            T.writes(C[0:cols])
+            for j, k in T.grid(cols, 4):
+                with T.sblock("update"):
+                    vj, vk = T.axis.remap("SR", [j, k])
+                    C[vj] = C[vj] + T.cast(A[vk], "int32") * T.cast(B[vj, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (cols, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (cols,), "int32", offset_factor=1, scope="global")
+        with T.sblock("root"):
+            T.reads(C[0:cols], A[0:4], B[0:cols, 0:4])
+            T.writes(C[0:cols])
+            for g in T.unroll(groups):  # (no named temporaries: TIRx makes them workspace buffers)
+                C[T.ramp(g * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+                    C.vload([g * 4], "int32x4"),
+                    T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 4), dtype="int8x16"),
+                    B.vload([g * 4, 0], "int8x16"), dtype="int32x4")
+
+    name = f"paraedge_sdot_{cols}x4"
+    s_tir.TensorIntrin.register(name, desc, impl, override=True)
+    _SDOT[cols] = name
+    return name

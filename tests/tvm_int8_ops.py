@@ -1,0 +1,86 @@
+"""The INT8 ops of TVM bundles (tools/tvm_int8.py) as a standalone module, op by op against the
+numpy reference (edge/ops.py): QuantizeRowsS8 and MatMulS8Panels, imported from ONNX exactly as
+`paraedge compile --int8` imports them and scheduled by the same CPU rules (tensorized `sdot`
+on dotprod boards). Shared by the x86 test and the emulated-board test."""
+
+from __future__ import annotations
+
+import numpy as np
+
+M, K, P = 14, 96, 3  # rows not a multiple of 4 or 6, 3 panels of 16 columns
+
+
+def inputs(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((1, M, K)).astype(np.float32) * np.linspace(0.01, 30, M, dtype=np.float32)[None, :, None]
+    x[0, 3] = 0.0  # an all-zero row
+    x[0, 5, :4] = [0.5, -0.5, 1.5, 127.0]  # exact halves after scaling: round half to even
+    w_nk = rng.integers(-127, 128, (P * 16, K), dtype=np.int8)  # torch layout [N, K]
+    return x, w_nk
+
+
+def panels(w_nk: np.ndarray) -> np.ndarray:
+    """[N, K] -> the panel layout the compiler packs: [N/16, K, 16] -> [N/16, K/4, 16, 4]."""
+    from tools.tvm_int8 import pack_panels_s8
+
+    n, k = w_nk.shape
+    return pack_panels_s8(np.ascontiguousarray(w_nk.T.reshape(k, n // 16, 16).transpose(1, 0, 2)))
+
+
+def build(board: str, path: str) -> None:
+    """Compile the two-op module for `board` and export it to `path`."""
+    import onnx
+    import tvm
+    from onnx import TensorProto, helper, numpy_helper
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from edge.boards import load_board
+    from tools.compile import tvm_target
+    from tools.tvm_int8 import DOMAIN, PANELS_OP, QUANT_OP, int8_matmul_import
+    from tools.tvm_pipeline import relax_pipeline
+
+    _, w_nk = inputs()
+    graph = helper.make_graph(
+        [helper.make_node(QUANT_OP, ["x"], ["xq", "sx"], domain=DOMAIN),
+         helper.make_node(PANELS_OP, ["xq", "w"], ["acc"], domain=DOMAIN)],
+        "int8_ops", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, M, K])],
+        [helper.make_tensor_value_info("xq", TensorProto.INT8, [1, M, K]),
+         helper.make_tensor_value_info("sx", TensorProto.FLOAT, [1, M, 1]),
+         helper.make_tensor_value_info("acc", TensorProto.INT32, [P, M, 16])],
+        [numpy_helper.from_array(panels(w_nk), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
+    with int8_matmul_import():
+        mod = from_onnx(model)
+    b = load_board(board)
+    target = tvm_target(b)
+    with tvm.transform.PassContext(opt_level=3):
+        ex = tvm.compile(mod, target, relax_pipeline=relax_pipeline(b, target))
+    if b.arch == "aarch64":
+        ex.export_library(path, fcompile=tvm.support.cc.cross_compiler(b.cc))
+    else:
+        ex.export_library(path)
+
+
+RUN = """
+import os, sys
+os.environ["TVM_USE_RUNTIME_LIB"] = "1"
+import numpy as np, tvm
+from tvm.runtime.vm import VirtualMachine
+vm = VirtualMachine(tvm.runtime.load_module(sys.argv[1]), tvm.cpu())
+out = vm["main"](tvm.runtime.tensor(np.load(sys.argv[2])))
+np.savez(sys.argv[3], xq=out[0].numpy(), sx=out[1].numpy(), acc=out[2].numpy())
+"""
+
+
+def check(out) -> None:
+    """TVM's results against edge/ops.py: int8 rows and int32 products exact."""
+    from edge import ops
+    from tools.tvm_int8 import EPS, panels_s8_reference
+
+    x, w_nk = inputs()
+    q_ref, s_ref = ops.quantize_rows_s8(x[0])
+    np.testing.assert_array_equal(out["xq"][0], q_ref)
+    np.testing.assert_allclose(out["sx"][0, :, 0], np.maximum(s_ref, np.float32(EPS / 127)), rtol=1e-7)
+    acc_ref = ops.gemm_s8s32(out["xq"][0], w_nk)  # [M, N]
+    np.testing.assert_array_equal(out["acc"].transpose(1, 0, 2).reshape(M, -1), acc_ref)
+    np.testing.assert_array_equal(out["acc"], panels_s8_reference(out["xq"], panels(w_nk)))
