@@ -91,7 +91,7 @@ def arm_table(model, arm_dirs, wav):
     imports, model loading and the warm-up never count; the frontend's share is subtracted."""
     from tools.arm_profile import emulated_profile
 
-    results = {}
+    results, texts = {}, {}
     for mode in ("offline", "streaming"):
         streaming = mode == "streaming"
         ort_rep = emulated_profile(model, [wav], ["onnxruntime", "onnxruntime:int8"], streaming=streaming)
@@ -104,12 +104,15 @@ def arm_table(model, arm_dirs, wav):
             st = e["stages_minsns_per_audio_s"]
             frontend = sum(st.get(k, 0.0) for k in ("fbank", "lfr_cmvn", "frontend"))
             results[(mode, label)] = (e["minsns_per_audio_s"] - frontend) * 1e6
+            texts[(mode, label)] = e["text"]
             print(f"arm {mode} {label}: {results[(mode, label)] / 1e6:.1f} M instructions / s of audio", file=sys.stderr)
     lines = [f"{os.path.basename(wav)} ({seconds:.2f} s), qemu-aarch64 -cpu cortex-a76, 1 thread; decode only "
              "(counted between the profiler's markers, frontend subtracted)", "",
-             "| mode | runtime | M instructions / s audio | vs onnxruntime fp32 |", "|---|---|---|---|"]
+             "| mode | runtime | M instructions / s audio | vs onnxruntime fp32 | same text as onnxruntime fp32 |",
+             "|---|---|---|---|---|"]
     for (mode, label), n in results.items():
-        lines.append(f"| {mode} | {label} | {n / 1e6:.1f} | {n / results[(mode, 'onnxruntime fp32')]:.2f} |")
+        same = "yes" if texts[(mode, label)] == texts[(mode, "onnxruntime fp32")] else "no"
+        lines.append(f"| {mode} | {label} | {n / 1e6:.1f} | {n / results[(mode, 'onnxruntime fp32')]:.2f} | {same} |")
     return lines, {f"{m}/{l}": n for (m, l), n in results.items()}
 
 

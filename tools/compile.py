@@ -73,8 +73,10 @@ TOKEN_DIVS = (8, 4, 2)
 def token_buckets(t: int, divs=TOKEN_DIVS) -> list[int]:
     """Decoder token-count buckets for an encoder bucket of t frames (count <= t: alphas <= 1).
     Speech runs ~0.25 tokens per 60 ms frame, so small buckets (t/8, t/4, t/2) carry the common
-    case; `divs=()` keeps only the always-sufficient t+1 (fewer functions, quicker compiles)."""
-    return sorted({min(t + 1, max(4, t // d)) for d in divs} | {t + 1})
+    case; `divs=()` keeps only the always-sufficient t+1 (fewer functions, quicker compiles).
+    Counts round up to a multiple of 4: the matmul schedules tile rows by a divisor of the count
+    (a prime count such as 7 or 43 would leave them one row at a time)."""
+    return sorted({-(-min(t + 1, max(4, t // d)) // 4) * 4 for d in divs} | {-(-(t + 1) // 4) * 4})
 
 
 # -- graphs ---------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ directly, the way dlight does for GPUs:
 - `QuantizeRows`: the INT8 activation quantizer of tools/tvm_int8.py, vectorised.
 - `MatmulS8`: the INT8 panel matmul of tools/tvm_int8.py (block `matmul_s8`, C[p, m, j] over
   weights [P, K/4, 16, 4]): the same register blocking, one 16-column panel row per output row;
-  on dotprod targets the 16 x 4 step is tensorized into 4 `sdot` (tools.tvm_int8.sdot_intrin),
-  elsewhere the 4 k are unrolled over a 16-lane int32 vector.
+  on dotprod targets each (rows x 16 columns x 16 k) step is tensorized into indexed `sdot`s
+  (tools.tvm_int8.sdot_intrin), elsewhere 4 k are unrolled over a 16-lane int32 vector.
 - dlight's CPU `Reduction` for layer norm / softmax style reductions.
 """
 
@@ -110,11 +110,16 @@ def rules():
                 block = sch.get_sblock("matmul_s8")
             except Exception:  # noqa: BLE001 (not the INT8 panel matmul)
                 return None
+            from tools.tvm_int8 import SDOT_K, sdot_intrin
+
             p, m, j, k = sch.get_loops(block)
             mi = _divisor(int(sch.get(m).extent), (6, 5, 4, 3, 2))
             io, ii = sch.split(m, [None, mi])
-            ko, kv = sch.split(k, [None, 4])
-            dot = has_dotprod(target)
+            # (a 1-row tile: its unit loop vanishes before tensorize can match; compile's row counts
+            # are multiples of 4, so only odd user buckets take the plain path)
+            dot = (has_dotprod(target) and mi > 1 and int(sch.get(k).extent) % SDOT_K == 0
+                   and int(sch.get(j).extent) == 16)
+            ko, kv = sch.split(k, [None, SDOT_K if dot else 4])
             if dot:
                 sch.reorder(p, io, ko, ii, j, kv)
             else:
@@ -125,16 +130,14 @@ def rules():
             outer = sch.fuse(p, io)
             if int(sch.get(outer).extent) > 1:
                 sch.parallel(outer)
-            sch.unroll(ii)
             if not dot:
+                sch.unroll(ii)
                 sch.unroll(kv)
                 sch.vectorize(j)
             init = sch.decompose_reduction(block, ko)
             sch.vectorize(sch.get_loops(init)[-1])
             if dot:  # after the init is split off: the intrinsic accumulates into C
-                from tools.tvm_int8 import sdot_intrin
-
-                sch.tensorize(j, sdot_intrin(int(sch.get(j).extent)))
+                sch.tensorize(ii, sdot_intrin(mi))
             sch.vectorize(sch.get_loops(local)[-1])
             return sch
 
