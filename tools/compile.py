@@ -496,7 +496,8 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--int8", action="store_true", help="INT8 weights and activations for the matmuls")
     ap.add_argument("--streaming", action="store_true", help="add the streaming chunk shapes (default for ParaformerStreaming)")
     ap.add_argument("--buckets", type=parse_buckets, default=DEFAULT_BUCKETS,
-                    help="offline lengths in 60 ms LFR frames to compile (default 16,24,32,48,64,80,96,128,160,192,256,320,384,512)")
+                    help="offline lengths in 60 ms LFR frames to compile (default "
+                         + ",".join(map(str, DEFAULT_BUCKETS)) + ")")
     ap.add_argument("--tuning-db", help="a MetaSchedule database dir from `paraedge tune` to apply")
 
 
