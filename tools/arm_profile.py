@@ -59,7 +59,7 @@ def hot_functions(blocks_file: str, maps_file: str, root: str) -> dict[str, int]
         maps.append((start, end, parts[5]))
     symbols: dict[str, tuple[list[int], list[str]]] = {}
 
-    def table(path: str):
+    def symbols_of(path: str):
         if path not in symbols:
             host = path if os.path.exists(path) else root + path  # qemu -L usually shows the host's path
             out = subprocess.run(["aarch64-linux-gnu-nm", "-n", "--defined-only", host], capture_output=True,
@@ -81,7 +81,7 @@ def hot_functions(blocks_file: str, maps_file: str, root: str) -> dict[str, int]
         name = "?"
         if i >= 0 and vaddr < maps[i][1]:
             path = maps[i][2]
-            addrs, names = table(path)
+            addrs, names = symbols_of(path)
             j = bisect.bisect_right(addrs, vaddr - bases.get(path, maps[i][0])) - 1
             name = f"{os.path.basename(path)}:{names[j] if j >= 0 else '?'}"
         out[name] = out.get(name, 0) + insns

@@ -10,8 +10,8 @@ directly, the way dlight does for GPUs:
   (b, jo, io, k, ii, ji) so a K x nj panel of B stays in cache across the M rows; ii unrolled, ji
   vectorised; the accumulator tile is a small cache buffer in "global" scope inside the tile
   loop: TVM gives those a stack slot that LLVM keeps in registers (a "local" one costs a
-  workspace allocation and free per loop iteration, measured as 3 M of 24 M instructions per
-  audio second on the A76); the epilogue chain (bias, ReLU, residual, mask, dequant) is
+  workspace allocation and free per loop iteration: a quarter of the INT8 decode's
+  instructions on the A76); the epilogue chain (bias, ReLU, residual, mask, dequant) is
   computed at the tile; outer loops parallel.
 - `Elementwise`: spatial functions (transposes, adds, masks): chains of blocks inlined into the
   last one (no intermediate buffers), innermost loop vectorised when its extent allows, outer
