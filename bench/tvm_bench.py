@@ -29,7 +29,6 @@ RUNTIMES = [("onnxruntime fp32", "onnxruntime", False), ("onnxruntime INT8", "on
             ("TVM fp32", "tvm", False), ("TVM INT8", "tvm", True)]
 
 
-
 def fp32_model(model: str, out: str) -> str:
     """A scratch copy with the fp32 ONNX pair exported (the demo ships INT8 ONNX only)."""
     from models.export import fp32_copy

@@ -53,18 +53,15 @@ def _divisor(n: int, candidates) -> int:
 
 
 def rules():
-    from tvm import s_tir, tirx
+    from tvm import tirx
     from tvm.s_tir import dlight as dl
 
     class Matmul(dl.ScheduleRule):
         def apply(self, func, target, tunable):
-            if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            found = _llvm_schedule(func, target, "matmul")
+            if found is None:
                 return None
-            sch = s_tir.Schedule(func)
-            try:
-                block = sch.get_sblock("matmul")
-            except Exception:  # noqa: BLE001 (no such block: not a matmul)
-                return None
+            sch, (block,) = found
             stmt = sch.get(block)
             kinds = [iv.iter_type for iv in stmt.iter_vars]
             if kinds.count(tirx.IterVar.CommReduce) != 1 or kinds[-1] != tirx.IterVar.CommReduce or len(kinds) < 3:
@@ -103,13 +100,10 @@ def rules():
 
     class MatmulS8(dl.ScheduleRule):
         def apply(self, func, target, tunable):
-            if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            found = _llvm_schedule(func, target, "matmul_s8")
+            if found is None:
                 return None
-            sch = s_tir.Schedule(func)
-            try:
-                block = sch.get_sblock("matmul_s8")
-            except Exception:  # noqa: BLE001 (not the INT8 panel matmul)
-                return None
+            sch, (block,) = found
             from tools.tvm_int8 import SDOT_K, sdot_intrin
 
             p, m, j, k = sch.get_loops(block)
@@ -143,10 +137,11 @@ def rules():
 
     class Elementwise(dl.ScheduleRule):
         def apply(self, func, target, tunable):
-            if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            found = _llvm_schedule(func, target, "root")
+            if found is None:
                 return None
-            sch = s_tir.Schedule(func)
-            blocks = _inline_spatial(sch) if _has_root(sch) else []
+            sch, _ = found
+            blocks = _inline_spatial(sch)
             if len(blocks) != 1:
                 return None
             block = blocks[0]
@@ -173,13 +168,10 @@ def rules():
         quantized rows (vectorised); two passes over an x that fits in L1."""
 
         def apply(self, func, target, tunable):
-            if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            found = _llvm_schedule(func, target, "q8_quant", "q8_amax")
+            if found is None:
                 return None
-            sch = s_tir.Schedule(func)
-            try:
-                quant, amax = sch.get_sblock("q8_quant"), sch.get_sblock("q8_amax")
-            except Exception:  # noqa: BLE001
-                return None
+            sch, (quant, amax) = found
             lanes = simd_lanes(target)
             *rows, k = sch.get_loops(quant)
             row = sch.fuse(*rows) if len(rows) > 1 else rows[0]
@@ -230,12 +222,18 @@ def _inline_spatial(sch) -> list:
     return sch.get_child_blocks(root)
 
 
-def _has_root(sch) -> bool:
+def _llvm_schedule(func, target, *blocks):
+    """(schedule of `func`, its named blocks), or None when `func` is not a PrimFunc for an llvm
+    target holding all of them: how each rule tells the functions it schedules."""
+    from tvm import s_tir, tirx
+
+    if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+        return None
+    sch = s_tir.Schedule(func)
     try:
-        sch.get_sblock("root")
-        return True
-    except Exception:  # noqa: BLE001
-        return False
+        return sch, [sch.get_sblock(b) for b in blocks]
+    except Exception:  # noqa: BLE001 (no such block)
+        return None
 
 
 def cpu_pipeline(target):
