@@ -195,23 +195,57 @@ def test_profile_runs_on_a_bundle(tvm_offline, speech_dir, exported_offline):
     assert e["text"]["zh.wav"] == Recognizer(exported_offline, "ref").transcribe(__import__("edge.audio").audio.load_audio(wav)[0]).text
 
 
-def test_int8_ops_equal_numpy_reference(tmp_path):
-    """QuantizeRowsS8 + MatMulS8Panels, x86 schedule: int8 rows and int32 products exact."""
+@pytest.mark.parametrize("shape", [(14, 96), (7, 96), (6, 40)], ids=["vpmaddwd", "vpmaddwd-1row", "untensorized"])
+def test_int8_ops_equal_numpy_reference(tmp_path, shape):
+    """QuantizeRowsS8 + MatMulS8Panels, x86 AVX2 schedule: int8 rows and int32 products exact,
+    for tiles tensorized into `vpmaddwd` (several rows, one row: a prime M) and for K % 16 != 0."""
     import subprocess
     import sys
 
     from tests import tvm_int8_ops
 
     so = str(tmp_path / "ops.so")
-    tvm_int8_ops.build("x86-host", so)
-    x, _ = tvm_int8_ops.inputs()
+    tvm_int8_ops.build("x86-host", so, shape)
+    dis = subprocess.run(["objdump", "-d", so], capture_output=True, text=True).stdout
+    assert ("vpmaddwd" in dis) == (shape[1] % 16 == 0)
+    x, _ = tvm_int8_ops.inputs(shape=shape)
     np.save(tmp_path / "x.npy", x)
     script = tmp_path / "run.py"
     script.write_text(tvm_int8_ops.RUN)
     r = subprocess.run([sys.executable, str(script), so, str(tmp_path / "x.npy"), str(tmp_path / "out.npz")],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
-    tvm_int8_ops.check(np.load(tmp_path / "out.npz"))
+    tvm_int8_ops.check(np.load(tmp_path / "out.npz"), shape)
+
+
+@pytest.mark.parametrize("lanes", [1, 8])
+def test_exp_lowering_equals_numpy(tmp_path, lanes):
+    """The CPU pipeline's exp (tools.tvm_cpu._exp_f32, scalar and vectorised) against float64
+    numpy: relative error <= 2e-7 up to its clamp, 0 where float32 exp underflows, no libm call."""
+    import tvm
+    from tvm import s_tir, te
+
+    from tools.tvm_cpu import _EXP_HI, _EXP_LO, cpu_pipeline
+
+    target = tvm.target.Target(load_board("x86-host").target)
+    cpu_pipeline(target)  # registers the lowering
+    n = 4096
+    a = te.placeholder((n,), "float32", name="a")
+    sch = s_tir.Schedule(te.create_prim_func([a, te.compute((n,), lambda i: te.exp(a[i]), name="e")]))
+    if lanes > 1:
+        sch.vectorize(sch.split(sch.get_loops(sch.get_sblock("e"))[0], [None, lanes])[1])
+    lib = tvm.compile(sch.mod, target)
+    so = str(tmp_path / "exp.so")
+    lib.export_library(so)
+    assert "expf" not in subprocess.run(["objdump", "-d", so], capture_output=True, text=True).stdout
+    x = np.concatenate([np.linspace(-100, 88.3, n - 6), [-np.inf, -1e30, 0.0, 1e-8, -1.0, 1.0]]).astype(np.float32)
+    out = tvm.runtime.tensor(np.empty(n, np.float32))
+    lib["main"](tvm.runtime.tensor(x), out)
+    got, ref = out.numpy(), np.exp(x.astype(np.float64))
+    live = x >= _EXP_LO
+    assert np.all(got[~live] == 0)
+    assert np.max(np.abs(got[live] - ref[live]) / ref[live]) <= 2e-7
+    assert got[x == 0.0][0] == 1.0 and x.max() < _EXP_HI
 
 
 def test_int8_bundle_agrees_with_reference(tmp_path_factory):

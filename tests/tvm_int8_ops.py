@@ -10,12 +10,13 @@ import numpy as np
 M, K, P = 14, 96, 3  # rows not a multiple of 4 or 6, 3 panels of 16 columns
 
 
-def inputs(seed: int = 0):
+def inputs(seed: int = 0, shape=(M, K)):
+    m, k = shape
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((1, M, K)).astype(np.float32) * np.linspace(0.01, 30, M, dtype=np.float32)[None, :, None]
+    x = rng.standard_normal((1, m, k)).astype(np.float32) * np.linspace(0.01, 30, m, dtype=np.float32)[None, :, None]
     x[0, 3] = 0.0  # an all-zero row
     x[0, 5, :4] = [0.5, -0.5, 1.5, 127.0]  # exact halves after scaling: round half to even
-    w_nk = rng.integers(-127, 128, (P * 16, K), dtype=np.int8)  # torch layout [N, K]
+    w_nk = rng.integers(-127, 128, (P * 16, k), dtype=np.int8)  # torch layout [N, K]
     return x, w_nk
 
 
@@ -27,8 +28,8 @@ def panels(w_nk: np.ndarray) -> np.ndarray:
     return pack_panels_s8(np.ascontiguousarray(w_nk.T.reshape(k, n // 16, 16).transpose(1, 0, 2)))
 
 
-def build(board: str, path: str) -> None:
-    """Compile the two-op module for `board` and export it to `path`."""
+def build(board: str, path: str, shape=(M, K)) -> None:
+    """Compile the two-op module of x [1, M, K] for `board` and export it to `path`."""
     import onnx
     import tvm
     from onnx import TensorProto, helper, numpy_helper
@@ -36,23 +37,25 @@ def build(board: str, path: str) -> None:
 
     from edge.boards import load_board
     from tools.compile import tvm_target
+    from tools.tvm_cpu import int8_kernel
     from tools.tvm_int8 import DOMAIN, PANELS_OP, QUANT_OP, int8_matmul_import
     from tools.tvm_pipeline import relax_pipeline
 
-    _, w_nk = inputs()
+    m, k = shape
+    _, w_nk = inputs(shape=shape)
     graph = helper.make_graph(
         [helper.make_node(QUANT_OP, ["x"], ["xq", "sx"], domain=DOMAIN),
          helper.make_node(PANELS_OP, ["xq", "w"], ["acc"], domain=DOMAIN)],
-        "int8_ops", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, M, K])],
-        [helper.make_tensor_value_info("xq", TensorProto.INT8, [1, M, K]),
-         helper.make_tensor_value_info("sx", TensorProto.FLOAT, [1, M, 1]),
-         helper.make_tensor_value_info("acc", TensorProto.INT32, [P, M, 16])],
+        "int8_ops", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, m, k])],
+        [helper.make_tensor_value_info("xq", TensorProto.INT8, [1, m, k]),  # int16 on pmaddwd targets
+         helper.make_tensor_value_info("sx", TensorProto.FLOAT, [1, m, 1]),
+         helper.make_tensor_value_info("acc", TensorProto.INT32, [P, m, 16])],
         [numpy_helper.from_array(panels(w_nk), "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
-    with int8_matmul_import():
-        mod = from_onnx(model)
     b = load_board(board)
     target = tvm_target(b)
+    with int8_matmul_import(int8_kernel(target)):
+        mod = from_onnx(model)
     with tvm.transform.PassContext(opt_level=3):
         ex = tvm.compile(mod, target, relax_pipeline=relax_pipeline(b, target))
     if b.arch == "aarch64":
@@ -72,15 +75,15 @@ np.savez(sys.argv[3], xq=out[0].numpy(), sx=out[1].numpy(), acc=out[2].numpy())
 """
 
 
-def check(out) -> None:
+def check(out, shape=(M, K)) -> None:
     """TVM's results against edge/ops.py: int8 rows and int32 products exact."""
     from edge import ops
     from tools.tvm_int8 import EPS, panels_s8_reference
 
-    x, w_nk = inputs()
+    x, w_nk = inputs(shape=shape)
     q_ref, s_ref = ops.quantize_rows_s8(x[0])
     np.testing.assert_array_equal(out["xq"][0], q_ref)
     np.testing.assert_allclose(out["sx"][0, :, 0], np.maximum(s_ref, np.float32(EPS / 127)), rtol=1e-7)
     acc_ref = ops.gemm_s8s32(out["xq"][0], w_nk)  # [M, N]
-    np.testing.assert_array_equal(out["acc"].transpose(1, 0, 2).reshape(M, -1), acc_ref)
+    np.testing.assert_array_equal(out["acc"].transpose(1, 0, 2).reshape(shape[0], -1), acc_ref)
     np.testing.assert_array_equal(out["acc"], panels_s8_reference(out["xq"], panels(w_nk)))

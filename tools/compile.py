@@ -343,10 +343,11 @@ def build_irmodule(model, board: Board, buckets, streaming: bool | None, int8: b
             path = os.path.join(tmp, fn["name"] + ".onnx")
             _to_onnx(module, args, list(shapes), outs, path)
             if int8:
+                from tools.tvm_cpu import int8_kernel
                 from tools.tvm_int8 import int8_matmul_import, quantize_onnx
 
                 quantize_onnx(path)
-                with int8_matmul_import():
+                with int8_matmul_import("plain" if board.cuda else int8_kernel(tvm_target(board))):
                     mod = from_onnx(onnx.load(path), keep_params_in_input=True)
             else:
                 mod = from_onnx(onnx.load(path), keep_params_in_input=True)

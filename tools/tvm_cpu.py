@@ -45,6 +45,23 @@ def has_dotprod(target) -> bool:
     return str(target.attrs.get("mtriple", "")).startswith("aarch64") and "+dotprod" in attrs
 
 
+_AVX2_CPUS = ("haswell", "broadwell", "skylake", "skylake-avx512", "cascadelake", "icelake-client",
+              "icelake-server", "sapphirerapids", "alderlake", "znver1", "znver2", "znver3", "znver4",
+              "x86-64-v3", "x86-64-v4")
+
+
+def int8_kernel(target) -> str:
+    """The instruction the INT8 panel matmul is built on for an llvm target: "sdot" (aarch64 with
+    the dot-product extension), "pmaddwd" (x86 with AVX2) or "plain" (vectorised int32 multiply-adds)."""
+    if has_dotprod(target):
+        return "sdot"
+    attrs = " ".join(str(a) for a in (target.attrs.get("mattr") or []))
+    if str(target.attrs.get("mtriple", "")).startswith("x86_64") and (
+            "+avx2" in attrs or str(target.attrs.get("mcpu", "")) in _AVX2_CPUS):
+        return "pmaddwd"
+    return "plain"
+
+
 def _divisor(n: int, candidates) -> int:
     for c in candidates:
         if c <= n and n % c == 0:
@@ -104,6 +121,8 @@ def rules():
             if found is None:
                 return None
             sch, (block,) = found
+            if len(sch.get_loops(block)) == 6:
+                return _matmul_s8_pairs(sch, block)
             from tools.tvm_int8 import SDOT_K, sdot_intrin
 
             p, m, j, k = sch.get_loops(block)
@@ -188,6 +207,57 @@ def rules():
     return [Matmul(), MatmulS8(), QuantizeRows(), dl.cpu.GEMV(), dl.cpu.Reduction(), Elementwise()]
 
 
+def _matmul_s8_pairs(sch, block):
+    """tools.tvm_int8.panels_s8_pairs_te (x86 AVX2): C2[p, m, j, h] tiles of mi rows x 8 columns
+    x 2 pairs (2 mi ymm accumulators) in a stack buffer, each (mi x 8 x 16 k) step one
+    `vpmaddwd` intrinsic (any row count: mi = 1 when nothing else divides M); the fold to C and
+    the dequant epilogue follow at the tile."""
+    from tools.tvm_int8 import pmaddwd_intrin
+
+    fold = sch.get_consumers(block)[0]
+    p, m, j, h, kg, kk = sch.get_loops(block)
+    mi = _divisor(int(sch.get(m).extent), (4, 3, 5, 2, 6))
+    io, ii = sch.split(m, [None, mi])
+    jo, ji = sch.split(j, [None, 8])
+    tensor = int(sch.get(kg).extent) % 4 == 0
+    kgo, kgi = sch.split(kg, [None, 4 if tensor else 1])
+    sch.reorder(p, jo, io, kgo, ii, kgi, ji, h, kk)
+    sch.reverse_compute_at(fold, io, preserve_unit_loops=True)
+    _epilogue_at(sch, fold, io)
+    sch.parallel(sch.fuse(p, jo, io))
+    if not tensor:  # K % 16 != 0: (j, h) as one 16-lane int32 vector
+        sch.reorder(kk, ji, h)
+        sch.unroll(kk)
+        sch.vectorize(sch.fuse(ji, h))
+    init = sch.decompose_reduction(block, kgo)
+    sch.vectorize(sch.get_loops(init)[-1])
+    if tensor:  # after the init is split off: the intrinsic accumulates into C2
+        sch.tensorize(ii if mi > 1 else kgi, pmaddwd_intrin(mi))
+    *_, fj, fh = sch.get_loops(fold)
+    sch.reorder(fh, fj)
+    sch.unroll(fh)
+    sch.vectorize(fj)
+    return sch
+
+
+def _epilogue_at(sch, block, loop) -> None:
+    """Compute the chain of elementwise consumers after the reduction `block` at `loop`, inlined
+    into the last of them (a reduction block cannot take them in, as _inline_epilogue does)."""
+    chain, b = [], block
+    while len(consumers := sch.get_consumers(b)) == 1:
+        chain.append(b := consumers[0])
+    for c in chain[:-1]:
+        try:
+            sch.compute_inline(c)
+        except Exception:  # noqa: BLE001 (a broadcast read, ...): stop the chain here
+            chain = chain[:chain.index(c) + 1]
+            break
+    if chain:
+        last = chain[-1]
+        sch.reverse_compute_at(last, loop, preserve_unit_loops=True)
+        sch.vectorize(sch.get_loops(last)[-1])
+
+
 def _inline_epilogue(sch, block) -> None:
     """Pull the chain of elementwise consumers after `block` into it (each a sole consumer)."""
     while True:
@@ -236,11 +306,54 @@ def _llvm_schedule(func, target, *blocks):
         return None
 
 
+_exp_registered = False
+_EXP_HI, _EXP_LO = 88.3762626647949, -87.3365478515625  # 2^n stays a normal float32 in between
+
+
+def _exp_f32(call):
+    """float32 exp(x) (scalar or vector) as TIR arithmetic, in place of LLVM's `llvm.exp`, which
+    both targets lower to one scalar libm `expf` call per lane: softmax, sigmoid and log-softmax
+    stay vectorised. Cephes' expf: x = n ln2 + r (n = round(x / ln2), ln2 in two parts),
+    exp(r) a degree-7 polynomial on |r| <= ln2/2, 2^n built in the exponent bits. Measured
+    against float64 numpy: relative error <= 8e-8 up to the clamp at 88.38 (where float32 exp
+    is 2.4e38); below -87.34 it returns 0, as float32 exp underflows there."""
+    from tvm import tirx
+
+    x = call.args[0]
+    dtype = str(call.ty.dtype)
+    if not dtype.startswith("float32"):
+        return call
+    lanes = int(dtype.split("x")[1]) if "x" in dtype else 1
+
+    def c(v, t="float32"):
+        k = tirx.const(v, t)
+        return k if lanes == 1 else tirx.Broadcast(k, lanes)
+
+    xc = tirx.Max(tirx.Min(x, c(_EXP_HI)), c(_EXP_LO))
+    n = tirx.floor(xc * c(1.44269504088896341) + c(0.5))
+    r = xc - n * c(0.693359375) + n * c(2.12194440e-4)
+    p = c(1.9875691500e-4)
+    for k in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+        p = p * r + c(k)
+    p = p * (r * r) + r + c(1.0)
+    int_t = "int32" if lanes == 1 else f"int32x{lanes}"
+    two_n = tirx.reinterpret(dtype, tirx.shift_left(tirx.Cast(int_t, n) + c(127, "int32"), c(23, "int32")))
+    return tirx.Select(x < c(_EXP_LO), c(0.0), p * two_n)
+
+
 def cpu_pipeline(target):
-    """TVM's CPU pipeline with the schedules above applied after operator fusion."""
+    """TVM's CPU pipeline with the schedules above applied after operator fusion, and exp
+    lowered to vector arithmetic (_exp_f32; registered for every llvm target of this process,
+    which compiles ParaEdge bundles only)."""
     import tvm
+    from tvm import tirx
     from tvm.relax.backend.cpu_generic import pipeline as cpu
     from tvm.s_tir import dlight as dl
+
+    global _exp_registered
+    if not _exp_registered:  # (a second registration at the same level is an error)
+        tirx.register_intrin_lowering("tirx.exp", target="llvm", f=_exp_f32, level=99)
+        _exp_registered = True
 
     @tvm.transform.module_pass(opt_level=0)
     def _pipeline(mod, _ctx):
