@@ -204,7 +204,53 @@ def rules():
                 sch.parallel(row)
             return sch
 
-    return [Matmul(), MatmulS8(), QuantizeRows(), dl.cpu.GEMV(), dl.cpu.Reduction(), Elementwise()]
+    class RowNorm(dl.ScheduleRule):
+        """Softmax, log-softmax, layer norm: reductions over the last axis of each row and
+        elementwise blocks. As dlight's CPU `Reduction` (which these rules used before), every
+        block is computed at the row (parallel rows, intermediates row-sized), elementwise
+        blocks vectorised; but each reduction is rfactored first into 16 partial sums (or
+        maxima), so it runs as vector operations on 16-lane chunks instead of one scalar
+        dependency chain: x86, layer norm of 72 x 256 rows 48 -> 13 us."""
+
+        def apply(self, func, target, tunable):
+            found = _llvm_schedule(func, target)
+            if found is None:
+                return None
+            sch, _ = found
+            blocks = sch.get_child_blocks(sch.get_sblock("root"))
+            kinds = ["".join({tirx.IterVar.DataPar: "S", tirx.IterVar.CommReduce: "R"}.get(iv.iter_type, "?")
+                             for iv in sch.get(b).iter_vars) for b in blocks]
+            rows = len(kinds[-1]) - 1
+            if (len(blocks) < 2 or rows < 1 or "R" not in "".join(kinds) or kinds[-1] != "S" * (rows + 1)
+                    or any(k not in ("S" * rows, "S" * (rows + 1), "S" * rows + "R") for k in kinds)
+                    or any(len(sch.get_loops(b)) != len(k) for b, k in zip(blocks, kinds))):
+                return None
+            row_extents = [int(sch.get(lp).extent) for lp in sch.get_loops(blocks[-1])[:rows]]
+            if any([int(sch.get(lp).extent) for lp in sch.get_loops(b)[:rows]] != row_extents for b in blocks):
+                return None
+            lanes = simd_lanes(target)
+            partial = []  # rfactor before compute_at: it needs each block alone in its loop nest
+            for b, kind in zip(blocks, kinds):
+                width = _divisor(int(sch.get(sch.get_loops(b)[-1]).extent), (16, 8, 4))
+                if kind.endswith("R") and width >= lanes:
+                    _, ki = sch.split(sch.get_loops(b)[-1], [None, width])
+                    partial.append(sch.rfactor(ki, rows))  # partials in a [.., width] buffer
+            row = sch.fuse(*sch.get_loops(blocks[-1])[:rows]) if rows > 1 else sch.get_loops(blocks[-1])[0]
+            if int(sch.get(row).extent) > 1:
+                sch.parallel(row)
+            for b in reversed(sch.get_child_blocks(sch.get_sblock("root"))[:-1]):
+                sch.compute_at(b, row, preserve_unit_loops=True)
+            for p in partial:  # compute_at made its loops (partial index, unit row loops.., k chunk)
+                loops = sch.get_loops(p)
+                sch.reorder(loops[-1], loops[1])
+                sch.vectorize(sch.get_loops(p)[-1])
+            for b, kind in zip(blocks, kinds):
+                n = int(sch.get(sch.get_loops(b)[-1]).extent)
+                if kind == "S" * (rows + 1) and n % lanes == 0:
+                    sch.vectorize(sch.split(sch.get_loops(b)[-1], [None, lanes])[1])
+            return sch
+
+    return [Matmul(), MatmulS8(), QuantizeRows(), RowNorm(), dl.cpu.GEMV(), dl.cpu.Reduction(), Elementwise()]
 
 
 def _matmul_s8_pairs(sch, block):
