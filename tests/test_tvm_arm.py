@@ -92,3 +92,59 @@ def test_int8_sdot_ops_on_emulated_board_equal_numpy_reference(armroot, tmp_path
     r = run_python([str(script), so, str(tmp_path / "x.npy"), str(tmp_path / "out.npz")], root=armroot, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     tvm_int8_ops.check(np.load(tmp_path / "out.npz"))
+
+
+FP32_RUN = """
+import os, sys
+os.environ["TVM_USE_RUNTIME_LIB"] = "1"
+import numpy as np, tvm
+from tvm.runtime.vm import VirtualMachine
+vm = VirtualMachine(tvm.runtime.load_module(sys.argv[1]), tvm.cpu())
+ins = np.load(sys.argv[2])
+outs = vm["main"](*[tvm.runtime.tensor(ins[k]) for k in sorted(ins.files)])
+np.savez(sys.argv[3], *[o.numpy() for o in outs])
+"""
+
+
+def test_fp32_fmla_matmuls_on_emulated_board_equal_numpy(armroot, tmp_path):
+    """The aarch64 float32 matmul tiles (tools.tvm_cpu.fmla_intrin, lane-indexed `fmla`) on the
+    emulated A76 against numpy: a packed Linear (5-row x 16-column tiles), an attention-shaped
+    batched matmul (8-column tiles) and a K the tiles cannot take (the plain schedule)."""
+    import subprocess
+
+    import tvm
+    from tvm import relax
+
+    from edge.boards import load_board
+    from tools.armroot import run_python
+    from tools.compile import tvm_target
+    from tools.tvm_cpu import cpu_pipeline
+
+    shapes = {"a0": (1, 20, 64), "b0": (3, 64, 16), "a1": (1, 4, 12, 32), "b1": (1, 4, 32, 24),
+              "a2": (1, 10, 6), "b2": (2, 6, 16)}
+    rng = np.random.default_rng(0)
+    ins = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+    bb = relax.BlockBuilder()
+    args = {k: relax.Var(k, relax.TensorType(s, "float32")) for k, s in shapes.items()}
+    with bb.function("main", [args[k] for k in sorted(args)]):
+        with bb.dataflow():
+            outs = [bb.emit(relax.op.matmul(args[f"a{i}"], args[f"b{i}"])) for i in range(3)]
+            out = bb.emit_output(relax.Tuple(outs))
+        bb.emit_func_output(out)
+    board = load_board("qemu-a76")
+    target = tvm_target(board)
+    so = str(tmp_path / "mm.so")
+    with tvm.transform.PassContext(opt_level=3):
+        ex = tvm.compile(bb.get(), target, relax_pipeline=cpu_pipeline(target))
+    ex.export_library(so, fcompile=tvm.support.cc.cross_compiler(board.cc))
+    dis = subprocess.run(["aarch64-linux-gnu-objdump", "-d", so], capture_output=True, text=True).stdout
+    assert "fmla\tv" in dis and ".s[3]" in dis  # lane-indexed multiply-adds
+    np.savez(tmp_path / "in.npz", **ins)
+    script = tmp_path / "run.py"
+    script.write_text(FP32_RUN)
+    r = run_python([str(script), so, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")], root=armroot, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = np.load(tmp_path / "out.npz")
+    for i in range(3):
+        ref = np.matmul(ins[f"a{i}"].astype(np.float64), ins[f"b{i}"].astype(np.float64))
+        np.testing.assert_allclose(got[f"arr_{i}"], ref, rtol=1e-5, atol=1e-5)

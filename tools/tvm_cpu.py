@@ -62,6 +62,60 @@ def int8_kernel(target) -> str:
     return "plain"
 
 
+def _is_aarch64(target) -> bool:
+    return str(target.attrs.get("mtriple", "")).startswith("aarch64")
+
+
+_FMLA: dict[tuple[int, int], str] = {}
+
+
+def fmla_intrin(rows: int, cols: int) -> str:
+    """Register (once) and name the aarch64 float32 tensor intrinsic of one register tile:
+    C[rows, cols] += A[rows, 4 k] . B[4 k, cols]. Each row's 4 k are one 16-byte load feeding
+    `fmla v.4s, b.4s, a.s[k]` (the lane-indexed form), where the plain schedule loaded every
+    A value alone: 16 A loads per 64 fmla of a 4 x 16 tile become 4 (the fp32 decode on the A76:
+    -13 % instructions in its matmuls). C is a small "global" buffer, kept in registers (see
+    tools.tvm_int8.sdot_intrin)."""
+    if (rows, cols) in _FMLA:
+        return _FMLA[rows, cols]
+    from tvm import s_tir
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sa, sb, sc = T.int64(), T.int64(), T.int64()
+        A = T.match_buffer(a, (rows, 4), "float32", offset_factor=1, strides=[sa, 1])
+        B = T.match_buffer(b, (4, cols), "float32", offset_factor=1, strides=[sb, 1])
+        C = T.match_buffer(c, (rows, cols), "float32", offset_factor=1, strides=[sc, 1])
+        with T.sblock("root"):
+            T.reads(C[0:rows, 0:cols], A[0:rows, 0:4], B[0:4, 0:cols])
+            T.writes(C[0:rows, 0:cols])
+            for r, k, j in T.grid(rows, 4, cols):
+                with T.sblock("update"):
+                    vr, vj, vk = T.axis.remap("SSR", [r, j, k])
+                    C[vr, vj] = C[vr, vj] + A[vr, vk] * B[vk, vj]
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sa, sb, sc = T.int64(), T.int64(), T.int64()
+        A = T.match_buffer(a, (rows, 4), "float32", offset_factor=1, strides=[sa, 1])
+        B = T.match_buffer(b, (4, cols), "float32", offset_factor=1, strides=[sb, 1])
+        C = T.match_buffer(c, (rows, cols), "float32", offset_factor=1, strides=[sc, 1])
+        with T.sblock("root"):
+            T.reads(C[0:rows, 0:cols], A[0:rows, 0:4], B[0:4, 0:cols])
+            T.writes(C[0:rows, 0:cols])
+            for k in T.unroll(4):
+                for q in T.unroll(cols // 4):
+                    for r in T.unroll(rows):
+                        C[r, T.ramp(q * 4, 1, 4)] = C.vload([r, q * 4], "float32x4") + B.vload(
+                            [k, q * 4], "float32x4") * T.Shuffle([A.vload([r, 0], "float32x4")], [k, k, k, k])
+
+    name = f"paraedge_fmla_{rows}x{cols}x4"
+    s_tir.TensorIntrin.register(name, desc, impl, override=True)
+    _FMLA[rows, cols] = name
+    return name
+
+
 def _divisor(n: int, candidates) -> int:
     for c in candidates:
         if c <= n and n % c == 0:
@@ -70,11 +124,20 @@ def _divisor(n: int, candidates) -> int:
 
 
 def rules():
-    from tvm import tirx
+    from tvm import s_tir, tirx
     from tvm.s_tir import dlight as dl
 
     class Matmul(dl.ScheduleRule):
         def apply(self, func, target, tunable):
+            if _is_aarch64(target):  # lane-indexed fmla tiles where the shapes allow, else plain
+                try:
+                    return self.schedule(func, target, fmla=True)
+                except s_tir.ScheduleError:
+                    pass
+            return self.schedule(func, target, fmla=False)
+
+        @staticmethod
+        def schedule(func, target, fmla: bool):
             found = _llvm_schedule(func, target, "matmul")
             if found is None:
                 return None
@@ -88,31 +151,40 @@ def rules():
                 return None
             extents = [int(sch.get(lp).extent) for lp in loops]
             m, n = extents[-3], extents[-2]
-            mi = _divisor(m, (6, 5, 4, 3, 2))
             # 16 columns: 2 AVX2 or 4 NEON vectors; x mi rows = 12 (of 16 ymm) / 24 (of 32 q) accumulators
             nj = _divisor(n, (16, 8, 4, 2))
+            # fmla tiles also hold each row's 4 k in a register: at 16 columns 6 rows would spill
+            mi = _divisor(m, (5, 4, 6, 3, 2) if fmla and nj == 16 else (6, 5, 4, 3, 2))
             batch, (i, j, k) = loops[:-3], loops[-3:]
             io, ii = sch.split(i, [None, mi])
             jo, ji = sch.split(j, [None, nj])
             # aarch64: 4 k steps per iteration (-14 % instructions on an A76: loop overhead, A loads);
             # on x86 the same unroll measured slower, so k stays rolled there
             kd = _divisor(int(sch.get(k).extent), (4, 2)) if simd_lanes(target) == 4 else 1
+            if fmla and (kd != 4 or nj < 4 or mi < 2):
+                raise s_tir.ScheduleError("no fmla tile for this shape")
             ko, ki = sch.split(k, [None, kd])
-            sch.reorder(*batch, jo, io, ko, ki, ii, ji)
+            if fmla:
+                sch.reorder(*batch, jo, io, ko, ii, ki, ji)
+            else:
+                sch.reorder(*batch, jo, io, ko, ki, ii, ji)
             local = sch.cache_write(block, 0, "global")
             sch.reverse_compute_at(local, io, preserve_unit_loops=True)
             _inline_epilogue(sch, local)  # at the tile: bias, ReLU, residual, mask
             outer = sch.fuse(*batch, jo) if batch else jo
             if int(sch.get(outer).extent) > 1:
                 sch.parallel(outer)
-            if kd > 1:
-                sch.unroll(ki)
-            sch.unroll(ii)
-            sch.vectorize(ji)
+            if not fmla:
+                if kd > 1:
+                    sch.unroll(ki)
+                sch.unroll(ii)
+                sch.vectorize(ji)
             if nj > 1:
                 sch.vectorize(sch.get_loops(local)[-1])
             init = sch.decompose_reduction(block, ko)
             sch.vectorize(sch.get_loops(init)[-1])
+            if fmla:  # after the init is split off: the intrinsic accumulates into C
+                sch.tensorize(ii, fmla_intrin(mi, nj))
             return sch
 
     class MatmulS8(dl.ScheduleRule):
