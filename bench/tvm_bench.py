@@ -1,7 +1,8 @@
 """TVM bundles against onnxruntime, measured side by side in one run (same model, same threads).
 
 x86 (this host): wall time of offline and streaming decoding of the demo samples, as RTF and
-relative to onnxruntime fp32, for onnxruntime fp32/INT8 and the x86-host TVM bundles (fp32, --int8).
+relative to onnxruntime fp32, for onnxruntime fp32/INT8 and the x86-host TVM bundles (fp32, --int8);
+the runs go round robin over the runtimes, so a slow spell of a shared host hits them alike.
 `--arm`: the same model on the emulated aarch64 board (tools/armroot.py, qemu -cpu cortex-a76):
 dynamic aarch64 instructions per second of audio (qemu plugin, tools/qemu_insn.py) for the
 qemu-a76 TVM bundles (fp32, --int8) and onnxruntime aarch64 fp32/INT8, counted between the profiler's stage
@@ -61,19 +62,21 @@ def x86_table(model, tvm_dirs, audio, threads, runs):
 
     clips = [load_audio(a)[0] for a in audio]
     seconds = sum(len(c) for c in clips) / 16000
+    recs = {label: Recognizer(tvm_dirs[int8] if backend == "tvm" else model, backend, threads=threads, int8=int8)
+            for label, backend, int8 in RUNTIMES}
     results = {}
     for mode in ("offline", "streaming"):
-        for label, backend, int8 in RUNTIMES:
-            rec = Recognizer(tvm_dirs[int8] if backend == "tvm" else model, backend, threads=threads, int8=int8)
-            run = (lambda c: rec.transcribe(c)) if mode == "offline" else (lambda c: rec.transcribe_streaming(c))
-            texts = [run(c).text for c in clips]  # warm-up
-            best = []
-            for _ in range(runs):
+        runs_of = {label: (rec.transcribe if mode == "offline" else rec.transcribe_streaming) for label, rec in recs.items()}
+        texts = {label: [run(c).text for c in clips] for label, run in runs_of.items()}  # warm-up
+        best = {label: [] for label in runs_of}
+        for _ in range(runs):  # round robin: a slow spell of this shared host hits every runtime alike
+            for label, run in runs_of.items():
                 t0 = time.perf_counter()
                 for c in clips:
                     run(c)
-                best.append(time.perf_counter() - t0)
-            results[(mode, label)] = {"seconds": min(best), "rtf": min(best) / seconds, "texts": texts}
+                best[label].append(time.perf_counter() - t0)
+        for label in runs_of:
+            results[(mode, label)] = {"seconds": min(best[label]), "rtf": min(best[label]) / seconds, "texts": texts[label]}
     lines = [f"{len(clips)} samples ({seconds:.1f} s of audio), best of {runs} runs after 1 warm-up, {threads} thread(s), "
              f"{_cpu_name()}", "", "| mode | runtime | RTF | time vs onnxruntime fp32 | same text as onnxruntime fp32 |",
              "|---|---|---|---|---|"]

@@ -12,7 +12,8 @@ directly, the way dlight does for GPUs:
   loop: TVM gives those a stack slot that LLVM keeps in registers (a "local" one costs a
   workspace allocation and free per loop iteration: a quarter of the INT8 decode's
   instructions on the A76); the epilogue chain (bias, ReLU, residual, mask, dequant) is
-  computed at the tile; outer loops parallel.
+  computed at the tile; outer loops parallel. On aarch64 each (rows x nj x 4 k) step is one
+  tensor intrinsic of lane-indexed `fmla`s (fmla_intrin) where the shapes allow.
 - `Elementwise`: spatial functions (transposes, adds, masks): chains of blocks inlined into the
   last one (no intermediate buffers), innermost loop vectorised when its extent allows, outer
   loops fused and parallel.
@@ -20,8 +21,12 @@ directly, the way dlight does for GPUs:
 - `MatmulS8`: the INT8 panel matmul of tools/tvm_int8.py (block `matmul_s8`, C[p, m, j] over
   weights [P, K/4, 16, 4]): the same register blocking, one 16-column panel row per output row;
   on dotprod targets each (rows x 16 columns x 16 k) step is tensorized into indexed `sdot`s
-  (tools.tvm_int8.sdot_intrin), elsewhere 4 k are unrolled over a 16-lane int32 vector.
-- dlight's CPU `Reduction` for layer norm / softmax style reductions.
+  (tools.tvm_int8.sdot_intrin); on x86 AVX2 the k-pair-split compute (panels_s8_pairs_te) is
+  tensorized into `vpmaddwd`s (_matmul_s8_pairs); elsewhere 4 k are unrolled over a 16-lane
+  int32 vector.
+- `RowNorm`: softmax, log-softmax and layer norm, each row's reductions as 16 vectorised
+  partials; dlight's CPU `Reduction` stays the fallback for other reductions.
+- exp is lowered to vector arithmetic (_exp_f32) instead of one libm call per lane.
 """
 
 from __future__ import annotations

@@ -15,8 +15,10 @@ columns, 4 consecutive k of each column are 4 adjacent bytes. That is the operan
 aarch64 dot-product instruction (`sdot`: 4 int32 lanes += 4 x 4 int8 products), so one 16-byte
 load of weights feeds one `sdot` per row of the tile. `int8_matmul_import()`
 teaches the importer that node (a TE compute, block `matmul_s8`, scheduled by tools/tvm_cpu.py
-and tensorized with `sdot_intrin()` on dotprod boards) and maps the other, zero-point-free
-MatMulIntegers (the few unpacked weights) to one matmul(int8, int8, out_dtype=int32).
+and tensorized with `sdot_intrin()` on dotprod boards; on x86 AVX2, which has no int8 dot
+product, a k-pair-split compute tensorized with `pmaddwd_intrin()` on int16 activation rows) and
+maps the other, zero-point-free MatMulIntegers (the few unpacked weights) to one
+matmul(int8, int8, out_dtype=int32).
 """
 
 from __future__ import annotations
