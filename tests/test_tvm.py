@@ -248,6 +248,38 @@ def test_exp_lowering_equals_numpy(tmp_path, lanes):
     assert got[x == 0.0][0] == 1.0 and x.max() < _EXP_HI
 
 
+@pytest.mark.parametrize("rows,width", [(72, 256), (25, 42)], ids=["vectorised", "odd-width"])
+def test_row_ops_equal_numpy_reference(rows, width):
+    """Layer norm, softmax, log-softmax and sigmoid as the CPU pipeline compiles them (RowNorm's
+    16-lane partial reductions, the polynomial exp) against edge/ops.py, on a row width the
+    vector schedule takes and on one it does not."""
+    import tvm
+    from tvm import relax
+
+    from edge import ops
+    from tools.tvm_cpu import cpu_pipeline
+
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((1, rows, width)) * 4).astype(np.float32)
+    g, b = rng.standard_normal(width).astype(np.float32), rng.standard_normal(width).astype(np.float32)
+    bb = relax.BlockBuilder()
+    xv, gv, bv = (relax.Var(n, relax.TensorType(a.shape, "float32")) for n, a in (("x", x), ("g", g), ("b", b)))
+    with bb.function("main", [xv, gv, bv]):
+        with bb.dataflow():
+            outs = [bb.emit(relax.op.nn.layer_norm(xv, gv, bv, axes=[-1], epsilon=1e-12)),
+                    bb.emit(relax.op.nn.softmax(xv, axis=-1)), bb.emit(relax.op.nn.log_softmax(xv, axis=-1)),
+                    bb.emit(relax.op.sigmoid(xv))]
+            out = bb.emit_output(relax.Tuple(outs))
+        bb.emit_func_output(out)
+    target = tvm.target.Target(load_board("x86-host").target)
+    with tvm.transform.PassContext(opt_level=3):
+        ex = tvm.compile(bb.get(), target, relax_pipeline=cpu_pipeline(target))
+    got = [o.numpy() for o in relax.VirtualMachine(ex, tvm.cpu())["main"](*(tvm.runtime.tensor(a) for a in (x, g, b)))]
+    refs = [ops.layer_norm(x, g, b), ops.softmax(x), ops.log_softmax(x), ops.sigmoid(x)]
+    for name, y, ref in zip(("layer_norm", "softmax", "log_softmax", "sigmoid"), got, refs):
+        np.testing.assert_allclose(y, ref, rtol=2e-5, atol=2e-6, err_msg=name)
+
+
 def test_int8_bundle_agrees_with_reference(tmp_path_factory):
     """Real INT8 (int8 weights and activations, int32 accumulation) on the trained demo model:
     >= 99 % of the reference's tokens over its samples, at a quarter of the weight bytes."""

@@ -287,7 +287,8 @@ def rules():
         block is computed at the row (parallel rows, intermediates row-sized), elementwise
         blocks vectorised; but each reduction is rfactored first into 16 partial sums (or
         maxima), so it runs as vector operations on 16-lane chunks instead of one scalar
-        dependency chain: x86, layer norm of 72 x 256 rows 48 -> 13 us."""
+        dependency chain. x86, 72 rows of 256: layer norm 44.6 -> 8.5 us, softmax 38.7 -> 18.6,
+        log-softmax 76.9 -> 15.4."""
 
         def apply(self, func, target, tunable):
             found = _llvm_schedule(func, target)
