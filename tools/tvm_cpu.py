@@ -44,10 +44,13 @@ def simd_lanes(target) -> int:
     return 8  # AVX2 (haswell and later)
 
 
+def _is_aarch64(target) -> bool:
+    return str(target.attrs.get("mtriple", "")).startswith("aarch64")
+
+
 def has_dotprod(target) -> bool:
     """aarch64 with the ARMv8.2 dot-product extension (`sdot`) enabled in the target."""
-    attrs = [str(a) for a in (target.attrs.get("mattr") or [])]
-    return str(target.attrs.get("mtriple", "")).startswith("aarch64") and "+dotprod" in attrs
+    return _is_aarch64(target) and "+dotprod" in [str(a) for a in (target.attrs.get("mattr") or [])]
 
 
 _AVX2_CPUS = ("haswell", "broadwell", "skylake", "skylake-avx512", "cascadelake", "icelake-client",
@@ -65,10 +68,6 @@ def int8_kernel(target) -> str:
             "+avx2" in attrs or str(target.attrs.get("mcpu", "")) in _AVX2_CPUS):
         return "pmaddwd"
     return "plain"
-
-
-def _is_aarch64(target) -> bool:
-    return str(target.attrs.get("mtriple", "")).startswith("aarch64")
 
 
 _FMLA: dict[tuple[int, int], str] = {}
