@@ -347,7 +347,7 @@ def build_irmodule(model, board: Board, buckets, streaming: bool | None, int8: b
                 from tools.tvm_int8 import int8_matmul_import, quantize_onnx
 
                 quantize_onnx(path)
-                with int8_matmul_import("plain" if board.cuda else int8_kernel(tvm_target(board))):
+                with int8_matmul_import(int8_kernel(tvm_target(board))):  # "plain" on CUDA boards
                     mod = from_onnx(onnx.load(path), keep_params_in_input=True)
             else:
                 mod = from_onnx(onnx.load(path), keep_params_in_input=True)

@@ -31,6 +31,8 @@ directly, the way dlight does for GPUs:
 
 from __future__ import annotations
 
+import functools
+
 
 def simd_lanes(target) -> int:
     """float32 lanes per vector register for an llvm target."""
@@ -70,9 +72,7 @@ def int8_kernel(target) -> str:
     return "plain"
 
 
-_FMLA: dict[tuple[int, int], str] = {}
-
-
+@functools.lru_cache(maxsize=None)
 def fmla_intrin(rows: int, cols: int) -> str:
     """Register (once) and name the aarch64 float32 tensor intrinsic of one register tile:
     C[rows, cols] += A[rows, 4 k] . B[4 k, cols]. Each row's 4 k are one 16-byte load feeding
@@ -80,8 +80,6 @@ def fmla_intrin(rows: int, cols: int) -> str:
     A value alone: 16 A loads per 64 fmla of a 4 x 16 tile become 4 (the fp32 decode on the A76:
     -13 % instructions in its matmuls). C is a small "global" buffer, kept in registers (see
     tools.tvm_int8.sdot_intrin)."""
-    if (rows, cols) in _FMLA:
-        return _FMLA[rows, cols]
     from tvm import s_tir
     from tvm.script import tirx as T
 
@@ -116,7 +114,6 @@ def fmla_intrin(rows: int, cols: int) -> str:
 
     name = f"paraedge_fmla_{rows}x{cols}x4"
     s_tir.TensorIntrin.register(name, desc, impl, override=True)
-    _FMLA[rows, cols] = name
     return name
 
 

@@ -24,6 +24,7 @@ matmul(int8, int8, out_dtype=int32).
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import numpy as np
 
@@ -193,10 +194,10 @@ def int8_matmul_import(kernel: str = "plain"):
         fe._get_convert_map = original_map
 
 
-_SDOT: dict[int, str] = {}
 SDOT_K = 16  # k per tensorized step: 4 groups of 4, one 16-byte load of A per row
 
 
+@functools.lru_cache(maxsize=None)
 def sdot_intrin(rows: int) -> str:
     """Register (once) and name the tensor intrinsic of one register tile:
     C[rows, 16] (int32) += A[rows, 16 k] (int8) . B[4 groups, 16 columns, 4 k] (int8).
@@ -208,8 +209,6 @@ def sdot_intrin(rows: int) -> str:
     instructions per 256 multiply-adds in the demo's matmuls, against 80 per 1024 here.
     C is a small "global" buffer inside the tile loop: TVM puts those on the stack (LLVM then keeps
     them in registers), where "local" ones become a workspace allocation per loop iteration."""
-    if rows in _SDOT:
-        return _SDOT[rows]
     from tvm import s_tir
     from tvm.script import tirx as T
 
@@ -250,13 +249,10 @@ def sdot_intrin(rows: int) -> str:
 
     name = f"paraedge_sdot_{rows}x16x16"
     s_tir.TensorIntrin.register(name, desc, impl, override=True)
-    _SDOT[rows] = name
     return name
 
 
-_PMADDWD: dict[int, str] = {}
-
-
+@functools.lru_cache(maxsize=None)
 def pmaddwd_intrin(rows: int) -> str:
     """Register (once) and name the x86 AVX2 tensor intrinsic of one register tile of
     panels_s8_pairs_te: C2[rows, 8, 2] (int32) += A[rows, 16 k] (int16) . B[4, 8, 4] (int8),
@@ -270,8 +266,6 @@ def pmaddwd_intrin(rows: int) -> str:
     onnxruntime's u8 x s8 176 (whose `vpmaddubsw` saturates).
     rows == 1: the tile's row loop is gone (a unit loop), so the description has none and the
     intrinsic is tensorized one loop further in (tools/tvm_cpu.py)."""
-    if rows in _PMADDWD:
-        return _PMADDWD[rows]
     from tvm import s_tir
     from tvm.script import tirx as T
 
@@ -325,5 +319,4 @@ def pmaddwd_intrin(rows: int) -> str:
 
     name = f"paraedge_pmaddwd_{rows}x8x16"
     s_tir.TensorIntrin.register(name, desc, impl, override=True)
-    _PMADDWD[rows] = name
     return name
