@@ -209,10 +209,10 @@ def test_int8_ops_equal_numpy_reference(tmp_path, shape):
     dis = subprocess.run(["objdump", "-d", so], capture_output=True, text=True).stdout
     assert ("vpmaddwd" in dis) == (shape[1] % 16 == 0)
     x, _ = tvm_int8_ops.inputs(shape=shape)
-    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "in.npz", x=x)
     script = tmp_path / "run.py"
     script.write_text(tvm_int8_ops.RUN)
-    r = subprocess.run([sys.executable, str(script), so, str(tmp_path / "x.npy"), str(tmp_path / "out.npz")],
+    r = subprocess.run([sys.executable, str(script), so, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     tvm_int8_ops.check(np.load(tmp_path / "out.npz"), shape)

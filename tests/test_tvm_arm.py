@@ -86,24 +86,12 @@ def test_int8_sdot_ops_on_emulated_board_equal_numpy_reference(armroot, tmp_path
     dis = subprocess.run(["aarch64-linux-gnu-objdump", "-d", so], capture_output=True, text=True).stdout
     assert "sdot\t" in dis
     x, _ = tvm_int8_ops.inputs()
-    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "in.npz", x=x)
     script = tmp_path / "run.py"
     script.write_text(tvm_int8_ops.RUN)
-    r = run_python([str(script), so, str(tmp_path / "x.npy"), str(tmp_path / "out.npz")], root=armroot, timeout=300)
+    r = run_python([str(script), so, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")], root=armroot, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     tvm_int8_ops.check(np.load(tmp_path / "out.npz"))
-
-
-FP32_RUN = """
-import os, sys
-os.environ["TVM_USE_RUNTIME_LIB"] = "1"
-import numpy as np, tvm
-from tvm.runtime.vm import VirtualMachine
-vm = VirtualMachine(tvm.runtime.load_module(sys.argv[1]), tvm.cpu())
-ins = np.load(sys.argv[2])
-outs = vm["main"](*[tvm.runtime.tensor(ins[k]) for k in sorted(ins.files)])
-np.savez(sys.argv[3], *[o.numpy() for o in outs])
-"""
 
 
 def test_fp32_fmla_matmuls_on_emulated_board_equal_numpy(armroot, tmp_path):
@@ -116,6 +104,7 @@ def test_fp32_fmla_matmuls_on_emulated_board_equal_numpy(armroot, tmp_path):
     from tvm import relax
 
     from edge.boards import load_board
+    from tests import tvm_int8_ops
     from tools.armroot import run_python
     from tools.compile import tvm_target
     from tools.tvm_cpu import cpu_pipeline
@@ -141,7 +130,7 @@ def test_fp32_fmla_matmuls_on_emulated_board_equal_numpy(armroot, tmp_path):
     assert "fmla\tv" in dis and ".s[3]" in dis  # lane-indexed multiply-adds
     np.savez(tmp_path / "in.npz", **ins)
     script = tmp_path / "run.py"
-    script.write_text(FP32_RUN)
+    script.write_text(tvm_int8_ops.RUN)
     r = run_python([str(script), so, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")], root=armroot, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     got = np.load(tmp_path / "out.npz")

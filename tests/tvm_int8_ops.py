@@ -30,7 +30,6 @@ def panels(w_nk: np.ndarray) -> np.ndarray:
 
 def build(board: str, path: str, shape=(M, K)) -> None:
     """Compile the two-op module of x [1, M, K] for `board` and export it to `path`."""
-    import onnx
     import tvm
     from onnx import TensorProto, helper, numpy_helper
     from tvm.relax.frontend.onnx import from_onnx
@@ -64,14 +63,17 @@ def build(board: str, path: str, shape=(M, K)) -> None:
         ex.export_library(path)
 
 
+# run.py MODULE IN.npz OUT.npz: main() of a module on the npz's arrays (in name order), runtime
+# only; its outputs saved as arr_0, arr_1, ... (also used by the emulated board's fp32 op test)
 RUN = """
 import os, sys
 os.environ["TVM_USE_RUNTIME_LIB"] = "1"
 import numpy as np, tvm
 from tvm.runtime.vm import VirtualMachine
 vm = VirtualMachine(tvm.runtime.load_module(sys.argv[1]), tvm.cpu())
-out = vm["main"](tvm.runtime.tensor(np.load(sys.argv[2])))
-np.savez(sys.argv[3], xq=out[0].numpy(), sx=out[1].numpy(), acc=out[2].numpy())
+ins = np.load(sys.argv[2])
+outs = vm["main"](*[tvm.runtime.tensor(ins[k]) for k in sorted(ins.files)])
+np.savez(sys.argv[3], *[o.numpy() for o in outs])
 """
 
 
@@ -81,9 +83,10 @@ def check(out, shape=(M, K)) -> None:
     from tools.tvm_int8 import EPS, panels_s8_reference
 
     x, w_nk = inputs(shape=shape)
+    xq, sx, acc = out["arr_0"], out["arr_1"], out["arr_2"]
     q_ref, s_ref = ops.quantize_rows_s8(x[0])
-    np.testing.assert_array_equal(out["xq"][0], q_ref)
-    np.testing.assert_allclose(out["sx"][0, :, 0], np.maximum(s_ref, np.float32(EPS / 127)), rtol=1e-7)
-    acc_ref = ops.gemm_s8s32(out["xq"][0], w_nk)  # [M, N]
-    np.testing.assert_array_equal(out["acc"].transpose(1, 0, 2).reshape(shape[0], -1), acc_ref)
-    np.testing.assert_array_equal(out["acc"], panels_s8_reference(out["xq"], panels(w_nk)))
+    np.testing.assert_array_equal(xq[0], q_ref)
+    np.testing.assert_allclose(sx[0, :, 0], np.maximum(s_ref, np.float32(EPS / 127)), rtol=1e-7)
+    acc_ref = ops.gemm_s8s32(xq[0], w_nk)  # [M, N]
+    np.testing.assert_array_equal(acc.transpose(1, 0, 2).reshape(shape[0], -1), acc_ref)
+    np.testing.assert_array_equal(acc, panels_s8_reference(xq, panels(w_nk)))
