@@ -1,4 +1,5 @@
 # ParaEdge: `make demo` and `make test` set up everything they need on a fresh machine (idempotent).
+# demo: the device runtime in .venv (pip only). test: + Debian packages, the host extra, oracles and peers.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -12,10 +13,10 @@ FUNASR_DEPS := rapidfuzz six kaldiio librosa tqdm omegaconf jieba sentencepiece
 # Debian packages: speech synthesis + conversion for test audio; PortAudio, ALSA and PulseAudio for
 # the virtual microphones the daemon tests record from
 APT_PACKAGES := espeak-ng sox libportaudio2 alsa-utils pulseaudio pulseaudio-utils libasound2-plugins
-# TVM bundles: the aarch64 cross compiler, and qemu-user for the emulated board (tools/armroot.py)
+# TVM bundles: the aarch64 cross compiler, and qemu-user for the emulated board (tools/emu/armroot.py)
 APT_PACKAGES += gcc-aarch64-linux-gnu qemu-user
 # NEON kernels: host build of the cffi extension (SIMDe = arm_neon.h on x86), CMake builds; the qemu
-# insn-count plugin is built from the installed qemu's Debian source header (tools/qemu_insn.py)
+# insn-count plugin is built from the installed qemu's Debian source header (tools/emu/qemu_insn.py)
 APT_PACKAGES += gcc python3-dev libsimde-dev cmake
 
 apt:  ## install whichever of APT_PACKAGES are missing
@@ -24,7 +25,7 @@ apt:  ## install whichever of APT_PACKAGES are missing
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); echo "apt-get install $$missing"; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; fi
 
-$(VENV)/.runtime: setup.py $(wildcard kernels/*.c kernels/*.h kernels/build.py)
+$(VENV)/.runtime: setup.py edge/__init__.py $(wildcard kernels/*.c kernels/*.h kernels/build.py)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -e .
 	$(PIP) install --no-deps "silero-vad>=5"
@@ -45,8 +46,9 @@ venv: $(VENV)/.runtime
 host: $(VENV)/.host
 testdeps: apt $(VENV)/.test
 
-demo: apt $(VENV)/.host
-	@$(PY) -m tools.demo --out $(DEMO_DIR)
+# the demo runs the device runtime only (numpy, onnxruntime, the daemon's packages): no torch, no TVM compiler
+demo: $(VENV)/.runtime
+	@$(VENV)/bin/paraedge demo --out $(DEMO_DIR)
 
 test: testdeps
 	$(PY) -m pytest -q tests

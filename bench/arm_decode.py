@@ -1,5 +1,5 @@
 """Guest side of the end-to-end ARM runs (tests/test_neon_backend.py, bench/kernels.py): decode one
-demo sample offline REPS times in the aarch64 Python of tools/armroot.py and print the result as
+demo sample offline REPS times in the aarch64 Python of tools/emu/armroot.py and print the result as
 JSON. Run on the host it works too.  python bench/arm_decode.py BACKEND INT8(0|1) REPS [SAMPLE_INDEX]"""
 
 import json
@@ -8,8 +8,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from edge.audio import load_audio  # noqa: E402
-from edge.recognizer import Recognizer  # noqa: E402
+from edge.asr.audio import load_audio  # noqa: E402
+from edge.asr.recognizer import Recognizer  # noqa: E402
 
 DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "demo")
 

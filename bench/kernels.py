@@ -1,10 +1,10 @@
 """NEON kernel bench, in one run:
 
 1. aarch64 instructions per call, counted under qemu-aarch64 -cpu cortex-a76 with the insn plugin
-   (tools/qemu_insn.py): the scalar C reference vs the smull NEON path vs the sdot path vs
+   (tools/emu/qemu_insn.py): the scalar C reference vs the smull NEON path vs the sdot path vs
    onnxruntime aarch64 (MatMulInteger for the bare GEMM, DynamicQuantizeMatMul for the whole INT8
    Linear), on Paraformer-shaped matmuls. Kernel cost = count(program runs it) - count(program
-   skips it); onnxruntime runs in the aarch64 Python root of tools/armroot.py (1 thread).
+   skips it); onnxruntime runs in the aarch64 Python root of tools/emu/armroot.py (1 thread).
 2. End to end: one offline decode of a demo sample in that aarch64 Python (numpy reference,
    onnxruntime INT8, the neon backend on each GEMM path), instructions per decode.
 3. Host wall time of the cffi extension (SIMDe on x86) vs numpy on the same shapes, as ratios.
@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from tools import qemu_insn  # noqa: E402
+from paraedge_tools.emu import qemu_insn  # noqa: E402
 
 # (rows, K, N): a 600 ms streaming window is 15 frames, a ~6 s utterance 100; d_model 256,
 # FFN 1024 (the demo model; Paraformer-large is 512/2048); qkv is 3*d wide
@@ -98,7 +98,7 @@ def ort_models(tmp: str, m: int, k: int, n: int) -> dict:
 
 def ort_insns(model: str, kind: str, m: int, k: int, guest: str) -> int:
     """Per-call instructions of onnxruntime aarch64 (steady state, after one warm-up run)."""
-    from tools import armroot
+    from paraedge_tools.emu import armroot
 
     root = armroot.build_root()
     env = armroot.env_for(root)
@@ -137,7 +137,7 @@ def e2e_insns(backend: str, int8: bool, path: str | None = None) -> tuple[int, d
     import json
 
     from kernels.build import build_for_armroot
-    from tools import armroot
+    from paraedge_tools.emu import armroot
 
     root = armroot.build_root()
     if root not in _ARM_EXT:
@@ -167,7 +167,7 @@ def e2e_insns(backend: str, int8: bool, path: str | None = None) -> tuple[int, d
 
 
 def host_wall(shapes, runs: int) -> list[dict]:
-    from edge import kernels, ops
+    from edge.backends import kernels, ops
 
     if not kernels.available():
         return []
@@ -200,7 +200,7 @@ def host_wall(shapes, runs: int) -> list[dict]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--no-ort", action="store_true", help="skip onnxruntime aarch64 (needs tools/armroot.py's root)")
+    ap.add_argument("--no-ort", action="store_true", help="skip onnxruntime aarch64 (needs tools/emu/armroot.py's root)")
     ap.add_argument("--quick", action="store_true", help="two shapes only")
     ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end decodes under qemu")
     ap.add_argument("--runs", type=int, default=20, help="host wall-time runs per shape (median)")
@@ -261,7 +261,7 @@ def main(argv=None) -> int:
 
     rows = host_wall(shapes, args.runs)
     if rows:
-        from edge import kernels
+        from edge.backends import kernels
 
         print(f"\n## Host wall time, {platform.processor() or platform.machine()}: cffi extension "
               f"({kernels.describe()['build']}) vs numpy, 1 thread\n")

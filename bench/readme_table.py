@@ -4,7 +4,7 @@
 `paraedge profile` with every backend and the peers on the shipped demo samples, offline and
 streaming, 1 thread, and prints a Markdown table of RTF and time relative to onnxruntime measured
 in the same run. It also leaves report.json and the plots in --out. With --arm it adds the same
-comparison on the emulated Cortex-A76 (tools/arm_profile.py): aarch64 instructions per second of
+comparison on the emulated Cortex-A76 (tools/emu/arm_profile.py): aarch64 instructions per second of
 audio, per backend, in one run.
 """
 
@@ -21,7 +21,7 @@ sys.path.insert(0, ROOT)
 
 
 def main(argv=None) -> int:
-    from edge.profile import plots, profile
+    from edge.diag.profile import plots, profile
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=os.path.join(ROOT, "models", "demo"))
@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     audio = sorted(glob.glob(os.path.join(args.model, "samples", "*.wav")))
     # the demo ships only INT8 ONNX: export the fp32 pair into a scratch copy so onnxruntime fp32
     # (the baseline every ratio is taken against) and the peers' fp32 runs exist
-    from models.export import fp32_copy
+    from paraedge_models.export import fp32_copy
 
     args.model = fp32_copy(args.model, os.path.join(args.out, "model"))
     lines = ["| mode | runtime | RTF | time vs onnxruntime fp32 |", "|---|---|---|---|"]
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
 
 
 def arm_table(model: str, wav: str) -> str:
-    from tools.arm_profile import emulated_profile
+    from paraedge_tools.emu.arm_profile import emulated_profile
 
     labels = {"ref": "ParaEdge numpy reference", "onnxruntime": "ParaEdge onnxruntime fp32",
               "onnxruntime:int8": "ParaEdge onnxruntime INT8", "neon": "ParaEdge NEON kernels (INT8, sdot)"}

@@ -3,10 +3,10 @@
 x86 (this host): wall time of offline and streaming decoding of the demo samples, as RTF and
 relative to onnxruntime fp32, for onnxruntime fp32/INT8 and the x86-host TVM bundles (fp32, --int8);
 the runs go round robin over the runtimes, so a slow spell of a shared host hits them alike.
-`--arm`: the same model on the emulated aarch64 board (tools/armroot.py, qemu -cpu cortex-a76):
-dynamic aarch64 instructions per second of audio (qemu plugin, tools/qemu_insn.py) for the
+`--arm`: the same model on the emulated aarch64 board (tools/emu/armroot.py, qemu -cpu cortex-a76):
+dynamic aarch64 instructions per second of audio (qemu plugin, tools/emu/qemu_insn.py) for the
 qemu-a76 TVM bundles (fp32, --int8) and onnxruntime aarch64 fp32/INT8, counted between the profiler's stage
-markers (tools/arm_profile.py): only the decode counts, not imports, loading or the warm-up.
+markers (tools/emu/arm_profile.py): only the decode counts, not imports, loading or the warm-up.
 (Subtracting a load-only run from a full one, as this bench did before, gave onnxruntime counts
 that moved by up to 25 M per audio second between two runs of the same command.)
 
@@ -19,7 +19,6 @@ import argparse
 import glob
 import json
 import os
-import platform
 import sys
 import time
 
@@ -32,7 +31,7 @@ RUNTIMES = [("onnxruntime fp32", "onnxruntime", False), ("onnxruntime INT8", "on
 
 def fp32_model(model: str, out: str) -> str:
     """A scratch copy with the fp32 ONNX pair exported (the demo ships INT8 ONNX only)."""
-    from models.export import fp32_copy
+    from paraedge_models.export import fp32_copy
 
     return fp32_copy(model, os.path.join(out, "model"))
 
@@ -41,8 +40,9 @@ def bundle(model: str, board: str, out: str, recompile: bool | str = False, buck
     """Compile a bundle for `board` (all default buckets: minutes), or reuse the one in `out`
     when it was compiled from the same model with those buckets (pass --recompile after changing
     the compiler)."""
-    from edge.modeldir import ModelDir
-    from tools.compile import DEFAULT_BUCKETS, compile_bundle, model_hash
+    from edge.asr.modeldir import ModelDir
+    from edge.asr.modeldir import model_hash
+    from paraedge_tools.compiler.compile import DEFAULT_BUCKETS, compile_bundle
 
     buckets = tuple(buckets or DEFAULT_BUCKETS)
     dst = os.path.join(out, f"tvm-{board}{'-int8' if int8 else ''}")
@@ -57,8 +57,8 @@ def bundle(model: str, board: str, out: str, recompile: bool | str = False, buck
 
 
 def x86_table(model, tvm_dirs, audio, threads, runs):
-    from edge.audio import load_audio
-    from edge.recognizer import Recognizer
+    from edge.asr.audio import load_audio
+    from edge.asr.recognizer import Recognizer
 
     clips = [load_audio(a)[0] for a in audio]
     seconds = sum(len(c) for c in clips) / 16000
@@ -78,7 +78,7 @@ def x86_table(model, tvm_dirs, audio, threads, runs):
         for label in runs_of:
             results[(mode, label)] = {"seconds": min(best[label]), "rtf": min(best[label]) / seconds, "texts": texts[label]}
     lines = [f"{len(clips)} samples ({seconds:.1f} s of audio), best of {runs} runs after 1 warm-up, {threads} thread(s), "
-             f"{_cpu_name()}", "", "| mode | runtime | RTF | time vs onnxruntime fp32 | same text as onnxruntime fp32 |",
+             f"{cpu_model()}", "", "| mode | runtime | RTF | time vs onnxruntime fp32 | same text as onnxruntime fp32 |",
              "|---|---|---|---|---|"]
     for (mode, label), r in results.items():
         base = results[(mode, "onnxruntime fp32")]
@@ -89,9 +89,9 @@ def x86_table(model, tvm_dirs, audio, threads, runs):
 
 def arm_table(model, arm_dirs, wav):
     """Instructions of the decode alone: `paraedge profile` runs inside the emulated board with the
-    instruction-count plugin (tools/arm_profile.py), whose markers bracket the measured run, so
+    instruction-count plugin (tools/emu/arm_profile.py), whose markers bracket the measured run, so
     imports, model loading and the warm-up never count; the frontend's share is subtracted."""
-    from tools.arm_profile import emulated_profile
+    from paraedge_tools.emu.arm_profile import emulated_profile
 
     results, texts = {}, {}
     for mode in ("offline", "streaming"):
@@ -118,18 +118,8 @@ def arm_table(model, arm_dirs, wav):
     return lines, {f"{m}/{l}": n for (m, l), n in results.items()}
 
 
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv=None) -> int:
-    from tools.compile import parse_buckets
+    from paraedge_tools.compiler.compile import parse_buckets
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=os.path.join(ROOT, "models", "demo"))

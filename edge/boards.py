@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from dataclasses import dataclass, field
 
+from edge.assets import boards_dir as default_boards_dir
 from edge.errors import ParaEdgeError
+from edge.platform import cpu_features, machine
+from edge.asr.audio import SAMPLE_RATE
 
-BOARDS_DIR = os.environ.get("PARAEDGE_BOARDS") or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "boards")
 ARCHES = ("aarch64", "x86_64")
 TARGET_KINDS = ("llvm", "cuda")
 
@@ -104,7 +105,7 @@ def parse_board(d: dict, where: str) -> Board:
     if threads < 1 or memory < 1:
         raise BoardError(f"{where}: [runtime] threads and memory_mb must be positive")
     audio = d.get("audio") or {}
-    if int(audio.get("sample_rate", 16000)) <= 0:
+    if int(audio.get("sample_rate", SAMPLE_RATE)) <= 0:
         raise BoardError(f"{where}: [audio] sample_rate must be positive")
     cpu = d.get("cpu") or {}
     return Board(
@@ -115,14 +116,16 @@ def parse_board(d: dict, where: str) -> Board:
     )
 
 
-def board_names(boards_dir: str = BOARDS_DIR) -> list[str]:
+def board_names(boards_dir: str | None = None) -> list[str]:
+    boards_dir = str(boards_dir or default_boards_dir())
     if not os.path.isdir(boards_dir):
         return []
     return sorted(f[:-5] for f in os.listdir(boards_dir) if f.endswith(".toml"))
 
 
-def load_board(name_or_path: str, boards_dir: str = BOARDS_DIR) -> Board:
+def load_board(name_or_path: str, boards_dir: str | None = None) -> Board:
     """A board by name (`boards/<name>.toml`) or by path to a .toml file."""
+    boards_dir = str(boards_dir or default_boards_dir())
     if name_or_path.endswith(".toml") or os.sep in name_or_path:
         path = name_or_path
     else:
@@ -137,30 +140,15 @@ def load_board(name_or_path: str, boards_dir: str = BOARDS_DIR) -> Board:
     return board
 
 
-def all_boards(boards_dir: str = BOARDS_DIR) -> list[Board]:
+def all_boards(boards_dir: str | None = None) -> list[Board]:
     return [load_board(n, boards_dir) for n in board_names(boards_dir)]
-
-
-def cpu_features() -> set[str]:
-    """This CPU's feature flags (/proc/cpuinfo `flags` on x86, `Features` on ARM)."""
-    feats: set[str] = set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    feats.update(value.split())
-    except OSError:
-        pass
-    return feats
 
 
 def check_runs_here(board: Board) -> None:
     """Refuse, with the reason, a board whose code this CPU cannot run."""
-    machine = platform.machine().lower()
-    machine = {"arm64": "aarch64", "amd64": "x86_64"}.get(machine, machine)
-    if machine != board.arch:
-        raise BoardError(f"bundle is for board '{board.name}' ({board.arch}); this machine is {machine}")
+    here = machine()
+    if here != board.arch:
+        raise BoardError(f"bundle is for board '{board.name}' ({board.arch}); this machine is {here}")
     have = cpu_features()
     missing = [f for f in board.features if f not in have]
     if have and missing:

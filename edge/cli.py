@@ -8,10 +8,25 @@ import os
 import sys
 import time
 
+from edge import __version__
+from edge.asr.recognizer import BACKENDS
 from edge.errors import ParaEdgeError
-from edge.recognizer import BACKENDS
 
 EXIT_USAGE = 2
+
+# Host-only commands: (installed module with main(argv), what they import, one help line). The device
+# package never imports them to build its parser: their own parsers answer `paraedge CMD --help`.
+HOST_COMMANDS = {
+    "export": ("paraedge_models.export", ("torch", "onnx"),
+               "(host) write model.npz, tokens.txt and ONNX (+INT8) into a FunASR model dir"),
+    "compile": ("paraedge_tools.compiler.compile", ("torch", "onnx", "tvm"),
+                "(host) compile a model dir into a TVM bundle for a board"),
+    "tune": ("paraedge_tools.compiler.tune", ("torch", "onnx", "tvm"),
+             "(host) MetaSchedule-tune a board's kernels (locally or over TVM RPC)"),
+    "deploy": ("paraedge_tools.deploy", ("torch", "onnx", "tvm", "build", "wheel"),
+               "(host) write a self-contained install kit for one board: bundle, wheel, wheelhouse, config, service"),
+}
+HOST_HINT = 'pip install "paraedge[host]"'
 
 
 def _err(msg: str) -> None:
@@ -28,8 +43,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_transcribe(args) -> int:
-    from edge.audio import load_audio
-    from edge.recognizer import Recognizer
+    from edge.asr.audio import load_audio
+    from edge.asr.recognizer import Recognizer
 
     t0 = time.perf_counter()
     rec = Recognizer(args.model, backend=args.backend, threads=args.threads, int8=args.int8)
@@ -61,18 +76,8 @@ def cmd_transcribe(args) -> int:
     return EXIT_USAGE if failures else 0
 
 
-def cmd_export(args) -> int:
-    try:
-        import torch  # noqa: F401  (export is host-side)
-
-        from models.export import main as export_main
-    except ImportError as exc:
-        raise ParaEdgeError(f"export runs on the host and needs torch + onnx ({exc.name} is missing): pip install 'paraedge[host]'") from None
-    return export_main([args.model_dir] + ["--no-quant"] * args.no_quant + ["--no-onnx"] * args.no_onnx)
-
-
 def cmd_info(args) -> int:
-    from edge.modeldir import ModelDir
+    from edge.asr.modeldir import ModelDir
 
     md = ModelDir(args.model_dir)
     cfg = md.config
@@ -90,8 +95,8 @@ def cmd_info(args) -> int:
 def cmd_run(args) -> int:
     import logging
 
-    from edge.config import DaemonConfig
-    from edge.daemon import run_daemon
+    from edge.daemon.config import DaemonConfig
+    from edge.daemon.service import run_daemon
 
     logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
@@ -111,7 +116,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_devices(args) -> int:
-    from edge.capture import list_input_devices
+    from edge.daemon.capture import list_input_devices
 
     devices = list_input_devices()
     if args.json:
@@ -137,8 +142,8 @@ def cmd_boards(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    from edge.config import DaemonConfig
-    from edge.doctor import diagnose
+    from edge.daemon.config import DaemonConfig
+    from edge.diag.doctor import diagnose
 
     cfg = DaemonConfig.load(args.config)
     if args.model:
@@ -148,8 +153,26 @@ def cmd_doctor(args) -> int:
     return 1 if report.failed else 0
 
 
+def run_host_command(name: str, argv: list) -> int:
+    """A host command, if this install has the host extra; else one line saying how to get it."""
+    import importlib
+    import importlib.util
+
+    module, needs, _ = HOST_COMMANDS[name]
+    missing = [m for m in needs if importlib.util.find_spec(m) is None]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # the parent package itself is absent
+        found = False
+    if missing or not found:
+        what = ", ".join(missing) if missing else module
+        raise ParaEdgeError(f"`paraedge {name}` runs on the host and needs the host extra ({what} not installed): {HOST_HINT}")
+    return importlib.import_module(module).main(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="paraedge", description="ParaEdge: on-device Paraformer speech recognition")
+    ap.add_argument("--version", action="version", version=f"paraedge {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("transcribe", help="decode WAV files (any rate/channels; converted to 16 kHz mono)")
@@ -161,12 +184,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the model's config.yaml chunk_size, else 0,10,5)")
     p.add_argument("--json", action="store_true", help="one JSON object per file: text, tokens, timings, RTF")
     p.set_defaults(func=cmd_transcribe)
-
-    p = sub.add_parser("export", help="(host) write model.npz, tokens.txt and ONNX (+INT8) into a FunASR model dir")
-    p.add_argument("model_dir")
-    p.add_argument("--no-quant", action="store_true")
-    p.add_argument("--no-onnx", action="store_true")
-    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("profile", help="per-stage latency, RTF and memory per backend, peers side by side")
     p.add_argument("--model", "-m", required=True)
@@ -181,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peers", action="store_true", help="include peers with an explicit backend list")
     p.add_argument("--board", help="board profile this runs on (boards/*.toml): printed with the numbers, checked against the CPU")
     p.add_argument("-o", "--output", help="directory for report.json and plots")
-    p.set_defaults(func=lambda a: __import__("edge.profile", fromlist=["run_cli"]).run_cli(a))
+    p.set_defaults(func=lambda a: __import__("edge.diag.profile", fromlist=["run_cli"]).run_cli(a))
 
     p = sub.add_parser("run", help="the voice daemon: microphone -> wake word -> streaming decode -> JSON events")
     p.add_argument("--config", "-c", help="edge.toml (see edge/resources/edge.toml); defaults: demo model, default mic")
@@ -211,13 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="full profiles as JSON")
     p.set_defaults(func=cmd_boards)
 
-    p = sub.add_parser("compile", help="(host) compile a model dir into a TVM bundle for a board")
-    __import__("tools.compile", fromlist=["add_args"]).add_args(p)
-    p.set_defaults(func=lambda a: __import__("tools.compile", fromlist=["run"]).run(a))
+    p = sub.add_parser("demo", help="the main job on the shipped demo model: decode its samples, then run the daemon on them")
+    p.set_defaults(func=lambda a: __import__("edge.demo", fromlist=["run"]).run(a.model, a.out))
+    __import__("edge.demo", fromlist=["build_parser"]).build_parser(p)
 
-    p = sub.add_parser("tune", help="(host) MetaSchedule-tune a board's kernels (locally or over TVM RPC)")
-    __import__("tools.tune", fromlist=["add_args"]).add_args(p)
-    p.set_defaults(func=lambda a: __import__("tools.tune", fromlist=["run"]).run(a))
+    for name, (_, _, help_line) in HOST_COMMANDS.items():
+        # add_help=False: `paraedge compile --help` reaches the host tool's own parser (or the install hint)
+        p = sub.add_parser(name, help=help_line, add_help=False)
+        p.set_defaults(func=None, host=name)
 
     p = sub.add_parser("info", help="describe a model dir")
     p.add_argument("model_dir")
@@ -226,9 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    host = getattr(args, "host", None)
+    if rest and not host:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
-        return args.func(args)
+        return run_host_command(host, rest) if host else args.func(args)
     except ParaEdgeError as exc:
         _err(str(exc))
         return EXIT_USAGE

@@ -2,12 +2,12 @@
 
 Native NEON on aarch64; on x86 the same intrinsics compile through SIMDe (libsimde-dev), so CI
 runs the ARM code paths. Optional by design: without cffi, a C compiler or SIMDe the runtime
-falls back to numpy and `edge.kernels.describe()` says why.
+falls back to numpy and `edge.backends.kernels.describe()` says why.
 
     python -m kernels.build                      # in place: edge/_kernels.<abi>.so
     python -m kernels.build --cross aarch64      # cross-compile for aarch64 CPython (needs the
         --python-include DIR --out DIR           #   arm64 Python headers)
-    python -m kernels.build --armroot            # ... for tools/armroot.py's emulated board, into edge/
+    python -m kernels.build --armroot            # ... for tools/emu/armroot.py's emulated board, into edge/
     python -m kernels.build --check              # print why a build would be skipped, if it would
 
 `setup.py` calls `setup_kwargs()`: the extension is built by `pip install -e .` when it can be.
@@ -109,7 +109,7 @@ def ffibuilder(flags: list[str] | None = None, relative: bool = False):
 
 
 def build_inplace(verbose: bool = False) -> str:
-    """Compile edge/_kernels*.so next to edge/kernels.py; returns its path."""
+    """Compile edge/_kernels*.so next to edge/backends/kernels.py; returns its path."""
     reason = why_not()
     if reason:
         raise RuntimeError(reason)
@@ -123,7 +123,7 @@ def build_inplace(verbose: bool = False) -> str:
 
 def build_cross(arch: str, python_include: str, out: str, ext_suffix: str | None = None) -> str:
     """Cross-compile the extension for `arch` CPython: cffi emits the C, the cross gcc builds it
-    against that Python's headers (e.g. the arm64 libpython3.11-dev unpacked by tools/armroot.py)."""
+    against that Python's headers (e.g. the arm64 libpython3.11-dev unpacked by tools/emu/armroot.py)."""
     spec = CROSS[arch]
     os.makedirs(out, exist_ok=True)
     c_file = os.path.join(out, "_kernels.c")
@@ -139,7 +139,7 @@ def build_cross(arch: str, python_include: str, out: str, ext_suffix: str | None
 
 
 def armroot_deps(root: str, out: str = os.path.join(ROOT, "out", "kernels-a64-py")) -> tuple[str, str]:
-    """What the extension needs for tools/armroot.py's aarch64 CPython, cached under `out`: that
+    """What the extension needs for tools/emu/armroot.py's aarch64 CPython, cached under `out`: that
     Python's headers (Debian's arm64 libpython3.11-dev, fetched with the armroot's private arm64
     apt state: no second root) and an aarch64 cffi wheel (the extension's runtime half).
     Returns (include dir, site dir for PYTHONPATH)."""
@@ -207,7 +207,7 @@ def main(argv=None) -> int:
     ap.add_argument("--python-include", help="--cross: the target CPython's include dir (Python.h)")
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "kernels"), help="--cross: output dir")
     ap.add_argument("--check", action="store_true", help="only say whether a host build would work")
-    ap.add_argument("--armroot", action="store_true", help="cross-build into edge/ for tools/armroot.py's aarch64 Python")
+    ap.add_argument("--armroot", action="store_true", help="cross-build into edge/ for tools/emu/armroot.py's aarch64 Python")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     if args.check:
@@ -215,7 +215,7 @@ def main(argv=None) -> int:
         print(reason or "ok: the host build can work")
         return 1 if reason else 0
     if args.armroot:
-        from tools import armroot
+        from paraedge_tools.emu import armroot
 
         print(build_for_armroot(armroot.build_root())[0])
         return 0

@@ -1,6 +1,6 @@
 /* CIF integrate-and-fire, vectorised over the embedding dimension. The fire decisions are scalar
  * and follow the reference exactly (float64 prefix sum offline; the float32 running integrate of
- * forward_chunk when streaming), so the fired embeddings are bit-exact with edge/cif.py. */
+ * forward_chunk when streaming), so the fired embeddings are bit-exact with edge/asr/cif.py. */
 #include <math.h>
 #include <string.h>
 

@@ -25,13 +25,13 @@ import warnings
 import numpy as np
 
 from edge.errors import ModelError
-from edge.modeldir import ModelDir, write_tokens_txt
+from edge.asr.modeldir import ModelDir, model_hash, write_tokens_txt
 
 
 def load_torch_model(md: ModelDir):
     import torch
 
-    from models.paraformer import Paraformer
+    from paraedge_models.paraformer import Paraformer
 
     model = Paraformer(md.config.raw, md.config.vocab_size)
     state = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in md.weights.items()}
@@ -213,8 +213,6 @@ def fp32_copy(src: str, dst: str) -> str:
     INT8 pair), for benchmarks. Reused while `src` is unchanged: a stamp of its model hash (config,
     CMVN, tokens, weights) decides, so new weights or a new config.yaml are never measured stale."""
     import shutil
-
-    from tools.compile import model_hash  # lazy: tools.compile imports this module
 
     digest = model_hash(ModelDir(src))
     stamp = os.path.join(dst, ".source-sha256")

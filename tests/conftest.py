@@ -22,7 +22,7 @@ PHRASES = {
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running (still part of `make test`)")
-    config.addinivalue_line("markers", "arm: runs on the emulated aarch64 board (qemu-user, tools/armroot.py)")
+    config.addinivalue_line("markers", "arm: runs on the emulated aarch64 board (qemu-user, tools/emu/armroot.py)")
 
 
 def render(text: str, voice: str, path: str, rate: int = 16000, channels: int = 1, bits: int = 16, enc=None) -> str:
@@ -49,7 +49,7 @@ def speech_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def speech(speech_dir):
     """{name: 16 kHz float32 samples} of real (synthesised) speech."""
-    from edge.audio import load_audio
+    from edge.asr.audio import load_audio
 
     return {name: load_audio(str(speech_dir / f"{name}.wav"))[0] for name in PHRASES}
 
@@ -92,7 +92,7 @@ def funasr_streaming_b(tmp_path_factory):
 
 
 def exported_copy(src: str, dst) -> str:
-    from models.export import export_dir
+    from paraedge_models.export import export_dir
 
     shutil.copytree(src, dst)
     export_dir(str(dst))

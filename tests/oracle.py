@@ -52,7 +52,7 @@ def funasr_with_our_fbank(monkeypatch) -> None:
     import torch
     from funasr.utils import fbank as funasr_fbank
 
-    from edge.frontend import FrontendConfig, KaldiFbank
+    from edge.asr.frontend import FrontendConfig, KaldiFbank
 
     def fbank(waveform, num_mel_bins=80, frame_length=25.0, frame_shift=10.0, dither=0.0, energy_floor=0.0,
               window_type="povey", sample_frequency=16000, snip_edges=True, **unused):
@@ -71,7 +71,7 @@ def token_list(n_chars: int = 60) -> list[str]:
 def funasr_config(shape: str = "a", streaming: bool = False, vocab_size: int = 64, tail_threshold: float = 0.45,
                   predictor_bias: int = 1) -> dict:
     """A FunASR config for one of CONFIGS, with every dropout off (inference-equivalent training mode)."""
-    from tools.make_model import model_config
+    from paraedge_tools.recipe.make_model import model_config
 
     conf = model_config(CONFIGS[shape], streaming, vocab_size, tail_threshold, predictor_bias)
     conf["encoder_conf"].update(dropout_rate=0.0, positional_dropout_rate=0.0, attention_dropout_rate=0.0,
@@ -113,7 +113,7 @@ def random_cmvn(dim: int = 560, seed: int = 0):
 def save_model_dir(model, conf: dict, path, tokens: list[str], cmvn_seed: int = 0) -> str:
     import torch
 
-    from edge.frontend import Cmvn
+    from edge.asr.frontend import Cmvn
 
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "config.yaml"), "w", encoding="utf-8") as f:

@@ -1,5 +1,5 @@
 """`paraedge profile` on the emulated Cortex-A76: per-stage aarch64 instruction counts per backend
-(tools/arm_profile.py + the qemu plugin's stage markers)."""
+(tools/emu/arm_profile.py + the qemu plugin's stage markers)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ DEMO = os.path.join(ROOT, "models", "demo")
 
 
 def test_stage_blocks_parse(tmp_path):
-    from edge.profile import MARKED
-    from tools.arm_profile import parse_stages
+    from edge.diag.profile import MARKED
+    from paraedge_tools.emu.arm_profile import parse_stages
 
     f = tmp_path / "stages"
     f.write_text(f"snapshot\n{MARKED.index('encoder')} 1000 3\n{MARKED.index('total')} 5000 1\nsnapshot\n"
@@ -24,9 +24,9 @@ def test_stage_blocks_parse(tmp_path):
 @pytest.mark.arm
 @pytest.mark.slow
 def test_emulated_profile_counts_every_stage(tmp_path):
-    from edge.audio import load_audio, write_wav
-    from edge.recognizer import Recognizer
-    from tools.arm_profile import emulated_profile, table
+    from edge.asr.audio import load_audio, write_wav
+    from edge.asr.recognizer import Recognizer
+    from paraedge_tools.emu.arm_profile import emulated_profile, table
 
     wav = str(tmp_path / "cmd.wav")
     x = load_audio(os.path.join(DEMO, "samples", "02_alexa_en.wav"))[0][16000:]  # keep emulation short

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from edge.backends.onnxruntime import OnnxRuntimeBackend
-from edge.cif import cif_offline
-from edge.recognizer import Recognizer
+from edge.asr.cif import cif_offline
+from edge.asr.recognizer import Recognizer
 
 
 def test_offline_onnxruntime_equals_reference(exported_offline, speech, long_speech):

@@ -73,8 +73,8 @@ def test_streaming_on_offline_model_is_refused(exported_offline, speech_dir):
 
 
 def test_every_wav_format_decodes(exported_offline, formats):
-    from edge.audio import load_audio
-    from edge.recognizer import Recognizer
+    from edge.asr.audio import load_audio
+    from edge.asr.recognizer import Recognizer
 
     rec = Recognizer(exported_offline)
     base = rec.transcribe(load_audio(formats["pcm16"])[0]).token_ids

@@ -17,11 +17,11 @@ import time
 import numpy as np
 import pytest
 
-from edge.audio import load_audio
-from edge.capture import Chunk, DeviceLost, EndOfInput
-from edge.config import ConfigError, DaemonConfig
-from edge.daemon import Daemon
-from edge.events import EventBus
+from edge.asr.audio import load_audio
+from edge.daemon.capture import Chunk, DeviceLost, EndOfInput
+from edge.daemon.config import ConfigError, DaemonConfig
+from edge.daemon.service import Daemon
+from edge.daemon.events import EventBus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "models", "demo")

@@ -26,7 +26,7 @@ def test_shipped_sizes():
 
 
 def test_demo_dir_is_a_complete_funasr_dir():
-    from edge.modeldir import ModelDir
+    from edge.asr.modeldir import ModelDir
 
     md = ModelDir(DEMO)
     assert md.config.streaming and md.tokens[:3] == ["<blank>", "<s>", "</s>"]
@@ -36,8 +36,8 @@ def test_demo_dir_is_a_complete_funasr_dir():
 @pytest.mark.parametrize("backend,int8", [("ref", False), ("onnxruntime", True)])
 @pytest.mark.parametrize("mode", ["offline", "streaming"])
 def test_samples_decode_exactly(backend, int8, mode):
-    from edge.audio import load_audio
-    from edge.recognizer import Recognizer
+    from edge.asr.audio import load_audio
+    from edge.asr.recognizer import Recognizer
 
     rec = Recognizer(DEMO, backend, int8=int8, threads=1)
     for s in samples():
@@ -66,7 +66,7 @@ def test_config_chunk_size_is_the_streaming_default(value, expect):
     import yaml
 
     from edge.errors import ModelError
-    from edge.modeldir import ModelConfig
+    from edge.asr.modeldir import ModelConfig
 
     conf = yaml.safe_load(open(os.path.join(DEMO, "config.yaml"), encoding="utf-8"))
     conf.pop("chunk_size", None)
@@ -83,8 +83,8 @@ def test_recipe_runs_and_resumes(tmp_path):
     """A few steps of the real recipe on a tiny corpus: features, losses, checkpoint, resume, logs."""
     import csv
 
-    from tools.corpus import build, read_phrases
-    from tools.train import train
+    from paraedge_tools.recipe.corpus import build, read_phrases
+    from paraedge_tools.recipe.train import train
 
     ph = read_phrases()
     corpus = str(tmp_path / "corpus")
@@ -103,8 +103,8 @@ def test_recipe_runs_and_resumes(tmp_path):
     assert [int(r["step"]) for r in log] == [2, 4, 6]
 
     # the card's tables come from the evaluator: one block per streaming chunk size
-    from models.export import export_dir
-    from tools.evaluate import evaluate, write_card
+    from paraedge_models.export import export_dir
+    from paraedge_tools.recipe.evaluate import evaluate, write_card
 
     model = os.path.join(out, "eval_model")
     export_dir(model)
@@ -126,9 +126,9 @@ def test_training_streams_exactly_as_the_runtime(tmp_path, left):
     same alphas kept, for chunk_size [left, 10, 5] (a random tiny model, 37 frames: 3 chunks + a tail)."""
     import torch
 
-    from edge.recognizer import Recognizer
-    from models.paraformer import Paraformer
-    from tools.train import build_vocab, model_config, stream_windows, write_model_dir
+    from edge.asr.recognizer import Recognizer
+    from paraedge_models.paraformer import Paraformer
+    from paraedge_tools.recipe.train import build_vocab, model_config, stream_windows, write_model_dir
 
     torch.manual_seed(0)
     vocab = build_vocab()
@@ -156,7 +156,7 @@ def test_training_streams_exactly_as_the_runtime(tmp_path, left):
 
 
 def test_streaming_ratio_spreads_streaming_steps():
-    from tools.train import streaming_step
+    from paraedge_tools.recipe.train import streaming_step
 
     assert [streaming_step(s, 0.5) for s in range(4)] == [False, True, False, True]  # the default: odd steps
     assert sum(streaming_step(s, 0.75) for s in range(400)) == 300
@@ -164,7 +164,7 @@ def test_streaming_ratio_spreads_streaming_steps():
 
 
 def _commands():
-    from edge.audio import load_audio
+    from edge.asr.audio import load_audio
 
     for s in samples():
         x, _ = load_audio(os.path.join(SAMPLES, s["file"]))

@@ -16,8 +16,8 @@ NO_TORCH = "import sys; sys.modules['torch'] = None\n"  # any `import torch` now
 def test_decode_without_torch(exported_streaming, funasr_offline_a, speech_dir):
     code = NO_TORCH + f"""
 import edge
-from edge.audio import load_audio
-from edge.recognizer import Recognizer
+from edge.asr.audio import load_audio
+from edge.asr.recognizer import Recognizer
 x = load_audio({str(speech_dir / 'zh.wav')!r})[0]
 for d, b in (({funasr_offline_a!r}, "ref"), ({exported_streaming!r}, "onnxruntime")):
     r = Recognizer(d, b)
@@ -30,7 +30,7 @@ s = Recognizer({exported_streaming!r}).stream(); s.accept(x); s.finish(); print(
 
 
 def test_torchfile_equals_torch_load(funasr_offline_b):
-    from edge.torchfile import load_state_dict
+    from edge.asr.torchfile import load_state_dict
 
     ours = load_state_dict(f"{funasr_offline_b}/model.pt")
     theirs = torch.load(f"{funasr_offline_b}/model.pt")
@@ -40,7 +40,7 @@ def test_torchfile_equals_torch_load(funasr_offline_b):
 
 
 def test_torchfile_dtypes_views_and_checkpoints(tmp_path):
-    from edge.torchfile import load_state_dict
+    from edge.asr.torchfile import load_state_dict
 
     base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
     sd = {"t": base.t(), "slice": base[1:3, 2:], "half": base.half(), "bf16": base.bfloat16(),
@@ -53,7 +53,7 @@ def test_torchfile_dtypes_views_and_checkpoints(tmp_path):
 
 def test_torchfile_refuses_code_and_truncation(tmp_path):
     from edge.errors import ModelError
-    from edge.torchfile import load_state_dict
+    from edge.asr.torchfile import load_state_dict
 
     class Evil:
         def __reduce__(self):

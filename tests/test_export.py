@@ -7,11 +7,11 @@ import onnx
 import pytest
 import torch
 
-from edge.modeldir import ModelDir, read_tokens
+from edge.asr.modeldir import ModelDir, read_tokens
 
 
 def test_state_dict_names_are_funasrs(funasr_offline_a, funasr_streaming_b):
-    from models.paraformer import Paraformer
+    from paraedge_models.paraformer import Paraformer
 
     for path in (funasr_offline_a, funasr_streaming_b):
         md = ModelDir(path)
@@ -24,7 +24,7 @@ def test_state_dict_names_are_funasrs(funasr_offline_a, funasr_streaming_b):
 def test_funasr_loads_a_model_we_define(tmp_path):
     """The other direction: a dir written from our definition is a FunASR model FunASR can build."""
     from tests.oracle import build_funasr_model
-    from tools.make_model import make_model_dir
+    from paraedge_tools.recipe.make_model import make_model_dir
 
     path = make_model_dir(str(tmp_path / "m"), "tiny", streaming=True, export=False)
     md = ModelDir(path)
@@ -33,8 +33,8 @@ def test_funasr_loads_a_model_we_define(tmp_path):
 
 
 def test_torch_model_equals_reference(exported_offline, speech):
-    from edge.recognizer import Recognizer
-    from models.export import load_torch_model
+    from edge.asr.recognizer import Recognizer
+    from paraedge_models.export import load_torch_model
 
     rec = Recognizer(exported_offline)
     model = load_torch_model(rec.model)
@@ -87,7 +87,7 @@ def test_export_refuses_mismatched_weights(tmp_path, funasr_offline_a):
     import yaml
 
     from edge.errors import ModelError
-    from models.export import export_dir
+    from paraedge_models.export import export_dir
 
     d = tmp_path / "m"
     shutil.copytree(funasr_offline_a, d)
@@ -105,7 +105,7 @@ def test_bench_scratch_copy_follows_its_source(tmp_path, funasr_streaming_a):
 
     import yaml
 
-    from models.export import fp32_copy
+    from paraedge_models.export import fp32_copy
 
     src, dst = tmp_path / "src", str(tmp_path / "scratch")
     shutil.copytree(funasr_streaming_a, src)

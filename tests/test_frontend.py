@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from edge.frontend import Cmvn, Frontend, FrontendConfig, apply_lfr
+from edge.asr.frontend import Cmvn, Frontend, FrontendConfig, apply_lfr
 from tests.oracle import assert_features_close
 
 
@@ -57,7 +57,7 @@ def plain_kaldi_fbank(x: np.ndarray, n_mels: int = 80, fs: int = 16000) -> np.nd
 
 
 def test_fbank_is_kaldis_algorithm(speech):
-    from edge.frontend import fbank
+    from edge.asr.frontend import fbank
 
     for x in (speech["zh"][:48000], speech["en"][:16000], np.zeros(4000, np.float32)):
         np.testing.assert_allclose(fbank(x, FrontendConfig()), plain_kaldi_fbank(x), atol=2e-5, rtol=0)
@@ -67,7 +67,7 @@ def test_fbank_matches_kaldi_native_fbank(speech):
     """kaldi-native-fbank (float32) is an independent implementation of the same algorithm."""
     import kaldi_native_fbank as knf
 
-    from edge.frontend import fbank
+    from edge.asr.frontend import fbank
 
     opts = knf.FbankOptions()
     opts.frame_opts.dither = 0.0

@@ -10,7 +10,7 @@ FunASR's own in tests/test_frontend.py.
 import numpy as np
 import pytest
 
-from edge.recognizer import Recognizer
+from edge.asr.recognizer import Recognizer
 from tests.oracle import funasr_offline, funasr_streaming, funasr_with_our_fbank, load_funasr
 
 
@@ -98,7 +98,7 @@ def test_funasr_automodel_reads_the_same_dir(funasr_offline_a, speech_dir):
     """The dir is a genuine FunASR model dir: FunASR's AutoModel loads it (no hub) and agrees with us."""
     from funasr import AutoModel
 
-    from edge.audio import load_audio
+    from edge.asr.audio import load_audio
 
     wav = str(speech_dir / "zh.wav")
     am = AutoModel(model=funasr_offline_a, disable_update=True, device="cpu", disable_pbar=True, disable_log=True)

@@ -1,4 +1,4 @@
-"""NEON kernels: every kernel against the numpy reference (edge/ops.py, edge/cif.py) through the cffi
+"""NEON kernels: every kernel against the numpy reference (edge/backends/ops.py, edge/asr/cif.py) through the cffi
 extension (SIMDe on x86), over many shapes, odd sizes and edge values, bit-exact wherever the
 output is integer (and for FSMN/CIF, which keep numpy's operation order); the C check driver in
 the native CMake build and in aarch64 cross builds under qemu-aarch64 on a Cortex-A76 (sdot) and
@@ -13,9 +13,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from edge import cif as ref_cif
-from edge import kernels, ops
-from edge.cif import CifConfig
+from edge.asr import cif as ref_cif
+from edge.backends import kernels, ops
+from edge.asr.cif import CifConfig
 from tests.conftest import ROOT
 
 F32 = np.float32
@@ -205,7 +205,7 @@ def test_aarch64_builds_match_under_qemu_a76_and_a72(arm_exe, native_check):
 
 @pytest.mark.arm
 def test_sdot_gemm_needs_far_fewer_instructions(arm_exe):
-    from tools.qemu_insn import count_insns
+    from paraedge_tools.emu.qemu_insn import count_insns
 
     def insns(path, m=15, k=256, n=1024):
         run = lambda reps: count_insns([arm_exe, "bench", "gemm", path, str(reps), str(m), str(k), str(n)])

@@ -7,13 +7,13 @@ import os
 import numpy as np
 import pytest
 
-from edge import kernels
+from edge.backends import kernels
 from tests.test_demo_model import DEMO, SAMPLES, samples
 
 
 @pytest.fixture(scope="module")
 def commands():
-    from edge.audio import load_audio
+    from edge.asr.audio import load_audio
 
     if not kernels.available():
         pytest.fail(f"NEON kernels not built: {kernels.unavailable_reason()}")
@@ -26,14 +26,14 @@ def commands():
 
 @pytest.fixture(scope="module")
 def ref():
-    from edge.recognizer import Recognizer
+    from edge.asr.recognizer import Recognizer
 
     return Recognizer(DEMO, "ref", threads=1)
 
 
 @pytest.mark.parametrize("path", ["dot", "neon"])
 def test_int8_tokens_equal_reference_on_demo_samples(path, commands, ref, monkeypatch):
-    from edge.recognizer import Recognizer
+    from edge.asr.recognizer import Recognizer
 
     if path not in kernels.describe()["runnable"]:
         pytest.skip(f"{path} cannot run on this CPU")
@@ -55,7 +55,7 @@ def test_stages_close_to_reference_and_caches_interchangeable(commands, ref):
     enc_n, a_n = neon.encode(x)
     np.testing.assert_allclose(a_n, a_r, atol=0.05)  # INT8 noise on the alphas stays small
     assert np.corrcoef(enc_n.ravel(), enc_r.ravel())[0, 1] > 0.99
-    from edge.cif import cif_offline
+    from edge.asr.cif import cif_offline
 
     emb = cif_offline(enc_r, a_r, ref.cif)
     caches_r = caches_n = None
@@ -68,7 +68,7 @@ def test_stages_close_to_reference_and_caches_interchangeable(commands, ref):
 
 def test_missing_extension_is_a_clear_error(monkeypatch, ref):
     from edge.errors import BackendUnavailable
-    from edge.recognizer import Recognizer
+    from edge.asr.recognizer import Recognizer
 
     monkeypatch.setattr(kernels, "_lib", None)
     monkeypatch.setattr(kernels, "_reason", "extension not built (test)")
@@ -80,7 +80,7 @@ def test_missing_extension_is_a_clear_error(monkeypatch, ref):
 def test_auto_picks_neon_only_where_it_is_native(ref):
     from edge.backends.neon import NeonBackend
     from edge.backends.reference import ReferenceBackend
-    from edge.recognizer import make_backend
+    from edge.asr.recognizer import make_backend
 
     backend = make_backend("auto", ref.model)
     assert isinstance(backend, NeonBackend if kernels.is_arm() else ReferenceBackend)
@@ -88,13 +88,13 @@ def test_auto_picks_neon_only_where_it_is_native(ref):
 
 @pytest.mark.arm
 def test_aarch64_extension_decodes_on_emulated_boards():
-    """The extension cross-built for aarch64 CPython (tools/armroot.py's root) under qemu: real
+    """The extension cross-built for aarch64 CPython (tools/emu/armroot.py's root) under qemu: real
     NEON, sdot picked on a Cortex-A76, smull on a Cortex-A72, the sample's exact text on both."""
     import json
 
     from kernels.build import build_for_armroot
     from tests.conftest import ROOT
-    from tools import armroot
+    from paraedge_tools.emu import armroot
 
     root = armroot.build_root()
     _, site = build_for_armroot(root)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from edge import ops
-from edge.cif import CifConfig, CifStream, cif_offline
+from edge.backends import ops
+from edge.asr.cif import CifConfig, CifStream, cif_offline
 
 rng = np.random.default_rng(0)
 

@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from edge.recognizer import Recognizer
+from edge.asr.recognizer import Recognizer
 
 
 @pytest.fixture(scope="module")

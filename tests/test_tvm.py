@@ -15,7 +15,7 @@ pytest.importorskip("tvm.relax", reason="apache-tvm (host extra) is not installe
 
 from edge.boards import BoardError, all_boards, load_board  # noqa: E402
 from edge.errors import ModelError, ParaEdgeError  # noqa: E402
-from edge.recognizer import Recognizer  # noqa: E402
+from edge.asr.recognizer import Recognizer  # noqa: E402
 from tests.conftest import ROOT  # noqa: E402
 
 OFFLINE_BUCKETS = (64, 512)  # the clips are 2-4 s (< 64 frames); long_speech is 30 s (500 frames)
@@ -23,7 +23,7 @@ OFFLINE_BUCKETS = (64, 512)  # the clips are 2-4 s (< 64 frames); long_speech is
 
 @pytest.fixture(scope="session")
 def tvm_offline(tmp_path_factory, exported_offline):
-    from tools.compile import compile_bundle
+    from paraedge_tools.compiler.compile import compile_bundle
 
     out = str(tmp_path_factory.mktemp("tvm") / "off_x86")
     compile_bundle(exported_offline, "x86-host", out, buckets=OFFLINE_BUCKETS, token_divs=(4,))  # 2 token buckets: the picker
@@ -32,7 +32,7 @@ def tvm_offline(tmp_path_factory, exported_offline):
 
 @pytest.fixture(scope="session")
 def tvm_streaming(tmp_path_factory, exported_streaming):
-    from tools.compile import compile_bundle
+    from paraedge_tools.compiler.compile import compile_bundle
 
     out = str(tmp_path_factory.mktemp("tvm") / "str_x86")
     compile_bundle(exported_streaming, "x86-host", out, buckets=(128,), token_divs=())
@@ -106,8 +106,8 @@ def test_streaming_tvm_equals_reference(tvm_streaming, exported_streaming, speec
 def test_streaming_buckets_follow_the_models_chunk_size(exported_streaming, tmp_path):
     import yaml
 
-    from edge.modeldir import ModelDir
-    from tools.compile import plan
+    from edge.asr.modeldir import ModelDir
+    from paraedge_tools.compiler.compile import plan
 
     names = {f["name"] for f in plan(ModelDir(exported_streaming), buckets=(64,))}
     assert {"enc_T15", "enc_T32", "sdec_T15_N4", "enc_T64"} <= names  # [0, 10, 5]: 15-frame windows
@@ -181,18 +181,18 @@ def test_cli_transcribe_with_tvm_runtime_only(tvm_offline, speech_dir, exported_
     assert r.returncode == 0, r.stderr
     text, mode = r.stdout.strip().splitlines()
     assert mode == "RUNTIME-ONLY"
-    assert text == Recognizer(exported_offline, "ref").transcribe(__import__("edge.audio").audio.load_audio(wav)[0]).text
+    assert text == Recognizer(exported_offline, "ref").transcribe(load_audio(wav)[0]).text
 
 
 def test_profile_runs_on_a_bundle(tvm_offline, speech_dir, exported_offline):
     """`paraedge profile --backend tvm` on a bundle (as the ARM bench runs it on the emulated board)."""
-    from edge.profile import profile
+    from edge.diag.profile import profile
 
     wav = str(speech_dir / "zh.wav")
     rep = profile(tvm_offline, ["tvm"], [wav], runs=1, warmup=0, peers=False, daemon=False)
     e = rep["backends"]["tvm"]
     assert e["rtf"] > 0 and rep["model_cost"]["weights_mb"] is None
-    assert e["text"]["zh.wav"] == Recognizer(exported_offline, "ref").transcribe(__import__("edge.audio").audio.load_audio(wav)[0]).text
+    assert e["text"]["zh.wav"] == Recognizer(exported_offline, "ref").transcribe(load_audio(wav)[0]).text
 
 
 @pytest.mark.parametrize("shape", [(14, 96), (7, 96), (6, 40)], ids=["vpmaddwd", "vpmaddwd-1row", "untensorized"])
@@ -220,12 +220,12 @@ def test_int8_ops_equal_numpy_reference(tmp_path, shape):
 
 @pytest.mark.parametrize("lanes", [1, 8])
 def test_exp_lowering_equals_numpy(tmp_path, lanes):
-    """The CPU pipeline's exp (tools.tvm_cpu._exp_f32, scalar and vectorised) against float64
+    """The CPU pipeline's exp (paraedge_tools.compiler.cpu._exp_f32, scalar and vectorised) against float64
     numpy: relative error <= 2e-7 up to its clamp, 0 where float32 exp underflows, no libm call."""
     import tvm
     from tvm import s_tir, te
 
-    from tools.tvm_cpu import _EXP_HI, _EXP_LO, cpu_pipeline
+    from paraedge_tools.compiler.cpu import _EXP_HI, _EXP_LO, cpu_pipeline
 
     target = tvm.target.Target(load_board("x86-host").target)
     cpu_pipeline(target)  # registers the lowering
@@ -251,13 +251,13 @@ def test_exp_lowering_equals_numpy(tmp_path, lanes):
 @pytest.mark.parametrize("rows,width", [(72, 256), (25, 42)], ids=["vectorised", "odd-width"])
 def test_row_ops_equal_numpy_reference(rows, width):
     """Layer norm, softmax, log-softmax and sigmoid as the CPU pipeline compiles them (RowNorm's
-    16-lane partial reductions, the polynomial exp) against edge/ops.py, on a row width the
+    16-lane partial reductions, the polynomial exp) against edge/backends/ops.py, on a row width the
     vector schedule takes and on one it does not."""
     import tvm
     from tvm import relax
 
-    from edge import ops
-    from tools.tvm_cpu import cpu_pipeline
+    from edge.backends import ops
+    from paraedge_tools.compiler.cpu import cpu_pipeline
 
     rng = np.random.default_rng(1)
     x = (rng.standard_normal((1, rows, width)) * 4).astype(np.float32)
@@ -286,8 +286,8 @@ def test_int8_bundle_agrees_with_reference(tmp_path_factory):
     import difflib
     import glob
 
-    from edge.audio import load_audio
-    from tools.compile import compile_bundle
+    from edge.asr.audio import load_audio
+    from paraedge_tools.compiler.compile import compile_bundle
 
     demo = os.path.join(ROOT, "models", "demo")
     out = str(tmp_path_factory.mktemp("tvm") / "demo_int8")
@@ -311,8 +311,8 @@ def test_tune_writes_a_database_that_compile_applies(tmp_path, exported_streamin
     database; `paraedge compile --tuning-db` applies it and the bundle still decodes exactly."""
     from tvm.s_tir import meta_schedule as ms
 
-    from tools.compile import compile_bundle
-    from tools.tune import DB_FILES, tune
+    from paraedge_tools.compiler.compile import compile_bundle
+    from paraedge_tools.compiler.tune import DB_FILES, tune
 
     db_dir = tune(exported_streaming, "x86-host", str(tmp_path / "db"), trials=2)
     db = ms.database.JSONDatabase(*(os.path.join(db_dir, f) for f in DB_FILES), allow_missing=False)

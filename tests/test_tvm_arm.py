@@ -12,13 +12,13 @@ import pytest
 
 pytest.importorskip("tvm.relax", reason="apache-tvm (host extra) is not installed")
 
-from edge.recognizer import Recognizer  # noqa: E402
+from edge.asr.recognizer import Recognizer  # noqa: E402
 
 pytestmark = pytest.mark.arm
 
 RUN = """
 import json, sys, numpy as np
-from edge.recognizer import Recognizer
+from edge.asr.recognizer import Recognizer
 rec = Recognizer(sys.argv[1], "tvm")
 x = np.load(sys.argv[2])
 maps = open("/proc/self/maps").read()
@@ -31,14 +31,14 @@ print(json.dumps({"offline": rec.transcribe(x).token_ids, "streaming": rec.trans
 def armroot():
     if not (shutil.which("qemu-aarch64") and shutil.which("aarch64-linux-gnu-gcc")):
         pytest.skip("qemu-user and gcc-aarch64-linux-gnu are not installed (make apt installs them)")
-    from tools.armroot import build_root
+    from paraedge_tools.emu.armroot import build_root
 
     return build_root()
 
 
 @pytest.fixture(scope="session")
 def arm_bundle(tmp_path_factory, exported_streaming):
-    from tools.compile import compile_bundle
+    from paraedge_tools.compiler.compile import compile_bundle
 
     out = str(tmp_path_factory.mktemp("tvm") / "str_a76")
     compile_bundle(exported_streaming, "qemu-a76", out, buckets=(64,), token_divs=())
@@ -58,7 +58,7 @@ def test_arm_bundle_is_aarch64_and_refused_here(arm_bundle):
 
 
 def test_arm_bundle_on_emulated_board_gives_reference_tokens(armroot, arm_bundle, exported_streaming, speech, tmp_path):
-    from tools.armroot import run_python
+    from paraedge_tools.emu.armroot import run_python
 
     x = speech["zh"][: 16000 * 2]  # 2 s: 4 streaming chunks, ~33 offline frames
     np.save(tmp_path / "x.npy", x)
@@ -79,7 +79,7 @@ def test_int8_sdot_ops_on_emulated_board_equal_numpy_reference(armroot, tmp_path
     import subprocess
 
     from tests import tvm_int8_ops
-    from tools.armroot import run_python
+    from paraedge_tools.emu.armroot import run_python
 
     so = str(tmp_path / "ops.so")
     tvm_int8_ops.build("qemu-a76", so)
@@ -95,7 +95,7 @@ def test_int8_sdot_ops_on_emulated_board_equal_numpy_reference(armroot, tmp_path
 
 
 def test_fp32_fmla_matmuls_on_emulated_board_equal_numpy(armroot, tmp_path):
-    """The aarch64 float32 matmul tiles (tools.tvm_cpu.fmla_intrin, lane-indexed `fmla`) on the
+    """The aarch64 float32 matmul tiles (paraedge_tools.compiler.cpu.fmla_intrin, lane-indexed `fmla`) on the
     emulated A76 against numpy: a packed Linear (5-row x 16-column tiles), an attention-shaped
     batched matmul (8-column tiles) and a K the tiles cannot take (the plain schedule)."""
     import subprocess
@@ -105,9 +105,9 @@ def test_fp32_fmla_matmuls_on_emulated_board_equal_numpy(armroot, tmp_path):
 
     from edge.boards import load_board
     from tests import tvm_int8_ops
-    from tools.armroot import run_python
-    from tools.compile import tvm_target
-    from tools.tvm_cpu import cpu_pipeline
+    from paraedge_tools.emu.armroot import run_python
+    from paraedge_tools.compiler.compile import tvm_target
+    from paraedge_tools.compiler.cpu import cpu_pipeline
 
     shapes = {"a0": (1, 20, 64), "b0": (3, 64, 16), "a1": (1, 4, 12, 32), "b1": (1, 4, 32, 24),
               "a2": (1, 10, 6), "b2": (2, 6, 16)}

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("tvm.relax", reason="apache-tvm (host extra) is not installed")
 pytest.importorskip("nvidia.cuda_nvrtc", reason="NVRTC from PyPI (the cuda extra) is not installed")
 
-from edge.recognizer import Recognizer  # noqa: E402
+from edge.asr.recognizer import Recognizer  # noqa: E402
 
 EM_CUDA = 190
 
@@ -25,7 +25,7 @@ def _elf_machine(data: bytes) -> int:
 
 @pytest.mark.parametrize("board,arch", [("jetson-agx-xavier", "sm_72"), ("jetson-orin-nano", "sm_87")])
 def test_jetson_bundle_has_cubins(board, arch, exported_offline, tmp_path):
-    from tools.compile import compile_bundle
+    from paraedge_tools.compiler.compile import compile_bundle
 
     out = str(tmp_path / board)
     m = compile_bundle(exported_offline, board, out, buckets=(32,), token_divs=())
@@ -53,7 +53,7 @@ def test_cuda_bundle_on_gpu_equals_reference(exported_offline, speech, tmp_path)
     if arch is None:
         pytest.skip("no CUDA GPU here (nvidia-smi finds none): the CUDA bundle runs only on a GPU machine")
     from edge.boards import load_board
-    from tools.compile import compile_bundle
+    from paraedge_tools.compiler.compile import compile_bundle
 
     board = load_board("x86-cuda")
     board.target = dict(board.target, arch=arch)

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
-from edge.audio import StreamingResampler, load_audio
-from edge.capture import EndOfInput, FileSource
-from edge.vad import EndpointConfig, Endpointer, SileroVad
-from edge.wake import WakeError, WakeGate, builtin_models, resolve_manifest
+from edge.asr.audio import StreamingResampler, load_audio
+from edge.daemon.capture import EndOfInput, FileSource
+from edge.daemon.vad import EndpointConfig, Endpointer, SileroVad
+from edge.daemon.wake import WakeError, WakeGate, builtin_models, resolve_manifest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(ROOT, "models", "demo", "samples")
@@ -109,7 +109,7 @@ def test_endpointer_rules():
 
 
 def test_file_source_paces_and_ends(tmp_path):
-    from edge.audio import write_wav
+    from edge.asr.audio import write_wav
 
     wav = tmp_path / "a.wav"
     write_wav(str(wav), np.zeros(8000, np.float32), 8000)  # 1 s at 8 kHz: converted on open

@@ -1,5 +1,5 @@
-"""The INT8 ops of TVM bundles (tools/tvm_int8.py) as a standalone module, op by op against the
-numpy reference (edge/ops.py): QuantizeRowsS8 and MatMulS8Panels, imported from ONNX exactly as
+"""The INT8 ops of TVM bundles (tools/compiler/int8.py) as a standalone module, op by op against the
+numpy reference (edge/backends/ops.py): QuantizeRowsS8 and MatMulS8Panels, imported from ONNX exactly as
 `paraedge compile --int8` imports them and scheduled by the same CPU rules (tensorized `sdot`
 on dotprod boards). Shared by the x86 test and the emulated-board test."""
 
@@ -22,7 +22,7 @@ def inputs(seed: int = 0, shape=(M, K)):
 
 def panels(w_nk: np.ndarray) -> np.ndarray:
     """[N, K] -> the panel layout the compiler packs: [N/16, K, 16] -> [N/16, K/4, 16, 4]."""
-    from tools.tvm_int8 import pack_panels_s8
+    from paraedge_tools.compiler.int8 import pack_panels_s8
 
     n, k = w_nk.shape
     return pack_panels_s8(np.ascontiguousarray(w_nk.T.reshape(k, n // 16, 16).transpose(1, 0, 2)))
@@ -35,10 +35,10 @@ def build(board: str, path: str, shape=(M, K)) -> None:
     from tvm.relax.frontend.onnx import from_onnx
 
     from edge.boards import load_board
-    from tools.compile import tvm_target
-    from tools.tvm_cpu import int8_kernel
-    from tools.tvm_int8 import DOMAIN, PANELS_OP, QUANT_OP, int8_matmul_import
-    from tools.tvm_pipeline import relax_pipeline
+    from paraedge_tools.compiler.compile import tvm_target
+    from paraedge_tools.compiler.cpu import int8_kernel
+    from paraedge_tools.compiler.int8 import DOMAIN, PANELS_OP, QUANT_OP, int8_matmul_import
+    from paraedge_tools.compiler.pipeline import relax_pipeline
 
     m, k = shape
     _, w_nk = inputs(shape=shape)
@@ -78,9 +78,9 @@ np.savez(sys.argv[3], *[o.numpy() for o in outs])
 
 
 def check(out, shape=(M, K)) -> None:
-    """TVM's results against edge/ops.py: int8 rows and int32 products exact."""
-    from edge import ops
-    from tools.tvm_int8 import EPS, panels_s8_reference
+    """TVM's results against edge/backends/ops.py: int8 rows and int32 products exact."""
+    from edge.backends import ops
+    from paraedge_tools.compiler.int8 import EPS, panels_s8_reference
 
     x, w_nk = inputs(shape=shape)
     xq, sx, acc = out["arr_0"], out["arr_1"], out["arr_2"]

@@ -6,33 +6,48 @@
 - `decode(enc, embeds, caches)`: encoder output + CIF acoustic embeddings [N, d_model] ->
   (log-probabilities [N, vocab], new decoder FSMN caches). `caches=None` starts a fresh
   utterance; offline decoding is one call with `caches=None`.
-- `offline(feats)` (optional fast path): CMVN'd features [T, input_size] -> (log-probs, tokens)
-  for backends that run the whole offline graph at once (onnxruntime's model.onnx).
 
-Decoding logic (chunking, CIF, caches, tail flush, token filtering) lives in `edge.recognizer`
+Optional hooks, declared here with the shared implementation as default (`HOOKS` names them, so a
+wrapper such as the profiler's clock forwards every one; before they were found by getattr and a
+wrapper silently dropped the neon backend's C CIF):
+- `offline(feats)`: CMVN'd features [T, input_size] -> (log-probs, tokens) for backends that run
+  the whole offline graph at once (onnxruntime's model.onnx); None = encode + CIF + decode.
+- `cif_offline(enc, alphas, cfg)` / `cif_stream(cfg, d_model)`: CIF where the backend runs it
+  (the neon backend's C CIF, bit-exact); default the numpy reference in `edge.asr.cif`.
+
+Decoding logic (chunking, CIF, caches, tail flush, token filtering) lives in `edge.asr.recognizer`
 and is written once for all backends.
 """
 
 from __future__ import annotations
 
+import abc
+from typing import Callable, Optional
+
 import numpy as np
 
+from edge.asr import cif
 
-class Backend:
+
+class Backend(abc.ABC):
     name = "base"
+    HOOKS = ("offline", "cif_offline", "cif_stream")
+    offline: Optional[Callable] = None  # callable(feats) -> (log_probs [N, V], token_count)
+    cif_offline: Callable = staticmethod(cif.cif_offline)
+    cif_stream: Callable = cif.CifStream
 
     def __init__(self, model_dir, threads: int | None = None):
         self.model_dir = model_dir
         self.config = model_dir.config
         self.threads = threads
 
+    @abc.abstractmethod
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def decode(self, enc: np.ndarray, embeds: np.ndarray, caches=None, streaming: bool = False):
-        raise NotImplementedError
-
-    offline = None  # optional: callable(feats) -> (log_probs [N, V], token_count)
+        ...
 
     def describe(self) -> str:
         return self.name

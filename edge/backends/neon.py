@@ -1,4 +1,4 @@
-"""The NEON backend: the reference model with its hot spots in the C kernels (edge/kernels.py).
+"""The NEON backend: the reference model with its hot spots in the C kernels (edge/backends/kernels.py).
 
 Every Linear layer of the encoder and decoder runs INT8: weights quantized per output channel
 once at load time and packed for the CPU's GEMM path (sdot or smull), activations quantized per
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge import kernels, ops
+from edge.backends import kernels, ops
 from edge.backends.base import Backend
 from edge.backends.reference import ReferenceBackend, run_decoder_layers
 
@@ -102,7 +102,7 @@ class NeonBackend(Backend):
     def describe(self) -> str:
         return f"neon int8 ({self.path})"
 
-    # CIF in C, picked up by edge.recognizer (bit-exact with edge.cif)
+    # CIF in C, picked up by edge.asr.recognizer (bit-exact with edge.asr.cif)
     cif_offline = staticmethod(kernels.cif_offline)
     cif_stream = kernels.CifStream
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge import ops
+from edge.backends import ops
 from edge.backends.base import Backend
-from edge.cif import CifConfig
+from edge.asr.cif import CifConfig
 from edge.errors import ModelError
 
 F32 = np.float32

@@ -12,13 +12,13 @@ cache kept is the last kernel-1 columns that belong to real tokens.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
 
 import numpy as np
 
+from edge.asr.modeldir import sha256_file
 from edge.backends.base import Backend
 from edge.boards import BoardError, check_runs_here, parse_board
 from edge.errors import BackendUnavailable, ModelError
@@ -40,13 +40,6 @@ def import_tvm_runtime(threads: int | None = None):
         raise BackendUnavailable(f"backend tvm needs the TVM runtime ({exc}); pip install apache-tvm") from None
     return tvm
 
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_manifest(bundle: str) -> dict:

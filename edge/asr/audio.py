@@ -1,0 +1,172 @@
+"""Audio input: read any PCM/float WAV, check it, and bring it to 16 kHz mono float32 in [-1, 1].
+
+Paraformer models are trained on 16 kHz mono; everything else is converted here, once, and
+the conversion is reported back to the caller so the CLI can say what it did.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from math import gcd
+
+import numpy as np
+
+from edge.errors import AudioError
+
+SAMPLE_RATE = 16000  # Hz: what every model, the VAD and the wake models take; the one place it is written
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What the source file was, before conversion."""
+
+    sample_rate: int
+    channels: int
+    dtype: str
+    num_samples: int
+
+    @property
+    def duration(self) -> float:
+        return self.num_samples / float(self.sample_rate)
+
+    def conversions(self) -> list[str]:
+        """Human-readable list of what had to change to reach 16 kHz mono."""
+        out = []
+        if self.channels != 1:
+            out.append(f"downmixed {self.channels} channels to mono")
+        if self.sample_rate != SAMPLE_RATE:
+            out.append(f"resampled {self.sample_rate} Hz to {SAMPLE_RATE} Hz")
+        return out
+
+
+def _to_float(data: np.ndarray) -> np.ndarray:
+    """Integer PCM to float32 in [-1, 1]; int16 maps exactly to x / 32768 as FunASR's loaders do."""
+    if data.dtype == np.uint8:  # 8-bit WAV is unsigned, centred on 128
+        return (data.astype(np.float32) - 128.0) / 128.0
+    if data.dtype == np.int16:
+        return data.astype(np.float32) / 32768.0
+    if data.dtype == np.int32:  # 32-bit, and 24-bit which scipy left-justifies into int32
+        return (data.astype(np.float64) / 2147483648.0).astype(np.float32)
+    if data.dtype in (np.float32, np.float64):
+        return data.astype(np.float32)
+    raise AudioError(f"unsupported WAV sample type {data.dtype}")
+
+
+def read_wav(source) -> tuple[np.ndarray, AudioInfo]:
+    """Read a WAV file (path, bytes or file object) into float32 samples shaped [samples, channels]."""
+    from scipy.io import wavfile
+
+    name = source if isinstance(source, (str, os.PathLike)) else "<audio>"
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(source)
+    if isinstance(source, (str, os.PathLike)) and not os.path.isfile(source):
+        raise AudioError(f"{name}: no such file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scipy warns on unknown chunks; we only need the data
+            rate, data = wavfile.read(source)
+    except Exception as exc:  # scipy raises ValueError, struct.error, EOFError... on corrupt files
+        raise AudioError(f"{name}: not a readable WAV file ({exc or type(exc).__name__})") from None
+    data = np.asarray(data)
+    if data.ndim == 1:
+        data = data[:, None]
+    if data.ndim != 2:
+        raise AudioError(f"{name}: unexpected WAV layout {data.shape}")
+    info = AudioInfo(int(rate), int(data.shape[1]), str(data.dtype), int(data.shape[0]))
+    if info.num_samples == 0 or info.channels == 0:
+        raise AudioError(f"{name}: the WAV file holds no audio samples")
+    if rate <= 0:
+        raise AudioError(f"{name}: invalid sample rate {rate}")
+    return _to_float(data), info
+
+
+def to_mono_16k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Downmix [samples, channels] (or [samples]) to mono and resample to 16 kHz (polyphase)."""
+    x = np.asarray(samples, dtype=np.float32)
+    if x.ndim == 2:
+        x = x.mean(axis=1, dtype=np.float32) if x.shape[1] > 1 else x[:, 0]
+    if sample_rate != SAMPLE_RATE:
+        from scipy.signal import resample_poly
+
+        g = gcd(int(sample_rate), SAMPLE_RATE)
+        x = resample_poly(x, SAMPLE_RATE // g, int(sample_rate) // g).astype(np.float32)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+class StreamingResampler:
+    """Mono float32 at `rate` -> 16 kHz, block by block, with the same polyphase filter as
+    `scipy.signal.resample_poly` (Kaiser-windowed FIR): fed any block sizes, the output equals
+    resample_poly on the whole signal except for the last half-filter, which waits for input.
+    Capture blocks must be resampled with state; resampling each block alone clicks at the seams."""
+
+    def __init__(self, rate: int, target: int = SAMPLE_RATE):
+        from scipy.signal import firwin
+
+        g = gcd(int(rate), int(target))
+        self.up, self.down = int(target) // g, int(rate) // g
+        m = max(self.up, self.down)
+        self.half = 10 * m
+        self.h = np.ones(1, np.float32)
+        if m > 1:
+            self.h = (firwin(2 * self.half + 1, 1.0 / m, window=("kaiser", 5.0)) * self.up).astype(np.float32)
+        self._hist = np.zeros(0, np.float32)  # input samples still needed, starting at absolute index _base
+        self._base = 0
+        self._next = 0  # next output index
+        self._taps_per_out = -(-len(self.h) // self.up)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        from scipy.signal import upfirdn
+
+        x = np.asarray(x, np.float32)
+        if self.up == self.down:
+            return x
+        buf = np.concatenate([self._hist, x])
+        end = self._base + len(buf)  # absolute index one past the newest input
+        # y[n] = sum_m x[m] h[n*down + half - m*up]; output n is ready once input m_hi(n) arrived
+        count = ((end - 1) * self.up - self.half) // self.down + 1 - self._next
+        y = np.zeros(0, np.float32)
+        if count > 0:
+            # upfirdn evaluates at multiples of `down` in the upsampled buffer; delaying h by `pad`
+            # zeros lines those up with our outputs (the same trick resample_poly uses)
+            off = self.half - self._base * self.up
+            pad = (-off) % self.down
+            full = upfirdn(np.concatenate([np.zeros(pad, np.float32), self.h]), buf, self.up, self.down)
+            j0 = (self._next * self.down + off + pad) // self.down
+            y = full[j0 : j0 + count].astype(np.float32)
+            self._next += count
+        keep_from = max(int(self._newest(self._next)) - self._taps_per_out + 1, self._base)
+        self._hist = buf[keep_from - self._base :]
+        self._base = keep_from
+        return y
+
+    def _newest(self, n):
+        return (n * self.down + self.half) // self.up
+
+
+def check_samples(x: np.ndarray, what: str = "audio") -> np.ndarray:
+    """Reject what would silently poison the features: empty or non-finite audio."""
+    if x.size == 0:
+        raise AudioError(f"{what}: empty audio (no samples)")
+    if not np.all(np.isfinite(x)):
+        bad = int(np.count_nonzero(~np.isfinite(x)))
+        raise AudioError(f"{what}: {bad} samples are NaN or infinite")
+    return x
+
+
+def load_audio(source) -> tuple[np.ndarray, AudioInfo]:
+    """Read a WAV and return 16 kHz mono float32 samples plus what the file originally was."""
+    data, info = read_wav(source)
+    name = source if isinstance(source, (str, os.PathLike)) else "<audio>"
+    check_samples(data, str(name))
+    return check_samples(to_mono_16k(data, info.sample_rate), str(name)), info
+
+
+def write_wav(path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write float samples in [-1, 1] as 16-bit PCM."""
+    from scipy.io import wavfile
+
+    pcm = np.clip(np.round(np.asarray(samples, dtype=np.float64) * 32768.0), -32768, 32767)
+    wavfile.write(path, sample_rate, pcm.astype(np.int16))

@@ -1,0 +1,226 @@
+"""Paraformer decoding, written once for every backend: offline and streaming.
+
+Offline: features -> scale by sqrt(d_model) + sinusoidal positions -> encoder -> CIF (tail alpha,
+floor of the alpha sum) -> parallel decoder -> argmax, blank/sos/eos dropped (FunASR inference()).
+
+Streaming mirrors FunASR's ParaformerStreaming with `chunk_size=[left, chunk, right]` in LFR
+frames (default: the model's config.yaml `chunk_size`, else FunASR's [0, 10, 5]: 600 ms chunks,
+300 ms look-ahead, no left context): each 600 ms of audio runs the
+streaming frontend; its frames are position-encoded with a running offset and prefixed with the
+previous `left + right` frames; the encoder runs on that window; alphas of the left context and
+the look-ahead are zeroed; CIF carries its remainder; the decoder carries FSMN caches. The last
+chunk keeps its look-ahead alphas and adds the tail alpha, so the last token is always flushed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge.backends import ops
+from edge.asr.audio import SAMPLE_RATE, check_samples
+from edge.asr.cif import CifConfig
+from edge.errors import ParaEdgeError
+from edge.asr.modeldir import ModelDir, check_chunk_size
+from edge.asr.text import tokens_to_text
+
+F32 = np.float32
+SAMPLES_PER_LFR_FRAME = 960  # 6 fbank frames x 10 ms at 16 kHz
+
+
+@dataclass
+class Result:
+    token_ids: list[int]
+    tokens: list[str]
+    text: str
+    timings: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"text": self.text, "tokens": self.tokens, "token_ids": self.token_ids, "timings": self.timings}
+
+
+BACKENDS = ("ref", "onnxruntime", "tvm", "neon", "auto")
+
+
+def make_backend(name: str, model_dir: ModelDir, threads: int | None = None, int8: bool = False):
+    if name == "auto":  # the NEON kernels where they are native (ARM, extension built), else numpy
+        from edge.backends import kernels
+
+        name = "neon" if kernels.available() and kernels.is_arm() else "ref"
+    if name in ("ref", "reference", "numpy"):
+        from edge.backends.reference import ReferenceBackend
+
+        return ReferenceBackend(model_dir, threads)
+    if name in ("onnxruntime", "ort", "onnx"):
+        from edge.backends.onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(model_dir, threads, int8=int8)
+    if name == "tvm":  # model_dir is a bundle from `paraedge compile`
+        from edge.backends.tvm import TvmBackend
+
+        return TvmBackend(model_dir, threads, int8=int8)
+    if name == "neon":  # INT8 + NEON C kernels (edge/backends/kernels.py); BackendUnavailable when not built
+        from edge.backends.neon import NeonBackend
+
+        return NeonBackend(model_dir, threads)
+    raise ParaEdgeError(f"unknown backend '{name}' (choose ref, onnxruntime, tvm or neon)")
+
+
+class Recognizer:
+    """A model directory + a backend. `transcribe()` decodes offline; `stream()` opens a stream."""
+
+    def __init__(self, model, backend: str = "ref", threads: int | None = None, int8: bool = False):
+        self.model = model if isinstance(model, ModelDir) else ModelDir(model)
+        self.config = self.model.config
+        self.backend = make_backend(backend, self.model, threads, int8)
+        self.frontend = self.model.frontend
+        self.cif = CifConfig.from_conf(self.config.predictor_conf)
+        self.scale = F32(self.config.d_model**0.5)
+
+    # -- shared pieces ------------------------------------------------------------------------
+    def ids_to_result(self, ids: list[int], timings: dict | None = None) -> Result:
+        tokens = [self.model.tokens[i] if 0 <= i < len(self.model.tokens) else "<unk>" for i in ids]
+        return Result(ids, tokens, tokens_to_text(tokens), timings or {})
+
+    def pick_tokens(self, log_probs: np.ndarray, count: int) -> list[int]:
+        """Greedy pick per CIF token, dropping blank/sos/eos as FunASR does."""
+        drop = {self.config.blank_id, self.config.sos, self.config.eos}
+        return [int(i) for i in log_probs[:count].argmax(axis=-1) if int(i) not in drop]
+
+    def prepare(self, feats: np.ndarray, start: int = 0) -> np.ndarray:
+        """Encoder input: features x sqrt(d_model) + positions start+1.. (FunASR's embed)."""
+        pe = ops.sinusoidal_position_encoding(feats.shape[0], feats.shape[1], start)
+        return (feats.astype(F32) * self.scale + pe).astype(F32)
+
+    # -- offline -------------------------------------------------------------------------------
+    def decode_features(self, feats: np.ndarray) -> tuple[list[int], np.ndarray]:
+        """CMVN'd LFR features [T, D] -> (token ids, log-probs [N, V])."""
+        if feats.shape[0] == 0:
+            return [], np.zeros((0, self.config.vocab_size), F32)
+        if self.backend.offline is not None:
+            log_probs, count = self.backend.offline(feats)
+        else:
+            enc, alphas = self.backend.encode(self.prepare(feats))
+            embeds = self.backend.cif_offline(enc, alphas, self.cif)
+            count = embeds.shape[0]
+            if count < 1:
+                return [], np.zeros((0, self.config.vocab_size), F32)
+            log_probs, _ = self.backend.decode(enc, embeds)
+        return self.pick_tokens(log_probs, count), log_probs[:count]
+
+    def transcribe(self, samples: np.ndarray) -> Result:
+        """16 kHz mono float samples -> Result (text, tokens, per-stage timings)."""
+        check_samples(np.asarray(samples))
+        t0 = time.perf_counter()
+        feats = self.frontend(samples)
+        t1 = time.perf_counter()
+        ids, _ = self.decode_features(feats)
+        t2 = time.perf_counter()
+        audio_s = len(samples) / SAMPLE_RATE
+        timings = {"frontend_s": t1 - t0, "model_s": t2 - t1, "total_s": t2 - t0, "audio_s": audio_s,
+                   "rtf": (t2 - t0) / audio_s if audio_s else 0.0}
+        return self.ids_to_result(ids, timings)
+
+    def transcribe_streaming(self, samples: np.ndarray, hop: int = 1600, chunk_size=None) -> Result:
+        """Decode a whole clip the way a microphone feeds it (`hop` samples at a time, 100 ms by
+        default); `timings["partials"]` lists the text after every hop that recognised something."""
+        check_samples(np.asarray(samples))
+        t0 = time.perf_counter()
+        stream, partials = self.stream(chunk_size), []
+        for i in range(0, len(samples), hop):
+            if stream.accept(samples[i : i + hop]):
+                partials.append(stream.result().text)
+        stream.finish()
+        elapsed = time.perf_counter() - t0
+        audio_s = len(samples) / SAMPLE_RATE
+        result = stream.result()
+        result.timings = {"total_s": elapsed, "audio_s": audio_s, "rtf": elapsed / audio_s,
+                          "chunks": stream.chunks, "partials": partials}
+        return result
+
+    def stream(self, chunk_size=None) -> "Stream":
+        """A new streaming utterance; `chunk_size` None means the model's default."""
+        if not self.config.streaming:
+            raise ParaEdgeError(
+                f"{self.model.path} is an offline model ({self.config.model}); streaming needs a ParaformerStreaming model"
+            )
+        return Stream(self, chunk_size)
+
+
+class Stream:
+    """One streaming utterance. Feed audio with `accept()`; `finish()` flushes the tail.
+    Both return the token ids recognised by that call; `result()` gives everything so far."""
+
+    def __init__(self, rec: Recognizer, chunk_size=None):
+        try:
+            left, chunk, right = check_chunk_size(rec.config.chunk_size if chunk_size is None else chunk_size)
+        except ValueError as e:
+            raise ParaEdgeError(str(e)) from None
+        self.rec = rec
+        self.chunk_size = (left, chunk, right)
+        self.chunk_samples = chunk * SAMPLES_PER_LFR_FRAME
+        self.frontend = rec.frontend.stream()
+        self.cif = rec.backend.cif_stream(rec.cif, rec.config.d_model)
+        self.context = np.zeros((left + right, rec.config.input_size), F32)  # prepared frames
+        self.position = 0
+        self.caches = None
+        self.pending = np.zeros(0, F32)
+        self.ids: list[int] = []
+        self.finished = False
+        self.chunks = 0
+        self.encoder_frames = 0
+
+    def accept(self, samples: np.ndarray) -> list[int]:
+        if self.finished:
+            raise ParaEdgeError("stream already finished; open a new one")
+        x = check_samples(np.asarray(samples, dtype=F32).reshape(-1), "audio chunk") if len(samples) else np.zeros(0, F32)
+        self.pending = np.concatenate([self.pending, x])
+        new: list[int] = []
+        while self.pending.size >= self.chunk_samples:
+            chunk, self.pending = self.pending[: self.chunk_samples], self.pending[self.chunk_samples :]
+            new += self._run(self.frontend.accept(chunk), final=False)
+        return new
+
+    def finish(self) -> list[int]:
+        """Process the remaining audio as the final chunk and flush CIF's tail."""
+        if self.finished:
+            return []
+        self.finished = True
+        rest, self.pending = self.pending, np.zeros(0, F32)
+        if rest.size >= SAMPLES_PER_LFR_FRAME:
+            feats = np.concatenate([self.frontend.accept(rest), self.frontend.finish()])
+            return self._run(feats, final=True)
+        # Too little audio for a new frame: re-run the cached look-ahead as the last chunk.
+        # FunASR scales these already-prepared frames by sqrt(d_model) a second time here;
+        # we do the same so results match FunASR token for token.
+        return self._run_window(self.context * self.rec.scale, final=True)
+
+    def _run(self, feats: np.ndarray, final: bool) -> list[int]:
+        left, _, right = self.chunk_size
+        prepared = self.rec.prepare(feats, self.position)
+        self.position += feats.shape[0]
+        window = np.concatenate([self.context, prepared])
+        self.context = window[window.shape[0] - (left + right) :] if left + right else window[:0]
+        return self._run_window(window, final)
+
+    def _run_window(self, window: np.ndarray, final: bool) -> list[int]:
+        left, chunk, _ = self.chunk_size
+        self.chunks += 1
+        self.encoder_frames += window.shape[0]
+        enc, alphas = self.rec.backend.encode(window)
+        alphas = alphas.copy()
+        alphas[:left] = 0.0
+        if not final:
+            alphas[left + chunk :] = 0.0
+        embeds = self.cif.step(enc, alphas, final)
+        if embeds.shape[0] < 1:
+            return []
+        log_probs, self.caches = self.rec.backend.decode(enc, embeds, self.caches, streaming=True)
+        new = self.rec.pick_tokens(log_probs, embeds.shape[0])
+        self.ids += new
+        return new
+
+    def result(self) -> Result:
+        return self.rec.ids_to_result(list(self.ids))

@@ -1,0 +1,135 @@
+"""Pure-numpy reference implementation of every Paraformer op (float32, batch 1, [time, dim]).
+
+This module is the ground truth: the onnxruntime, TVM and NEON backends are tested against
+these functions op by op. Each mirrors the FunASR PyTorch module named in its docstring.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+F32 = np.float32
+
+
+def linear(x: np.ndarray, w_t: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """torch.nn.Linear with the weight stored transposed ([in, out]) once at load time."""
+    y = x @ w_t
+    if b is not None:
+        y += b
+    return y
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, F32(0))
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return (F32(1) / (F32(1) + np.exp(-x))).astype(F32)
+
+
+def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """FunASR LayerNorm (torch.nn.LayerNorm, eps=1e-12): biased variance over the last axis."""
+    mean = x.mean(axis=-1, keepdims=True)
+    xc = x - mean
+    var = (xc * xc).mean(axis=-1, keepdims=True)
+    return xc / np.sqrt(var + F32(eps)) * gamma + beta
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    m = x.max(axis=axis, keepdims=True)
+    e = np.exp(x - m)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    m = x.max(axis=axis, keepdims=True)
+    z = x - m
+    return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
+
+
+def sinusoidal_position_encoding(num_frames: int, depth: int, start: int = 0) -> np.ndarray:
+    """FunASR SinusoidalPositionEncoder / StreamSinusoidalPositionEncoder: positions start+1..,
+    [sin | cos] halves, timescale 10000 spread over depth/2 - 1 steps, computed in float32."""
+    inc = F32(np.log(F32(10000))) / F32(depth / 2 - 1)
+    inv = np.exp(np.arange(depth // 2, dtype=F32) * -inc).astype(F32)
+    pos = np.arange(start + 1, start + num_frames + 1, dtype=F32)
+    scaled = pos[:, None] * inv[None, :]
+    return np.concatenate([np.sin(scaled), np.cos(scaled)], axis=1).astype(F32)
+
+
+def depthwise_conv1d(x_padded: np.ndarray, w_kd: np.ndarray, out_len: int) -> np.ndarray:
+    """Depthwise Conv1d over time, no bias: y[t, d] = sum_k w[k, d] * x_padded[t + k, d]."""
+    y = np.zeros((out_len, x_padded.shape[1]), dtype=F32)
+    for k in range(w_kd.shape[0]):
+        y += x_padded[k : k + out_len] * w_kd[k]
+    return y
+
+
+def fsmn_memory(v: np.ndarray, w_kd: np.ndarray, left: int, right: int) -> np.ndarray:
+    """SAN-M FSMN memory (MultiHeadedAttentionSANM.forward_fsmn): zero-padded depthwise conv + input."""
+    t = v.shape[0]
+    padded = np.pad(v, ((left, right), (0, 0)))
+    return depthwise_conv1d(padded, w_kd, t) + v
+
+
+def conv1d(x: np.ndarray, w_kio: np.ndarray, bias: np.ndarray, left: int, right: int) -> np.ndarray:
+    """Full Conv1d over time with zero padding (CifPredictorV2.cif_conv1d); w as [k, in, out]."""
+    t = x.shape[0]
+    padded = np.pad(x, ((left, right), (0, 0)))
+    y = np.broadcast_to(bias, (t, bias.size)).astype(F32)
+    for k in range(w_kio.shape[0]):
+        y = y + padded[k : k + t] @ w_kio[k]
+    return y
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, heads: int) -> np.ndarray:
+    """Scaled dot-product attention, no mask (batch 1 has no padding): [T1,D],[T2,D],[T2,D] -> [T1,D]."""
+    t1, d = q.shape
+    dk = d // heads
+    qh = q.reshape(t1, heads, dk).transpose(1, 0, 2) * F32(dk**-0.5)
+    kh = k.reshape(-1, heads, dk).transpose(1, 2, 0)
+    vh = v.reshape(-1, heads, dk).transpose(1, 0, 2)
+    p = softmax(qh @ kh)
+    return (p @ vh).transpose(1, 0, 2).reshape(t1, d)
+
+
+# -- INT8 (the NEON backend's arithmetic; edge/backends/kernels.py must match these exactly) ------------
+def quantize_rows_s8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-row int8: scale = max|row| / 127, q = round-half-even(x * 127 / max|row|),
+    clipped to [-127, 127]; an all-zero row gets scale 0. Weights use it per output channel
+    (rows of torch's [out, in]), activations per time step (dynamic, as onnxruntime's)."""
+    x = np.asarray(x, dtype=F32)
+    amax = np.abs(x).max(axis=1) if x.shape[1] else np.zeros(x.shape[0], F32)
+    inv = np.where(amax > 0, F32(127) / np.where(amax > 0, amax, F32(1)), F32(0)).astype(F32)
+    q = np.rint(np.clip(x * inv[:, None], F32(-127), F32(127))).astype(np.int8)
+    return q, (amax / F32(127)).astype(F32)
+
+
+def gemm_s8s32(a: np.ndarray, w_nk: np.ndarray) -> np.ndarray:
+    """int8 [M, K] x int8 [N, K] (one row per output channel) -> exact int32 [M, N]."""
+    return a.astype(np.int32) @ w_nk.astype(np.int32).T
+
+
+def dequant_s32(c: np.ndarray, a_scale: np.ndarray, w_scale: np.ndarray, bias: np.ndarray | None = None,
+                relu: bool = False) -> np.ndarray:
+    """float32(c) * (a_scale[m] * w_scale[n]) + bias[n], then optionally ReLU."""
+    y = c.astype(F32) * (a_scale.astype(F32)[:, None] * w_scale.astype(F32)[None, :])
+    if bias is not None:
+        y = y + bias.astype(F32)
+    return relu_(y) if relu else y
+
+
+def relu_(x: np.ndarray) -> np.ndarray:
+    return np.where(x > 0, x, F32(0)).astype(F32)
+
+
+def requant_s32_s8(c: np.ndarray, mult: np.ndarray) -> np.ndarray:
+    """Per-output-channel requantization to int8: round-half-even(float32(c) * mult[n]), saturated."""
+    return np.rint(np.clip(c.astype(F32) * mult.astype(F32)[None, :], F32(-128), F32(127))).astype(np.int8)
+
+
+def linear_s8(x: np.ndarray, w_t: np.ndarray, b: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
+    """The INT8 Linear: weights [in, out] quantized per output channel, activations per row."""
+    qw, ws = quantize_rows_s8(np.ascontiguousarray(w_t.T))
+    qx, xs = quantize_rows_s8(x)
+    return dequant_s32(gemm_s8s32(qx, qw), xs, ws, b, relu)

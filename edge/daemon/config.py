@@ -1,0 +1,151 @@
+"""`edge.toml`: the daemon's configuration, validated up front so a typo fails at start, not mid-drive.
+
+Relative paths in the file resolve against the file's own folder. Every key has a default; an
+empty file runs the shipped demo model from the default microphone, gated by okay_nabu + alexa.
+See edge/resources/edge.toml for the documented template.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge.errors import ParaEdgeError
+
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    import tomli as tomllib
+
+
+class ConfigError(ParaEdgeError):
+    """The daemon configuration is unreadable or holds a bad value."""
+
+
+def shipped_demo_model() -> str:
+    from edge.assets import demo_model_dir
+
+    return str(demo_model_dir())
+
+
+@dataclass
+class ModelSection:
+    dir: str = field(default_factory=shipped_demo_model)
+    backend: str = "onnxruntime"  # ref | onnxruntime | tvm (dir = a compiled bundle) | neon | auto
+    int8: bool = True
+    threads: int = 1
+    chunk_size: list = field(default_factory=list)  # [left, chunk, right] LFR frames; [] = the model's default
+
+
+@dataclass
+class AudioSection:
+    device: str = ""  # sounddevice name or index; "" = system default input
+    input: str = ""  # a WAV file instead of a microphone
+    realtime: bool = True  # pace `input` like a microphone
+    samplerate: int = 0  # 0 = 16 kHz if the device allows, else its default
+    channels: int = 0
+    block_ms: int = 20
+    buffer_s: float = 10.0  # queue between the audio thread and the pipeline
+    retry_max_s: float = 10.0  # device reconnect backoff cap
+
+
+@dataclass
+class WakeSection:
+    enabled: bool = True  # false: every utterance is decoded (push-to-talk rigs, benches)
+    models: list = field(default_factory=lambda: ["okay_nabu", "alexa"])
+    cutoff: float = 0.0  # 0 = each model's manifest value
+    window: int = 0
+    pre_roll_s: float = 0.1  # audio kept from just before the detection
+
+
+@dataclass
+class VadSection:
+    model: str = ""  # "" = silero_vad.onnx from the installed silero-vad wheel
+    threshold: float = 0.5
+    neg_threshold: float = 0.35
+    trailing_silence_s: float = 0.5
+    no_speech_timeout_s: float = 5.0
+    max_utterance_s: float = 15.0
+
+
+@dataclass
+class EventsSection:
+    stdout: bool = True
+    socket: str = ""  # UNIX socket path (mode 0600); "" = none
+
+
+@dataclass
+class DaemonConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    audio: AudioSection = field(default_factory=AudioSection)
+    wake: WakeSection = field(default_factory=WakeSection)
+    vad: VadSection = field(default_factory=VadSection)
+    events: EventsSection = field(default_factory=EventsSection)
+    board: str = ""  # a boards/*.toml profile name; checked by `paraedge doctor`
+    path: str = ""  # where this config was read from (reload re-reads it)
+
+    @classmethod
+    def load(cls, path: str | None) -> "DaemonConfig":
+        if not path:
+            return cls().validated()
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        cfg = cls(path=str(path))
+        base = Path(path).resolve().parent
+        for key, value in raw.items():
+            if key == "board":
+                cfg.board = str(value)
+                continue
+            section = getattr(cfg, key, None)
+            if not dataclasses.is_dataclass(section) or not isinstance(value, dict):
+                raise ConfigError(f"{path}: unknown section [{key}] (known: model, audio, wake, vad, events, board)")
+            names = {f.name: f for f in dataclasses.fields(section)}
+            for k, v in value.items():
+                if k not in names:
+                    raise ConfigError(f"{path}: unknown key {key}.{k} (known: {', '.join(names)})")
+                default = getattr(section, k)
+                if isinstance(default, bool) != isinstance(v, bool) or (
+                    isinstance(default, (int, float)) and not isinstance(v, (int, float))
+                ) or (isinstance(default, (str, list)) and not isinstance(v, type(default))):
+                    raise ConfigError(f"{path}: {key}.{k} should be {type(default).__name__}, got {v!r}")
+                setattr(section, k, v)
+        for section, key in ((cfg.model, "dir"), (cfg.audio, "input"), (cfg.vad, "model"), (cfg.events, "socket")):
+            value = getattr(section, key)
+            if value and not os.path.isabs(value):
+                setattr(section, key, str(base / value))
+        cfg.wake.models = [str(base / m) if m.endswith((".json", ".tflite")) and not os.path.isabs(m) else m
+                           for m in cfg.wake.models]
+        return cfg.validated()
+
+    def validated(self) -> "DaemonConfig":
+        from edge.asr.modeldir import check_chunk_size
+        from edge.asr.recognizer import BACKENDS
+
+        m, v, w = self.model, self.vad, self.wake
+        if m.backend not in BACKENDS:
+            raise ConfigError(f"model.backend '{m.backend}' is not one of {', '.join(BACKENDS)}")
+        if m.chunk_size:
+            try:
+                check_chunk_size(m.chunk_size)
+            except ValueError as e:
+                raise ConfigError(f"model.{e} ([] = the model's default)") from None
+        if m.threads < 1:
+            raise ConfigError("model.threads must be >= 1")
+        if not 0 < v.neg_threshold <= v.threshold < 1:
+            raise ConfigError("vad thresholds must satisfy 0 < neg_threshold <= threshold < 1")
+        if min(v.trailing_silence_s, v.no_speech_timeout_s, v.max_utterance_s) <= 0:
+            raise ConfigError("vad durations must be > 0")
+        if w.enabled and not w.models:
+            raise ConfigError("wake.models is empty; set wake.enabled = false to decode without a wake word")
+        if not 0 <= w.pre_roll_s <= 2:
+            raise ConfigError("wake.pre_roll_s must be within [0, 2] seconds")
+        if self.audio.block_ms < 1 or self.audio.buffer_s <= 0:
+            raise ConfigError("audio.block_ms and audio.buffer_s must be > 0")
+        return self

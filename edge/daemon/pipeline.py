@@ -1,0 +1,150 @@
+"""The daemon's data path, one chunk at a time: wake gate -> streaming Paraformer + VAD -> events.
+
+Idle, only the wake gate runs (and a short pre-roll of audio is kept). A detection opens a
+recognizer stream fed from the pre-roll on; every chunk goes to the stream (partials) and to the
+VAD; trailing silence, a no-speech timeout or the length cap ends the utterance, the stream
+flushes its CIF tail and the `final` event carries the text and its latencies. With the gate
+disabled the VAD's first speech opens the utterance instead.
+
+No threads here and no I/O but the event bus: the daemon owns the source, signals and reloads.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+
+import numpy as np
+
+from edge.asr.audio import SAMPLE_RATE
+from edge.daemon.vad import Endpointer
+
+log = logging.getLogger("paraedge.pipeline")
+
+
+class Pipeline:
+    def __init__(self, recognizer, gate, vad, endpoint, bus, chunk_size=None, pre_roll_s: float = 0.1):
+        self.recognizer, self.gate, self.vad, self.bus = recognizer, gate, vad, bus
+        self.endpoint = Endpointer(endpoint)
+        self.chunk_size = tuple(chunk_size) if chunk_size else None  # None: the model's default
+        self.pre_roll = collections.deque()  # recent idle audio: (samples, capture time)
+        self.pre_roll_n = int(pre_roll_s * SAMPLE_RATE)
+        self.captured: collections.deque = collections.deque(maxlen=2000)  # (end sample, capture time)
+        self.pos = 0  # samples consumed since start
+        self.stream = None
+        self.utterances = 0
+
+    @property
+    def busy(self) -> bool:
+        return self.stream is not None
+
+    # -- time bookkeeping ----------------------------------------------------------------------
+    def _capture_time(self, sample: int) -> float | None:
+        """Monotonic time at which absolute sample `sample` was captured, from the end time of the
+        chunk that carried it; None for sources that are not clocked."""
+        for end, t in self.captured:
+            if end >= sample:
+                return None if t is None else t - (end - sample) / SAMPLE_RATE
+        return None
+
+    # -- feeding -------------------------------------------------------------------------------
+    def feed(self, samples: np.ndarray, t_capture: float | None) -> None:
+        start = self.pos
+        self.pos += len(samples)
+        self.captured.append((self.pos, t_capture))
+        if self.stream is None:
+            self._idle(samples, start)
+        else:
+            self._listen(samples)
+
+    def _idle(self, samples: np.ndarray, start: int) -> None:
+        if self.gate is None:
+            # no wake word: the first speech the VAD hears opens the utterance
+            probs = self.vad.process(samples)
+            if not (len(probs) and probs.max() >= self.endpoint.config.threshold):
+                self._remember(samples)
+                return
+            cut = 0
+        else:
+            det = self.gate.process(samples)
+            if det is None:
+                self._remember(samples)
+                return
+            # what follows the detection point in this chunk belongs to the command
+            cut = min(len(samples), det.offset)
+            self._remember(samples[:cut])
+            self.bus.emit("wake", wake_word=det.name, phrase=det.wake_word, probability=round(det.probability, 3),
+                          audio_s=round((start + cut) / SAMPLE_RATE, 3))
+        pre = np.concatenate(list(self.pre_roll)) if self.pre_roll else np.zeros(0, np.float32)
+        pre = pre[len(pre) - min(len(pre), self.pre_roll_n) :]
+        self._open(start + cut - len(pre), np.concatenate([pre, samples[cut:]]))
+
+    def _remember(self, samples: np.ndarray) -> None:
+        if self.pre_roll_n == 0 or not len(samples):
+            return
+        self.pre_roll.append(samples)
+        total = sum(len(s) for s in self.pre_roll)
+        while self.pre_roll and total - len(self.pre_roll[0]) >= self.pre_roll_n:
+            total -= len(self.pre_roll.popleft())
+
+    def _open(self, start_sample: int, samples: np.ndarray) -> None:
+        self.pre_roll.clear()
+        self.stream = self.recognizer.stream(self.chunk_size)
+        self.utt_start = start_sample
+        self.t_open = time.monotonic()
+        self.t_first_partial = None
+        self.last_text = ""
+        self.decode_s = 0.0
+        self.vad.reset()
+        self.endpoint.reset()
+        self._listen(samples)
+
+    def _listen(self, samples: np.ndarray) -> None:
+        t0 = time.perf_counter()
+        new = self.stream.accept(samples)
+        self.decode_s += time.perf_counter() - t0
+        if new:
+            text = self.stream.result().text
+            if text != self.last_text:
+                self.last_text = text
+                if self.t_first_partial is None:
+                    self.t_first_partial = time.monotonic()
+                self.bus.emit("partial", text=text)
+        reason = self.endpoint.update(self.vad.process(samples))
+        if reason is not None:
+            self.finish(reason)
+
+    def finish(self, reason: str) -> None:
+        """End the open utterance (endpoint, end of input, device lost, shutdown): flush and publish."""
+        stream, self.stream = self.stream, None
+        if stream is None:
+            return
+        t0 = time.perf_counter()
+        stream.finish()
+        tail_s = time.perf_counter() - t0
+        self.decode_s += tail_s
+        result = stream.result()
+        t_final = time.monotonic()
+        audio_s = (self.pos - self.utt_start) / SAMPLE_RATE
+        latency = {"decode_tail_ms": round(tail_s * 1000, 2)}
+        if self.t_first_partial is not None:
+            latency["wake_to_first_partial_ms"] = round((self.t_first_partial - self.t_open) * 1000, 2)
+        speech_end = self.endpoint.speech_end_s
+        eos = None if speech_end is None else self._capture_time(self.utt_start + int(speech_end * SAMPLE_RATE))
+        if eos is not None:
+            latency["end_of_speech_to_final_ms"] = round((t_final - eos) * 1000, 2)
+        self.utterances += 1
+        self.bus.emit("final", text=result.text, tokens=result.tokens, reason=reason, audio_s=round(audio_s, 3),
+                      rtf=round(self.decode_s / audio_s, 4) if audio_s else 0.0, latency=latency)
+        self._back_to_idle()
+
+    def abort(self) -> None:
+        """Drop a broken utterance without publishing (the error event already said why)."""
+        self.stream = None
+        self._back_to_idle()
+
+    def _back_to_idle(self) -> None:
+        if self.gate is not None:
+            self.gate.reset()
+        self.vad.reset()

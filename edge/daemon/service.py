@@ -1,0 +1,209 @@
+"""`paraedge run`: the in-car voice daemon's life: start, listen, survive, reload, stop.
+
+The main loop reads chunks from the source and hands them to the Pipeline. Around it:
+- a vanished microphone: the open utterance is published with what was heard, a `device`
+  event says so, and the source is reopened with capped exponential backoff;
+- a bad chunk (NaN/inf, a backend exception): an `error` event, the chunk or utterance is
+  dropped, the loop goes on. Nothing one chunk does may end the daemon;
+- SIGHUP or `reload` on the socket: the configured model is loaded, verified and warmed up on
+  a helper thread while the old one keeps serving; the swap happens between utterances. A model
+  that fails leaves the old one in place and an `error` event says why;
+- SIGTERM/SIGINT: the open utterance is finished and published, then everything closes (exit 0).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+
+import numpy as np
+
+from edge.daemon.capture import DeviceLost, EndOfInput, open_source
+from edge.daemon.config import DaemonConfig
+from edge.errors import ParaEdgeError
+from edge.daemon.events import EventBus
+from edge.daemon.pipeline import Pipeline
+from edge.daemon.vad import EndpointConfig, SileroVad
+from edge.asr.audio import SAMPLE_RATE
+
+log = logging.getLogger("paraedge.daemon")
+
+
+def load_recognizer(cfg: DaemonConfig):
+    """Load, verify and warm up the configured model; raises on anything that would fail later."""
+    from edge.asr.recognizer import Recognizer
+
+    m = cfg.model
+    rec = Recognizer(m.dir, backend=m.backend, threads=m.threads, int8=m.int8)
+    # warm-up doubles as verification: one streamed second must run and give finite outputs
+    noise = (np.random.default_rng(0).standard_normal(SAMPLE_RATE) * 0.01).astype(np.float32)
+    stream = rec.stream(tuple(m.chunk_size) or None)
+    stream.accept(noise)
+    stream.finish()
+    return rec
+
+
+class Daemon:
+    def __init__(self, cfg: DaemonConfig, source=None, bus: EventBus | None = None, duration_s: float | None = None):
+        self.cfg = cfg
+        self.bus = bus or EventBus(stdout=cfg.events.stdout, socket_path=cfg.events.socket or None)
+        self._source = source  # injected (tests) or opened from cfg.audio
+        self.duration_s = duration_s  # stop after this much audio (benches, tests on endless devices)
+        self.stopping = threading.Event()
+        self._reload_requested = threading.Event()
+        self._reloaded: queue.Queue = queue.Queue()
+        self._reloading = False
+        try:
+            self.recognizer = load_recognizer(cfg)
+            gate = self._make_gate(cfg)
+            vad = SileroVad(cfg.vad.model or None)
+        except ParaEdgeError:
+            self.bus.close()
+            raise
+        v = cfg.vad
+        endpoint = EndpointConfig(v.threshold, v.neg_threshold, v.trailing_silence_s, v.no_speech_timeout_s, v.max_utterance_s)
+        self.pipeline = Pipeline(self.recognizer, gate, vad, endpoint, self.bus, cfg.model.chunk_size, cfg.wake.pre_roll_s)
+
+    @staticmethod
+    def _make_gate(cfg: DaemonConfig):
+        if not cfg.wake.enabled:
+            return None
+        from edge.daemon.wake import WakeGate
+
+        return WakeGate(cfg.wake.models, cfg.wake.cutoff or None, cfg.wake.window or None)
+
+    # -- control ---------------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._reload_requested.set())
+
+    def request_reload(self) -> None:
+        self._reload_requested.set()
+
+    def _start_reload(self) -> None:
+        self._reload_requested.clear()
+        if self._reloading:
+            return
+        self._reloading = True
+
+        def work():
+            try:
+                cfg = DaemonConfig.load(self.cfg.path) if self.cfg.path else self.cfg
+                self._reloaded.put((cfg, load_recognizer(cfg), None))
+            except Exception as exc:  # any failure must leave the serving model untouched
+                self._reloaded.put((None, None, exc))
+
+        threading.Thread(target=work, name="model-reload", daemon=True).start()
+
+    def _finish_reload(self) -> None:
+        """Swap in a reloaded model, between utterances only."""
+        if self.pipeline.busy or self._reloaded.empty():
+            return
+        cfg, rec, exc = self._reloaded.get()
+        self._reloading = False
+        if exc is not None:
+            self.bus.emit("error", what="reload", message=f"model reload failed, still serving {self.cfg.model.dir}: {exc}")
+            return
+        self.cfg.model = cfg.model
+        self.recognizer = self.pipeline.recognizer = rec
+        self.pipeline.chunk_size = tuple(cfg.model.chunk_size) or None
+        self.bus.emit("model_reloaded", model=cfg.model.dir, backend=rec.backend.describe())
+
+    def _commands(self) -> None:
+        while not self.bus.commands.empty():
+            cmd = self.bus.commands.get()
+            if cmd == "reload":
+                self.request_reload()
+            elif cmd == "status":
+                self.bus.emit("status", model=self.cfg.model.dir, busy=self.pipeline.busy,
+                              utterances=self.pipeline.utterances, overruns=getattr(self._source, "overruns", 0))
+            else:
+                self.bus.emit("error", what="command", message=f"unknown command {cmd!r} (reload, status)")
+
+    # -- source ----------------------------------------------------------------------------------
+    def _open_source(self):
+        a = self.cfg.audio
+        return open_source(a.input or None, realtime=a.realtime, device=a.device or None,
+                           samplerate=a.samplerate or None, channels=a.channels or None,
+                           block_s=a.block_ms / 1000.0, buffer_s=a.buffer_s)
+
+    def _reconnect(self, reason: str) -> bool:
+        """Reopen the microphone with capped exponential backoff; False if asked to stop meanwhile."""
+        self.bus.emit("device", state="lost", source=getattr(self._source, "name", "?"), message=reason)
+        try:
+            self._source.close()
+        except Exception:
+            pass
+        delay = 0.25
+        while not self.stopping.is_set():
+            try:
+                self._source.open()
+                self.bus.emit("device", state="open", source=self._source.name)
+                return True
+            except ParaEdgeError as exc:
+                log.info("reconnect failed (%s); retrying in %.1f s", exc, delay)
+                self.stopping.wait(delay)
+                delay = min(delay * 2, self.cfg.audio.retry_max_s)
+        return False
+
+    # -- main loop -------------------------------------------------------------------------------
+    def run(self) -> int:
+        if self._source is None:
+            self._source = self._open_source()
+        src = self._source
+        gate = self.pipeline.gate
+        self.bus.emit("ready", model=self.cfg.model.dir, backend=self.recognizer.backend.describe(),
+                      source=src.name, wake=gate.describe() if gate else "off")
+        limit = int(self.duration_s * SAMPLE_RATE) if self.duration_s else None
+        try:
+            while not self.stopping.is_set():
+                if self._reload_requested.is_set():
+                    self._start_reload()
+                self._finish_reload()
+                self._commands()
+                if limit is not None and self.pipeline.pos >= limit:
+                    break
+                try:
+                    chunk = src.read(0.1)
+                except EndOfInput:
+                    break
+                except DeviceLost as exc:
+                    self.pipeline.finish("device_lost")
+                    if not self._reconnect(str(exc)):
+                        break
+                    continue
+                if chunk is None:
+                    continue
+                self._feed(chunk)
+            self.pipeline.finish("end_of_input" if not self.stopping.is_set() else "shutdown")
+        finally:
+            try:
+                src.close()
+            except Exception:
+                pass
+            self.bus.emit("stopped", utterances=self.pipeline.utterances, overruns=getattr(src, "overruns", 0))
+            self.bus.close()
+        return 0
+
+    def _feed(self, chunk) -> None:
+        x = np.asarray(chunk.samples, dtype=np.float32)
+        bad = ~np.isfinite(x)
+        if bad.any():
+            # a glitching driver or DSP: report, zero those samples so timing stays aligned, go on
+            self.bus.emit("error", what="audio", message=f"{int(bad.sum())} non-finite samples in a chunk, replaced by silence")
+            x = np.where(bad, np.float32(0), x)
+        try:
+            self.pipeline.feed(x, chunk.t)
+        except Exception as exc:  # never die on one chunk: drop the utterance, keep listening
+            log.exception("pipeline failed on a chunk")
+            self.bus.emit("error", what="pipeline", message=f"{type(exc).__name__}: {exc}; utterance dropped")
+            self.pipeline.abort()
+
+
+def run_daemon(cfg: DaemonConfig, duration_s: float | None = None) -> int:
+    d = Daemon(cfg, duration_s=duration_s)
+    d.install_signal_handlers()
+    return d.run()

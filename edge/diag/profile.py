@@ -1,0 +1,552 @@
+"""`paraedge profile`: where the time goes, per stage, per backend, next to peer runtimes.
+
+Every backend (and every peer) runs in the same process on the same audio with the same thread
+count. Stages: resample (when the WAV is not 16 kHz mono), fbank, lfr_cmvn, encoder, cif, decoder
+(onnxruntime's fused offline graph reports encoder+cif+decoder as `model`). Streaming adds per-chunk
+timings, first-partial latency and end-of-speech -> final latency. Warm-up runs are excluded.
+Outputs: a terminal table, `report.json`, and PNG plots (stacked stages, latency CDF, RTF vs length).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge.diag import markers
+from edge.backends.base import Backend
+from edge.errors import BackendUnavailable, ParaEdgeError
+from edge.platform import cpu_model, limit_threads, machine
+from edge.asr.audio import SAMPLE_RATE
+
+STAGES = ("resample", "fbank", "lfr_cmvn", "frontend", "encoder", "cif", "decoder", "model")
+MARKED = STAGES + ("total", "load")  # stage numbers for instruction-count markers (tools/emu/arm_profile.py)
+
+
+@dataclass
+class Sample:
+    name: str
+    samples: np.ndarray  # 16 kHz mono
+    raw: np.ndarray | None = None  # original, when it needed resampling
+    raw_rate: int = SAMPLE_RATE
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples) / SAMPLE_RATE
+
+
+@dataclass
+class RunTimes:
+    stages: dict = field(default_factory=dict)
+    total: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def add(self, stage: str, dt: float):
+        self.stages[stage] = self.stages.get(stage, 0.0) + dt
+
+
+class _Clock:
+    def __init__(self, times: RunTimes, stage: str):
+        self.times, self.stage = times, stage
+
+    def __enter__(self):
+        markers.begin(MARKED.index(self.stage))
+        self.t = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.times.add(self.stage, time.perf_counter() - self.t)
+        markers.end(MARKED.index(self.stage))
+
+
+def _resample(s: Sample, t: RunTimes):
+    if s.raw is not None:
+        from edge.asr.audio import to_mono_16k
+
+        with _Clock(t, "resample"):
+            to_mono_16k(s.raw, s.raw_rate)
+
+
+def run_offline(rec, s: Sample) -> RunTimes:
+    t = RunTimes()
+    t0 = time.perf_counter()
+    _resample(s, t)
+    with _Clock(t, "fbank"):
+        fb = rec.frontend.fbank(s.samples)
+    with _Clock(t, "lfr_cmvn"):
+        feats = rec.frontend.lfr_cmvn(fb)
+    be = rec.backend
+    if be.offline is not None:
+        with _Clock(t, "model"):
+            log_probs, n = be.offline(feats)
+        ids = rec.pick_tokens(log_probs, n)
+    else:
+        with _Clock(t, "encoder"):
+            enc, alphas = be.encode(rec.prepare(feats))
+        with _Clock(t, "cif"):
+            embeds = be.cif_offline(enc, alphas, rec.cif)
+        ids = []
+        if len(embeds):
+            with _Clock(t, "decoder"):
+                log_probs, _ = be.decode(enc, embeds)
+            ids = rec.pick_tokens(log_probs, len(embeds))
+    t.total = time.perf_counter() - t0
+    t.extra["text"] = rec.ids_to_result(ids).text
+    return t
+
+
+class _TimedBackend(Backend):
+    """Wraps a backend so a Stream's calls are attributed to encoder/decoder; every declared hook
+    (Backend.HOOKS: the C CIF of the neon backend, the fused offline graph) is the wrapped one's."""
+
+    def __init__(self, backend, times: RunTimes):
+        self.backend, self.times = backend, times
+        self.name, self.config = backend.name, backend.config
+        for hook in Backend.HOOKS:
+            setattr(self, hook, getattr(backend, hook))
+
+    def encode(self, x):
+        with _Clock(self.times, "encoder"):
+            return self.backend.encode(x)
+
+    def decode(self, *a, **kw):
+        with _Clock(self.times, "decoder"):
+            return self.backend.decode(*a, **kw)
+
+
+def run_streaming(rec, s: Sample, hop: int = 1600) -> RunTimes:
+    """Feed `hop` samples at a time; the stream's own work is split into stages."""
+    from edge.asr.recognizer import Stream
+
+    t = RunTimes()
+    real_backend = rec.backend
+    rec.backend = _TimedBackend(real_backend, t)
+    try:
+        stream = Stream(rec)
+        fe = stream.frontend
+        accept_fe, finish_fe = fe.accept, fe.finish
+
+        def timed_accept(x):  # the streaming frontend does fbank + LFR + CMVN in one pass
+            with _Clock(t, "frontend"):
+                return accept_fe(x)
+
+        def timed_finish():
+            with _Clock(t, "frontend"):
+                return finish_fe()
+
+        fe.accept, fe.finish = timed_accept, timed_finish
+        cif_step = stream.cif.step
+
+        def timed_cif(*a):
+            with _Clock(t, "cif"):
+                return cif_step(*a)
+
+        stream.cif.step = timed_cif
+        chunk_times, first_partial = [], None
+        t0 = time.perf_counter()
+        _resample(s, t)
+        fed = 0
+        for i in range(0, len(s.samples), hop):
+            before, c0 = stream.chunks, time.perf_counter()
+            new = stream.accept(s.samples[i : i + hop])
+            fed += len(s.samples[i : i + hop])
+            dt = time.perf_counter() - c0
+            if stream.chunks > before:  # this hop completed a 600 ms chunk: its cost is a chunk's cost
+                chunk_times.append(dt)
+            if new and first_partial is None:
+                first_partial = {"audio_s": fed / SAMPLE_RATE, "compute_s": dt}
+        e0 = time.perf_counter()
+        stream.finish()
+        eos_to_final = time.perf_counter() - e0
+        t.total = time.perf_counter() - t0
+    finally:
+        rec.backend = real_backend
+    t.extra.update(text=stream.result().text, chunks=stream.chunks, chunk_s=chunk_times,
+                   first_partial=first_partial, eos_to_final_s=eos_to_final)
+    return t
+
+
+def percentiles(xs) -> dict:
+    a = np.asarray(xs, dtype=np.float64)
+    if a.size == 0:
+        return {}
+    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+            "p99": float(np.percentile(a, 99)), "max": float(a.max()), "mean": float(a.mean())}
+
+
+def peak_gemm_gflops(n: int = 512, seconds: float = 0.5) -> float:
+    """A simple fp32 GEMM probe (numpy/BLAS, current thread setting)."""
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    b = a.copy()
+    a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def model_macs_per_second(cfg) -> dict:
+    """Multiply-accumulates per second of audio, per stage, from the config (offline decode).
+    Frames: 100 fbank/s -> 100/lfr_n encoder frames/s; tokens: ~4/s (Paraformer CIF rate, assumed)."""
+    enc, dec = cfg.encoder_conf, cfg.decoder_conf
+    d, din = cfg.d_model, cfg.input_size
+    ffn, blocks, k = int(enc.get("linear_units", 2048)), int(enc.get("num_blocks", 6)), int(enc.get("kernel_size", 11))
+    frames = 100.0 / cfg.frontend.lfr_n
+    tokens = 4.0
+    def enc_layer(i):
+        return i * 3 * d + d * d + 2 * d * ffn + d * k
+
+    encoder = frames * (enc_layer(din) + (blocks - 1) * enc_layer(d)) + frames * frames * 2 * d * blocks
+    l = int(dec.get("att_layer_num", 6))
+    dffn, dk = int(dec.get("linear_units", 2048)), int(dec.get("kernel_size", 21))
+    decoder = tokens * (l * (2 * d * dffn + 2 * d * d + d * dk) + 2 * d * dffn + d * cfg.vocab_size) \
+        + l * (frames * 2 * d * d + tokens * frames * 2 * d)
+    cif = frames * (3 * d * d + d)
+    fbank = 100 * (512 * 9 * 2 + 80 * 257)  # FFT ~ N log N, mel filterbank
+    return {"fbank": fbank, "encoder": encoder, "cif": cif, "decoder": decoder}
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version(), "numpy": np.__version__}
+    for mod in ("onnxruntime", "kaldi_native_fbank", "sherpa_onnx", "funasr_onnx", "tvm"):
+        m = sys.modules.get(mod)
+        if m is None:
+            try:
+                m = __import__(mod)
+            except Exception:  # an absent peer is reported as absent
+                continue
+        out[mod] = getattr(m, "__version__", "?")
+    return out
+
+
+# -- peers --------------------------------------------------------------------------------------
+def peer_runners(model_dir: str, threads: int, streaming: bool) -> dict:
+    """Peers that can read this model dir: name -> callable(samples) -> text."""
+    from edge.asr.modeldir import ModelDir
+
+    out = {}
+    md = model_dir
+    if ModelDir(md).config.streaming != streaming:
+        # a streaming dir's model.onnx is an encoder, not an offline model: peers would crash on it
+        return out
+    try:
+        import sherpa_onnx
+    except ImportError:
+        sherpa_onnx = None
+    if sherpa_onnx is not None and not streaming and os.path.exists(f"{md}/model.onnx"):
+        for q in ("", "_quant"):
+            if os.path.exists(f"{md}/model{q}.onnx"):
+                r = sherpa_onnx.OfflineRecognizer.from_paraformer(paraformer=f"{md}/model{q}.onnx",
+                                                                  tokens=f"{md}/tokens.txt", num_threads=threads)
+
+                def run(x, r=r):
+                    s = r.create_stream()
+                    s.accept_waveform(SAMPLE_RATE, x)
+                    r.decode_stream(s)
+                    return s.result.text
+
+                out[f"sherpa-onnx{' int8' if q else ''}"] = run
+    if sherpa_onnx is not None and streaming:
+        for q in ("", "_quant"):
+            enc, dec = f"{md}/model{q}.onnx", f"{md}/decoder{q}.onnx"
+            if os.path.exists(enc) and os.path.exists(dec):
+                r = sherpa_onnx.OnlineRecognizer.from_paraformer(tokens=f"{md}/tokens.txt", encoder=enc, decoder=dec,
+                                                                 num_threads=threads)
+
+                def run(x, r=r):
+                    s = r.create_stream()
+                    s.accept_waveform(SAMPLE_RATE, x)
+                    s.accept_waveform(SAMPLE_RATE, np.zeros(8000, np.float32))
+                    s.input_finished()
+                    while r.is_ready(s):
+                        r.decode_stream(s)
+                    return r.get_result(s)
+
+                out[f"sherpa-onnx{' int8' if q else ''}"] = run
+    if not streaming:
+        try:
+            from funasr_onnx import Paraformer as FunasrOnnx
+        except Exception:  # funasr-onnx is optional on a board
+            FunasrOnnx = None
+        if FunasrOnnx is not None:
+            for q in (False, True):
+                if os.path.exists(f"{md}/model{'_quant' if q else ''}.onnx"):
+                    m = FunasrOnnx(md, batch_size=1, quantize=q, intra_op_num_threads=threads)
+                    out[f"funasr-onnx{' int8' if q else ''}"] = lambda x, m=m: m(x)[0]["preds"][0]
+    return out
+
+
+# -- the daemon's always-on costs ---------------------------------------------------------------
+def daemon_costs(samples: list[Sample], runs: int, wake_models=("okay_nabu", "alexa")) -> dict:
+    """What the daemon pays while idle and per utterance outside the recognizer: the wake gate per
+    10 ms hop, the VAD per 32 ms window, capture resampling (48 kHz mic, 20 ms blocks)."""
+    from edge.asr.audio import StreamingResampler
+
+    out = {}
+    audio_s = sum(s.seconds for s in samples) * runs
+
+    def measure(name, make, step, inputs, rate=SAMPLE_RATE):
+        try:
+            fn = make()
+        except ParaEdgeError as exc:
+            out[name] = {"skipped": str(exc)}
+            return
+        per = []
+        for _ in range(runs):
+            for x in inputs:
+                for i in range(0, len(x) - step + 1, step):
+                    t0 = time.perf_counter()
+                    fn(x[i : i + step])
+                    per.append(time.perf_counter() - t0)
+        out[name] = {"per_step_us": {k: v * 1e6 for k, v in percentiles(per).items()}, "step_ms": 1000 * step / rate,
+                     "rtf": sum(per) / audio_s}
+
+    def gate():
+        from edge.daemon.wake import WakeGate
+
+        return WakeGate(list(wake_models)).process
+
+    def vad():
+        from edge.daemon.vad import SileroVad
+
+        return SileroVad().process
+
+    from scipy.signal import resample_poly
+
+    mono = [s.samples for s in samples]
+    measure("wake_gate", gate, 160, mono)
+    measure("vad", vad, 512, mono)
+    mic_48k = [resample_poly(x, 3, 1).astype(np.float32) for x in mono]  # made once, not per run
+    measure("resample_48k", lambda: StreamingResampler(48000), 960, mic_48k, rate=48000)
+    return out
+
+
+# -- the command --------------------------------------------------------------------------------
+def load_samples(paths) -> list[Sample]:
+    from edge.asr.audio import check_samples, read_wav, to_mono_16k
+
+    out = []
+    for p in paths:
+        raw, info = read_wav(p)
+        mono = check_samples(to_mono_16k(raw, info.sample_rate), p)
+        needs = info.sample_rate != SAMPLE_RATE or info.channels != 1
+        out.append(Sample(os.path.basename(p), mono, raw if needs else None, info.sample_rate))
+    return out
+
+
+def profile(model: str, backends: list[str], audio: list[str], threads: int = 1, runs: int = 5,
+            warmup: int = 1, streaming: bool = False, peers: bool = True, daemon: bool = True) -> dict:
+    from edge.asr.recognizer import Recognizer
+
+    pools = limit_threads(threads)
+    samples = load_samples(audio)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    report = {"model": os.path.abspath(model), "mode": "streaming" if streaming else "offline", "threads": threads,
+              "thread_pools": pools, "runs": runs, "warmup": warmup, "cpu": cpu_model(), "machine": machine(),
+              "versions": versions(), "audio": [{"name": s.name, "seconds": s.seconds} for s in samples],
+              "backends": {}}
+    for spec in backends:
+        name, _, opt = spec.partition(":")
+        t0 = time.perf_counter()
+        markers.reset()
+        markers.begin(MARKED.index("load"))
+        try:
+            rec = Recognizer(model, name, threads=threads, int8=(opt == "int8"))
+        except BackendUnavailable as exc:
+            report["backends"][spec] = {"skipped": str(exc)}
+            continue
+        markers.end(MARKED.index("load"))
+        load_s = time.perf_counter() - t0
+        runner = run_streaming if streaming else run_offline
+        per_run, by_len = [], []
+        for s in samples:
+            for i in range(warmup + runs):
+                markers.active = i >= warmup
+                markers.begin(MARKED.index("total"))
+                t = runner(rec, s)
+                markers.end(MARKED.index("total"))
+                markers.active = True
+                if i >= warmup:
+                    per_run.append(t)
+                    by_len.append((s.seconds, t.total))
+        audio_s = sum(s.seconds for s in samples) * runs
+        stage_sum = {st: sum(r.stages.get(st, 0.0) for r in per_run) for st in STAGES}
+        total = sum(r.total for r in per_run)
+        entry = {
+            "load_s": load_s,
+            "rtf": total / audio_s,
+            "total_s": total,
+            "stages_s": {k: v for k, v in stage_sum.items() if v > 0},
+            "stages_rtf": {k: v / audio_s for k, v in stage_sum.items() if v > 0},
+            "latency_s": percentiles([r.total for r in per_run]),
+            "rtf_by_length": by_len,
+            "text": {s.name: per_run[i * runs].extra["text"] for i, s in enumerate(samples)},
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        }
+        if streaming:
+            chunks = [c for r in per_run for c in r.extra["chunk_s"]]
+            entry["chunk_s"] = percentiles(chunks)
+            entry["eos_to_final_s"] = percentiles([r.extra["eos_to_final_s"] for r in per_run])
+            fp = [r.extra["first_partial"] for r in per_run if r.extra["first_partial"]]
+            entry["first_partial_audio_s"] = percentiles([f["audio_s"] for f in fp])
+        report["backends"][spec] = entry
+        markers.snapshot()  # one block of counts per backend, in report order
+    if peers:
+        report["peers"] = {}
+        for name, fn in peer_runners(model, threads, streaming).items():
+            times, by_len = [], []
+            for s in samples:
+                for i in range(warmup + runs):
+                    t0 = time.perf_counter()
+                    text = fn(s.samples)
+                    if i >= warmup:
+                        times.append(time.perf_counter() - t0)
+                        by_len.append((s.seconds, times[-1]))
+            audio_s = sum(s.seconds for s in samples) * runs
+            report["peers"][name] = {"rtf": sum(times) / audio_s, "latency_s": percentiles(times),
+                                     "rtf_by_length": by_len, "text": text}
+    # ratios against onnxruntime fp32, or INT8 where the model ships only INT8 (the demo model)
+    ref_name = next((n for n in ("onnxruntime", "onnxruntime:int8") if "rtf" in report["backends"].get(n, {})), None)
+    base = report["backends"][ref_name]["rtf"] if ref_name else None
+    report["ratio_base"] = ref_name
+    if base:
+        for group in ("backends", "peers"):
+            for e in report.get(group, {}).values():
+                if "rtf" in e:
+                    e["time_vs_onnxruntime"] = e["rtf"] / base
+    if daemon and not markers.ENABLED:  # under emulation only the recognizer's stages are counted
+        report["daemon"] = daemon_costs(samples, runs)
+    from edge.asr.modeldir import ModelDir
+
+    md = ModelDir(model)
+    macs = model_macs_per_second(md.config)
+    peak = None if markers.ENABLED else peak_gemm_gflops()  # a wall-clock probe means nothing emulated
+    try:
+        weights_mb = sum(v.nbytes for v in md.weights.values()) / 2**20
+    except ParaEdgeError:  # a TVM bundle: its params.npz holds the compiled layout, not the model's weights
+        weights_mb = None
+    report["model_cost"] = {"macs_per_audio_second": macs, "peak_gemm_gflops": peak, "weights_mb": weights_mb,
+                            "rss_before_mb": rss0 / 1024.0}
+    for group in ("backends",):
+        for e in report[group].values():
+            if "stages_rtf" in e:
+                flops = 2 * sum(macs[k] for k in ("encoder", "cif", "decoder"))
+                model_rtf = sum(e["stages_rtf"].get(k, 0.0) for k in ("encoder", "cif", "decoder", "model"))
+                e["fraction_of_peak"] = flops / 1e9 / peak / model_rtf if model_rtf and peak else None
+    return report
+
+
+def table(report: dict) -> str:
+    rows = [f"ParaEdge profile: {report['mode']}, {report['threads']} thread(s), {report['runs']} runs, "
+            f"{sum(a['seconds'] for a in report['audio']):.1f} s audio, CPU {report['cpu']}",
+            f"board: {report.get('board') or '(none given: --board)'}; versions: "
+            + ", ".join(f"{k} {v}" for k, v in report["versions"].items())]
+    head = f"{'backend':22s} {'RTF':>8s} {'x ' + (report.get('ratio_base') or 'ORT'):>7s} {'p50 s':>8s} {'p99 s':>8s} {'load s':>7s}  stages (RTF)"
+    rows += [head, "-" * len(head)]
+    for group in ("backends", "peers"):
+        for name, e in report.get(group, {}).items():
+            if "skipped" in e:
+                rows.append(f"{name:22s} skipped: {e['skipped']}")
+                continue
+            st = " ".join(f"{k}={v:.4f}" for k, v in e.get("stages_rtf", {}).items())
+            ratio = e.get("time_vs_onnxruntime")
+            rows.append(f"{name + (' (peer)' if group == 'peers' else ''):22s} {e['rtf']:8.4f} "
+                        f"{(f'{ratio:.2f}' if ratio else '-'):>7s} {e['latency_s']['p50']:8.4f} "
+                        f"{e['latency_s']['p99']:8.4f} {e.get('load_s', float('nan')):7.3f}  {st}")
+    for name, e in report.get("daemon", {}).items():
+        if "skipped" in e:
+            rows.append(f"daemon {name}: skipped: {e['skipped']}")
+        else:
+            p = e["per_step_us"]
+            rows.append(f"daemon {name:12s} RTF {e['rtf']:.4f}; per {e['step_ms']:.0f} ms step: p50 {p['p50']:.0f} us, "
+                        f"p99 {p['p99']:.0f} us, max {p['max']:.0f} us")
+    mc = report["model_cost"]
+    rows.append(f"model: {sum(mc['macs_per_audio_second'].values()) / 1e6:.1f} M MAC per audio second; "
+                f"peak fp32 GEMM probe {mc['peak_gemm_gflops'] or 0:.1f} GFLOP/s")
+    return "\n".join(rows)
+
+
+def plots(report: dict, out_dir: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+
+    def save(fig, name):
+        fig.tight_layout()
+        written.append(os.path.join(out_dir, name))
+        fig.savefig(written[-1], dpi=90)
+        plt.close(fig)
+
+    names = [n for n, e in report["backends"].items() if "stages_rtf" in e]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    bottom = np.zeros(len(names))
+    for st in STAGES:
+        vals = np.array([report["backends"][n]["stages_rtf"].get(st, 0.0) for n in names])
+        if vals.any():
+            ax.bar(names, vals, bottom=bottom, label=st)
+            bottom += vals
+    ax.set_ylabel("RTF (compute s / audio s)")
+    ax.set_title(f"per-stage cost, {report['mode']}")
+    ax.legend(fontsize=8)
+    save(fig, "stages.png")
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for group in ("backends", "peers"):
+        for n, e in report.get(group, {}).items():
+            lat = sorted(t for _, t in e.get("rtf_by_length", []))
+            if lat:
+                ax.plot(lat, np.linspace(0, 1, len(lat)), label=n)
+    ax.set_xlabel("latency per utterance (s)"), ax.set_ylabel("CDF"), ax.legend(fontsize=7)
+    save(fig, "latency_cdf.png")
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for group in ("backends", "peers"):
+        for n, e in report.get(group, {}).items():
+            pts = e.get("rtf_by_length", [])
+            if pts:
+                secs = np.array([p[0] for p in pts])
+                ax.scatter(secs, np.array([p[1] for p in pts]) / secs, s=10, label=n)
+    ax.set_xlabel("audio length (s)"), ax.set_ylabel("RTF"), ax.legend(fontsize=7)
+    ax.set_title("does cost grow linearly with length?")
+    save(fig, "rtf_vs_length.png")
+    return written
+
+
+def run_cli(args) -> int:
+    backends = args.backend.split(",")
+    if args.backend == "all":  # every backend this machine has; a missing one shows as skipped, with why
+        backends = ["ref", "onnxruntime", "onnxruntime:int8", "neon"]
+        if os.path.isfile(os.path.join(args.model, "manifest.json")):  # a `paraedge compile` bundle
+            backends.append("tvm")
+    if not args.audio:
+        raise ParaEdgeError("profile needs --audio FILE.wav [...]")
+    board = None
+    if args.board:  # the profile the numbers are for; a CPU that cannot run it is refused up front
+        from edge.boards import check_runs_here, load_board
+
+        board = load_board(args.board)
+        check_runs_here(board)
+    report = profile(args.model, backends, args.audio, args.threads, args.runs, args.warmup, args.streaming,
+                     peers=args.backend == "all" or args.peers)
+    report["board"] = board.summary() if board else None
+    print(table(report))
+    if args.output:
+        os.makedirs(args.output, exist_ok=True)
+        with open(os.path.join(args.output, "report.json"), "w") as f:
+            json.dump(report, f, indent=1, ensure_ascii=False)
+        try:
+            for p in plots(report, args.output):
+                print(f"wrote {p}")
+        except ImportError:
+            print("matplotlib not installed: plots skipped (pip install matplotlib)", file=sys.stderr)
+        print(f"wrote {os.path.join(args.output, 'report.json')}")
+    return 0

@@ -1,0 +1,75 @@
+"""Facts about the machine this runs on, read in one place: architecture, CPU features and model
+(from /proc/cpuinfo), and the compute thread pools.
+
+Board checks (edge/boards.py), the NEON kernel provider, `paraedge doctor` and the profiler all
+ask here; before, four /proc/cpuinfo parsers disagreed on the key names (`Features`, `flags`,
+`CPU part`, `Hardware`) and on whether the first line or every line counted.
+"""
+
+from __future__ import annotations
+
+import os
+import platform as _platform
+import sys
+from functools import lru_cache
+
+CPUINFO = "/proc/cpuinfo"
+_ARCH_ALIASES = {"arm64": "aarch64", "amd64": "x86_64"}
+# env vars read by the pools when their library loads; later changes need threadpoolctl (see limit_threads)
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TVM_NUM_THREADS")
+
+
+def machine() -> str:
+    """The architecture as board profiles spell it: aarch64 or x86_64."""
+    m = _platform.machine().lower()
+    return _ARCH_ALIASES.get(m, m)
+
+
+def is_arm() -> bool:
+    return machine() == "aarch64"
+
+
+@lru_cache(maxsize=1)
+def _cpuinfo() -> tuple:
+    try:
+        with open(CPUINFO, encoding="utf-8", errors="replace") as f:
+            return tuple((k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in f) if k.strip())
+    except OSError:
+        return ()
+
+
+def cpu_features() -> frozenset:
+    """ISA feature flags as /proc/cpuinfo spells them (`Features` on ARM, `flags` on x86); empty if unknown."""
+    feats = set()
+    for key, value in _cpuinfo():
+        if key in ("flags", "Features"):
+            feats.update(value.split())
+    return frozenset(feats)
+
+
+def cpu_model() -> str:
+    """A human name for the CPU: x86 `model name`, ARM `Hardware` / `CPU part`, else the arch."""
+    info = dict(reversed(_cpuinfo()))  # the first occurrence of each key wins
+    for key in ("model name", "Hardware", "Model", "CPU part"):
+        if info.get(key):
+            return info[key] if key != "CPU part" else f"ARM part {info[key]}"
+    return _platform.processor() or machine()
+
+
+def limit_threads(n: int) -> dict:
+    """Hold every compute pool of this process to `n` threads; returns what the pools report.
+
+    Environment variables only take effect for libraries not loaded yet, so pools already running
+    (numpy's OpenBLAS is loaded by any numpy import) are limited through threadpoolctl. The
+    returned {library: threads} is what a report should print, not the number that was asked for.
+    """
+    n = int(n)
+    for var in THREAD_ENV:
+        os.environ[var] = str(n)
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits
+    except ImportError:
+        return {"env": n}
+    if "numpy" in sys.modules:
+        threadpool_limits(limits=n)
+    return {info.get("internal_api", "pool"): info.get("num_threads") for info in threadpool_info()} or {"env": n}

@@ -1,0 +1,42 @@
+"""Relax pipelines for ParaEdge bundles (host side).
+
+CUDA: TVM's default CUDA pipeline minus dlight's GEMV rule, which asserts on the CIF alpha
+projection's [T,d]x[d,1] shape; Matmul/Reduction/GeneralReduction/Fallback schedule every kernel.
+CPU: TVM's default pipeline plus the deterministic schedules of tools/compiler/cpu.py.
+"""
+
+from __future__ import annotations
+
+
+def cuda_pipeline(target):
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cuda import pipeline as cuda
+    from tvm.s_tir import dlight as dl
+
+    legalize = [
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()),
+    ]
+
+    @tvm.transform.module_pass(opt_level=0)
+    def _pipeline(mod, _ctx):
+        with target:
+            seq = tvm.transform.Sequential(cuda.library_dispatch_passes(target) + legalize
+                                           + cuda.dataflow_lower_passes(target) + cuda.finalize_passes(target))
+            return seq(mod)
+
+    return _pipeline
+
+
+def relax_pipeline(board, target):
+    """The Relax pipeline for a board's target ("default" = TVM's own)."""
+    if board.cuda:
+        return cuda_pipeline(target)
+    from paraedge_tools.compiler.cpu import cpu_pipeline
+
+    return cpu_pipeline(target)

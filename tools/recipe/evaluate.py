@@ -1,0 +1,176 @@
+"""Accuracy of a model dir on corpus manifests: CER and whole-command accuracy, offline and streaming,
+fp32 (numpy reference) and INT8 (onnxruntime). Produces the model card's table.
+
+`python -m paraedge_tools.recipe.evaluate --model models/demo --corpus out/corpus [--write-card] [--chunk-size 0,10,5]`
+
+Streaming uses the model's default chunk size (config.yaml `chunk_size`, else [0, 10, 5]) unless
+--chunk-size says otherwise. The card holds one table per streaming chunk size measured, each
+between `<!-- results[left,chunk,right]:begin/end -->` markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+
+def _chars(s: str) -> list[str]:
+    return [c for c in s if not c.isspace()]
+
+
+def edit_distance(a, b) -> int:
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+def cer(ref: str, hyp: str) -> tuple[int, int]:
+    """(character edits, reference characters), spaces ignored."""
+    r, h = _chars(ref), _chars(hyp)
+    return edit_distance(r, h), len(r)
+
+
+SETS = ("test_clean", "test_snr20", "test_snr10", "test_snr5")
+SET_LABEL = {"test_clean": "held-out voices, clean", "test_snr20": "held-out, car noise 20 dB",
+             "test_snr10": "held-out, car noise 10 dB", "test_snr5": "held-out, car noise 5 dB"}
+
+
+def decode_all(rec, rows, streaming: bool, chunk_size=None) -> list[list[int]]:
+    from edge.asr.audio import load_audio
+
+    out = []
+    for r in rows:
+        x = load_audio(r["path"])[0]
+        out.append((rec.transcribe_streaming(x, chunk_size=chunk_size) if streaming else rec.transcribe(x)).token_ids)
+    return out
+
+
+def score(rec, rows, hyps) -> dict:
+    edits = chars = correct = 0
+    for r, ids in zip(rows, hyps):
+        text = rec.ids_to_result(ids).text
+        e, n = cer(r["text"], text)
+        edits, chars, correct = edits + e, chars + n, correct + int(text == r["text"])
+    return {"cer": edits / max(chars, 1), "acc": correct / max(len(rows), 1), "n": len(rows)}
+
+
+def token_agreement(a: list[list[int]], b: list[list[int]]) -> float:
+    errs = sum(edit_distance(x, y) for x, y in zip(a, b))
+    return 1.0 - errs / max(sum(len(x) for x in a), 1)
+
+
+def evaluate(model: str, corpus: str, limit: int | None = None, chunk_size=None) -> dict:
+    from edge.asr.recognizer import Recognizer
+    from paraedge_tools.recipe.corpus import read_manifest
+
+    recs = {"fp32": Recognizer(model, "ref"), "int8": Recognizer(model, "onnxruntime", int8=True, threads=1)}
+    chunk_size = tuple(chunk_size or recs["fp32"].config.chunk_size)
+    report = {"model": model, "chunk_size": list(chunk_size), "sets": {}}
+    t0 = time.time()
+    for name in SETS:
+        path = os.path.join(corpus, f"{name}.jsonl")
+        if not os.path.exists(path):
+            continue
+        rows = read_manifest(path)
+        if limit:
+            rows = rows[:: max(1, len(rows) // limit)]
+        res, hyps = {}, {}
+        for prec, rec in recs.items():
+            for mode in ("offline", "streaming"):
+                hyps[(prec, mode)] = decode_all(rec, rows, mode == "streaming", chunk_size)
+                res[f"{prec}_{mode}"] = score(rec, rows, hyps[(prec, mode)])
+        off, st = hyps[("fp32", "offline")], hyps[("fp32", "streaming")]
+        res["int8_fp32_token_agreement"] = token_agreement(off, hyps[("int8", "offline")])
+        res["streaming_equals_offline"] = sum(a == b for a, b in zip(off, st)) / max(len(rows), 1)
+        dropped = other = 0
+        for r, a, b in zip(rows, off, st):  # offline got the last character but streaming did not
+            ta, tb = recs["fp32"].ids_to_result(a).text, recs["fp32"].ids_to_result(b).text
+            if ta and ta[-1] == r["text"][-1] and (not tb or tb[-1] != r["text"][-1]):
+                # dropped: streaming lost the end (fewer tokens); other: it replaced or added to it
+                if len(b) < len(a):
+                    dropped += 1
+                else:
+                    other += 1
+        res["streaming_last_char_dropped"] = dropped
+        res["streaming_last_char_other"] = other
+        report["sets"][name] = res
+    report["seconds"] = time.time() - t0
+    return report
+
+
+def card_table(report: dict) -> str:
+    left, chunk, right = report["chunk_size"]
+    label = f"{60 * chunk} ms streaming" + (f" (+{60 * left} ms left context)" if left else "")
+    lines = [f"| test set | utts | fp32 offline acc / CER | fp32 {label} acc / CER | INT8 offline acc / CER "
+             "| INT8 streaming acc / CER | INT8 = fp32 tokens | streaming = offline "
+             "| streaming last char dropped / replaced or extended, offline right |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in report["sets"].items():
+        def cell(k):
+            return f"{100 * r[k]['acc']:.1f} % / {100 * r[k]['cer']:.2f} %"
+
+        lines.append(f"| {SET_LABEL.get(name, name)} | {r['fp32_offline']['n']} | {cell('fp32_offline')} | "
+                     f"{cell('fp32_streaming')} | {cell('int8_offline')} | {cell('int8_streaming')} | "
+                     f"{100 * r['int8_fp32_token_agreement']:.2f} % | {100 * r['streaming_equals_offline']:.1f} % | "
+                     f"{r['streaming_last_char_dropped']} / {r.get('streaming_last_char_other', '?')} |")
+    return "\n".join(lines)
+
+
+def markers(chunk_size) -> tuple[str, str]:
+    """The card's block for one chunk size."""
+    key = "[" + ",".join(str(c) for c in chunk_size) + "]"
+    return f"<!-- results{key}:begin -->", f"<!-- results{key}:end -->"
+
+
+def write_card(card_path: str, report: dict) -> None:
+    text = open(card_path, encoding="utf-8").read()
+    begin, end = markers(report["chunk_size"])
+    table = f"{begin}\n{card_table(report)}\n{end}"
+    if begin in text:
+        text = text[: text.index(begin)] + table + text[text.index(end) + len(end):]
+    else:
+        text += "\n" + table + "\n"
+    with open(card_path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="models/demo")
+    ap.add_argument("--corpus", default="out/corpus")
+    ap.add_argument("--limit", type=int, default=None, help="utterances per test set (default: all)")
+    ap.add_argument("--write-card", action="store_true", help="update the results table in MODEL/README.md")
+    ap.add_argument("--json", default=None, help="also write the report here")
+    ap.add_argument("--chunk-size", default=None,
+                    help="streaming [left,chunk,right] in 60 ms frames (default: the model's)")
+    args = ap.parse_args(argv)
+    chunk_size = None
+    if args.chunk_size is not None:
+        from edge.asr.modeldir import check_chunk_size
+
+        try:
+            values = [int(c) for c in args.chunk_size.split(",")]
+        except ValueError:
+            ap.error(f"--chunk-size: expected left,chunk,right integers, got '{args.chunk_size}'")
+        try:
+            chunk_size = check_chunk_size(values)
+        except ValueError as e:
+            ap.error(f"--chunk-size: {e}")
+    report = evaluate(args.model, args.corpus, args.limit, chunk_size)
+    print(card_table(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    if args.write_card:
+        write_card(os.path.join(args.model, "README.md"), report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

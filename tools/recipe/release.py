@@ -1,0 +1,75 @@
+"""Turn a training run into the shipped demo model dir (`models/demo`).
+
+`python -m paraedge_tools.recipe.release --train out/train --out models/demo [--corpus out/corpus --evaluate]`
+
+Writes config.yaml, am.mvn (from training features), tokens.json/tokens.txt, model.npz (weights
+rounded to fp16 and stored so: every shipped artifact derives from the same rounded weights) and the
+INT8 streaming pair model_quant.onnx + decoder_quant.onnx; the fp32 ONNX files are left out to keep
+the repo small (`paraedge export models/demo` regenerates them). Then renders the demo samples and,
+with --evaluate, measures the model card's table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+
+def release(train_dir: str, out: str, checkpoint: str = "best.pt", stream_left: int | None = None) -> list[str]:
+    """`stream_left`: the left context of the model's default streaming chunk size (config.yaml
+    `chunk_size` [left, 10, 5]); default: the largest the run trained with."""
+    import torch
+
+    from paraedge_models.export import export_dir
+    from paraedge_models.paraformer import Paraformer
+    from paraedge_tools.recipe.train import build_vocab, model_config, write_model_dir
+
+    info = json.load(open(os.path.join(train_dir, "train_info.json")))
+    vocab = build_vocab()
+    if stream_left is None:
+        trained = info.get("stream_left", 0)
+        stream_left = max(trained) if isinstance(trained, list) else trained
+    conf = model_config(info["preset"], len(vocab), stream_left)
+    model = Paraformer(conf, len(vocab))
+    state = torch.load(os.path.join(train_dir, checkpoint), weights_only=False)
+    model.load_state_dict(state["model"] if "model" in state and "opt" in state else state)  # ckpt.pt or best.pt
+    z = np.load(os.path.join(train_dir, "cmvn.npz"))
+    write_model_dir(out, model.eval(), conf, vocab, (z["shift"], z["scale"]), fp16_weights=True)
+    written = export_dir(out)
+    w = np.load(os.path.join(out, "model.npz"))
+    np.savez(os.path.join(out, "model.npz"), **{k: w[k].astype(np.float16) for k in w.files})  # exact: fp16-rounded
+    for f in ("model.onnx", "decoder.onnx"):
+        os.remove(os.path.join(out, f))
+    return [f for f in written if os.path.exists(f)]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--train", default="out/train")
+    ap.add_argument("--out", default="models/demo")
+    ap.add_argument("--checkpoint", default="best.pt")
+    ap.add_argument("--corpus", default="out/corpus")
+    ap.add_argument("--evaluate", action="store_true", help="measure and write the model card table")
+    ap.add_argument("--stream-left", type=int, default=None,
+                    help="default streaming chunk_size [N, 10, 5] (default: the largest left context trained)")
+    args = ap.parse_args(argv)
+    for f in release(args.train, args.out, args.checkpoint, args.stream_left):
+        print(f"wrote {f} ({os.path.getsize(f) / 1e6:.2f} MB)")
+    from paraedge_tools.recipe.make_samples import make
+
+    make(os.path.join(args.out, "samples"))
+    if args.evaluate:
+        from paraedge_tools.recipe.evaluate import evaluate, write_card
+
+        report = evaluate(args.out, args.corpus)
+        with open(os.path.join(args.out, "results.json"), "w") as f:
+            json.dump(report, f, indent=1)
+        write_card(os.path.join(args.out, "README.md"), report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,412 @@
+"""Train the demo Paraformer on the synthetic corpus (CPU, torch, 2 threads).
+
+`python -m paraedge_tools.recipe.train --corpus out/corpus --out out/train [--steps N] [--preset demo]`
+
+Losses (FunASR's recipe, simplified): CE on the parallel decoder fed CIF embeddings integrated
+from target-length-scaled alphas (label smoothing 0.1), CIF quantity loss |sum(alphas) - N|, and an
+auxiliary CTC loss on the encoder. Targets end with </s> (`predictor_bias: 1`, as FunASR's models).
+
+Streaming-capable: every other batch is trained exactly as the runtime decodes a stream with
+chunk_size [left, 10, 5] (`--stream-left`, default 0, or a list the streaming batches take in turn:
+each 10-frame chunk encoded in a window with the previous left + 5 frames; alphas outside the chunk zeroed; each token's decoder cross-attention
+limited to the window it fired in), the others with full context, so the same weights serve offline
+and 600 ms streaming decoding.
+
+Resumable (`ckpt.pt` holds model, optimiser, step and RNG state), seeded, logs loss and held-out
+CER to `log.csv` and `curve.png`, and keeps the best checkpoint by held-out whole-command accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+from paraedge_tools.recipe.corpus import augment, noise_bank, read_manifest, read_phrases
+
+CHUNK, LOOKAHEAD = 10, 5
+
+DEMO_CONF = dict(
+    encoder_conf=dict(output_size=256, attention_heads=4, linear_units=1024, num_blocks=6, kernel_size=11, sanm_shfit=0),
+    decoder_conf=dict(attention_heads=4, linear_units=1024, num_blocks=3, att_layer_num=3, kernel_size=11, sanm_shfit=5),
+)
+TINY_CONF = dict(  # for the recipe smoke test
+    encoder_conf=dict(output_size=32, attention_heads=2, linear_units=64, num_blocks=2, kernel_size=11, sanm_shfit=0),
+    decoder_conf=dict(attention_heads=2, linear_units=64, num_blocks=1, att_layer_num=1, kernel_size=11, sanm_shfit=5),
+)
+
+
+def tokenize(text: str, lang: str) -> list[str]:
+    return text.split() if lang == "en" else list(text.replace(" ", ""))
+
+
+def build_vocab() -> list[str]:
+    toks = []
+    for lang, text in read_phrases():
+        for t in tokenize(text, lang):
+            if t not in toks:
+                toks.append(t)
+    return ["<blank>", "<s>", "</s>"] + toks + ["<unk>"]
+
+
+def model_config(preset: str, vocab_size: int, stream_left: int = 0) -> dict:
+    from paraedge_tools.recipe.make_model import model_config as base_config
+
+    conf = base_config("tiny", streaming=True, vocab_size=vocab_size)
+    p = DEMO_CONF if preset == "demo" else TINY_CONF
+    conf["encoder_conf"].update(p["encoder_conf"])
+    conf["decoder_conf"].update(p["decoder_conf"])
+    conf["predictor_conf"]["idim"] = p["encoder_conf"]["output_size"]
+    conf["model_conf"]["ctc_weight"] = 0.3
+    conf["chunk_size"] = [stream_left, CHUNK, LOOKAHEAD]  # the streaming windows it was trained for
+    return conf
+
+
+class Data:
+    """Clean waveforms in memory; each draw is augmented afresh and turned into raw LFR features."""
+
+    def __init__(self, rows, vocab, rng):
+        from edge.asr.audio import load_audio
+
+        self.rows = rows
+        self.index = {t: i for i, t in enumerate(vocab)}
+        self.audio = [load_audio(r["path"])[0] for r in rows]
+        self.targets = [[self.index[t] for t in tokenize(r["text"], r["lang"])] + [2] for r in rows]
+        self.rng = rng
+        self.bank = None
+
+    def feats(self, x):
+        from edge.asr.frontend import FrontendConfig, apply_lfr, fbank
+
+        cfg = FrontendConfig(lfr_m=7, lfr_n=6)
+        return apply_lfr(fbank(x, cfg), 7, 6)
+
+    def batch(self, n, aug=True):
+        if aug and self.bank is None:
+            self.bank = noise_bank(self.rng)
+        idx = self.rng.integers(0, len(self.rows), n)
+        xs = [self.feats(augment(self.audio[i], self.rng, self.bank) if aug else self.audio[i]) for i in idx]
+        return xs, [self.targets[i] for i in idx]
+
+    def stream(self, n, seed):
+        """Batches made in a background process (the 2 cores overlap data and compute)."""
+        import torch
+
+        data = self
+
+        class Batches(torch.utils.data.IterableDataset):
+            def __iter__(self):
+                torch.set_num_threads(1)
+                data.rng = np.random.default_rng(seed)
+                while True:
+                    yield data.batch(n)
+
+        return iter(torch.utils.data.DataLoader(Batches(), batch_size=None, num_workers=1, prefetch_factor=4,
+                                                persistent_workers=True))
+
+
+def streaming_step(step: int, ratio: float) -> bool:
+    """Whether `step` trains as the runtime streams; spread evenly (0.5: odd steps, 0.75: three in four)."""
+    return int((step + 1) * ratio) > int(step * ratio)
+
+
+def compute_cmvn(data: Data, n: int = 400):
+    feats = np.concatenate([data.feats(data.audio[i]) for i in range(0, len(data.audio), max(1, len(data.audio) // n))])
+    mean, std = feats.mean(0), feats.std(0) + 1e-5
+    return (-mean).astype(np.float32), (1.0 / std).astype(np.float32)
+
+
+def pad(seqs, value=0.0):
+    import torch
+
+    t = max(len(s) for s in seqs)
+    out = np.full((len(seqs), t) + np.asarray(seqs[0]).shape[1:], value, dtype=np.float32)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = s
+    return torch.from_numpy(out), torch.tensor([len(s) for s in seqs])
+
+
+def stream_windows(model, enc_in, mask, xlen, left: int = 0):
+    """The encoder and predictor run as the runtime streams with chunk_size [left, 10, 5]: every
+    window is [previous left + 5 prepared frames | next 10], zero context at the start. Returns the
+    windows' frames back to back (hidden [B, K*W, D]), their alphas with everything the runtime
+    zeroes zeroed, the kept-frame mask, each frame's window id and the frames' validity."""
+    import torch
+    import torch.nn.functional as F
+
+    b, t, _ = enc_in.shape
+    ctx, width = left + LOOKAHEAD, left + LOOKAHEAD + CHUNK
+    k = math.ceil(t / CHUNK)
+    tt = k * CHUNK
+    enc_in = F.pad(enc_in * mask[:, :, None], (0, 0, ctx, tt - t))  # zeros before frame 0 and after the end
+    wins = enc_in.unfold(1, width, CHUNK).permute(0, 1, 3, 2)  # [B, K, width, D]
+    # the zero context before frame 0 is real input at runtime, so it is not masked
+    wmask_full = F.pad(F.pad(mask, (ctx, 0), value=1.0), (0, tt - t)).unfold(1, width, CHUNK)  # [B, K, width]
+    wmask = wmask_full.reshape(b * k, -1)
+    enc_w = model.encoder(wins.reshape(b * k, width, -1), wmask) * wmask[:, :, None]  # the last window ends early
+    a_w = model.predictor.alphas(enc_w, wmask).reshape(b, k, -1)
+    # keep positions left..left+9 of each window, and the look-ahead too in each utterance's last window
+    last = ((xlen + CHUNK - 1) // CHUNK - 1)[:, None, None]
+    pos = torch.arange(width)[None, None, :]
+    win = torch.arange(k)[None, :, None]
+    keep = ((pos >= left) & ((pos < left + CHUNK) | (win == last)) & (win <= last)).float() * wmask_full
+    window_of = torch.arange(k).repeat_interleave(width)  # window id of each frame
+    return (enc_w.reshape(b, k * width, -1), (a_w * keep).reshape(b, -1), keep.reshape(b, -1), window_of,
+            wmask_full.reshape(b, -1))
+
+
+def losses(model, feats, targets, streaming: bool, left: int = 0):
+    """One forward pass; returns (total, parts). Streaming windows have `left` frames of extra context."""
+    import torch
+    import torch.nn.functional as F
+
+    x, xlen = pad(feats)
+    ys, ylen = pad([np.array(t, np.float32) for t in targets], value=-1)
+    ys = ys.long()
+    b, t, _ = x.shape
+    mask = (torch.arange(t)[None, :] < xlen[:, None]).float()
+    enc_in = model.encoder.embed(x)
+    if not streaming:
+        enc = model.encoder(enc_in, mask)
+        # zero the batch padding first: at runtime the predictor's conv sees zeros past the end
+        alphas = model.predictor.alphas(enc * mask[:, :, None], mask)
+        hidden, amask, memory = enc, mask, enc
+    else:
+        hidden, alphas, amask, window_of, mem_valid = stream_windows(model, enc_in, mask, xlen, left)
+        memory = hidden
+    # quantity loss + target-scaled CIF (teacher forcing the token count)
+    n_tgt = ylen.float()
+    qty = (alphas.sum(-1) - n_tgt).abs().mean()
+    scaled = alphas * (n_tgt / alphas.sum(-1).clamp(min=1e-4))[:, None]
+    embeds, _ = model.predictor.integrate(hidden, scaled, n_tgt, fired_only=False)
+    nmax = embeds.shape[1]
+    tgt_mask = (torch.arange(nmax)[None, :] < ylen[:, None]).float()
+    if streaming:
+        # each token attends to the window in which it fired (where the running sum crosses j+1)
+        csum = torch.cumsum(scaled, dim=1)
+        j = torch.arange(nmax, dtype=csum.dtype)[None, :, None] + 1 - 1e-4
+        fire_frame = (csum[:, None, :] < j).sum(-1).clamp(max=csum.shape[1] - 1)  # [B, N]
+        fire_win = window_of[fire_frame]
+        mem_mask = (window_of[None, None, :] == fire_win[:, :, None]).float() * mem_valid[:, None, :]
+    else:
+        mem_mask = mask
+    logits, _ = model.decoder(memory, mem_mask, embeds, tgt_mask)
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ys[:, :nmax].reshape(-1), ignore_index=-1,
+                         label_smoothing=0.1)
+    # auxiliary CTC on the encoder frames (targets without </s>)
+    lp = model.ctc.ctc_lo(hidden).log_softmax(-1).transpose(0, 1)
+    in_len = (amask > 0).sum(-1) if streaming else xlen
+    ctc_tgt = [torch.tensor(tg[:-1]) for tg in targets]
+    if streaming:  # CTC over the frames that are kept, in order
+        lp = torch.stack([F.pad(lp[:, i][amask[i] > 0], (0, 0, 0, lp.shape[0] - int(in_len[i]))) for i in range(b)], 1)
+    ctc = F.ctc_loss(lp, torch.cat(ctc_tgt), in_len, torch.tensor([len(c) for c in ctc_tgt]), blank=0,
+                     reduction="mean", zero_infinity=True)
+    total = ce + qty + 0.3 * ctc
+    return total, {"ce": float(ce.detach()), "qty": float(qty.detach()), "ctc": float(ctc.detach())}
+
+
+def evaluate(model_dir_writer, rows, limit: int | None = None) -> dict:
+    """Decode held-out clean utterances with the numpy runtime (offline)."""
+    from edge.asr.audio import load_audio
+    from edge.asr.recognizer import Recognizer
+    from paraedge_tools.recipe.evaluate import cer
+
+    rec = Recognizer(model_dir_writer())
+    errs = chars = correct = 0
+    subset = rows if limit is None else rows[:: max(1, len(rows) // limit)]
+    for r in subset:
+        hyp = rec.transcribe(load_audio(r["path"])[0]).text
+        e, n = cer(r["text"], hyp)
+        errs, chars, correct = errs + e, chars + n, correct + int(hyp == r["text"])
+    return {"cer": errs / max(chars, 1), "acc": correct / max(len(subset), 1), "n": len(subset)}
+
+
+def write_model_dir(out, model, conf, vocab, cmvn, fp16_weights: bool = False) -> str:
+    import yaml
+
+    from edge.asr.frontend import Cmvn
+
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "config.yaml"), "w", encoding="utf-8") as f:
+        yaml.safe_dump(conf, f, allow_unicode=True, sort_keys=False)
+    with open(os.path.join(out, "tokens.json"), "w", encoding="utf-8") as f:
+        json.dump(vocab, f, ensure_ascii=False)
+    Cmvn(*cmvn).save(os.path.join(out, "am.mvn"))
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if fp16_weights:  # every artifact derives from the same fp16-rounded weights
+        sd = {k: v.half().float() for k, v in sd.items()}
+    np.savez(os.path.join(out, "model.npz"), **{k: v.numpy().astype(np.float32) for k, v in sd.items()})
+    return out
+
+
+def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 24, lr: float = 1e-3,
+          seed: int = 0, eval_every: int = 500, threads: int = 2, log=print, init: str | None = None,
+          streaming_ratio: float = 0.5, stream_left=0) -> str:
+    import torch
+
+    from paraedge_models.paraformer import Paraformer
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(seed)
+    os.makedirs(out, exist_ok=True)
+    vocab = build_vocab()
+    lefts = [int(v) for v in (stream_left if isinstance(stream_left, (list, tuple)) else [stream_left])]
+    conf = model_config(preset, len(vocab), max(lefts))
+    train_rows = read_manifest(os.path.join(corpus, "train.jsonl"))
+    test_rows = read_manifest(os.path.join(corpus, "test_clean.jsonl")) if os.path.exists(
+        os.path.join(corpus, "test_clean.jsonl")) else []
+    data = Data(train_rows, vocab, rng)
+    cmvn_path = os.path.join(out, "cmvn.npz")
+    if os.path.exists(cmvn_path):
+        z = np.load(cmvn_path)
+        cmvn = (z["shift"], z["scale"])
+    else:
+        cmvn = compute_cmvn(data)
+        np.savez(cmvn_path, shift=cmvn[0], scale=cmvn[1])
+    model = Paraformer(conf, len(vocab))
+    if init:  # fine-tune: start from another run's weights with a fresh optimiser and schedule
+        st = torch.load(init, weights_only=False)
+        model.load_state_dict(st["model"] if "opt" in st else st)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=1e-2)
+    warmup = min(1000, max(1, steps // 10))
+
+    def lr_at(s):
+        return lr * min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(steps, 1)))) + 0.02)
+
+    step, best = 0, -1.0
+    ckpt = os.path.join(out, "ckpt.pt")
+    if os.path.exists(ckpt):
+        st = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        step, best = st["step"], st.get("best", -1.0)
+        rng.bit_generator.state = st["rng"]
+        torch.set_rng_state(st["torch_rng"])
+        log(f"resumed at step {step}")
+    log_path = os.path.join(out, "log.csv")
+    new_log = not os.path.exists(log_path)
+    logf = open(log_path, "a", newline="")
+    writer = csv.writer(logf)
+    if new_log:
+        writer.writerow(["step", "seconds", "loss", "ce", "qty", "ctc", "lr", "heldout_cer", "heldout_acc"])
+    t0 = time.time()
+    run = {"loss": 0.0, "ce": 0.0, "qty": 0.0, "ctc": 0.0, "n": 0}
+    model.train()
+    try:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, initial=step, unit="step", dynamic_ncols=True)
+    except ImportError:  # progress bar is a nicety
+        bar = None
+    batches = data.stream(batch, seed + step)  # resuming at step s continues a deterministic stream
+    while step < steps:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        feats, targets = next(batches)
+        feats = [(f + cmvn[0]) * cmvn[1] for f in feats]
+        total, parts = losses(model, feats, targets, streaming=streaming_step(step, streaming_ratio),
+                              left=lefts[(step // 2) % len(lefts)])
+        opt.zero_grad()
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        step += 1
+        run["loss"] += float(total.detach())
+        for k_ in ("ce", "qty", "ctc"):
+            run[k_] += parts[k_]
+        run["n"] += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(total.detach()):.3f}")
+        if step % eval_every == 0 or step == steps:
+            model.eval()
+            metrics = {"cer": float("nan"), "acc": float("nan")}
+            if test_rows:
+                metrics = evaluate(lambda: write_model_dir(os.path.join(out, "eval_model"), model, conf, vocab, cmvn),
+                                   test_rows, limit=200)
+            n = max(run["n"], 1)
+            writer.writerow([step, round(time.time() - t0, 1), run["loss"] / n, run["ce"] / n, run["qty"] / n,
+                             run["ctc"] / n, lr_at(step), metrics["cer"], metrics["acc"]])
+            logf.flush()
+            log(f"step {step}: loss {run['loss'] / n:.3f} heldout cer {metrics['cer']:.4f} acc {metrics['acc']:.3f}")
+            run = {"loss": 0.0, "ce": 0.0, "qty": 0.0, "ctc": 0.0, "n": 0}
+            state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "best": best,
+                     "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+            if test_rows and metrics["acc"] >= best:
+                best = state["best"] = metrics["acc"]
+                torch.save(model.state_dict(), os.path.join(out, "best.pt"))
+            torch.save(state, ckpt + ".tmp")
+            os.replace(ckpt + ".tmp", ckpt)  # atomic: a kill mid-save never corrupts the checkpoint
+            plot(log_path, os.path.join(out, "curve.png"))
+            model.train()
+    if bar is not None:
+        bar.close()
+    logf.close()
+    with open(os.path.join(out, "train_info.json"), "w") as f:
+        json.dump({"steps": steps, "batch": batch, "preset": preset, "seed": seed, "threads": threads,
+                   "streaming_ratio": streaming_ratio, "stream_left": lefts,
+                   "best_heldout_acc": best, "vocab_size": len(vocab),
+                   "parameters": int(sum(p.numel() for p in model.parameters()))}, f, indent=1)
+    return out
+
+
+def plot(log_path: str, png: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    rows = list(csv.DictReader(open(log_path)))
+    if not rows:
+        return
+    steps = [int(r["step"]) for r in rows]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    for k in ("loss", "ce", "qty", "ctc"):
+        ax[0].plot(steps, [float(r[k]) for r in rows], label=k)
+    ax[0].set_xlabel("step"), ax[0].set_yscale("log"), ax[0].legend(), ax[0].set_title("training loss")
+    ax[1].plot(steps, [float(r["heldout_cer"]) for r in rows], label="CER")
+    ax[1].plot(steps, [1 - float(r["heldout_acc"]) for r in rows], label="command error")
+    ax[1].set_xlabel("step"), ax[1].set_yscale("log"), ax[1].legend(), ax[1].set_title("held-out voices, clean")
+    fig.tight_layout()
+    fig.savefig(png, dpi=80)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--corpus", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--steps", type=int, default=8000)
+    ap.add_argument("--preset", default="demo", choices=["demo", "tiny"])
+    ap.add_argument("--batch", type=int, default=24)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--init", default=None, help="fine-tune from this checkpoint (model weights only)")
+    ap.add_argument("--streaming-ratio", type=float, default=0.5,
+                    help="fraction of steps trained exactly as the runtime streams (the rest with full context)")
+    ap.add_argument("--stream-left", type=lambda v: [int(x) for x in v.split(",")], default=[0],
+                    help="left context (LFR frames) of the streaming windows: train for chunk_size [N, 10, 5]; "
+                         "a list (0,10) takes turns")
+    args = ap.parse_args(argv)
+    if not 0.0 <= args.streaming_ratio <= 1.0:
+        ap.error("--streaming-ratio must be within [0, 1]")
+    if min(args.stream_left) < 0:
+        ap.error("--stream-left must be >= 0")
+    train(args.corpus, args.out, args.steps, args.preset, args.batch, args.lr, args.seed, args.eval_every, args.threads,
+          init=args.init, streaming_ratio=args.streaming_ratio,
+          stream_left=args.stream_left)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
