@@ -74,6 +74,7 @@ setup(
         "pymicro-wakeword>=2,<3",
         "ai-edge-litert>=1.0",
         "tomli>=2; python_version < '3.11'",
+        "threadpoolctl>=3",  # edge.platform.limit_threads: BLAS pools already loaded
         "cffi>=1.15",  # the optional NEON kernels (edge._kernels, built by this setup.py when it can be)
         # silero-vad is installed with --no-deps (its package requires torch; we only read its ONNX file)
     ],
@@ -83,8 +84,8 @@ setup(
                  # TVM compiler for `paraedge compile`; devices load only its runtime libraries.
                  # tvm-ffi 0.1.14.post1: 0.1.15 segfaults when MetaSchedule writes its database (`paraedge tune`)
                  "apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post1", "psutil>=5", "cloudpickle>=2",
-                 # `paraedge deploy`: builds the board's wheel and retags it
-                 "build>=1", "wheel>=0.40"],
+                 # `paraedge deploy`: repacks the board's wheel (NEON kernels added) and TVM's (compiler dropped)
+                 "wheel>=0.40"],
         # host: NVRTC + CUDA headers to precompile cubins for CUDA boards (no GPU or CUDA toolkit needed)
         "cuda": ["nvidia-cuda-nvrtc-cu12==12.9.*", "nvidia-cuda-runtime-cu12==12.9.*", "nvidia-cuda-cccl-cu12==12.9.*"],
         "test": ["pytest>=7", "kaldi-native-fbank>=1.18", "funasr-onnx>=0.4", "sherpa-onnx>=1.10"],

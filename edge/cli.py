@@ -23,7 +23,7 @@ HOST_COMMANDS = {
                 "(host) compile a model dir into a TVM bundle for a board"),
     "tune": ("paraedge_tools.compiler.tune", ("torch", "onnx", "tvm"),
              "(host) MetaSchedule-tune a board's kernels (locally or over TVM RPC)"),
-    "deploy": ("paraedge_tools.deploy", ("torch", "onnx", "tvm", "build", "wheel"),
+    "deploy": ("paraedge_tools.deploy", ("torch", "onnx", "tvm", "wheel"),
                "(host) write a self-contained install kit for one board: bundle, wheel, wheelhouse, config, service"),
 }
 HOST_HINT = 'pip install "paraedge[host]"'
@@ -148,6 +148,8 @@ def cmd_doctor(args) -> int:
     cfg = DaemonConfig.load(args.config)
     if args.model:
         cfg.model.dir = args.model
+    if args.input:
+        cfg.audio.input = args.input
     report = diagnose(cfg, board=args.board)
     print(report.render())
     return 1 if report.failed else 0
@@ -218,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", help="edge.toml to check (default: the built-in defaults)")
     p.add_argument("--model", "-m", help="model dir (overrides model.dir)")
     p.add_argument("--board", help="board profile to check this machine against (overrides `board` in the config)")
+    p.add_argument("--input", "-i", help="check with a WAV file instead of the microphone (overrides audio.input)")
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("devices", help="list audio input devices")

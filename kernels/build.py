@@ -79,6 +79,8 @@ def _compiler_accepts(flags: list[str]) -> bool:
 
 def why_not() -> str | None:
     """None when a host build can work, else the one-line reason it is skipped."""
+    if os.environ.get("PARAEDGE_NO_EXTENSION") == "1":  # `paraedge deploy`: a pure wheel, the board's build added after
+        return "PARAEDGE_NO_EXTENSION=1"
     try:
         import cffi  # noqa: F401
     except ImportError:

@@ -15,6 +15,7 @@ pytest.importorskip("tvm.relax", reason="apache-tvm (host extra) is not installe
 
 from edge.boards import BoardError, all_boards, load_board  # noqa: E402
 from edge.errors import ModelError, ParaEdgeError  # noqa: E402
+from edge.asr.audio import load_audio  # noqa: E402
 from edge.asr.recognizer import Recognizer  # noqa: E402
 from tests.conftest import ROOT  # noqa: E402
 

@@ -90,11 +90,13 @@ def _run(cmd, **kw):
     return r
 
 
-def _fetch_debs(root: str, log) -> None:
-    apt = os.path.join(root, ".apt")
+def arm64_apt(apt: str, log) -> list[str]:
+    """apt-get options for a private arm64 apt state under `apt` (the host's lists are untouched);
+    `apt-get update` runs the first time only."""
     for d in ("state/lists/partial", "cache/archives/partial", "etc/preferences.d", "etc/apt.conf.d"):
         os.makedirs(os.path.join(apt, d), exist_ok=True)
-    open(os.path.join(apt, "state", "status"), "w").close()
+    if not os.path.exists(os.path.join(apt, "state", "status")):
+        open(os.path.join(apt, "state", "status"), "w").close()
     with open(os.path.join(apt, "etc", "sources.list"), "w") as f:
         f.write(_apt_sources())
     opts = ["-o", f"Dir::State={apt}/state", "-o", f"Dir::State::status={apt}/state/status",
@@ -103,15 +105,36 @@ def _fetch_debs(root: str, log) -> None:
             "-o", f"Dir::Etc::PreferencesParts={apt}/etc/preferences.d", "-o", "APT::Architecture=arm64",
             "-o", "APT::Architectures=arm64", "-o", "Acquire::Languages=none", "-o", "Debug::NoLocking=1",
             "-o", "APT::Get::AllowUnauthenticated=true", "-o", "Acquire::AllowInsecureRepositories=true"]
-    log("armroot: apt-get update (arm64, private state)")
-    _run(["apt-get", *opts, "update", "-qq"])
-    log("armroot: downloading arm64 python3.11 and its libraries")
-    _run(["apt-get", *opts, "install", "-y", "-qq", "--download-only", "--no-install-recommends", *DEBS],
-         env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
-    debs = glob.glob(os.path.join(apt, "cache", "archives", "*.deb"))
+    if not glob.glob(os.path.join(apt, "state", "lists", "*Packages*")):
+        log("armroot: apt-get update (arm64, private state)")
+        _run(["apt-get", *opts, "update", "-qq"])
+    return opts
+
+
+def fetch_debs(packages: list[str], dest: str, apt: str, log, with_deps: bool = True) -> int:
+    """Download Debian arm64 `packages` (and, with_deps, their dependency closure) and unpack them
+    into `dest` with dpkg -x; returns how many were unpacked."""
+    opts = arm64_apt(apt, log)
+    archives = os.path.join(apt, "cache", "archives")
+    for deb in glob.glob(os.path.join(archives, "*.deb")):
+        os.remove(deb)
+    if with_deps:
+        _run(["apt-get", *opts, "install", "-y", "-qq", "--download-only", "--no-install-recommends", *packages],
+             env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    else:
+        _run(["apt-get", *opts, "download", *packages], cwd=archives)
+    debs = glob.glob(os.path.join(archives, "*.deb"))
+    os.makedirs(dest, exist_ok=True)
     for deb in debs:
-        _run(["dpkg", "-x", deb, root])
-    log(f"armroot: unpacked {len(debs)} packages")
+        _run(["dpkg", "-x", deb, dest])
+        os.remove(deb)
+    return len(debs)
+
+
+def _fetch_debs(root: str, log) -> None:
+    log("armroot: downloading arm64 python3.11 and its libraries")
+    n = fetch_debs(DEBS, root, os.path.join(root, ".apt"), log)
+    log(f"armroot: unpacked {n} packages")
 
 
 def _install_wheels(root: str, log) -> None:
