@@ -8,7 +8,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from edge.asr.audio import load_audio  # noqa: E402
+from edge.asr.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from edge.asr.recognizer import Recognizer  # noqa: E402
 
 DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "demo")
@@ -19,7 +19,7 @@ def main(backend: str, int8: bool, reps: int, index: int = 1) -> dict:
         s = json.load(f)[index]
     rec = Recognizer(DEMO, backend, int8=int8, threads=1)
     x, _ = load_audio(os.path.join(DEMO, "samples", s["file"]))
-    feats = rec.frontend(x[int(s["command_start_s"] * 16000):])
+    feats = rec.frontend(x[int(s["command_start_s"] * SAMPLE_RATE):])
     ids = []
     for _ in range(reps):
         ids, _ = rec.decode_features(feats)

@@ -40,8 +40,7 @@ def bundle(model: str, board: str, out: str, recompile: bool | str = False, buck
     """Compile a bundle for `board` (all default buckets: minutes), or reuse the one in `out`
     when it was compiled from the same model with those buckets (pass --recompile after changing
     the compiler)."""
-    from edge.asr.modeldir import ModelDir
-    from edge.asr.modeldir import model_hash
+    from edge.asr.modeldir import ModelDir, model_hash
     from paraedge_tools.compiler.compile import DEFAULT_BUCKETS, compile_bundle
 
     buckets = tuple(buckets or DEFAULT_BUCKETS)
@@ -57,11 +56,11 @@ def bundle(model: str, board: str, out: str, recompile: bool | str = False, buck
 
 
 def x86_table(model, tvm_dirs, audio, threads, runs):
-    from edge.asr.audio import load_audio
+    from edge.asr.audio import SAMPLE_RATE, load_audio
     from edge.asr.recognizer import Recognizer
 
     clips = [load_audio(a)[0] for a in audio]
-    seconds = sum(len(c) for c in clips) / 16000
+    seconds = sum(len(c) for c in clips) / SAMPLE_RATE
     recs = {label: Recognizer(tvm_dirs[int8] if backend == "tvm" else model, backend, threads=threads, int8=int8)
             for label, backend, int8 in RUNTIMES}
     results = {}
