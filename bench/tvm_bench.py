@@ -58,6 +58,7 @@ def bundle(model: str, board: str, out: str, recompile: bool | str = False, buck
 def x86_table(model, tvm_dirs, audio, threads, runs):
     from edge.asr.audio import SAMPLE_RATE, load_audio
     from edge.asr.recognizer import Recognizer
+    from edge.platform import cpu_model
 
     clips = [load_audio(a)[0] for a in audio]
     seconds = sum(len(c) for c in clips) / SAMPLE_RATE

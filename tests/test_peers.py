@@ -1,6 +1,5 @@
 """Peer runtimes read our exported dirs: sherpa-onnx and funasr-onnx decode them like ParaEdge."""
 
-import shutil
 
 import numpy as np
 import pytest

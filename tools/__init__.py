@@ -21,3 +21,17 @@ def out_dir(*parts: str) -> str:
     base = os.environ.get("PARAEDGE_OUT") or (os.path.join(CHECKOUT, "out") if CHECKOUT
                                               else os.path.join(os.path.expanduser("~"), ".cache", "paraedge"))
     return os.path.join(base, *parts)
+
+
+def run_main(main, errors: tuple = ()) -> None:
+    """The `python -m paraedge_tools...` entry points: a ParaEdgeError (or one of `errors`) is one line
+    and exit status 2, as in `paraedge` itself."""
+    import sys
+
+    from edge.errors import ParaEdgeError
+
+    try:
+        sys.exit(main())
+    except (ParaEdgeError, *errors) as exc:
+        print(f"paraedge: error: {exc}", file=sys.stderr)
+        sys.exit(2)

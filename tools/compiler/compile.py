@@ -494,8 +494,6 @@ def run(args) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ParaEdgeError as exc:
-        print(f"paraedge: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    from paraedge_tools import run_main
+
+    run_main(main)

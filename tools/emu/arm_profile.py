@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 
 from paraedge_tools.emu import armroot, qemu_insn
@@ -193,8 +192,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (RuntimeError, armroot.ArmRootError, qemu_insn.QemuInsnError) as exc:
-        print(f"paraedge: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    from paraedge_tools import run_main
+
+    run_main(main, (RuntimeError, armroot.ArmRootError, qemu_insn.QemuInsnError))

@@ -235,8 +235,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ArmRootError as exc:
-        print(f"paraedge: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    from paraedge_tools import run_main
+
+    run_main(main, (ArmRootError,))

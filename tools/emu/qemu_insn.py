@@ -158,8 +158,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except QemuInsnError as exc:
-        print(f"qemu_insn: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    from paraedge_tools import run_main
+
+    run_main(main, (QemuInsnError,))
