@@ -33,6 +33,11 @@ def _err(msg: str) -> None:
     print(f"paraedge: error: {msg}", file=sys.stderr)
 
 
+def _shown(path: str) -> str:
+    """A file name fit for stdout: bytes that are not UTF-8 (surrogate escapes) shown as \\xNN, not a crash."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", required=True, help="model dir (FunASR layout: config.yaml, am.mvn, tokens.json, weights)")
     p.add_argument("--backend", "-b", default="ref", choices=BACKENDS,
@@ -67,12 +72,12 @@ def cmd_transcribe(args) -> int:
             failures += 1
             continue
         if args.json:
-            out = {"file": path, "mode": "streaming" if args.streaming else "offline",
+            out = {"file": _shown(path), "mode": "streaming" if args.streaming else "offline",
                    "backend": rec.backend.describe(), "input": info.__dict__, "conversions": info.conversions(),
                    "model_load_s": load_s, **result.as_dict()}
             print(json.dumps(out, ensure_ascii=False))
         else:
-            print(f"{path}\t{result.text}" if len(args.wav) > 1 else result.text)
+            print(f"{_shown(path)}\t{result.text}" if len(args.wav) > 1 else result.text)
     return EXIT_USAGE if failures else 0
 
 
@@ -150,6 +155,8 @@ def cmd_doctor(args) -> int:
         cfg.model.dir = args.model
     if args.input:
         cfg.audio.input = args.input
+    if args.backend:
+        cfg.model.backend = args.backend
     report = diagnose(cfg, board=args.board)
     print(report.render())
     return 1 if report.failed else 0
@@ -221,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", "-m", help="model dir (overrides model.dir)")
     p.add_argument("--board", help="board profile to check this machine against (overrides `board` in the config)")
     p.add_argument("--input", "-i", help="check with a WAV file instead of the microphone (overrides audio.input)")
+    p.add_argument("--backend", "-b", choices=BACKENDS, help="overrides model.backend (tvm for a compiled bundle)")
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("devices", help="list audio input devices")

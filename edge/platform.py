@@ -56,6 +56,22 @@ def cpu_model() -> str:
     return _platform.processor() or machine()
 
 
+MAX_THREADS = 256  # more than any board has; a typo such as 100000 used to hang thread-pool creation
+
+
+def check_threads(n, what: str = "threads"):
+    """None (the library default) or a whole number 1..MAX_THREADS; anything else is one clear error."""
+    from edge.errors import ParaEdgeError
+
+    if n is None:
+        return None
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise ParaEdgeError(f"{what} must be a whole number of threads, got {n!r}")
+    if not 1 <= n <= MAX_THREADS:
+        raise ParaEdgeError(f"{what} = {n}: must be within 1..{MAX_THREADS}")
+    return n
+
+
 def limit_threads(n: int) -> dict:
     """Hold every compute pool of this process to `n` threads; returns what the pools report.
 
@@ -63,7 +79,7 @@ def limit_threads(n: int) -> dict:
     (numpy's OpenBLAS is loaded by any numpy import) are limited through threadpoolctl. The
     returned {library: threads} is what a report should print, not the number that was asked for.
     """
-    n = int(n)
+    n = check_threads(n)
     for var in THREAD_ENV:
         os.environ[var] = str(n)
     try:

@@ -63,6 +63,10 @@ def read_wav(source) -> tuple[np.ndarray, AudioInfo]:
     if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
     if isinstance(source, (str, os.PathLike)) and not os.path.isfile(source):
+        if os.path.isdir(source):
+            raise AudioError(f"{name}: is a directory, not a WAV file")
+        if os.path.exists(source):  # a FIFO, a device such as /dev/zero: reading could block or never end
+            raise AudioError(f"{name}: not a regular file (a pipe or device?); give a WAV file")
         raise AudioError(f"{name}: no such file")
     try:
         with warnings.catch_warnings():
@@ -146,13 +150,23 @@ class StreamingResampler:
         return (n * self.down + self.half) // self.up
 
 
+# Float audio is [-1, 1]; some tools write float WAVs on the int16 scale (+-32768), which still
+# decodes. Beyond this the file is corrupt (one flipped exponent byte gives 1e36), and the
+# fbank's float32 energies overflow into NaN: measured, a 50-file batch then stopped at file 32.
+MAX_ABS_SAMPLE = 1e6
+
+
 def check_samples(x: np.ndarray, what: str = "audio") -> np.ndarray:
-    """Reject what would silently poison the features: empty or non-finite audio."""
+    """Reject what would silently poison the features: empty, non-finite or absurdly loud audio."""
     if x.size == 0:
         raise AudioError(f"{what}: empty audio (no samples)")
     if not np.all(np.isfinite(x)):
         bad = int(np.count_nonzero(~np.isfinite(x)))
         raise AudioError(f"{what}: {bad} samples are NaN or infinite")
+    peak = float(np.max(np.abs(x)))
+    if peak > MAX_ABS_SAMPLE:
+        raise AudioError(f"{what}: samples reach {peak:.3g}, beyond +-{MAX_ABS_SAMPLE:.0g}: a corrupt float WAV "
+                         "(float audio is expected in [-1, 1])")
     return x
 
 

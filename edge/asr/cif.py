@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge.errors import ModelError
+
 F32 = np.float32
 
 
@@ -35,6 +37,8 @@ class CifConfig:
 def token_count(alphas_with_tail: np.ndarray, cfg: CifConfig) -> int:
     """FunASR inference(): floor of the alpha sum when a tail is used, else rounded (half to even)."""
     total = alphas_with_tail.astype(F32).sum(dtype=F32)
+    if not np.isfinite(total):  # NaN weights or features: one clear error, not int(NaN) deep in a batch
+        raise ModelError(f"the model's CIF weights are not finite (sum {total}); corrupt weights or input")
     return int(np.floor(total)) if cfg.tail_threshold > 0 else int(np.round(total))
 
 

@@ -14,6 +14,7 @@ chunk keeps its look-ahead alphas and adds the tail alpha, so the last token is 
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -25,6 +26,7 @@ from edge.asr.cif import CifConfig
 from edge.errors import ParaEdgeError
 from edge.asr.modeldir import ModelDir, check_chunk_size
 from edge.asr.text import tokens_to_text
+from edge.platform import check_threads
 
 F32 = np.float32
 SAMPLES_PER_LFR_FRAME = 960  # 6 fbank frames x 10 ms at 16 kHz
@@ -44,7 +46,8 @@ class Result:
 BACKENDS = ("ref", "onnxruntime", "tvm", "neon", "auto")
 
 
-def make_backend(name: str, model_dir: ModelDir, threads: int | None = None, int8: bool = False):
+def make_backend(name: str, model_dir: ModelDir, threads: int | None = None, int8: bool = False,
+                 manifest: dict | None = None):
     if name == "auto":  # the NEON kernels where they are native (ARM, extension built), else numpy
         from edge.backends import kernels
 
@@ -60,7 +63,7 @@ def make_backend(name: str, model_dir: ModelDir, threads: int | None = None, int
     if name == "tvm":  # model_dir is a bundle from `paraedge compile`
         from edge.backends.tvm import TvmBackend
 
-        return TvmBackend(model_dir, threads, int8=int8)
+        return TvmBackend(model_dir, threads, int8=int8, manifest=manifest)
     if name == "neon":  # INT8 + NEON C kernels (edge/backends/kernels.py); BackendUnavailable when not built
         from edge.backends.neon import NeonBackend
 
@@ -72,9 +75,18 @@ class Recognizer:
     """A model directory + a backend. `transcribe()` decodes offline; `stream()` opens a stream."""
 
     def __init__(self, model, backend: str = "ref", threads: int | None = None, int8: bool = False):
+        threads = check_threads(threads)
+        manifest = None
+        if not isinstance(model, ModelDir) and os.path.isfile(os.path.join(str(model), "manifest.json")):
+            from edge.backends.tvm import read_manifest
+
+            if backend != "tvm":
+                raise ParaEdgeError(f"{model}: a TVM bundle (manifest.json); run it with backend tvm "
+                                    "(--backend tvm, or model.backend = \"tvm\" in edge.toml)")
+            manifest = read_manifest(model)  # every file's digest checked before config.yaml or tokens are parsed
         self.model = model if isinstance(model, ModelDir) else ModelDir(model)
         self.config = self.model.config
-        self.backend = make_backend(backend, self.model, threads, int8)
+        self.backend = make_backend(backend, self.model, threads, int8, manifest)
         self.frontend = self.model.frontend
         self.cif = CifConfig.from_conf(self.config.predictor_conf)
         self.scale = F32(self.config.d_model**0.5)

@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from edge.asr.modeldir import sha256_file
+from edge.asr.modeldir import MODEL_FILES, sha256_file
 from edge.backends.base import Backend
 from edge.boards import BoardError, check_runs_here, parse_board
 from edge.errors import BackendUnavailable, ModelError
@@ -55,9 +55,20 @@ def read_manifest(bundle: str) -> dict:
         raise ModelError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise ModelError(f"{path}: not a {BUNDLE_FORMAT} manifest")
-    files = manifest.get("files")
-    if not isinstance(files, dict) or "model.so" not in files:
-        raise ModelError(f"{path}: lists no files (model.so missing from the manifest)")
+    for key, kind in (("board", dict), ("model", dict), ("functions", list), ("files", dict), ("target", dict)):
+        if not isinstance(manifest.get(key), kind):
+            raise ModelError(f"{path}: '{key}' must be a {kind.__name__}; recompile the bundle with `paraedge compile`")
+    files = manifest["files"]
+    # every file the loader reads must be listed, so none is parsed unverified
+    must = ["model.so", "params.npz"] + [f for f in MODEL_FILES if os.path.exists(os.path.join(bundle, f))]
+    missing = [f for f in must if f not in files]
+    if missing:
+        raise ModelError(f"{path}: does not list {', '.join(missing)}; recompile the bundle with `paraedge compile`")
+    if not all(isinstance(k, str) and isinstance(v, str) and ".." not in k.split("/") for k, v in files.items()):
+        raise ModelError(f"{path}: 'files' must map names inside the bundle to sha256 digests")
+    if not all(isinstance(f, dict) and isinstance(f.get("name"), str) and isinstance(f.get("params"), list)
+               for f in manifest["functions"]):
+        raise ModelError(f"{path}: 'functions' entries need a name and params; recompile the bundle")
     for name, digest in files.items():
         full = os.path.join(bundle, name)
         if not os.path.isfile(full):
@@ -81,10 +92,11 @@ def bundle_board(manifest: dict, where: str):
 class TvmBackend(Backend):
     name = "tvm"
 
-    def __init__(self, model_dir, threads: int | None = None, int8: bool = False, device: str | None = None):
+    def __init__(self, model_dir, threads: int | None = None, int8: bool = False, device: str | None = None,
+                 manifest: dict | None = None):
         super().__init__(model_dir, threads)
         bundle = model_dir.path
-        self.manifest = read_manifest(bundle)
+        self.manifest = manifest or read_manifest(bundle)  # the Recognizer verifies it before parsing config.yaml
         where = os.path.join(bundle, "manifest.json")
         self.board = bundle_board(self.manifest, where)
         check_runs_here(self.board)

@@ -8,11 +8,13 @@ See edge/resources/edge.toml for the documented template.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.errors import ParaEdgeError
+from edge.platform import check_threads
 
 try:
     import tomllib
@@ -22,6 +24,25 @@ except ImportError:  # Python < 3.11
 
 class ConfigError(ParaEdgeError):
     """The daemon configuration is unreadable or holds a bad value."""
+
+
+_KIND_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string", list: "a list"}
+
+
+def _same_kind(default, value) -> bool:
+    """A TOML value fits a key when it has the default's type (an int fits a float key; 1.5 never fits an int key)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
+
+
+def _within(name: str, value: float, lo: float, hi: float, lo_open: bool = False) -> None:
+    """Finite and in range: inf, nan and negative durations are accepted by TOML and by nothing else."""
+    ok = math.isfinite(value) and (lo < value if lo_open else lo <= value) and value <= hi
+    if not ok:
+        raise ConfigError(f"{name} = {value!r}: must be within {'(' if lo_open else '['}{lo:g}, {hi:g}]")
 
 
 def shipped_demo_model() -> str:
@@ -97,6 +118,8 @@ class DaemonConfig:
             raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text; save edge.toml as UTF-8") from None
         cfg = cls(path=str(path))
         base = Path(path).resolve().parent
         for key, value in raw.items():
@@ -111,17 +134,16 @@ class DaemonConfig:
                 if k not in names:
                     raise ConfigError(f"{path}: unknown key {key}.{k} (known: {', '.join(names)})")
                 default = getattr(section, k)
-                if isinstance(default, bool) != isinstance(v, bool) or (
-                    isinstance(default, (int, float)) and not isinstance(v, (int, float))
-                ) or (isinstance(default, (str, list)) and not isinstance(v, type(default))):
-                    raise ConfigError(f"{path}: {key}.{k} should be {type(default).__name__}, got {v!r}")
-                setattr(section, k, v)
+                if not _same_kind(default, v):
+                    raise ConfigError(f"{path}: {key}.{k} should be {_KIND_NAMES.get(type(default), type(default).__name__)}, "
+                                      f"got {v!r}")
+                setattr(section, k, float(v) if isinstance(default, float) else v)
         for section, key in ((cfg.model, "dir"), (cfg.audio, "input"), (cfg.vad, "model"), (cfg.events, "socket")):
             value = getattr(section, key)
             if value and not os.path.isabs(value):
                 setattr(section, key, str(base / value))
-        cfg.wake.models = [str(base / m) if m.endswith((".json", ".tflite")) and not os.path.isabs(m) else m
-                           for m in cfg.wake.models]
+        cfg.wake.models = [str(base / m) if isinstance(m, str) and m.endswith((".json", ".tflite")) and not os.path.isabs(m)
+                           else m for m in cfg.wake.models]
         return cfg.validated()
 
     def validated(self) -> "DaemonConfig":
@@ -136,16 +158,27 @@ class DaemonConfig:
                 check_chunk_size(m.chunk_size)
             except ValueError as e:
                 raise ConfigError(f"model.{e} ([] = the model's default)") from None
-        if m.threads < 1:
-            raise ConfigError("model.threads must be >= 1")
+        try:
+            check_threads(m.threads, "model.threads")
+        except ParaEdgeError as exc:
+            raise ConfigError(str(exc)) from None
         if not 0 < v.neg_threshold <= v.threshold < 1:
             raise ConfigError("vad thresholds must satisfy 0 < neg_threshold <= threshold < 1")
-        if min(v.trailing_silence_s, v.no_speech_timeout_s, v.max_utterance_s) <= 0:
-            raise ConfigError("vad durations must be > 0")
+        for name in ("trailing_silence_s", "no_speech_timeout_s", "max_utterance_s"):
+            _within(f"vad.{name}", getattr(v, name), 0, 3600, lo_open=True)
         if w.enabled and not w.models:
             raise ConfigError("wake.models is empty; set wake.enabled = false to decode without a wake word")
-        if not 0 <= w.pre_roll_s <= 2:
-            raise ConfigError("wake.pre_roll_s must be within [0, 2] seconds")
-        if self.audio.block_ms < 1 or self.audio.buffer_s <= 0:
-            raise ConfigError("audio.block_ms and audio.buffer_s must be > 0")
+        bad = [m for m in w.models if not isinstance(m, str) or not m]
+        if bad:
+            raise ConfigError(f"wake.models: {bad[0]!r} is not a model name or a .json path")
+        _within("wake.pre_roll_s", w.pre_roll_s, 0, 2)
+        _within("wake.cutoff", w.cutoff, 0, 1)
+        _within("wake.window", w.window, 0, 1000)
+        a = self.audio
+        _within("audio.block_ms", a.block_ms, 1, 1000)
+        _within("audio.buffer_s", a.buffer_s, 0, 600, lo_open=True)
+        _within("audio.retry_max_s", a.retry_max_s, 0.05, 3600)  # a floor: -1 meant a million reopen attempts
+        if a.samplerate and not 8000 <= a.samplerate <= 384000:
+            raise ConfigError(f"audio.samplerate = {a.samplerate}: 0 (automatic) or 8000..384000 Hz")
+        _within("audio.channels", a.channels, 0, 64)
         return self

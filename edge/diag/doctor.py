@@ -78,6 +78,10 @@ def diagnose(cfg: DaemonConfig, board: str | None = None, load_model: bool = Tru
         from edge.daemon.service import load_recognizer
         from edge.asr.modeldir import ModelDir
 
+        if cfg.model.backend == "tvm":
+            from edge.backends.tvm import read_manifest
+
+            read_manifest(cfg.model.dir)  # a bundle is verified before any of its files is parsed
         md = ModelDir(cfg.model.dir)
         kind = "streaming" if md.config.streaming else "offline"
         if not md.config.streaming:

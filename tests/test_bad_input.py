@@ -1,0 +1,195 @@
+"""Bad input gets one line and loses nothing: corrupt audio, odd files, absurd configuration values,
+crafted bundle manifests. Each case runs the real CLI or loader; the batch around a bad file still
+decodes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edge.asr.audio import load_audio, write_wav
+from edge.asr.modeldir import sha256_file
+from edge.daemon.config import ConfigError, DaemonConfig
+from edge.errors import AudioError, ModelError, ParaEdgeError
+from tests.conftest import ROOT
+
+DEMO = os.path.join(ROOT, "models", "demo")
+SAMPLE = os.path.join(DEMO, "samples", "02_alexa_en.wav")
+
+
+def _cli(*args, env=None, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, cwd=cwd, env=env, timeout=300)
+
+
+def _one_error_line(r) -> str:
+    err = r.stderr.decode("utf-8", "replace")
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("paraedge: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _float_wav(path, x):
+    from scipy.io import wavfile
+
+    wavfile.write(path, 16000, np.asarray(x, np.float32))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def good_wav(tmp_path_factory):
+    x, _ = load_audio(SAMPLE)
+    path = str(tmp_path_factory.mktemp("wav") / "good.wav")
+    write_wav(path, x[int(1.9 * 16000):])
+    return path
+
+
+# -- audio ------------------------------------------------------------------------------------
+def test_huge_finite_float_samples_fail_alone_and_the_batch_goes_on(tmp_path, good_wav):
+    x = load_audio(good_wav)[0].copy()
+    x[1000] = 3e36  # one flipped exponent byte in a float WAV
+    bad = _float_wav(tmp_path / "flipped.wav", x)
+    r = _cli("transcribe", "--model", DEMO, "--backend", "onnxruntime", "--int8", bad, good_wav)
+    assert r.returncode == 2
+    assert "flipped.wav" in _one_error_line(r) and "corrupt float WAV" in r.stderr.decode()
+    assert good_wav in r.stdout.decode() and r.stdout.decode().split("\t")[-1].strip()
+
+
+def test_int16_scaled_float_wav_still_decodes(tmp_path, good_wav):
+    """Some tools write float WAVs on the int16 scale: loud, but a real recording."""
+    x = load_audio(good_wav)[0] * 32768.0
+    r = _cli("transcribe", "--model", DEMO, "--backend", "onnxruntime", "--int8", _float_wav(tmp_path / "loud.wav", x))
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "device"])
+def test_not_a_regular_file_is_named_as_such(tmp_path, kind):
+    path = {"directory": str(tmp_path), "device": "/dev/zero"}.get(kind)
+    if kind == "fifo":
+        path = str(tmp_path / "pipe.wav")
+        os.mkfifo(path)
+    with pytest.raises(AudioError) as e:
+        load_audio(path)
+    assert "no such file" not in str(e.value)
+    assert ("directory" if kind == "directory" else "not a regular file") in str(e.value)
+
+
+def test_non_utf8_file_name_with_json_does_not_lose_the_batch(tmp_path, good_wav):
+    odd = os.path.join(os.fsencode(str(tmp_path)), b"caf\xe9.wav")
+    shutil.copy(good_wav, odd)
+    env = dict(os.environ, PYTHONIOENCODING="utf-8")
+    r = _cli("transcribe", "--model", DEMO, "--backend", "onnxruntime", "--int8", "--json", os.fsdecode(odd), good_wav, env=env)
+    assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr
+    rows = [json.loads(line) for line in r.stdout.decode().splitlines()]
+    assert len(rows) == 2 and rows[0]["file"].endswith("caf\\xe9.wav") and rows[0]["text"] == rows[1]["text"]
+
+
+def test_nan_cif_weights_are_a_model_error():
+    from edge.asr.cif import CifConfig, token_count
+
+    with pytest.raises(ModelError, match="not finite"):
+        token_count(np.array([0.5, np.nan], np.float32), CifConfig())
+
+
+# -- threads and configuration ----------------------------------------------------------------
+@pytest.mark.parametrize("threads", ["99999999999", "0", "100000"])
+def test_absurd_thread_counts_on_the_command_line(good_wav, threads):
+    r = _cli("transcribe", "--model", DEMO, "--threads", threads, good_wav)
+    assert r.returncode == 2 and "threads" in _one_error_line(r)
+
+
+@pytest.mark.parametrize("text, key", [
+    ("[model]\nthreads = 9223372036854775807\n", "model.threads"),
+    ("[model]\nthreads = 1e20\n", "model.threads"),
+    ("[model]\nthreads = 1.5\n", "model.threads"),
+    ("[model]\nthreads = 100000\n", "model.threads"),
+    ("[model]\nthreads = true\n", "model.threads"),
+    ("[wake]\nmodels = [1, 2]\n", "wake.models"),
+    ("[audio]\nretry_max_s = -1\n", "audio.retry_max_s"),
+    ("[audio]\nbuffer_s = nan\n", "audio.buffer_s"),
+    ("[audio]\nbuffer_s = inf\n", "audio.buffer_s"),
+    ("[vad]\ntrailing_silence_s = inf\n", "vad.trailing_silence_s"),
+    ("[audio]\nsamplerate = -16000\n", "audio.samplerate"),
+    ("[wake]\ncutoff = 2.0\n", "wake.cutoff"),
+])
+def test_absurd_config_values_are_refused(tmp_path, text, key):
+    path = tmp_path / "edge.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        DaemonConfig.load(str(path))
+    assert key in str(e.value)
+    r = _cli("run", "--config", str(path), "--input", SAMPLE, "--fast")
+    assert r.returncode == 2 and key in _one_error_line(r)
+
+
+def test_non_utf8_config_is_one_line(tmp_path):
+    path = tmp_path / "edge.toml"
+    path.write_bytes(b"[model]\nbackend = \"\xff\xfe\"\n")
+    with pytest.raises(ConfigError, match="UTF-8"):
+        DaemonConfig.load(str(path))
+
+
+def test_good_config_values_still_load(tmp_path):
+    path = tmp_path / "edge.toml"
+    path.write_text("[model]\nthreads = 4\n[audio]\nbuffer_s = 5\nretry_max_s = 2.5\nsamplerate = 48000\n[vad]\ntrailing_silence_s = 0.3\n")
+    cfg = DaemonConfig.load(str(path))
+    assert cfg.model.threads == 4 and cfg.audio.buffer_s == 5.0 and isinstance(cfg.audio.buffer_s, float)
+
+
+# -- TVM bundle manifests (checked before TVM, config.yaml or tokens are touched) -------------
+def _fake_bundle(tmp_path, edit) -> str:
+    b = tmp_path / "bundle"
+    b.mkdir()
+    for name in ("config.yaml", "am.mvn", "tokens.json"):
+        shutil.copy(os.path.join(DEMO, name), b / name)
+    (b / "model.so").write_bytes(b"\x7fELF not really")
+    np.savez(b / "params.npz", w=np.zeros(3, np.float32))
+    files = {n: sha256_file(b / n) for n in ("config.yaml", "am.mvn", "tokens.json", "model.so", "params.npz")}
+    manifest = {"format": "paraedge-tvm-bundle/1", "board": {"name": "x86-host", "arch": "x86_64", "features": [], "cc": "g++"},
+                "target": {"kind": "llvm"}, "model": {"int8": False}, "functions": [], "files": files}
+    edit(manifest, b)
+    (b / "manifest.json").write_text(json.dumps(manifest))
+    return str(b)
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("board_string", "'board' must be a dict"),
+    ("params_unlisted", "does not list params.npz"),
+    ("tokens_unlisted", "does not list tokens.json"),
+    ("path_escape", "names inside the bundle"),
+    ("tokens_modified", "sha256 does not match"),
+])
+def test_crafted_manifests_fail_before_anything_is_parsed(tmp_path, case, expect):
+    from edge.asr.recognizer import Recognizer
+
+    def edit(m, b):
+        if case == "board_string":
+            m["board"] = "raspberry-pi-5"
+        elif case == "params_unlisted":
+            del m["files"]["params.npz"]
+        elif case == "tokens_unlisted":
+            del m["files"]["tokens.json"]
+        elif case == "path_escape":
+            m["files"]["../../etc/passwd"] = "0" * 64
+        elif case == "tokens_modified":
+            (b / "tokens.json").write_bytes(b"\xff not json")  # parsed first, it would be a JSON error
+
+    bundle = _fake_bundle(tmp_path, edit)
+    with pytest.raises(ModelError, match=expect.replace("(", r"\(").replace(")", r"\)")):
+        Recognizer(bundle, "tvm")
+    r = _cli("doctor", "--model", bundle, "--backend", "tvm")
+    assert b"Traceback" not in r.stderr and expect.split()[0].encode() in r.stdout
+
+
+def test_a_bundle_run_with_another_backend_says_so(tmp_path):
+    from edge.asr.recognizer import Recognizer
+
+    bundle = _fake_bundle(tmp_path, lambda m, b: None)
+    with pytest.raises(ParaEdgeError, match="a TVM bundle .* backend tvm"):
+        Recognizer(bundle, "onnxruntime")
