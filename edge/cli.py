@@ -48,7 +48,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_transcribe(args) -> int:
-    from edge.asr.audio import load_audio
+    from edge.asr.audio import load_audio, open_audio
     from edge.asr.recognizer import Recognizer
 
     t0 = time.perf_counter()
@@ -59,7 +59,7 @@ def cmd_transcribe(args) -> int:
     failures = 0
     for path in args.wav:
         try:
-            samples, info = load_audio(path)
+            samples, info = load_audio(path) if args.streaming else open_audio(path)
             notes = info.conversions()
             if notes and not args.json:
                 print(f"note: {path}: {', '.join(notes)}", file=sys.stderr)

@@ -46,24 +46,34 @@ def test_int8_tokens_equal_reference_on_demo_samples(path, commands, ref, monkey
         assert rec.transcribe_streaming(x).token_ids == ref.transcribe_streaming(x).token_ids, s["file"]
 
 
-def test_stages_close_to_reference_and_caches_interchangeable(commands, ref):
+def test_stages_close_to_reference_and_caches_carry(commands, ref):
+    """Three consecutive streaming windows, each backend carrying its *own* decoder FSMN caches:
+    the neon caches must track the reference's, and every token must agree (the trained demo model
+    has clear margins; random or stale caches move the argmax within a window or two)."""
+    from edge.asr.cif import cif_offline
     from edge.backends.neon import NeonBackend
 
     neon = NeonBackend(ref.model)
-    x = ref.prepare(ref.frontend(commands[0][1])[:15], start=20)
-    enc_r, a_r = ref.backend.encode(x)
-    enc_n, a_n = neon.encode(x)
-    np.testing.assert_allclose(a_n, a_r, atol=0.05)  # INT8 noise on the alphas stays small
-    assert np.corrcoef(enc_n.ravel(), enc_r.ravel())[0, 1] > 0.99
-    from edge.asr.cif import cif_offline
-
-    emb = cif_offline(enc_r, a_r, ref.cif)
+    feats = max((ref.frontend(x) for _, x in commands), key=len)
+    assert len(feats) >= 35
     caches_r = caches_n = None
-    for _ in range(3):
+    agree = []
+    for w in range(3):
+        x = ref.prepare(feats[w * 10 : w * 10 + 15], start=w * 10)
+        enc_r, a_r = ref.backend.encode(x)
+        enc_n, a_n = neon.encode(x)
+        np.testing.assert_allclose(a_n, a_r, atol=0.05)  # INT8 noise on the alphas stays small
+        assert np.corrcoef(enc_n.ravel(), enc_r.ravel())[0, 1] > 0.99
+        emb = cif_offline(enc_r, a_r, ref.cif)
+        if not len(emb):
+            continue
         lp_r, caches_r = ref.backend.decode(enc_r, emb, caches_r, streaming=True)
-        lp_n, caches_n = neon.decode(enc_r, emb, caches_r, streaming=True)  # the reference's caches
+        lp_n, caches_n = neon.decode(enc_r, emb, caches_n, streaming=True)
         assert [c.shape for c in caches_n] == [c.shape for c in caches_r]
-        assert (lp_n.argmax(-1) == lp_r.argmax(-1)).mean() >= 0.9
+        for c_n, c_r in zip(caches_n, caches_r):  # INT8 noise: a few % of the cache's range
+            assert np.abs(c_n - c_r).max() <= 0.05 * max(1.0, float(np.abs(c_r).max()))
+        agree += list(lp_n.argmax(-1) == lp_r.argmax(-1))
+    assert len(agree) >= 3 and all(agree), agree
 
 
 def test_missing_extension_is_a_clear_error(monkeypatch, ref):

@@ -56,3 +56,19 @@ def test_profile_needs_audio(exported_offline):
     p = subprocess.run([sys.executable, "-m", "edge", "profile", "--model", exported_offline, "-b", "ref"],
                        capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 2 and "--audio" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_profile_peer_failures_are_rows_and_thread_pools_are_verified(exported_offline, speech_dir, tmp_path):
+    """A peer that cannot read the model (funasr-onnx on a t0..tN vocabulary raises ValueError) is a
+    row saying why, not a traceback; the report shows the thread pools as they are, not as asked."""
+    out = tmp_path / "prof"
+    p = subprocess.run([sys.executable, "-m", "edge", "profile", "--model", exported_offline, "--backend", "onnxruntime",
+                        "--peers", "--audio", str(speech_dir / "en.wav"), "--runs", "1", "-o", str(out)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    rep = json.loads((out / "report.json").read_text())
+    assert {"sherpa-onnx", "funasr-onnx"} <= set(rep["peers"])
+    for name, e in rep["peers"].items():
+        assert "rtf" in e or e["skipped"].startswith("failed on this model"), (name, e)
+        assert name in p.stdout
+    assert rep["thread_pools"] and all(n == 1 for n in rep["thread_pools"].values()), rep["thread_pools"]

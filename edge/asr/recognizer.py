@@ -71,6 +71,60 @@ def make_backend(name: str, model_dir: ModelDir, threads: int | None = None, int
     raise ParaEdgeError(f"unknown backend '{name}' (choose ref, onnxruntime, tvm or neon)")
 
 
+# Offline attention is quadratic in length: decoded whole, a 10-minute WAV took 5.0 GB (reference)
+# and 5.7 GB (onnxruntime INT8). Audio longer than MAX_SEGMENT_S is decoded in segments cut in its
+# pauses, as FunASR's own pipelines cut long audio with a VAD (whose segments it caps at 60 s).
+# Commands (<= MAX_SEGMENT_S) are never cut, so they decode exactly as FunASR decodes them.
+MAX_SEGMENT_S = 30.0
+PAUSE_S = 0.3  # quiet this long between words is a cut point
+CUT_SEARCH_S, CUT_WINDOW_S = 5.0, 0.1
+_HOP = SAMPLE_RATE // 100  # 10 ms frames for the pause search
+
+
+def _frame_db(samples, start: int, end: int) -> np.ndarray:
+    """Level of each 10 ms frame of samples[start:end] in dB, read in blocks (bounded memory)."""
+    out = []
+    block = _HOP * 6000
+    for i in range(start, end, block):
+        x = np.asarray(samples[i : min(i + block, end)], np.float64)
+        x = x[: len(x) // _HOP * _HOP].reshape(-1, _HOP)
+        out.append(10 * np.log10(np.mean(x * x, axis=1) + 1e-20))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def segment_bounds(samples, max_s: float = MAX_SEGMENT_S) -> list[tuple[int, int]]:
+    """[(start, end)] sample ranges covering the samples, none longer than max_s. Audio up to max_s
+    is one segment. Longer audio is cut in the middle of every pause of PAUSE_S or more (frames
+    10 dB above the recording's quietest tenth, and below -30 dBFS); a stretch still too long is
+    cut at the end of the quietest 100 ms in its last 5 s, so no cut lands inside a word."""
+    n, limit = len(samples), int(max_s * SAMPLE_RATE)
+    if n <= limit:
+        return [(0, n)]
+    db = _frame_db(samples, 0, n)
+    quiet = db < min(-30.0, float(np.percentile(db, 10)) + 10.0)
+    cuts, run = [], 0
+    for i, q in enumerate(np.append(quiet, False)):
+        if q:
+            run += 1
+            continue
+        if run >= PAUSE_S * 100:
+            cuts.append((i - run // 2) * _HOP)
+        run = 0
+    bounds, start = [], 0
+    for end in [c for c in cuts if 0 < c < n] + [n]:
+        while end - start > limit:  # no pause long enough: the quietest 100 ms near the limit
+            lo = start + limit - int(CUT_SEARCH_S * SAMPLE_RATE)
+            level = _frame_db(samples, lo, start + limit)
+            win = int(CUT_WINDOW_S * 100)
+            cut = lo + (int(np.argmin(np.convolve(10 ** (level / 10), np.ones(win), "valid"))) + win) * _HOP
+            bounds.append((start, cut))
+            start = cut
+        if end > start:
+            bounds.append((start, end))
+            start = end
+    return bounds
+
+
 class Recognizer:
     """A model directory + a backend. `transcribe()` decodes offline; `stream()` opens a stream."""
 
@@ -123,16 +177,24 @@ class Recognizer:
         return self.pick_tokens(log_probs, count), log_probs[:count]
 
     def transcribe(self, samples: np.ndarray) -> Result:
-        """16 kHz mono float samples -> Result (text, tokens, per-stage timings)."""
-        check_samples(np.asarray(samples))
-        t0 = time.perf_counter()
-        feats = self.frontend(samples)
-        t1 = time.perf_counter()
-        ids, _ = self.decode_features(feats)
-        t2 = time.perf_counter()
+        """16 kHz mono float samples (an array, or edge.asr.audio.WavSamples) -> Result (text, tokens,
+        per-stage timings). Audio longer than MAX_SEGMENT_S is decoded segment by segment (see
+        segment_bounds), in bounded memory; each segment is checked as it is read."""
+        what = getattr(samples, "name", "audio")
+        if len(samples) == 0:
+            check_samples(np.zeros(0, F32), what)
+        ids, frontend_s, model_s = [], 0.0, 0.0
+        bounds = segment_bounds(samples)
+        for a, b in bounds:
+            t0 = time.perf_counter()
+            feats = self.frontend(check_samples(np.asarray(samples[a:b], F32), what))
+            t1 = time.perf_counter()
+            ids += self.decode_features(feats)[0]
+            frontend_s, model_s = frontend_s + t1 - t0, model_s + time.perf_counter() - t1
         audio_s = len(samples) / SAMPLE_RATE
-        timings = {"frontend_s": t1 - t0, "model_s": t2 - t1, "total_s": t2 - t0, "audio_s": audio_s,
-                   "rtf": (t2 - t0) / audio_s if audio_s else 0.0}
+        total = frontend_s + model_s
+        timings = {"frontend_s": frontend_s, "model_s": model_s, "total_s": total, "audio_s": audio_s,
+                   "rtf": total / audio_s if audio_s else 0.0, "segments": len(bounds)}
         return self.ids_to_result(ids, timings)
 
     def transcribe_streaming(self, samples: np.ndarray, hop: int = 1600, chunk_size=None) -> Result:

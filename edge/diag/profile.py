@@ -9,6 +9,7 @@ Outputs: a terminal table, `report.json`, and PNG plots (stacked stages, latency
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -227,7 +228,8 @@ def versions() -> dict:
 
 # -- peers --------------------------------------------------------------------------------------
 def peer_runners(model_dir: str, threads: int, streaming: bool) -> dict:
-    """Peers that can read this model dir: name -> callable(samples) -> text."""
+    """Peers that can read this model dir: name -> callable(samples) -> text, or the exception that
+    loading it raised (a peer that cannot read the model becomes a row saying why)."""
     from edge.asr.modeldir import ModelDir
 
     out = {}
@@ -235,51 +237,74 @@ def peer_runners(model_dir: str, threads: int, streaming: bool) -> dict:
     if ModelDir(md).config.streaming != streaming:
         # a streaming dir's model.onnx is an encoder, not an offline model: peers would crash on it
         return out
+
+    def add(name, make):
+        try:
+            out[name] = make()
+        except Exception as exc:
+            out[name] = exc
+
     try:
         import sherpa_onnx
     except ImportError:
         sherpa_onnx = None
-    if sherpa_onnx is not None and not streaming and os.path.exists(f"{md}/model.onnx"):
-        for q in ("", "_quant"):
-            if os.path.exists(f"{md}/model{q}.onnx"):
-                r = sherpa_onnx.OfflineRecognizer.from_paraformer(paraformer=f"{md}/model{q}.onnx",
-                                                                  tokens=f"{md}/tokens.txt", num_threads=threads)
 
-                def run(x, r=r):
-                    s = r.create_stream()
-                    s.accept_waveform(SAMPLE_RATE, x)
-                    r.decode_stream(s)
-                    return s.result.text
+    def sherpa_offline(model):
+        r = sherpa_onnx.OfflineRecognizer.from_paraformer(paraformer=model, tokens=f"{md}/tokens.txt", num_threads=threads)
 
-                out[f"sherpa-onnx{' int8' if q else ''}"] = run
-    if sherpa_onnx is not None and streaming:
-        for q in ("", "_quant"):
-            enc, dec = f"{md}/model{q}.onnx", f"{md}/decoder{q}.onnx"
-            if os.path.exists(enc) and os.path.exists(dec):
-                r = sherpa_onnx.OnlineRecognizer.from_paraformer(tokens=f"{md}/tokens.txt", encoder=enc, decoder=dec,
-                                                                 num_threads=threads)
+        def run(x):
+            s = r.create_stream()
+            s.accept_waveform(SAMPLE_RATE, x)
+            r.decode_stream(s)
+            return s.result.text
+        return run
 
-                def run(x, r=r):
-                    s = r.create_stream()
-                    s.accept_waveform(SAMPLE_RATE, x)
-                    s.accept_waveform(SAMPLE_RATE, np.zeros(8000, np.float32))
-                    s.input_finished()
-                    while r.is_ready(s):
-                        r.decode_stream(s)
-                    return r.get_result(s)
+    def sherpa_online(enc, dec):
+        r = sherpa_onnx.OnlineRecognizer.from_paraformer(tokens=f"{md}/tokens.txt", encoder=enc, decoder=dec, num_threads=threads)
 
-                out[f"sherpa-onnx{' int8' if q else ''}"] = run
-    if not streaming:
-        try:
-            from funasr_onnx import Paraformer as FunasrOnnx
-        except Exception:  # funasr-onnx is optional on a board
-            FunasrOnnx = None
-        if FunasrOnnx is not None:
-            for q in (False, True):
-                if os.path.exists(f"{md}/model{'_quant' if q else ''}.onnx"):
-                    m = FunasrOnnx(md, batch_size=1, quantize=q, intra_op_num_threads=threads)
-                    out[f"funasr-onnx{' int8' if q else ''}"] = lambda x, m=m: m(x)[0]["preds"][0]
+        def run(x):
+            s = r.create_stream()
+            s.accept_waveform(SAMPLE_RATE, x)
+            s.accept_waveform(SAMPLE_RATE, np.zeros(8000, np.float32))
+            s.input_finished()
+            while r.is_ready(s):
+                r.decode_stream(s)
+            return r.get_result(s)
+        return run
+
+    def funasr_onnx(quantize):
+        from funasr_onnx import Paraformer
+
+        m = Paraformer(md, batch_size=1, quantize=quantize, intra_op_num_threads=threads)
+        return lambda x: m(x)[0]["preds"][0]
+
+    for q in ("", "_quant"):
+        name = f"sherpa-onnx{' int8' if q else ''}"
+        enc, dec = f"{md}/model{q}.onnx", f"{md}/decoder{q}.onnx"
+        if sherpa_onnx is not None and not streaming and os.path.exists(enc):
+            add(name, lambda enc=enc: sherpa_offline(enc))
+        if sherpa_onnx is not None and streaming and os.path.exists(enc) and os.path.exists(dec):
+            add(name, lambda enc=enc, dec=dec: sherpa_online(enc, dec))
+    if not streaming and importlib.util.find_spec("funasr_onnx") is not None:  # optional on a board
+        for q in (False, True):
+            if os.path.exists(f"{md}/model{'_quant' if q else ''}.onnx"):
+                add(f"funasr-onnx{' int8' if q else ''}", lambda q=q: funasr_onnx(q))
     return out
+
+
+def _time_peer(fn, samples: list, runs: int, warmup: int) -> dict:
+    if isinstance(fn, Exception):
+        raise fn
+    times, by_len, text = [], [], ""
+    for s in samples:
+        for i in range(warmup + runs):
+            t0 = time.perf_counter()
+            text = fn(s.samples)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+                by_len.append((s.seconds, times[-1]))
+    audio_s = sum(s.seconds for s in samples) * runs
+    return {"rtf": sum(times) / audio_s, "latency_s": percentiles(times), "rtf_by_length": by_len, "text": text}
 
 
 # -- the daemon's always-on costs ---------------------------------------------------------------
@@ -400,17 +425,10 @@ def profile(model: str, backends: list[str], audio: list[str], threads: int = 1,
     if peers:
         report["peers"] = {}
         for name, fn in peer_runners(model, threads, streaming).items():
-            times, by_len = [], []
-            for s in samples:
-                for i in range(warmup + runs):
-                    t0 = time.perf_counter()
-                    text = fn(s.samples)
-                    if i >= warmup:
-                        times.append(time.perf_counter() - t0)
-                        by_len.append((s.seconds, times[-1]))
-            audio_s = sum(s.seconds for s in samples) * runs
-            report["peers"][name] = {"rtf": sum(times) / audio_s, "latency_s": percentiles(times),
-                                     "rtf_by_length": by_len, "text": text}
+            try:
+                report["peers"][name] = _time_peer(fn, samples, runs, warmup)
+            except Exception as exc:  # e.g. funasr-onnx on a t0..t995 vocabulary: ValueError, a row not a traceback
+                report["peers"][name] = {"skipped": f"failed on this model: {type(exc).__name__}: {str(exc)[:200]}"}
     # ratios against onnxruntime fp32, or INT8 where the model ships only INT8 (the demo model)
     ref_name = next((n for n in ("onnxruntime", "onnxruntime:int8") if "rtf" in report["backends"].get(n, {})), None)
     base = report["backends"][ref_name]["rtf"] if ref_name else None
@@ -443,7 +461,8 @@ def profile(model: str, backends: list[str], audio: list[str], threads: int = 1,
 
 
 def table(report: dict) -> str:
-    rows = [f"ParaEdge profile: {report['mode']}, {report['threads']} thread(s), {report['runs']} runs, "
+    pools = ", ".join(f"{k} {v}" for k, v in (report.get("thread_pools") or {}).items())
+    rows = [f"ParaEdge profile: {report['mode']}, {report['threads']} thread(s) (pools: {pools or 'n/a'}), {report['runs']} runs, "
             f"{sum(a['seconds'] for a in report['audio']):.1f} s audio, CPU {report['cpu']}",
             f"board: {report.get('board') or '(none given: --board)'}; versions: "
             + ", ".join(f"{k} {v}" for k, v in report["versions"].items())]
