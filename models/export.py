@@ -45,14 +45,17 @@ def load_torch_model(md: ModelDir):
 
 def _metadata(md: ModelDir, fsmn_caches: int | None = None) -> dict:
     cfg = md.config
+    dim = cfg.frontend.feat_dim
+    # no am.mvn (and no cmvn_file in config.yaml): FunASR applies no CMVN, which is the identity to peers
+    shift, scale = (md.cmvn.shift, md.cmvn.scale) if md.cmvn is not None else (np.zeros(dim), np.ones(dim))
     meta = {
         "model_type": "paraformer",
         "version": "1",
         "vocab_size": str(cfg.vocab_size),
         "lfr_window_size": str(cfg.frontend.lfr_m),
         "lfr_window_shift": str(cfg.frontend.lfr_n),
-        "neg_mean": ",".join(f"{v:.8g}" for v in md.cmvn.shift),  # am.mvn AddShift already is -mean
-        "inv_stddev": ",".join(f"{v:.8g}" for v in md.cmvn.scale),
+        "neg_mean": ",".join(f"{v:.8g}" for v in shift),  # am.mvn AddShift already is -mean
+        "inv_stddev": ",".join(f"{v:.8g}" for v in scale),
         "producer": "paraedge",
     }
     if cfg.streaming:

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 from scipy.io import wavfile
 
 from tests.conftest import ROOT, render
@@ -119,9 +120,12 @@ def test_one_bad_file_loses_nothing(tmp_path, exported_offline, speech_dir):
 
 def test_bad_model_dirs(tmp_path, funasr_offline_a, speech_dir):
     wav = str(speech_dir / "zh.wav")
-    no_mvn = tmp_path / "no_mvn"
+    no_mvn = tmp_path / "no_mvn"  # config.yaml names the CMVN file that is missing (without, FunASR runs no CMVN)
     shutil.copytree(funasr_offline_a, no_mvn)
     os.remove(no_mvn / "am.mvn")
+    conf = yaml.safe_load((no_mvn / "config.yaml").read_text())
+    conf.setdefault("frontend_conf", {})["cmvn_file"] = "am.mvn"
+    (no_mvn / "config.yaml").write_text(yaml.safe_dump(conf))
     rc, _, err = run("transcribe", wav, "--model", str(no_mvn))
     assert_clean_error(rc, err, "am.mvn")
 

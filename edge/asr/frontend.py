@@ -44,19 +44,37 @@ class FrontendConfig:
     upscale_samples: bool = True
 
     @classmethod
-    def from_conf(cls, conf: dict) -> "FrontendConfig":
+    def from_conf(cls, conf: dict, where: str = "frontend_conf") -> "FrontendConfig":
+        """FunASR's frontend_conf, validated: every value sizes or divides something in the
+        frontend, so a bad one is one ModelError naming the key here, not a crash mid-decode."""
+        # imported here: modeldir imports this module
+        from edge.asr.modeldir import conf_float, conf_int
+
         conf = dict(conf or {})
-        return cls(
-            fs=int(conf.get("fs", SAMPLE_RATE)),
-            n_mels=int(conf.get("n_mels", 80)),
-            frame_length=float(conf.get("frame_length", 25)),
-            frame_shift=float(conf.get("frame_shift", 10)),
-            window=str(conf.get("window", "hamming")),
-            lfr_m=int(conf.get("lfr_m", 1)),
-            lfr_n=int(conf.get("lfr_n", 1)),
-            snip_edges=bool(conf.get("snip_edges", True)),
+        fs = conf_int(conf, "fs", SAMPLE_RATE, f"{where}.fs", lo=1, hi=1 << 20)
+        if fs != SAMPLE_RATE:  # audio is resampled to 16 kHz before the frontend sees it
+            raise ModelError(f"{where}.fs: {fs} Hz models are not supported (ParaEdge feeds {SAMPLE_RATE} Hz audio)")
+        window = conf.get("window", "hamming")
+        if window not in WINDOWS:
+            raise ModelError(f"{where}.window: '{window!s:.40}' is not supported ({', '.join(WINDOWS)})")
+        if conf.get("snip_edges", True) is not True:
+            raise ModelError(f"{where}.snip_edges: must be true (ParaEdge computes Kaldi snip_edges frames)")
+        cfg = cls(
+            fs=fs,
+            n_mels=conf_int(conf, "n_mels", 80, f"{where}.n_mels", hi=1024),
+            frame_length=conf_float(conf, "frame_length", 25, f"{where}.frame_length", 0.0, 1000.0, lo_open=True),
+            frame_shift=conf_float(conf, "frame_shift", 10, f"{where}.frame_shift", 0.0, 1000.0, lo_open=True),
+            window=window,
+            lfr_m=conf_int(conf, "lfr_m", 1, f"{where}.lfr_m", hi=64),
+            lfr_n=conf_int(conf, "lfr_n", 1, f"{where}.lfr_n", hi=64),
+            snip_edges=True,
             upscale_samples=bool(conf.get("upsacle_samples", True)),  # FunASR's spelling
         )
+        # a frame or shift under one sample would divide by zero in the fbank
+        for key, ms in (("frame_length", cfg.frame_length), ("frame_shift", cfg.frame_shift)):
+            if _kaldi_samples(cfg.fs, ms) < 1:
+                raise ModelError(f"{where}.{key}: {ms} ms is under one sample at {cfg.fs} Hz")
+        return cfg
 
     @property
     def feat_dim(self) -> int:
@@ -74,11 +92,16 @@ class FrontendConfig:
 class Cmvn:
     """Global CMVN from a Kaldi nnet1 `am.mvn`: y = (x + shift) * scale."""
 
-    def __init__(self, shift: np.ndarray, scale: np.ndarray):
+    def __init__(self, shift: np.ndarray, scale: np.ndarray, where: str = "am.mvn"):
         if shift.shape != scale.shape or shift.ndim != 1:
-            raise ModelError(f"am.mvn: <AddShift> {shift.shape} and <Rescale> {scale.shape} differ")
+            raise ModelError(f"{where}: <AddShift> {shift.shape} and <Rescale> {scale.shape} differ")
         self.shift = shift.astype(np.float32)
         self.scale = scale.astype(np.float32)
+        # a NaN here turns every feature into NaN: the decode would fail far from the cause
+        for tag, v in (("AddShift", self.shift), ("Rescale", self.scale)):
+            if not np.isfinite(v).all():
+                raise ModelError(f"{where}: <{tag}> holds NaN or Inf (element {int(np.argmin(np.isfinite(v)))}); "
+                                 f"corrupt CMVN file")
 
     @classmethod
     def load(cls, path) -> "Cmvn":
@@ -95,7 +118,7 @@ class Cmvn:
                 vectors[tag] = np.array([float(v) for v in m.group(1).split()], dtype=np.float32)
             except ValueError:
                 raise ModelError(f"{path}: <{tag}> holds a non-numeric value") from None
-        return cls(vectors["AddShift"], vectors["Rescale"])
+        return cls(vectors["AddShift"], vectors["Rescale"], where=str(path))
 
     def save(self, path) -> None:
         dim = self.shift.size
@@ -120,6 +143,9 @@ class Cmvn:
 def _kaldi_samples(fs: int, ms: float) -> int:
     """Kaldi sizes frames in float32 arithmetic (samp_freq * 0.001f * ms); so do we, to the sample."""
     return int(np.float32(fs) * np.float32(0.001) * np.float32(ms))
+
+
+WINDOWS = ("hamming", "hanning", "povey", "rectangular", "blackman")
 
 
 def _window(kind: str, n: int) -> np.ndarray:

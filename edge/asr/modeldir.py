@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -24,6 +26,66 @@ DEFAULT_CHUNK_SIZE = (0, 10, 5)  # FunASR's default: 600 ms chunks, 300 ms look-
 ENCODERS = ("SANMEncoder", "SANMEncoderChunkOpt")
 DECODERS = ("ParaformerSANMDecoder",)
 PREDICTORS = ("CifPredictorV2",)
+MAX_SIZE = 1 << 16  # widths, heads, blocks, kernels: far above any Paraformer; larger is a corrupt config
+MAX_CIF = 10.0  # CIF thresholds/factors (FunASR: 1.0, 0.45, 1.0, 0.0); larger makes token counts explode
+
+
+def conf_int(conf: dict, key: str, default, where: str, lo: int = 1, hi: int = MAX_SIZE) -> int:
+    """conf[key] (absent or null: default) as an int in [lo, hi] (a YAML float like 256.0 counts),
+    else a ModelError naming the key."""
+    value = conf.get(key)
+    value = default if value is None else value
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ModelError(f"{where}: must be an integer in [{lo}, {hi}], got {value!r:.40}")
+    return value
+
+
+def conf_float(conf: dict, key: str, default, where: str, lo: float, hi: float, lo_open: bool = False) -> float:
+    value = conf.get(key)
+    value = default if value is None else value
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not (lo < value if lo_open else lo <= value) or value > hi:
+        raise ModelError(f"{where}: must be a number in {'(' if lo_open else '['}{lo}, {hi}], got {value!r:.40}")
+    return float(value)
+
+
+def _mapping(conf: dict, key: str, where: str) -> dict:
+    value = conf.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ModelError(f"{where}: {key} must be a mapping, got {type(value).__name__}")
+    return dict(value)
+
+
+def _check_values(enc: dict, dec: dict, pred: dict, where: str) -> None:
+    """Types and ranges of everything the backends size arrays or loops by, before any is used:
+    a bad value is one clear error here, not a ZeroDivisionError or a reshape error mid-decode."""
+    d = conf_int(enc, "output_size", 256, f"{where}: encoder_conf.output_size")
+    for section, conf, heads_default in (("encoder_conf", enc, 4), ("decoder_conf", dec, 4)):
+        heads = conf_int(conf, "attention_heads", heads_default, f"{where}: {section}.attention_heads")
+        if d % heads:
+            raise ModelError(f"{where}: {section}.attention_heads {heads} does not divide the model width "
+                             f"{d} (encoder_conf.output_size)")
+        conf_int(conf, "linear_units", 2048, f"{where}: {section}.linear_units")
+        conf_int(conf, "num_blocks", 6, f"{where}: {section}.num_blocks")
+    conf_int(dec, "att_layer_num", 6, f"{where}: decoder_conf.att_layer_num", lo=0)
+    for section, conf, kernel_default in (("encoder_conf", enc, 11), ("decoder_conf", dec, 21)):
+        kernel = conf_int(conf, "kernel_size", kernel_default, f"{where}: {section}.kernel_size")
+        if conf.get("sanm_shfit", 0) is not None:  # the decoder's None means "causal"
+            # FSMN padding: left (k-1)//2 + shift, right what remains, which must not go negative
+            conf_int(conf, "sanm_shfit", 0, f"{where}: {section}.sanm_shfit (kernel_size {kernel})",
+                     lo=0, hi=(kernel - 1) - (kernel - 1) // 2)
+    if "idim" in pred and conf_int(pred, "idim", d, f"{where}: predictor_conf.idim") != d:
+        raise ModelError(f"{where}: predictor_conf.idim {pred['idim']} differs from encoder_conf.output_size {d}")
+    conf_int(pred, "l_order", 1, f"{where}: predictor_conf.l_order", lo=0, hi=64)
+    conf_int(pred, "r_order", 1, f"{where}: predictor_conf.r_order", lo=0, hi=64)
+    conf_float(pred, "threshold", 1.0, f"{where}: predictor_conf.threshold", 0.0, MAX_CIF, lo_open=True)
+    conf_float(pred, "tail_threshold", 0.0, f"{where}: predictor_conf.tail_threshold", 0.0, MAX_CIF)
+    conf_float(pred, "smooth_factor", 1.0, f"{where}: predictor_conf.smooth_factor", 0.0, MAX_CIF)
+    conf_float(pred, "noise_threshold", 0.0, f"{where}: predictor_conf.noise_threshold", -MAX_CIF, MAX_CIF)
 
 
 @dataclass
@@ -63,9 +125,9 @@ class ModelConfig:
         for key, allowed in (("encoder", ENCODERS), ("decoder", DECODERS), ("predictor", PREDICTORS)):
             if conf.get(key) not in allowed:
                 raise ModelError(f"{where}: {key} '{conf.get(key)}' is not supported ({', '.join(allowed)})")
-        enc = dict(conf.get("encoder_conf") or {})
-        dec = dict(conf.get("decoder_conf") or {})
-        pred = dict(conf.get("predictor_conf") or {})
+        enc = _mapping(conf, "encoder_conf", where)
+        dec = _mapping(conf, "decoder_conf", where)
+        pred = _mapping(conf, "predictor_conf", where)
         if enc.get("input_layer", "pe") not in ("pe", "pe_online"):
             raise ModelError(f"{where}: encoder input_layer '{enc.get('input_layer')}' is not supported (pe, pe_online)")
         if enc.get("selfattention_layer_type", "sanm") != "sanm":
@@ -74,15 +136,22 @@ class ModelConfig:
             raise ModelError(f"{where}: only normalize_before=true, concat_after=false encoders are supported")
         if enc.get("positionwise_layer_type", "linear") != "linear":
             raise ModelError(f"{where}: encoder positionwise_layer_type must be 'linear'")
-        frontend = FrontendConfig.from_conf(conf.get("frontend_conf") or {})
-        model_conf = dict(conf.get("model_conf") or {})
+        _check_values(enc, dec, pred, where)
+        frontend = FrontendConfig.from_conf(_mapping(conf, "frontend_conf", where), where=f"{where}: frontend_conf")
+        model_conf = _mapping(conf, "model_conf", where)
         if vocab_size is None:
-            vocab_size = conf.get("vocab_size", -1)
-        input_size = conf.get("input_size") or frontend.feat_dim
+            vocab_size = conf_int(conf, "vocab_size", -1, f"{where}: vocab_size", lo=-1, hi=1 << 24)
+        # FunASR sizes the encoder input by the frontend (n_mels * lfr_m), whatever input_size says
+        input_size = conf_int(conf, "input_size", frontend.feat_dim, f"{where}: input_size")
+        if input_size != frontend.feat_dim:
+            raise ModelError(f"{where}: input_size {input_size} differs from the frontend's n_mels * lfr_m = "
+                             f"{frontend.feat_dim}")
 
         def pick(key, default):
-            value = model_conf.get(key, conf.get(key))
-            return default if value is None else int(value)
+            holder = model_conf if model_conf.get(key) is not None else conf
+            if holder.get(key) is None:
+                return default
+            return conf_int(holder, key, default, f"{where}: {key}", lo=-1, hi=1 << 24)
 
         chunk_size = conf.get("chunk_size", list(DEFAULT_CHUNK_SIZE))
         try:
@@ -126,32 +195,61 @@ def _read_yaml(path):
             return yaml.safe_load(f)
     except FileNotFoundError:
         raise ModelError(f"{path}: missing (a FunASR model dir needs config.yaml)") from None
+    except UnicodeDecodeError:
+        raise ModelError(f"{path}: not UTF-8 text (a binary file?); it must be FunASR's YAML config") from None
     except yaml.YAMLError as exc:
         raise ModelError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except (OSError, RecursionError) as exc:
+        raise ModelError(f"{path}: cannot be read ({type(exc).__name__}: {str(exc)[:100]})") from None
+
+
+_TOKEN_LINE = re.compile(r"(.+) ([0-9]+)")  # "<token> <id>"
+
+
+def tokens_file(model_dir) -> str:
+    """The tokens file read_tokens() reads: tokens.json, else sherpa-onnx style tokens.txt."""
+    jpath = os.path.join(model_dir, "tokens.json")
+    return jpath if os.path.isfile(jpath) else os.path.join(model_dir, "tokens.txt")
 
 
 def read_tokens(model_dir) -> list[str]:
-    jpath = os.path.join(model_dir, "tokens.json")
-    tpath = os.path.join(model_dir, "tokens.txt")
-    if os.path.isfile(jpath):
+    path = tokens_file(model_dir)
+    if path.endswith(".json"):
         try:
-            with open(jpath, encoding="utf-8") as f:
+            with open(path, encoding="utf-8") as f:
                 tokens = json.load(f)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ModelError(f"{jpath}: not valid JSON ({exc})") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise ModelError(f"{path}: not valid JSON ({str(exc)[:100]})") from None
         if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
-            raise ModelError(f"{jpath}: expected a JSON list of token strings")
-        return tokens
-    if os.path.isfile(tpath):  # sherpa-onnx style "token id" per line
-        tokens = {}
-        with open(tpath, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                parts = line.rstrip("\n").rsplit(" ", 1)
-                if len(parts) != 2 or not parts[1].isdigit():
-                    raise ModelError(f"{tpath}:{n}: expected '<token> <id>'")
-                tokens[int(parts[1])] = parts[0]
-        return [tokens.get(i, "<unk>") for i in range(max(tokens) + 1)] if tokens else []
-    raise ModelError(f"{model_dir}: missing tokens.json (or tokens.txt)")
+            raise ModelError(f"{path}: expected a JSON list of token strings")
+    elif os.path.isfile(path):  # sherpa-onnx style "token id" per line
+        try:
+            with open(path, encoding="utf-8", newline="") as f:
+                lines = [line.removesuffix("\r") for line in f.read().split("\n")]
+            if lines[-1] == "":  # the last line's newline
+                lines.pop()
+        except UnicodeDecodeError:
+            raise ModelError(f"{path}: not UTF-8 text") from None
+        # ids must be a permutation of 0..N-1 for N lines: checked before anything is sized by an id
+        tokens = [None] * len(lines)
+        for n, line in enumerate(lines, 1):
+            m = _TOKEN_LINE.fullmatch(line)
+            if not m:
+                raise ModelError(f"{path}:{n}: expected '<token> <id>', got {line!r:.60}")
+            digits = m.group(2).lstrip("0") or "0"
+            # compared by length first: a 10,000-digit id is refused without converting it
+            if len(digits) > len(str(len(lines))) or int(digits) >= len(lines):
+                raise ModelError(f"{path}:{n}: id {digits:.20} is out of range: {len(lines)} lines need ids "
+                                 f"0..{len(lines) - 1}")
+            i = int(digits)
+            if tokens[i] is not None:
+                raise ModelError(f"{path}:{n}: id {i} is used twice")
+            tokens[i] = m.group(1)
+    else:
+        raise ModelError(f"{model_dir}: missing tokens.json (or tokens.txt)")
+    if not tokens:
+        raise ModelError(f"{path}: no tokens")
+    return tokens
 
 
 def write_tokens_txt(tokens: list[str], path) -> None:
@@ -184,13 +282,30 @@ def model_hash(md: "ModelDir") -> str:
 
 
 def load_npz(path) -> dict[str, np.ndarray]:
+    fmt = np.lib.format
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            out = {}
+            for member in z.zip.infolist():
+                name = member.filename.removesuffix(".npy")
+                if name == member.filename:
+                    raise ModelError(f"{path}: member {name!r:.60} is not a .npy array")
+                # numpy allocates what the header claims before reading: check the claim first
+                with z.zip.open(member) as f:
+                    version = fmt.read_magic(f)
+                    header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                    shape, _, dtype = header(f)
+                need = math.prod(shape) * dtype.itemsize
+                if need > member.file_size:
+                    raise ModelError(f"{path}: array '{name:.80}' claims shape {shape!r:.60} ({need} bytes), more "
+                                     f"than its {member.file_size}-byte entry (truncated or corrupt)")
+                out[name] = z[name]
+            return out
     except FileNotFoundError:
         raise ModelError(f"{path}: no such file") from None
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise ModelError(f"{path}: corrupt or truncated weights file ({exc})") from None
+        msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ModelError(f"{path}: corrupt or truncated weights file ({msg})") from None
 
 
 class ModelDir:
@@ -200,14 +315,28 @@ class ModelDir:
         self.path = os.fspath(path)
         if not os.path.isdir(self.path):
             raise ModelError(f"{self.path}: model directory not found")
+        self.tokens_file = tokens_file(self.path)
         self.tokens = read_tokens(self.path)
         conf = _read_yaml(os.path.join(self.path, "config.yaml"))
         self.config = ModelConfig.from_dict(conf, vocab_size=len(self.tokens), where=os.path.join(self.path, "config.yaml"))
-        self.cmvn = Cmvn.load(os.path.join(self.path, "am.mvn"))
-        if self.cmvn.shift.size != self.config.frontend.feat_dim:
-            raise ModelError(
-                f"{self.path}/am.mvn has {self.cmvn.shift.size} dims, the frontend makes {self.config.frontend.feat_dim}"
-            )
+        self.cmvn = self._load_cmvn(conf)
+
+    def _load_cmvn(self, conf: dict) -> Cmvn | None:
+        """am.mvn when the dir has one (FunASR then uses it whatever config.yaml says). Without it,
+        FunASR applies no CMVN unless config.yaml names a `cmvn_file`: then the model was trained
+        with one, and decoding without it would be silently wrong, so it is refused."""
+        path = self.file("am.mvn")
+        if not os.path.isfile(path):
+            named = (conf.get("frontend_conf") or {}).get("cmvn_file") or conf.get("cmvn_file")
+            if named:
+                raise ModelError(f"{path}: missing, but config.yaml names cmvn_file {str(named)!r:.80}; "
+                                 f"copy that CMVN file into the model dir as am.mvn")
+            return None
+        cmvn = Cmvn.load(path)
+        if cmvn.shift.size != self.config.frontend.feat_dim:
+            raise ModelError(f"{path}: has {cmvn.shift.size} dims, the frontend makes {self.config.frontend.feat_dim} "
+                             f"(n_mels * lfr_m)")
+        return cmvn
 
     def file(self, name) -> str:
         return os.path.join(self.path, name)
@@ -215,18 +344,39 @@ class ModelDir:
     def has(self, name) -> bool:
         return os.path.isfile(self.file(name))
 
+    def check_vocab(self, outputs: int, source: str) -> None:
+        """The tokens file must list exactly one token per model output (logit)."""
+        if outputs != len(self.tokens):
+            raise ModelError(f"{self.tokens_file}: has {len(self.tokens)} tokens but {source} has {outputs} outputs; "
+                             f"use the tokens file that came with this model")
+
     @cached_property
     def frontend(self) -> Frontend:
         return Frontend(self.config.frontend, self.cmvn)
 
+    @property
+    def weights_file(self) -> str:
+        for name in ("model.npz", "model.pt"):
+            if self.has(name):
+                return self.file(name)
+        raise ModelError(f"{self.path}: no weights (model.npz or model.pt)")
+
     @cached_property
     def weights(self) -> dict[str, np.ndarray]:
-        if self.has("model.npz"):
-            w = load_npz(self.file("model.npz"))
-        elif self.has("model.pt"):
+        path = self.weights_file
+        if path.endswith(".npz"):
+            w = load_npz(path)
+        else:
             from edge.asr.torchfile import load_state_dict
 
-            w = load_state_dict(self.file("model.pt"))
-        else:
-            raise ModelError(f"{self.path}: no weights (model.npz or model.pt)")
-        return {k: np.asarray(v, dtype=np.float32) for k, v in w.items() if v.dtype.kind == "f"}
+            w = load_state_dict(path)
+        out = {}
+        for k, v in w.items():
+            if v.dtype.kind != "f":
+                continue
+            v = np.asarray(v, dtype=np.float32)
+            # a NaN/Inf weight decodes to garbage or a late, obscure error: refuse it by name
+            if not np.isfinite(v).all():
+                raise ModelError(f"{path}: weight '{k}' holds NaN or Inf values (corrupt weights file)")
+            out[k] = v
+        return out

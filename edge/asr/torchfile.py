@@ -2,12 +2,16 @@
 
 The zip format: `<root>/data.pkl` pickles the dict; each tensor's storage is a separate
 `<root>/data/<key>` entry referenced through pickle persistent ids. The unpickler here only
-knows the handful of globals a state_dict needs, so a checkpoint cannot run code on load.
+knows the handful of globals a state_dict needs, so a checkpoint cannot run code on load; and
+every tensor view is bounds-checked against its storage before it is built, so a crafted
+size/stride/offset cannot read outside the storage (as_strided does no checks of its own).
 """
 
 from __future__ import annotations
 
 import collections
+import math
+import os
 import pickle
 import zipfile
 
@@ -27,6 +31,12 @@ _STORAGE_DTYPES = {
     "BoolStorage": np.bool_,
     "BFloat16Storage": "bfloat16",
 }
+MAX_ELEMENTS = 1 << 31  # no Paraformer tensor comes near it; a bigger claim is a crafted file
+BUDGET_FACTOR, BUDGET_SLACK = 8, 1 << 24  # bytes a checkpoint may make us allocate: 8x its size + 16 MiB
+
+
+class _Bad(Exception):
+    """A malformed checkpoint detail; load_state_dict turns it into one ModelError naming the file."""
 
 
 class _StorageType:
@@ -34,38 +44,48 @@ class _StorageType:
         self.name = name
         self.dtype = _STORAGE_DTYPES[name]
 
+    def __call__(self, *args, **kwargs):  # torch.FloatStorage(...) in a pickle: not how state_dicts store data
+        raise _Bad(f"constructs a torch.{self.name} directly (not a torch.save state_dict)")
+
+    @property
+    def itemsize(self) -> int:
+        return 2 if self.dtype == "bfloat16" else np.dtype(self.dtype).itemsize
+
 
 def _bf16_to_f32(raw: bytes) -> np.ndarray:
     u16 = np.frombuffer(raw, dtype="<u2").astype(np.uint32)
     return (u16 << 16).view(np.float32)
 
 
-def _rebuild_tensor(storage, offset, size, stride, *_ignored):
-    arr = storage
-    if len(size) == 0:
-        return np.array(arr[offset], dtype=arr.dtype)
-    itemsize = arr.dtype.itemsize
-    view = np.lib.stride_tricks.as_strided(
-        arr[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride)
-    )
-    return np.ascontiguousarray(view)
+def _ints(value, what: str) -> tuple:
+    if not isinstance(value, (tuple, list)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise _Bad(f"tensor {what} {value!r:.80} is not a tuple of integers")
+    if any(v < 0 for v in value):
+        raise _Bad(f"tensor {what} {tuple(value)!r:.80} is negative")
+    return tuple(value)
 
 
-def _rebuild_parameter(data, requires_grad=None, backward_hooks=None, *_):
+def _rebuild_parameter(data=None, requires_grad=None, backward_hooks=None, *_, **_kw):
     return data
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, fh, zf: zipfile.ZipFile, root: str, path: str):
+    def __init__(self, fh, zf: zipfile.ZipFile, root: str, path: str, budget: int):
         super().__init__(fh)
         self.zf, self.root, self.path = zf, root, path
+        self.budget = budget  # bytes this file may still make us allocate
         self.cache = {}
+
+    def spend(self, nbytes: int, what: str) -> None:
+        if nbytes > self.budget:
+            raise _Bad(f"{what} needs {nbytes} bytes, more than a {os.path.getsize(self.path)}-byte checkpoint holds")
+        self.budget -= nbytes
 
     def find_class(self, module, name):
         if (module, name) == ("collections", "OrderedDict"):
             return collections.OrderedDict
         if module == "torch._utils" and name == "_rebuild_tensor_v2":
-            return _rebuild_tensor
+            return self.rebuild_tensor
         if module == "torch._utils" and name == "_rebuild_parameter":
             return _rebuild_parameter
         if module == "torch" and name in _STORAGE_DTYPES:
@@ -74,16 +94,54 @@ class _Unpickler(pickle.Unpickler):
             return getattr(__import__("builtins"), name)
         raise ModelError(f"{self.path}: holds a Python object ({module}.{name}), not a plain state_dict")
 
+    def rebuild_tensor(self, storage=None, offset=None, size=None, stride=None, *_ignored, **_kw):
+        # strides below are in elements of a flat, contiguous buffer: only a storage is one
+        if not isinstance(storage, np.ndarray) or storage.ndim != 1 or not storage.flags.c_contiguous:
+            raise _Bad(f"tensor storage is {type(storage).__name__}, not a storage reference")
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise _Bad(f"tensor storage offset {offset!r:.40} is not a non-negative integer")
+        size, stride = _ints(size, "size"), _ints(stride, "stride")
+        if len(size) != len(stride):
+            raise _Bad(f"tensor size {size!r:.80} and stride {stride!r:.80} differ in length")
+        numel = math.prod(size)  # Python ints: no overflow
+        if numel > MAX_ELEMENTS or any(n > MAX_ELEMENTS for n in size):
+            raise _Bad(f"tensor size {size!r:.80} claims more than {MAX_ELEMENTS} elements")
+        # stride-0 or overlapping views can claim far more than the storage holds: count the copy
+        self.spend(numel * storage.dtype.itemsize, f"tensor of size {size!r:.80}")
+        if numel == 0:
+            if offset > storage.size:
+                raise _Bad(f"tensor storage offset {offset} is past its storage's {storage.size} elements")
+            return np.zeros(size, dtype=storage.dtype)
+        # the furthest element the view reaches must lie inside the storage
+        last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+        if last >= storage.size:
+            raise _Bad(f"tensor (offset {offset}, size {size!r:.80}, stride {stride!r:.80}) reaches element {last}, "
+                       f"outside its storage of {storage.size}")
+        if not size:
+            return np.array(storage[offset], dtype=storage.dtype)
+        itemsize = storage.dtype.itemsize
+        view = np.lib.stride_tricks.as_strided(
+            storage[offset:], shape=size, strides=tuple(s * itemsize for s in stride), writeable=False
+        )
+        return np.ascontiguousarray(view)
+
     def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
-            raise ModelError(f"{self.path}: unknown persistent id {pid!r}")
+        # torch.save writes ('storage', <StorageType>, key, location, numel)
+        if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage"
+                and isinstance(pid[1], _StorageType) and isinstance(pid[2], (str, int))):
+            raise _Bad(f"unknown persistent id {pid!r:.80}")
         storage_type, key = pid[1], str(pid[2])
         if key not in self.cache:
             entry = f"{self.root}/data/{key}"
             try:
-                raw = self.zf.read(entry)
+                info = self.zf.getinfo(entry)
             except KeyError:
-                raise ModelError(f"{self.path}: tensor data {entry} is missing (truncated file?)") from None
+                raise _Bad(f"tensor data {entry} is missing (truncated file?)") from None
+            if info.file_size % storage_type.itemsize:
+                raise _Bad(f"tensor data {entry} is {info.file_size} bytes, not whole {storage_type.name} elements")
+            # checked before reading: a deflated entry can claim any size (a zip bomb)
+            self.spend(info.file_size * (2 if storage_type.dtype == "bfloat16" else 1), f"tensor data {entry}")
+            raw = self.zf.read(entry)
             dtype = storage_type.dtype
             if dtype == "bfloat16":
                 arr = _bf16_to_f32(raw)
@@ -106,13 +164,19 @@ def load_state_dict(path) -> dict[str, np.ndarray]:
         if not pkls:
             raise ModelError(f"{path}: no data.pkl inside (not a torch.save file)")
         root = pkls[0][: -len("/data.pkl")]
+        # what a real state_dict allocates: its storages (bf16 widened 2x) plus one copy of each
+        # tensor (tied weights: two); far less than this bound, which a crafted file hits first
+        budget = BUDGET_FACTOR * os.path.getsize(path) + BUDGET_SLACK
         try:
             with zf.open(pkls[0]) as fh:
-                obj = _Unpickler(fh, zf, root, str(path)).load()
+                obj = _Unpickler(fh, zf, root, str(path), budget).load()
         except ModelError:
             raise
-        except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-            raise ModelError(f"{path}: corrupt checkpoint ({exc})") from None
+        except _Bad as exc:
+            raise ModelError(f"{path}: corrupt checkpoint: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - only whitelisted callables run: any error is malformed data
+            msg = str(exc).splitlines()[0] if str(exc) else ""
+            raise ModelError(f"{path}: corrupt checkpoint ({type(exc).__name__}: {msg:.200})") from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]

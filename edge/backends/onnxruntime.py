@@ -32,6 +32,45 @@ def _session(path: str, threads: int | None):
         raise ModelError(f"{path}: onnxruntime cannot load it ({msg})") from None
 
 
+ANY = None  # a dimension the graph leaves dynamic (batch, time, tokens)
+
+
+def _check_io(session, path: str, role: str, inputs: dict, outputs: list) -> None:
+    """The session's inputs (by name: rank, type, static dims) and outputs (by position: name,
+    rank, static dims) must be what this backend feeds and reads, checked at load: a decoder file
+    swapped in for the encoder, or a file from another model, is named here, not a ValueError
+    deep in a decode. `inputs` maps name -> (type, dims); `outputs` lists (name, dims)."""
+    got_in = {i.name: i for i in session.get_inputs()}
+    got_out = session.get_outputs()
+    def plain(names):  # FSMN caches vary in number with the decoder's depth
+        return {n for n in names if not n.startswith("in_cache_")}
+
+    if plain(got_in) != plain(inputs):
+        looks = ("a decoder (decoder*.onnx)" if "acoustic_embeds" in got_in
+                 else "an encoder (model*.onnx)" if "speech" in got_in else "another kind of model")
+        raise ModelError(f"{path}: inputs {sorted(plain(got_in))} are not the {role}'s {sorted(plain(inputs))}; it looks like "
+                         f"{looks}: are the ONNX files swapped or from another export?")
+
+    def check(kind, name, shape, dims):
+        ok = isinstance(shape, (list, tuple)) and len(shape) == len(dims) and all(
+            want is ANY or not isinstance(have, int) or have == want for have, want in zip(shape, dims))
+        if not ok:
+            want = "[" + ", ".join("*" if d is ANY else str(d) for d in dims) + "]"
+            raise ModelError(f"{path}: {role} {kind} '{name}' has shape {list(shape or [])}, config.yaml implies "
+                             f"{want}: the ONNX file is from another model")
+
+    for name, (elem, dims) in inputs.items():
+        if got_in[name].type != elem:
+            raise ModelError(f"{path}: {role} input '{name}' is {got_in[name].type}, expected {elem}")
+        check("input", name, got_in[name].shape, dims)
+    names = [o.name for o in got_out]
+    if names[: len(outputs)] != [n for n, _ in outputs]:
+        raise ModelError(f"{path}: outputs {names} are not the {role}'s {[n for n, _ in outputs]} "
+                         f"(in this order): are the ONNX files swapped or from another export?")
+    for o, (name, dims) in zip(got_out, outputs):
+        check("output", name, o.shape, dims)
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
@@ -42,17 +81,52 @@ class OnnxRuntimeBackend(Backend):
         enc_file = f"model{suffix}.onnx"
         if not model_dir.has(enc_file):
             raise BackendUnavailable(f"{model_dir.path}: no {enc_file}; run `paraedge export {model_dir.path}` on the host")
-        self.session = _session(model_dir.file(enc_file), threads)
+        cfg = self.config
+        din, d = cfg.input_size, cfg.d_model
+        self.vocab = len(model_dir.tokens)
+        self.enc_path = enc_path = model_dir.file(enc_file)
+        self.session = _session(enc_path, threads)
+        speech = {"speech": ("tensor(float)", [ANY, ANY, din]), "speech_lengths": ("tensor(int32)", [ANY])}
         self.decoder = None
         if self.config.streaming:
+            _check_io(self.session, enc_path, "encoder", speech,
+                      [("enc", [ANY, ANY, d]), ("enc_len", [ANY]), ("alphas", [ANY, ANY])])
             dec_file = f"decoder{suffix}.onnx"
             if not model_dir.has(dec_file):
                 raise BackendUnavailable(f"{model_dir.path}: no {dec_file}; run `paraedge export {model_dir.path}`")
-            self.decoder = _session(model_dir.file(dec_file), threads)
+            self.dec_path = dec_path = model_dir.file(dec_file)
+            self.decoder = _session(dec_path, threads)
+            self.kernel = int(cfg.decoder_conf.get("kernel_size", 21))
             self.cache_inputs = [i for i in self.decoder.get_inputs() if i.name.startswith("in_cache_")]
-            self.kernel = int(self.config.decoder_conf.get("kernel_size", 21))
+            f32 = "tensor(float)"
+            dec_in = {"enc": (f32, [ANY, ANY, d]), "enc_len": ("tensor(int32)", [ANY]),
+                      "acoustic_embeds": (f32, [ANY, ANY, d]), "acoustic_embeds_len": ("tensor(int32)", [ANY])}
+            # decode() starts each utterance with zero caches sized by config.yaml's kernel_size
+            dec_in.update({i.name: (f32, [ANY, d, self.kernel - 1]) for i in self.cache_inputs})
+            dec_out = [("logits", [ANY, ANY, ANY]), ("sample_ids", [ANY, ANY])]
+            dec_out += [(f"out_cache_{i}", [ANY, d, ANY]) for i in range(len(self.cache_inputs))]
+            _check_io(self.decoder, dec_path, "decoder", dec_in, dec_out)
+            if len(self.decoder.get_outputs()) != len(dec_out):
+                raise ModelError(f"{dec_path}: {len(self.cache_inputs)} cache inputs but "
+                                 f"{len(self.decoder.get_outputs()) - 2} cache outputs (corrupt export)")
+            self._check_vocab(self.decoder, dec_path)
         else:
+            _check_io(self.session, enc_path, "offline model", speech,
+                      [("logits", [ANY, ANY, ANY]), ("token_num", [ANY])])
+            self._check_vocab(self.session, enc_path)
             self.offline = self._offline
+
+    def _check_vocab(self, session, path: str) -> None:
+        """Tokens vs the logits' vocabulary dim, as the reference backend checks its output layer:
+        a mismatch would otherwise decode to wrong or empty text with exit 0."""
+        dim = session.get_outputs()[0].shape[-1]
+        if isinstance(dim, int):
+            self.model_dir.check_vocab(dim, f"{path} (logits)")
+
+    def _logits(self, logits: np.ndarray, path: str) -> np.ndarray:
+        if logits.shape[-1] != self.vocab:  # a dynamic vocab dim could not be checked at load
+            self.model_dir.check_vocab(logits.shape[-1], f"{path} (logits)")
+        return logits
 
     def describe(self) -> str:
         return f"onnxruntime{' int8' if self.int8 else ''}"
@@ -62,7 +136,7 @@ class OnnxRuntimeBackend(Backend):
             None, {"speech": feats[None].astype(F32), "speech_lengths": np.array([feats.shape[0]], np.int32)}
         )
         n = int(count[0])
-        return logits[0, :n], n
+        return self._logits(logits, self.enc_path)[0, :n], n
 
     def encode(self, x: np.ndarray):
         if self.decoder is None:
@@ -84,4 +158,4 @@ class OnnxRuntimeBackend(Backend):
         for inp, c in zip(self.cache_inputs, caches):
             feed[inp.name] = c
         out = self.decoder.run(None, feed)
-        return out[0][0], out[2:]
+        return self._logits(out[0], self.dec_path)[0], out[2:]

@@ -170,6 +170,9 @@ class ReferenceBackend(Backend):
         dshift = dec.get("sanm_shfit", 0)
         dshift = (dkernel - 1) // 2 if dshift is None else int(dshift)
         vocab = cfg.vocab_size
+        out_w = model_dir.weights.get("decoder.output_layer.weight")
+        if out_w is not None and out_w.ndim == 2:  # name the tokens file, not just a shape mismatch
+            model_dir.check_vocab(out_w.shape[0], f"{model_dir.weights_file} (decoder.output_layer)")
         self.decoders = [
             DecoderLayer(w, f"decoder.decoders.{i}", d, dffn, dheads, dkernel, dshift, True) for i in range(att_layers)
         ]

@@ -403,7 +403,8 @@ def compile_bundle(model: str, board: str | Board, out: str, buckets=DEFAULT_BUC
         bar.update()
         np.savez(os.path.join(tmp, "params.npz"), **params)
         for name in MODEL_FILES:
-            shutil.copy(md.file(name), os.path.join(tmp, name))
+            if md.has(name):  # am.mvn is optional (FunASR applies no CMVN without one)
+                shutil.copy(md.file(name), os.path.join(tmp, name))
         bar.update()
         bar.close()
         manifest = {
