@@ -107,3 +107,48 @@ def exported_offline(tmp_path_factory, funasr_offline_a):
 @pytest.fixture(scope="session")
 def exported_streaming(tmp_path_factory, funasr_streaming_a):
     return exported_copy(funasr_streaming_a, tmp_path_factory.mktemp("exp") / "str_a")
+
+
+# -- compiled TVM bundles, shared by test_tvm*, test_conformance --------------------------------
+OFFLINE_BUCKETS = (64, 512)  # the clips are 2-4 s (< 64 frames); long_speech is 30 s (500 frames)
+
+
+def _compile(tmp_path_factory, name, model, board, **kw) -> str:
+    pytest.importorskip("tvm.relax", reason="apache-tvm (host extra) is not installed")
+    from paraedge_tools.compiler.compile import compile_bundle
+
+    out = str(tmp_path_factory.mktemp("tvm") / name)
+    compile_bundle(model, board, out, **kw)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tvm_offline(tmp_path_factory, exported_offline):
+    # token_divs (4,): two token buckets, so the picker is exercised
+    return _compile(tmp_path_factory, "off_x86", exported_offline, "x86-host", buckets=OFFLINE_BUCKETS, token_divs=(4,))
+
+
+@pytest.fixture(scope="session")
+def tvm_streaming(tmp_path_factory, exported_streaming):
+    return _compile(tmp_path_factory, "str_x86", exported_streaming, "x86-host", buckets=(128,), token_divs=())
+
+
+@pytest.fixture(scope="session")
+def tvm_demo_int8(tmp_path_factory):
+    """The trained demo model as an INT8 x86 bundle, offline (96 frames: the samples' commands) + streaming."""
+    return _compile(tmp_path_factory, "demo_int8", os.path.join(ROOT, "models", "demo"), "x86-host", buckets=(96,),
+                    int8=True, token_divs=())
+
+
+@pytest.fixture(scope="session")
+def armroot():
+    if not (shutil.which("qemu-aarch64") and shutil.which("aarch64-linux-gnu-gcc")):
+        pytest.skip("qemu-user and gcc-aarch64-linux-gnu are not installed (make apt installs them)")
+    from paraedge_tools.emu.armroot import build_root
+
+    return build_root()
+
+
+@pytest.fixture(scope="session")
+def arm_bundle(tmp_path_factory, exported_streaming):
+    return _compile(tmp_path_factory, "str_a76", exported_streaming, "qemu-a76", buckets=(64,), token_divs=())

@@ -19,25 +19,6 @@ from edge.asr.audio import load_audio  # noqa: E402
 from edge.asr.recognizer import Recognizer  # noqa: E402
 from tests.conftest import ROOT  # noqa: E402
 
-OFFLINE_BUCKETS = (64, 512)  # the clips are 2-4 s (< 64 frames); long_speech is 30 s (500 frames)
-
-
-@pytest.fixture(scope="session")
-def tvm_offline(tmp_path_factory, exported_offline):
-    from paraedge_tools.compiler.compile import compile_bundle
-
-    out = str(tmp_path_factory.mktemp("tvm") / "off_x86")
-    compile_bundle(exported_offline, "x86-host", out, buckets=OFFLINE_BUCKETS, token_divs=(4,))  # 2 token buckets: the picker
-    return out
-
-
-@pytest.fixture(scope="session")
-def tvm_streaming(tmp_path_factory, exported_streaming):
-    from paraedge_tools.compiler.compile import compile_bundle
-
-    out = str(tmp_path_factory.mktemp("tvm") / "str_x86")
-    compile_bundle(exported_streaming, "x86-host", out, buckets=(128,), token_divs=())
-    return out
 
 
 def _copy(bundle, tmp_path):
@@ -281,19 +262,14 @@ def test_row_ops_equal_numpy_reference(rows, width):
         np.testing.assert_allclose(y, ref, rtol=2e-5, atol=2e-6, err_msg=name)
 
 
-def test_int8_bundle_agrees_with_reference(tmp_path_factory):
+def test_int8_bundle_agrees_with_reference(tvm_demo_int8):
     """Real INT8 (int8 weights and activations, int32 accumulation) on the trained demo model:
     >= 99 % of the reference's tokens over its samples, at a quarter of the weight bytes."""
     import difflib
     import glob
 
-    from edge.asr.audio import load_audio
-    from paraedge_tools.compiler.compile import compile_bundle
-
-    demo = os.path.join(ROOT, "models", "demo")
-    out = str(tmp_path_factory.mktemp("tvm") / "demo_int8")
-    m = compile_bundle(demo, "x86-host", out, buckets=(96,), streaming=False, int8=True, token_divs=())
-    assert m["model"]["int8"]
+    demo, out = os.path.join(ROOT, "models", "demo"), tvm_demo_int8
+    assert json.load(open(os.path.join(out, "manifest.json")))["model"]["int8"]
     with np.load(os.path.join(out, "params.npz")) as z:
         assert sum(z[k].size for k in z.files if z[k].dtype == np.int8) > 0.9 * sum(z[k].size for k in z.files)
     ref, q = Recognizer(demo, "ref"), Recognizer(out, "tvm", int8=True)
