@@ -9,7 +9,7 @@ import sys
 import time
 
 from edge import __version__
-from edge.asr.recognizer import BACKENDS
+from edge.backends import BACKENDS
 from edge.errors import ParaEdgeError
 
 EXIT_USAGE = 2
@@ -98,6 +98,9 @@ def cmd_info(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from edge.daemon import catch_early_signals
+
+    catch_early_signals()  # before the slow imports and the model load
     import logging
 
     from edge.daemon.config import DaemonConfig

@@ -12,16 +12,18 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
 import pytest
 
-from edge.asr.audio import load_audio
+from edge.asr.audio import load_audio, write_wav
 from edge.daemon.capture import Chunk, DeviceLost, EndOfInput
 from edge.daemon.config import ConfigError, DaemonConfig
 from edge.daemon.service import Daemon
-from edge.daemon.events import EventBus
+from edge.daemon.events import HISTORY_EVENTS, EventBus
+from edge.errors import ParaEdgeError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "models", "demo")
@@ -380,11 +382,221 @@ def test_sigterm_finishes_the_open_utterance(tmp_path):
     assert events[-1]["event"] == "stopped"
 
 
+# -- event socket: no client can stall or bloat the daemon -------------------------------------------
+def _connect(path):
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    c.connect(path)
+    return c
+
+
+def _read_all(c, timeout=10.0) -> bytes:
+    """Everything the bus sends this client until it hangs up (or timeout)."""
+    c.settimeout(timeout)
+    buf = b""
+    try:
+        while data := c.recv(1 << 16):
+            buf += data
+    except (socket.timeout, ConnectionResetError):
+        pass
+    return buf
+
+
+class _Collector(threading.Thread):
+    """A well-behaved client: reads its socket until the bus hangs up."""
+
+    def __init__(self, c, timeout=60.0):
+        super().__init__(daemon=True)
+        self.c, self.timeout, self.data = c, timeout, b""
+        self.start()
+
+    def run(self):
+        self.data = _read_all(self.c, self.timeout)
+
+
+def test_a_client_that_stops_reading_is_dropped_not_waited_on(tmp_path):
+    path = str(tmp_path / "ev.sock")
+    bus = EventBus(stdout=False, socket_path=path)
+    slow = _connect(path)  # connects, never reads
+    time.sleep(0.2)  # let the accept thread register it
+    payload = "字" * 8000  # ~24 KB per event: the kernel buffer fills after a few events
+    dropped = []
+
+    def emit_many():
+        for i in range(3000):
+            bus.emit("partial", i=i, text=payload)
+            if bus.history[-1]["event"] == "client_dropped":  # emitted right after the event that overflowed
+                dropped.append(bus.history[-1])
+
+    # in a thread, so that a bus which blocks on the client fails the test instead of hanging it
+    worker = threading.Thread(target=emit_many, daemon=True)
+    t0 = time.monotonic()
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive(), "emit() blocked on a client that does not read"
+    assert time.monotonic() - t0 < 10
+    assert len(dropped) == 1 and dropped[0]["reason"] == "slow reader", dropped
+    got = _read_all(slow)  # what was buffered for it, then end of stream: it was disconnected
+    assert len(got) < 8 * (1 << 20), "the slow client's buffer is bounded"
+    bus.close()
+    slow.close()
+
+
+def test_over_long_command_lines_are_neither_kept_nor_echoed(tmp_path):
+    path = str(tmp_path / "ev.sock")
+    state = {}
+
+    def flood():
+        try:
+            state["flood"].sendall(b"x" * (10 << 20) + b"\nstatus\n")
+        except OSError:  # the bus hangs up on it part way
+            pass
+
+    def on_chunk(k):
+        if k == 0:
+            state["flood"], state["ok"] = _connect(path), _connect(path)
+            # both clients read what they are sent (a reader that stops has its own test)
+            state["flood_seen"], state["ok_seen"] = _Collector(state["flood"]), _Collector(state["ok"])
+            state["sender"] = threading.Thread(target=flood, daemon=True)
+            state["sender"].start()
+            state["ok"].sendall(b"status\n" + b"z" * 3000 + b"\n")  # long but legal: an unknown command
+            state["sender"].join(10)
+            time.sleep(0.3)
+
+    d = daemon(ScriptedSource(SILENCE, on_chunk=on_chunk), socket_path=path)
+    d.run()
+    ev = list(d.bus.history)
+    assert [e["reason"] for e in kinds(ev, "client_dropped")] == ["command line too long"]
+    assert not state["sender"].is_alive()
+    assert len(kinds(ev, "status")) == 1, "the flooding client's `status` after its long line is not run"
+    err = kinds(ev, "error")
+    assert len(err) == 1 and err[0]["what"] == "command" and "zzzz" in err[0]["message"]
+    assert len(err[0]["message"]) < 200, "an unknown command is reported clipped"
+    assert max(len(json.dumps(e)) for e in ev) < 2000, "nothing huge is kept or echoed"
+    state["ok_seen"].join(10)
+    seen = state["ok_seen"].data.decode().splitlines()  # the other client got the same small events
+    assert max(len(line) for line in seen) < 2000 and json.loads(seen[-1])["event"] == "stopped"
+    assert d.bus.commands.empty()
+
+
+def test_a_live_daemon_socket_is_not_taken_over(tmp_path):
+    path = str(tmp_path / "ev.sock")
+    first = EventBus(stdout=False, socket_path=path)
+    with pytest.raises(ParaEdgeError, match=f"another daemon is listening on {path}; stop it") as err:
+        EventBus(stdout=False, socket_path=path)
+    assert "\n" not in str(err.value)
+    c = _connect(path)  # the first daemon still owns its socket and serves
+    time.sleep(0.2)
+    first.emit("status", busy=False)
+    first.close()
+    assert json.loads(_read_all(c).decode().splitlines()[0])["event"] == "status"
+    c.close()
+
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # a crashed daemon: the file stays, nobody listens
+    stale.bind(path)
+    stale.close()
+    assert stat.S_ISSOCK(os.stat(path).st_mode)
+    second = EventBus(stdout=False, socket_path=path)  # a stale socket is replaced
+    c = _connect(path)
+    c.close()
+    second.close()
+
+
+def test_an_over_long_socket_path_says_what_is_wrong(tmp_path):
+    path = str(tmp_path / ("e" * 120 + ".sock"))
+    with pytest.raises(ParaEdgeError, match=r"over the 107-byte limit of UNIX socket paths; set a shorter") as err:
+        EventBus(stdout=False, socket_path=path)
+    assert path in str(err.value) and not str(err.value).endswith("None")
+    p, _ = run_cli(["run", "--socket", path, "--input", os.path.join(SAMPLES, "02_alexa_en.wav"), "--fast"])
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "107-byte limit" in p.stderr, p.stderr
+
+
+def test_event_history_is_bounded():
+    bus = EventBus(stdout=False)
+    for i in range(HISTORY_EVENTS + 50):
+        bus.emit("partial", i=i)
+    assert len(bus.history) == HISTORY_EVENTS
+    assert bus.history[0]["i"] == 50 and bus.history[-1]["i"] == HISTORY_EVENTS + 49
+
+
+# -- signals during start-up and reload ---------------------------------------------------------------
+NO_WAKE_SAMPLE = "02_alexa_en.wav"
+
+
+def _padded_command(tmp_path) -> str:
+    """A command (no wake word: these runs use --no-wake) between 1 s of silence each side: time for a
+    reload before and after the utterance."""
+    wav = tmp_path / "input.wav"
+    write_wav(str(wav), np.concatenate([SILENCE, command_only(NO_WAKE_SAMPLE), SILENCE]))
+    return str(wav)
+
+
+def _wait_until_loading_model(p, timeout=60.0) -> bool:
+    """True once the daemon process is loading its model (onnxruntime mapped: it is only imported then)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and p.poll() is None:
+        try:
+            with open(f"/proc/{p.pid}/maps") as f:
+                if "onnxruntime" in f.read():
+                    return True
+        except OSError:
+            return False
+        time.sleep(0.002)
+    return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc")
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM])
+def test_a_signal_while_the_model_loads_is_honoured(tmp_path, sig):
+    """SIGHUP in start-up = reload once ready; SIGTERM = clean stop. Neither may kill the daemon silently.
+    (The signal goes while the model loads, not at a fixed delay: before the CLI reaches the daemon, Python is
+    still importing and nothing of ours can catch a signal yet.)"""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    p = subprocess.Popen([sys.executable, "-m", "edge", "run", "--input", _padded_command(tmp_path), "--no-wake"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    assert _wait_until_loading_model(p), p.communicate()
+    t_sig = time.monotonic()
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=120)
+    events = [json.loads(line) for line in out.splitlines()]
+    assert p.returncode == 0, (p.returncode, err)
+    assert events[0]["event"] == "ready" and t_sig < events[0]["t"], "the signal came during start-up"
+    assert events[-1]["event"] == "stopped"
+    if sig == signal.SIGHUP:
+        assert len(kinds(events, "model_reloaded")) == 1 and not kinds(events, "error")
+        assert [f["text"] for f in kinds(events, "final")] == [META[NO_WAKE_SAMPLE]["command"]]
+    else:
+        assert [e["event"] for e in events] == ["ready", "stopped"]
+
+
+def test_sighup_into_a_broken_model_keeps_the_old_one(tmp_path):
+    good, broken = _copy_demo(tmp_path), tmp_path / "broken"
+    shutil.copytree(good, broken)
+    data = (broken / "model_quant.onnx").read_bytes()
+    (broken / "model_quant.onnx").write_bytes(data[: len(data) // 3])
+    conf = tmp_path / "edge.toml"
+    conf.write_text(f'[model]\ndir = "{good}"\n')
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    p = subprocess.Popen([sys.executable, "-m", "edge", "run", "--config", str(conf), "--input", _padded_command(tmp_path),
+                          "--no-wake"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    first = json.loads(p.stdout.readline())
+    assert first["event"] == "ready", p.communicate()
+    conf.write_text(f'[model]\ndir = "{broken}"\n')
+    p.send_signal(signal.SIGHUP)
+    out, err = p.communicate(timeout=120)
+    events = [first] + [json.loads(line) for line in out.splitlines()]
+    assert p.returncode == 0, err
+    errors = kinds(events, "error")
+    assert len(errors) == 1 and errors[0]["what"] == "reload" and f"still serving {good}" in errors[0]["message"]
+    assert not kinds(events, "model_reloaded")
+    assert [f["text"] for f in kinds(events, "final")] == [META[NO_WAKE_SAMPLE]["command"]]
+    assert events[-1]["event"] == "stopped"
+
+
 # -- configuration ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("text,msg", [
     ("[model]\nbacknd = 'ref'\n", "unknown key model.backnd"),
-    ("[vad]\ntrailing_silence_s = 'long'\n", "vad.trailing_silence_s should be float"),
-    ("[wake]\nenabled = 1\n", "wake.enabled should be bool"),
+    ("[vad]\ntrailing_silence_s = 'long'\n", "vad.trailing_silence_s should be a number"),
+    ("[wake]\nenabled = 1\n", "wake.enabled should be true or false"),
     ("[speakers]\nx = 1\n", "unknown section [speakers]"),
     ("[model\n", "not valid TOML"),
     ("[model]\nchunk_size = [0, 0, 5]\n", "chunk_size"),

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.backends import ops
+from edge.backends import BACKENDS, ops  # noqa: F401  (BACKENDS: make_backend's names, re-exported)
 from edge.asr.audio import SAMPLE_RATE, check_samples
 from edge.asr.cif import CifConfig
 from edge.errors import ParaEdgeError
@@ -43,7 +43,6 @@ class Result:
         return {"text": self.text, "tokens": self.tokens, "token_ids": self.token_ids, "timings": self.timings}
 
 
-BACKENDS = ("ref", "onnxruntime", "tvm", "neon", "auto")
 
 
 def make_backend(name: str, model_dir: ModelDir, threads: int | None = None, int8: bool = False,

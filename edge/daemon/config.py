@@ -122,13 +122,17 @@ class DaemonConfig:
             raise ConfigError(f"{path}: not UTF-8 text; save edge.toml as UTF-8") from None
         cfg = cls(path=str(path))
         base = Path(path).resolve().parent
+        sections = [f.name for f in dataclasses.fields(cfg) if f.name not in ("board", "path")]
         for key, value in raw.items():
             if key == "board":
-                cfg.board = str(value)
+                if not isinstance(value, str):
+                    raise ConfigError(f"{path}: board should be a string (a boards/*.toml name), got {value!r:.60}")
+                cfg.board = value
                 continue
-            section = getattr(cfg, key, None)
-            if not dataclasses.is_dataclass(section) or not isinstance(value, dict):
+            # by name, not getattr: [__class__] reached the class itself (its defaults, set for every config)
+            if key not in sections or not isinstance(value, dict):
                 raise ConfigError(f"{path}: unknown section [{key}] (known: model, audio, wake, vad, events, board)")
+            section = getattr(cfg, key)
             names = {f.name: f for f in dataclasses.fields(section)}
             for k, v in value.items():
                 if k not in names:
@@ -148,7 +152,7 @@ class DaemonConfig:
 
     def validated(self) -> "DaemonConfig":
         from edge.asr.modeldir import check_chunk_size
-        from edge.asr.recognizer import BACKENDS
+        from edge.backends import BACKENDS
 
         m, v, w = self.model, self.vad, self.wake
         if m.backend not in BACKENDS:

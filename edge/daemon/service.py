@@ -9,6 +9,8 @@ The main loop reads chunks from the source and hands them to the Pipeline. Aroun
   a helper thread while the old one keeps serving; the swap happens between utterances. A model
   that fails leaves the old one in place and an `error` event says why;
 - SIGTERM/SIGINT: the open utterance is finished and published, then everything closes (exit 0).
+Signal handlers go in before the model loads (`run_daemon`): a SIGHUP during start-up reloads
+once ready, a SIGTERM during start-up stops cleanly once ready; neither kills it silently.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 from edge.daemon.capture import DeviceLost, EndOfInput, open_source
 from edge.daemon.config import DaemonConfig
 from edge.errors import ParaEdgeError
+from edge.platform import release_freed_memory
 from edge.daemon.events import EventBus
 from edge.daemon.pipeline import Pipeline
 from edge.daemon.vad import EndpointConfig, SileroVad
@@ -46,13 +49,17 @@ def load_recognizer(cfg: DaemonConfig):
 
 
 class Daemon:
-    def __init__(self, cfg: DaemonConfig, source=None, bus: EventBus | None = None, duration_s: float | None = None):
+    def __init__(self, cfg: DaemonConfig, source=None, bus: EventBus | None = None, duration_s: float | None = None,
+                 signals: bool = False):
+        """signals: install SIGTERM/SIGINT/SIGHUP handlers (main thread only) before anything slow happens."""
         self.cfg = cfg
+        self.stopping = threading.Event()
+        self._reload_requested = threading.Event()
+        if signals:  # first: a signal during the seconds the model takes to load must not kill the process
+            self.install_signal_handlers()
         self.bus = bus or EventBus(stdout=cfg.events.stdout, socket_path=cfg.events.socket or None)
         self._source = source  # injected (tests) or opened from cfg.audio
         self.duration_s = duration_s  # stop after this much audio (benches, tests on endless devices)
-        self.stopping = threading.Event()
-        self._reload_requested = threading.Event()
         self._reloaded: queue.Queue = queue.Queue()
         self._reloading = False
         try:
@@ -76,9 +83,14 @@ class Daemon:
 
     # -- control ---------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
+        from edge.daemon import EARLY_SIGNALS
+
         signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
         signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
         signal.signal(signal.SIGHUP, lambda *_: self._reload_requested.set())
+        for sig in EARLY_SIGNALS:  # what came in before these handlers (see catch_early_signals)
+            (self._reload_requested if sig == signal.SIGHUP else self.stopping).set()
+        EARLY_SIGNALS.clear()
 
     def request_reload(self) -> None:
         self._reload_requested.set()
@@ -110,7 +122,9 @@ class Daemon:
         self.cfg.model = cfg.model
         self.recognizer = self.pipeline.recognizer = rec
         self.pipeline.chunk_size = tuple(cfg.model.chunk_size) or None
-        self.bus.emit("model_reloaded", model=cfg.model.dir, backend=rec.backend.describe())
+        del rec
+        release_freed_memory()  # the old model's arenas back to the OS: resident size stays flat over reloads
+        self.bus.emit("model_reloaded", model=cfg.model.dir, backend=self.recognizer.backend.describe())
 
     def _commands(self) -> None:
         while not self.bus.commands.empty():
@@ -121,7 +135,7 @@ class Daemon:
                 self.bus.emit("status", model=self.cfg.model.dir, busy=self.pipeline.busy,
                               utterances=self.pipeline.utterances, overruns=getattr(self._source, "overruns", 0))
             else:
-                self.bus.emit("error", what="command", message=f"unknown command {cmd!r} (reload, status)")
+                self.bus.emit("error", what="command", message=f"unknown command {_clip(cmd)!r} (reload, status)")
 
     # -- source ----------------------------------------------------------------------------------
     def _open_source(self):
@@ -203,7 +217,10 @@ class Daemon:
             self.pipeline.abort()
 
 
+def _clip(text: str, n: int = 60) -> str:
+    """What a client sent, short enough to report: an error event must not echo a huge line to everyone."""
+    return text if len(text) <= n else f"{text[:n]}... ({len(text)} chars)"
+
+
 def run_daemon(cfg: DaemonConfig, duration_s: float | None = None) -> int:
-    d = Daemon(cfg, duration_s=duration_s)
-    d.install_signal_handlers()
-    return d.run()
+    return Daemon(cfg, duration_s=duration_s, signals=True).run()
