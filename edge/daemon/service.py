@@ -62,6 +62,7 @@ class Daemon:
         self.duration_s = duration_s  # stop after this much audio (benches, tests on endless devices)
         self._reloaded: queue.Queue = queue.Queue()
         self._reloading = False
+        self._reload_thread: threading.Thread | None = None
         try:
             self.recognizer = load_recognizer(cfg)
             gate = self._make_gate(cfg)
@@ -108,7 +109,8 @@ class Daemon:
             except Exception as exc:  # any failure must leave the serving model untouched
                 self._reloaded.put((None, None, exc))
 
-        threading.Thread(target=work, name="model-reload", daemon=True).start()
+        self._reload_thread = threading.Thread(target=work, name="model-reload", daemon=True)
+        self._reload_thread.start()
 
     def _finish_reload(self) -> None:
         """Swap in a reloaded model, between utterances only."""
@@ -198,6 +200,10 @@ class Daemon:
                 src.close()
             except Exception:
                 pass
+            if self._reload_thread is not None:
+                # a model still loading when the input ends: the process must not exit under onnxruntime's
+                # threads (measured: SIGABRT at exit when a start-up SIGHUP's reload outlived a short input)
+                self._reload_thread.join(timeout=60)
             self.bus.emit("stopped", utterances=self.pipeline.utterances, overruns=getattr(src, "overruns", 0))
             self.bus.close()
         return 0
