@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge.diag import markers
-from edge.backends.base import Backend
 from edge.errors import BackendUnavailable, ParaEdgeError
 from edge.platform import cpu_model, limit_threads, machine
 from edge.asr.audio import SAMPLE_RATE
@@ -101,53 +100,14 @@ def run_offline(rec, s: Sample) -> RunTimes:
     return t
 
 
-class _TimedBackend(Backend):
-    """Wraps a backend so a Stream's calls are attributed to encoder/decoder; every declared hook
-    (Backend.HOOKS: the C CIF of the neon backend, the fused offline graph) is the wrapped one's."""
-
-    def __init__(self, backend, times: RunTimes):
-        self.backend, self.times = backend, times
-        self.name, self.config = backend.name, backend.config
-        for hook in Backend.HOOKS:
-            setattr(self, hook, getattr(backend, hook))
-
-    def encode(self, x):
-        with _Clock(self.times, "encoder"):
-            return self.backend.encode(x)
-
-    def decode(self, *a, **kw):
-        with _Clock(self.times, "decoder"):
-            return self.backend.decode(*a, **kw)
-
-
 def run_streaming(rec, s: Sample, hop: int = 1600) -> RunTimes:
     """Feed `hop` samples at a time; the stream's own work is split into stages."""
     from edge.asr.recognizer import Stream
 
     t = RunTimes()
-    real_backend = rec.backend
-    rec.backend = _TimedBackend(real_backend, t)
+    rec.clock = lambda stage: _Clock(t, stage)  # the stream's own stages, timed where they run
     try:
         stream = Stream(rec)
-        fe = stream.frontend
-        accept_fe, finish_fe = fe.accept, fe.finish
-
-        def timed_accept(x):  # the streaming frontend does fbank + LFR + CMVN in one pass
-            with _Clock(t, "frontend"):
-                return accept_fe(x)
-
-        def timed_finish():
-            with _Clock(t, "frontend"):
-                return finish_fe()
-
-        fe.accept, fe.finish = timed_accept, timed_finish
-        cif_step = stream.cif.step
-
-        def timed_cif(*a):
-            with _Clock(t, "cif"):
-                return cif_step(*a)
-
-        stream.cif.step = timed_cif
         chunk_times, first_partial = [], None
         t0 = time.perf_counter()
         _resample(s, t)
@@ -166,7 +126,7 @@ def run_streaming(rec, s: Sample, hop: int = 1600) -> RunTimes:
         eos_to_final = time.perf_counter() - e0
         t.total = time.perf_counter() - t0
     finally:
-        rec.backend = real_backend
+        del rec.clock  # back to the class default: no clock
     t.extra.update(text=stream.result().text, chunks=stream.chunks, chunk_s=chunk_times,
                    first_partial=first_partial, eos_to_final_s=eos_to_final)
     return t
