@@ -150,5 +150,12 @@ def armroot():
 
 
 @pytest.fixture(scope="session")
+def arm_demo_int8(tmp_path_factory):
+    """The demo model as an INT8 bundle for the emulated Cortex-A76 (sdot tiles)."""
+    return _compile(tmp_path_factory, "demo_int8_a76", os.path.join(ROOT, "models", "demo"), "qemu-a76", buckets=(96,),
+                    int8=True, token_divs=())
+
+
+@pytest.fixture(scope="session")
 def arm_bundle(tmp_path_factory, exported_streaming):
     return _compile(tmp_path_factory, "str_a76", exported_streaming, "qemu-a76", buckets=(64,), token_divs=())

@@ -141,7 +141,7 @@ def test_end_to_end(request, row, mode, speech, long_speech):
 ARM_RUN = """
 import json, sys, numpy as np
 from edge.asr.recognizer import Recognizer
-rec = Recognizer(sys.argv[1], "tvm")
+rec = Recognizer(sys.argv[1], "tvm", int8=sys.argv[3] == "int8")
 z = np.load(sys.argv[2])
 xs = [z[k] for k in sorted(z.files)]
 maps = open("/proc/self/maps").read()
@@ -151,19 +151,38 @@ print(json.dumps({"offline": [rec.transcribe(x).token_ids for x in xs],
 """
 
 
+def _on_board(armroot, bundle, xs, tmp_path, int8: bool) -> dict:
+    from paraedge_tools.emu.armroot import run_python
+
+    np.savez(tmp_path / "x.npz", **{f"x{i:02d}": x for i, x in enumerate(xs)})
+    (tmp_path / "run.py").write_text(ARM_RUN)
+    r = run_python([str(tmp_path / "run.py"), bundle, str(tmp_path / "x.npz"), "int8" if int8 else "fp32"],
+                   root=armroot, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.arm
 def test_end_to_end_on_emulated_a76(armroot, arm_bundle, exported_streaming, speech, tmp_path):
     """The tvm row on the board: the aarch64 bundle in the emulated Cortex-A76's Python, runtime
     only, offline and streaming, token for token. Inputs are short: float math is 160-340x slower."""
-    from paraedge_tools.emu.armroot import run_python
-
     xs = [speech["zh"][: 16000 * 2], speech["en"][: 16000 * 2]]  # 2 s: 4 streaming chunks, ~33 offline frames
-    np.savez(tmp_path / "x.npz", **{f"x{i}": x for i, x in enumerate(xs)})
-    (tmp_path / "run.py").write_text(ARM_RUN)
-    r = run_python([str(tmp_path / "run.py"), arm_bundle, str(tmp_path / "x.npz")], root=armroot, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out = _on_board(armroot, arm_bundle, xs, tmp_path, int8=False)
     ref = Recognizer(exported_streaming, "ref")
     assert out["board"] == "tvm qemu-a76" and not out["compiler_loaded"]
     assert out["offline"] == [ref.transcribe(x).token_ids for x in xs] and all(out["offline"])
     assert out["streaming"] == [ref.transcribe_streaming(x).token_ids for x in xs]
+
+
+@pytest.mark.arm
+@pytest.mark.slow
+def test_int8_end_to_end_on_emulated_a76(armroot, arm_demo_int8, speech, long_speech, tmp_path):
+    """The tvm:int8 row on the board (sdot tiles): the demo model's commands, offline and streaming."""
+    xs = _inputs("int8", speech, long_speech)
+    out = _on_board(armroot, arm_demo_int8, xs, tmp_path, int8=True)
+    assert out["board"] == "tvm qemu-a76 int8" and not out["compiler_loaded"]
+    ref = Recognizer(DEMO, "ref")
+    for mode, run in (("offline", ref.transcribe), ("streaming", ref.transcribe_streaming)):
+        a = [t for x in xs for t in run(x).token_ids + [-1]]
+        b = [t for ids in out[mode] for t in ids + [-1]]
+        assert _agreement(a, b) >= TOLERANCE["int8"]["tokens"], (mode, _agreement(a, b))
