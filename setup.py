@@ -88,7 +88,7 @@ setup(
                  "wheel>=0.40"],
         # host: NVRTC + CUDA headers to precompile cubins for CUDA boards (no GPU or CUDA toolkit needed)
         "cuda": ["nvidia-cuda-nvrtc-cu12==12.9.*", "nvidia-cuda-runtime-cu12==12.9.*", "nvidia-cuda-cccl-cu12==12.9.*"],
-        "test": ["pytest>=7", "kaldi-native-fbank>=1.18", "funasr-onnx>=0.4", "sherpa-onnx>=1.10"],
+        "test": ["pytest>=7", "hypothesis>=6", "kaldi-native-fbank>=1.18", "funasr-onnx>=0.4", "sherpa-onnx>=1.10"],
     },
     entry_points={"console_scripts": ["paraedge=edge.cli:main"]},
     cmdclass=cmdclass,

@@ -65,32 +65,52 @@ def _load_toml(path: str) -> dict:
             return tomllib.load(f)
     except FileNotFoundError:
         raise BoardError(f"{path}: board profile not found") from None
+    except OSError as exc:  # a directory, unreadable
+        raise BoardError(f"{path}: cannot read the board profile ({exc.strerror or type(exc).__name__})") from None
     except tomllib.TOMLDecodeError as exc:
         raise BoardError(f"{path}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError:
+        raise BoardError(f"{path}: not UTF-8 text; a board profile is TOML") from None
+
+
+def _table(d: dict, section: str, where: str) -> dict:
+    """d[section] as a dict ({} when absent): `cpu = 5` is named here, not an AttributeError later."""
+    value = d.get(section)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BoardError(f"{where}: [{section}] must be a table, got {type(value).__name__}")
+    return value
 
 
 def _need(d: dict, section: str, key: str, kind, where: str):
-    value = (d.get(section) or {}).get(key) if section else d.get(key)
+    value = _table(d, section, where).get(key) if section else d.get(key)
     name = f"[{section}] {key}" if section else key
     if value is None:
         raise BoardError(f"{where}: {name} is missing")
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise BoardError(f"{where}: {name} must be {getattr(kind, '__name__', kind)}, got {value!r}")
+        raise BoardError(f"{where}: {name} must be {getattr(kind, '__name__', kind)}, got {value!r:.60}")
     return value
 
 
 def parse_board(d: dict, where: str) -> Board:
     """A profile dict (parsed TOML) -> Board, every field checked with a message naming it."""
     name = _need(d, None, "name", str, where)
+    if not name.isprintable():  # it is quoted in one-line errors
+        raise BoardError(f"{where}: name {name!r:.60} holds a control character")
     arch = _need(d, "cpu", "arch", str, where)
     if arch not in ARCHES:
-        raise BoardError(f"{where}: [cpu] arch '{arch}' is not supported ({', '.join(ARCHES)})")
+        raise BoardError(f"{where}: [cpu] arch {arch!r:.40} is not supported ({', '.join(ARCHES)})")
     features = _need(d, "cpu", "features", list, where)
+    if not all(isinstance(f, str) and f.isprintable() for f in features):
+        raise BoardError(f"{where}: [cpu] features must be flag names as /proc/cpuinfo spells them, got {features!r:.60}")
     target = _need(d, "tvm", "target", dict, where)
     kind = target.get("kind")
     if kind not in TARGET_KINDS:
-        raise BoardError(f"{where}: [tvm] target kind '{kind}' is not supported ({', '.join(TARGET_KINDS)})")
-    host = (d.get("tvm") or {}).get("host")
+        raise BoardError(f"{where}: [tvm] target kind {kind!r:.40} is not supported ({', '.join(TARGET_KINDS)})")
+    host = _table(d, "tvm", where).get("host")
+    if host is not None and not isinstance(host, dict):
+        raise BoardError(f"{where}: [tvm] host must be a table {{ kind = \"llvm\", ... }}, got {type(host).__name__}")
     if kind == "cuda":
         if not isinstance(host, dict) or host.get("kind") != "llvm":
             raise BoardError(f"{where}: a CUDA board needs [tvm] host = {{ kind = \"llvm\", ... }} for its CPU")
@@ -99,18 +119,19 @@ def parse_board(d: dict, where: str) -> Board:
     llvm = host if kind == "cuda" else target
     triple = str(llvm.get("mtriple", ""))
     if triple and not triple.startswith(arch):
-        raise BoardError(f"{where}: target mtriple '{triple}' does not match [cpu] arch '{arch}'")
+        raise BoardError(f"{where}: target mtriple {triple!r:.60} does not match [cpu] arch '{arch}'")
     threads = _need(d, "runtime", "threads", int, where)
     memory = _need(d, "runtime", "memory_mb", int, where)
     if threads < 1 or memory < 1:
         raise BoardError(f"{where}: [runtime] threads and memory_mb must be positive")
-    audio = d.get("audio") or {}
-    if int(audio.get("sample_rate", SAMPLE_RATE)) <= 0:
-        raise BoardError(f"{where}: [audio] sample_rate must be positive")
-    cpu = d.get("cpu") or {}
+    audio = _table(d, "audio", where)
+    rate = audio.get("sample_rate", SAMPLE_RATE)
+    if not isinstance(rate, int) or isinstance(rate, bool) or rate <= 0:
+        raise BoardError(f"{where}: [audio] sample_rate must be a positive integer (Hz), got {rate!r:.40}")
+    cpu = _table(d, "cpu", where)
     return Board(
         name=name, description=str(d.get("description", "")), arch=arch, cores=str(cpu.get("cores", "")),
-        features=[str(f) for f in features], target=dict(target), host=dict(host) if host else None,
+        features=list(features), target=dict(target), host=dict(host) if host else None,
         cc=_need(d, "tvm", "cc", str, where), threads=threads, memory_mb=memory, audio=dict(audio),
         qemu_cpu=cpu.get("qemu_cpu"), emulated=bool(cpu.get("emulated", False)), path=where, raw=d,
     )
@@ -136,7 +157,7 @@ def load_board(name_or_path: str, boards_dir: str | None = None) -> Board:
     board = parse_board(_load_toml(path), path)
     stem = os.path.basename(path)[:-5]
     if not name_or_path.endswith(".toml") and board.name != stem:
-        raise BoardError(f"{path}: name '{board.name}' differs from the file name '{stem}'")
+        raise BoardError(f"{path}: name {board.name!r:.60} differs from the file name '{stem}'")
     return board
 
 

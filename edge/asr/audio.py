@@ -17,6 +17,10 @@ import numpy as np
 from edge.errors import AudioError
 
 SAMPLE_RATE = 16000  # Hz: what every model, the VAD and the wake models take; the one place it is written
+# WAV sample rates accepted (the daemon's audio.samplerate range). Outside it a header is corrupt, and
+# resampling would cost without bound: 1 Hz makes 16000x the samples; a rate coprime to 16 kHz sizes
+# the polyphase filter by the rate (383999 Hz: 2 s, 400 MB; a flipped byte giving 4e9 Hz: 525 GiB).
+MIN_RATE, MAX_RATE = 8000, 384000
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,8 @@ def _to_float(data: np.ndarray) -> np.ndarray:
     if data.dtype == np.int32:  # 32-bit, and 24-bit which scipy left-justifies into int32
         return (data.astype(np.float64) / 2147483648.0).astype(np.float32)
     if data.dtype in (np.float32, np.float64):
-        return data.astype(np.float32)
+        with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf, which check_samples refuses;
+            return data.astype(np.float32)  # numpy's RuntimeWarning was two more lines on stderr
     raise AudioError(f"unsupported WAV sample type {data.dtype}")  # _read_pcm refuses these first
 
 
@@ -93,8 +98,8 @@ def _read_pcm(source) -> tuple[np.ndarray, AudioInfo, bool]:
     info = AudioInfo(int(rate), int(data.shape[1]), str(data.dtype), int(data.shape[0]))
     if info.num_samples == 0 or info.channels == 0:
         raise AudioError(f"{name}: the WAV file holds no audio samples")
-    if rate <= 0:
-        raise AudioError(f"{name}: invalid sample rate {rate}")
+    if not MIN_RATE <= rate <= MAX_RATE:  # before resampling: its filter grows with the rate (4e9 Hz: 525 GiB)
+        raise AudioError(f"{name}: sample rate {rate} Hz is outside {MIN_RATE}..{MAX_RATE} Hz (a corrupt WAV header?)")
     if data.dtype not in (np.uint8, np.int16, np.int32, np.float32, np.float64):
         raise AudioError(f"{name}: unsupported WAV sample type {data.dtype}")
     return data, info, mapped

@@ -56,7 +56,7 @@ class FrontendConfig:
             raise ModelError(f"{where}.fs: {fs} Hz models are not supported (ParaEdge feeds {SAMPLE_RATE} Hz audio)")
         window = conf.get("window", "hamming")
         if window not in WINDOWS:
-            raise ModelError(f"{where}.window: '{window!s:.40}' is not supported ({', '.join(WINDOWS)})")
+            raise ModelError(f"{where}.window: {window!r:.40} is not supported ({', '.join(WINDOWS)})")
         if conf.get("snip_edges", True) is not True:
             raise ModelError(f"{where}.snip_edges: must be true (ParaEdge computes Kaldi snip_edges frames)")
         cfg = cls(

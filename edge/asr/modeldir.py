@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import tokenize
 import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -27,6 +28,9 @@ ENCODERS = ("SANMEncoder", "SANMEncoderChunkOpt")
 DECODERS = ("ParaformerSANMDecoder",)
 PREDICTORS = ("CifPredictorV2",)
 MAX_SIZE = 1 << 16  # widths, heads, blocks, kernels: far above any Paraformer; larger is a corrupt config
+# chunk_size values, in 60 ms LFR frames: 1000 is a minute, far above any streaming setup; the stream
+# allocates its context by them (0,10,99999999999 asked for 204 TiB)
+MAX_CHUNK = 1000
 MAX_CIF = 10.0  # CIF thresholds/factors (FunASR: 1.0, 0.45, 1.0, 0.0); larger makes token counts explode
 
 
@@ -62,30 +66,44 @@ def _mapping(conf: dict, key: str, where: str) -> dict:
 
 def _check_values(enc: dict, dec: dict, pred: dict, where: str) -> None:
     """Types and ranges of everything the backends size arrays or loops by, before any is used:
-    a bad value is one clear error here, not a ZeroDivisionError or a reshape error mid-decode."""
-    d = conf_int(enc, "output_size", 256, f"{where}: encoder_conf.output_size")
+    a bad value is one clear error here, not a ZeroDivisionError or a reshape error mid-decode.
+    Each checked value is stored back (a YAML null becomes its default, 256.0 becomes 256): the
+    backends read these dicts with .get(key, default), and int(None) was a TypeError mid-load."""
+
+    def keep(conf: dict, key: str, value):
+        if key in conf:
+            conf[key] = value
+        return value
+
+    def check_int(conf, key, default, name, **kw):
+        return keep(conf, key, conf_int(conf, key, default, f"{where}: {name}", **kw))
+
+    def check_float(conf, key, default, lo, hi, **kw):
+        return keep(conf, key, conf_float(conf, key, default, f"{where}: predictor_conf.{key}", lo, hi, **kw))
+
+    d = check_int(enc, "output_size", 256, "encoder_conf.output_size")
     for section, conf, heads_default in (("encoder_conf", enc, 4), ("decoder_conf", dec, 4)):
-        heads = conf_int(conf, "attention_heads", heads_default, f"{where}: {section}.attention_heads")
+        heads = check_int(conf, "attention_heads", heads_default, f"{section}.attention_heads")
         if d % heads:
             raise ModelError(f"{where}: {section}.attention_heads {heads} does not divide the model width "
                              f"{d} (encoder_conf.output_size)")
-        conf_int(conf, "linear_units", 2048, f"{where}: {section}.linear_units")
-        conf_int(conf, "num_blocks", 6, f"{where}: {section}.num_blocks")
-    conf_int(dec, "att_layer_num", 6, f"{where}: decoder_conf.att_layer_num", lo=0)
+        check_int(conf, "linear_units", 2048, f"{section}.linear_units")
+        check_int(conf, "num_blocks", 6, f"{section}.num_blocks")
+    check_int(dec, "att_layer_num", 6, "decoder_conf.att_layer_num", lo=0)
     for section, conf, kernel_default in (("encoder_conf", enc, 11), ("decoder_conf", dec, 21)):
-        kernel = conf_int(conf, "kernel_size", kernel_default, f"{where}: {section}.kernel_size")
-        if conf.get("sanm_shfit", 0) is not None:  # the decoder's None means "causal"
+        kernel = check_int(conf, "kernel_size", kernel_default, f"{section}.kernel_size")
+        if conf is enc or conf.get("sanm_shfit", 0) is not None:  # the decoder's None means "causal"
             # FSMN padding: left (k-1)//2 + shift, right what remains, which must not go negative
-            conf_int(conf, "sanm_shfit", 0, f"{where}: {section}.sanm_shfit (kernel_size {kernel})",
-                     lo=0, hi=(kernel - 1) - (kernel - 1) // 2)
-    if "idim" in pred and conf_int(pred, "idim", d, f"{where}: predictor_conf.idim") != d:
+            check_int(conf, "sanm_shfit", 0, f"{section}.sanm_shfit (kernel_size {kernel})",
+                      lo=0, hi=(kernel - 1) - (kernel - 1) // 2)
+    if "idim" in pred and check_int(pred, "idim", d, "predictor_conf.idim") != d:
         raise ModelError(f"{where}: predictor_conf.idim {pred['idim']} differs from encoder_conf.output_size {d}")
-    conf_int(pred, "l_order", 1, f"{where}: predictor_conf.l_order", lo=0, hi=64)
-    conf_int(pred, "r_order", 1, f"{where}: predictor_conf.r_order", lo=0, hi=64)
-    conf_float(pred, "threshold", 1.0, f"{where}: predictor_conf.threshold", 0.0, MAX_CIF, lo_open=True)
-    conf_float(pred, "tail_threshold", 0.0, f"{where}: predictor_conf.tail_threshold", 0.0, MAX_CIF)
-    conf_float(pred, "smooth_factor", 1.0, f"{where}: predictor_conf.smooth_factor", 0.0, MAX_CIF)
-    conf_float(pred, "noise_threshold", 0.0, f"{where}: predictor_conf.noise_threshold", -MAX_CIF, MAX_CIF)
+    check_int(pred, "l_order", 1, "predictor_conf.l_order", lo=0, hi=64)
+    check_int(pred, "r_order", 1, "predictor_conf.r_order", lo=0, hi=64)
+    check_float(pred, "threshold", 1.0, 0.0, MAX_CIF, lo_open=True)
+    check_float(pred, "tail_threshold", 0.0, 0.0, MAX_CIF)
+    check_float(pred, "smooth_factor", 1.0, 0.0, MAX_CIF)
+    check_float(pred, "noise_threshold", 0.0, -MAX_CIF, MAX_CIF)
 
 
 @dataclass
@@ -121,15 +139,15 @@ class ModelConfig:
             raise ModelError(f"{where}: expected a mapping at the top level")
         model = conf.get("model")
         if model not in OFFLINE_MODELS + STREAMING_MODELS:
-            raise ModelError(f"{where}: model '{model}' is not supported (Paraformer, ParaformerStreaming)")
+            raise ModelError(f"{where}: model {model!r:.60} is not supported (Paraformer, ParaformerStreaming)")
         for key, allowed in (("encoder", ENCODERS), ("decoder", DECODERS), ("predictor", PREDICTORS)):
             if conf.get(key) not in allowed:
-                raise ModelError(f"{where}: {key} '{conf.get(key)}' is not supported ({', '.join(allowed)})")
+                raise ModelError(f"{where}: {key} {conf.get(key)!r:.60} is not supported ({', '.join(allowed)})")
         enc = _mapping(conf, "encoder_conf", where)
         dec = _mapping(conf, "decoder_conf", where)
         pred = _mapping(conf, "predictor_conf", where)
         if enc.get("input_layer", "pe") not in ("pe", "pe_online"):
-            raise ModelError(f"{where}: encoder input_layer '{enc.get('input_layer')}' is not supported (pe, pe_online)")
+            raise ModelError(f"{where}: encoder input_layer {enc.get('input_layer')!r:.60} is not supported (pe, pe_online)")
         if enc.get("selfattention_layer_type", "sanm") != "sanm":
             raise ModelError(f"{where}: encoder selfattention_layer_type must be 'sanm'")
         if not enc.get("normalize_before", True) or enc.get("concat_after", False):
@@ -179,11 +197,13 @@ def check_chunk_size(chunk_size) -> tuple:
     """[left, chunk, right] in LFR frames (60 ms each): left context, chunk, look-ahead."""
     try:
         values = tuple(int(c) for c in chunk_size)
-        ok = len(values) == 3 and all(int(c) == c for c in chunk_size) and min(values) >= 0 and values[1] >= 1
-    except (TypeError, ValueError):
+        ok = (len(values) == 3 and all(int(c) == c for c in chunk_size) and min(values) >= 0 and values[1] >= 1
+              and max(values) <= MAX_CHUNK)
+    except (TypeError, ValueError, OverflowError):  # int(inf) is an OverflowError
         ok = False
     if not ok:
-        raise ValueError(f"chunk_size must be [left, chunk, right] LFR frames with chunk >= 1, got {chunk_size!r}")
+        raise ValueError(f"chunk_size must be [left, chunk, right] LFR frames with chunk >= 1 (each <= {MAX_CHUNK}), "
+                         f"got {chunk_size!r:.80}")
     return values
 
 
@@ -297,13 +317,14 @@ def load_npz(path) -> dict[str, np.ndarray]:
                     shape, _, dtype = header(f)
                 need = math.prod(shape) * dtype.itemsize
                 if need > member.file_size:
-                    raise ModelError(f"{path}: array '{name:.80}' claims shape {shape!r:.60} ({need} bytes), more "
+                    raise ModelError(f"{path}: array {name!r:.80} claims shape {shape!r:.60} ({need} bytes), more "
                                      f"than its {member.file_size}-byte entry (truncated or corrupt)")
                 out[name] = z[name]
             return out
     except FileNotFoundError:
         raise ModelError(f"{path}: no such file") from None
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+    # numpy parses an .npy header with tokenize: an unbalanced bracket there raises TokenError
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, tokenize.TokenError, SyntaxError) as exc:
         msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise ModelError(f"{path}: corrupt or truncated weights file ({msg})") from None
 
@@ -377,6 +398,6 @@ class ModelDir:
             v = np.asarray(v, dtype=np.float32)
             # a NaN/Inf weight decodes to garbage or a late, obscure error: refuse it by name
             if not np.isfinite(v).all():
-                raise ModelError(f"{path}: weight '{k}' holds NaN or Inf values (corrupt weights file)")
+                raise ModelError(f"{path}: weight {k!r:.100} holds NaN or Inf values (corrupt weights file)")
             out[k] = v
         return out

@@ -4,7 +4,9 @@ The zip format: `<root>/data.pkl` pickles the dict; each tensor's storage is a s
 `<root>/data/<key>` entry referenced through pickle persistent ids. The unpickler here only
 knows the handful of globals a state_dict needs, so a checkpoint cannot run code on load; and
 every tensor view is bounds-checked against its storage before it is built, so a crafted
-size/stride/offset cannot read outside the storage (as_strided does no checks of its own).
+size/stride/offset cannot read outside the storage (as_strided does no checks of its own). Nothing
+is allocated by what the file claims: storages and tensors are counted against a budget first, and
+the pickle is read by the pure-Python unpickler (see _Unpickler).
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ _STORAGE_DTYPES = {
 }
 MAX_ELEMENTS = 1 << 31  # no Paraformer tensor comes near it; a bigger claim is a crafted file
 BUDGET_FACTOR, BUDGET_SLACK = 8, 1 << 24  # bytes a checkpoint may make us allocate: 8x its size + 16 MiB
+
+
+def _one_line(text, limit: int = 200) -> str:
+    """Text from the file (zip names, pickled strings, reprs of arrays) inside an error message: one
+    line, bounded. str.split() breaks on every separator str.splitlines() knows, \x85 and \u2028 too."""
+    return " ".join(str(text).split())[:limit]
 
 
 class _Bad(Exception):
@@ -69,7 +77,19 @@ def _rebuild_parameter(data=None, requires_grad=None, backward_hooks=None, *_, *
     return data
 
 
-class _Unpickler(pickle.Unpickler):
+# The pure-Python unpickler, not the C one: the C unpickler sizes its memo by the largest index a
+# PUT opcode names (LONG_BINPUT 1769300581, from one mutated byte: a 28 GB table it then zeroes)
+# and allocates a BINBYTES buffer by its claimed length before reading it. Here the memo is a dict
+# and every read is bounded by the data.pkl entry (whose size is checked first); a state_dict's
+# pickle is small.
+class _Unpickler(pickle._Unpickler):  # pickle.py's documented pure-Python implementation
+    # but not protocol 5's BYTEARRAY8, the one opcode it sizes by a claim (bytearray(n), then read):
+    # torch.save writes protocol 2
+    def _no_bytearray8(self):
+        raise _Bad("holds a protocol-5 bytearray, which torch.save does not write")
+
+    dispatch = {**pickle._Unpickler.dispatch, pickle.BYTEARRAY8[0]: _no_bytearray8}  # noqa: RUF012 - as pickle's own
+
     def __init__(self, fh, zf: zipfile.ZipFile, root: str, path: str, budget: int):
         super().__init__(fh)
         self.zf, self.root, self.path = zf, root, path
@@ -92,7 +112,8 @@ class _Unpickler(pickle.Unpickler):
             return _StorageType(name)
         if module == "builtins" and name in ("set", "frozenset", "dict", "list", "tuple"):
             return getattr(__import__("builtins"), name)
-        raise ModelError(f"{self.path}: holds a Python object ({module}.{name}), not a plain state_dict")
+        raise ModelError(f"{self.path}: holds a Python object ({_one_line(f'{module}.{name}', 100)}), "
+                         "not a plain state_dict")
 
     def rebuild_tensor(self, storage=None, offset=None, size=None, stride=None, *_ignored, **_kw):
         # strides below are in elements of a flat, contiguous buffer: only a storage is one
@@ -157,8 +178,11 @@ def load_state_dict(path) -> dict[str, np.ndarray]:
         zf = zipfile.ZipFile(path)
     except FileNotFoundError:
         raise ModelError(f"{path}: no such file") from None
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise ModelError(f"{path}: not a PyTorch zip checkpoint or truncated ({exc})") from None
+    # BadZipFile, and for a corrupt central directory also NotImplementedError ("zip file version
+    # 25.5"), UnicodeDecodeError (a name flagged UTF-8 that is not), struct.error...
+    except Exception as exc:  # noqa: BLE001 - the constructor only parses the directory
+        raise ModelError(f"{path}: not a PyTorch zip checkpoint or truncated "
+                         f"({type(exc).__name__}: {_one_line(exc)})") from None
     with zf:
         pkls = [n for n in zf.namelist() if n.endswith("/data.pkl")]
         if not pkls:
@@ -167,16 +191,19 @@ def load_state_dict(path) -> dict[str, np.ndarray]:
         # what a real state_dict allocates: its storages (bf16 widened 2x) plus one copy of each
         # tensor (tied weights: two); far less than this bound, which a crafted file hits first
         budget = BUDGET_FACTOR * os.path.getsize(path) + BUDGET_SLACK
+        pkl_size = zf.getinfo(pkls[0]).file_size  # what reading data.pkl can unpack at most: a deflate bomb?
+        if pkl_size > budget:
+            raise ModelError(f"{path}: corrupt checkpoint: {pkls[0]!r:.80} unpacks to {pkl_size} bytes, more than "
+                             f"a {os.path.getsize(path)}-byte checkpoint holds")
         try:
             with zf.open(pkls[0]) as fh:
                 obj = _Unpickler(fh, zf, root, str(path), budget).load()
         except ModelError:
             raise
         except _Bad as exc:
-            raise ModelError(f"{path}: corrupt checkpoint: {exc}") from None
+            raise ModelError(f"{path}: corrupt checkpoint: {_one_line(exc, 300)}") from None
         except Exception as exc:  # noqa: BLE001 - only whitelisted callables run: any error is malformed data
-            msg = str(exc).splitlines()[0] if str(exc) else ""
-            raise ModelError(f"{path}: corrupt checkpoint ({type(exc).__name__}: {msg:.200})") from None
+            raise ModelError(f"{path}: corrupt checkpoint ({type(exc).__name__}: {_one_line(exc)})") from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
@@ -184,6 +211,6 @@ def load_state_dict(path) -> dict[str, np.ndarray]:
         raise ModelError(f"{path}: expected a state_dict, found {type(obj).__name__}")
     out = {}
     for name, value in obj.items():
-        if isinstance(value, np.ndarray):
+        if isinstance(name, str) and isinstance(value, np.ndarray):  # parameter names are strings
             out[name] = value
     return out

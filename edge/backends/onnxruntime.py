@@ -20,16 +20,33 @@ def _session(path: str, threads: int | None):
         import onnxruntime as ort
     except ImportError:
         raise BackendUnavailable("backend onnxruntime needs the onnxruntime package (pip install onnxruntime)") from None
+    # a corrupt file made onnxruntime log graph warnings and node errors to stderr and print an
+    # "EP Error" banner to stdout (its provider fallback, pointless on CPU); every failure is also
+    # raised, and the ModelError made of it is the one line the user gets
+    ort.set_default_logger_severity(4)
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4
     if threads:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
     try:
-        return ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"], enable_fallback=0)
     except Exception as exc:  # onnxruntime raises its own exception types for corrupt files
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        text = str(exc)
+        if isinstance(exc, UnicodeDecodeError) and isinstance(exc.object, bytes):
+            text = exc.object.decode("utf-8", "replace")  # its message quotes the corrupt bytes
+        msg = (text.splitlines() or [""])[0][:300] or type(exc).__name__
         raise ModelError(f"{path}: onnxruntime cannot load it ({msg})") from None
+
+
+def _run(session, path: str, feed: dict) -> list:
+    """session.run, its failures one ModelError: the inputs were checked at load, so a node failing
+    (a Reshape that cannot fit, a static dim the graph itself contradicts) is a corrupt graph."""
+    try:
+        return session.run(None, feed)
+    except Exception as exc:  # onnxruntime's Fail, InvalidArgument, RuntimeException...
+        msg = (str(exc).splitlines() or [""])[0][:300] or type(exc).__name__
+        raise ModelError(f"{path}: onnxruntime failed running it (corrupt or foreign graph: {msg})") from None
 
 
 ANY = None  # a dimension the graph leaves dynamic (batch, time, tokens)
@@ -132,18 +149,16 @@ class OnnxRuntimeBackend(Backend):
         return f"onnxruntime{' int8' if self.int8 else ''}"
 
     def _offline(self, feats: np.ndarray):
-        logits, count = self.session.run(
-            None, {"speech": feats[None].astype(F32), "speech_lengths": np.array([feats.shape[0]], np.int32)}
-        )
+        logits, count = _run(self.session, self.enc_path,
+                             {"speech": feats[None].astype(F32), "speech_lengths": np.array([feats.shape[0]], np.int32)})
         n = int(count[0])
         return self._logits(logits, self.enc_path)[0, :n], n
 
     def encode(self, x: np.ndarray):
         if self.decoder is None:
             raise ModelError("this offline model.onnx has no separate encoder; stream with a ParaformerStreaming model")
-        enc, _, alphas = self.session.run(
-            None, {"speech": x[None].astype(F32), "speech_lengths": np.array([x.shape[0]], np.int32)}
-        )
+        enc, _, alphas = _run(self.session, self.enc_path,
+                              {"speech": x[None].astype(F32), "speech_lengths": np.array([x.shape[0]], np.int32)})
         return enc[0], alphas[0]
 
     def decode(self, enc, embeds, caches=None, streaming: bool = False):
@@ -157,5 +172,5 @@ class OnnxRuntimeBackend(Backend):
         }
         for inp, c in zip(self.cache_inputs, caches):
             feed[inp.name] = c
-        out = self.decoder.run(None, feed)
+        out = _run(self.decoder, self.dec_path, feed)
         return self._logits(out[0], self.dec_path)[0], out[2:]

@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from edge.asr.modeldir import MODEL_FILES, sha256_file
+from edge.asr.modeldir import MODEL_FILES, load_npz, sha256_file
 from edge.backends.base import Backend
 from edge.boards import BoardError, check_runs_here, parse_board
 from edge.errors import BackendUnavailable, ModelError
@@ -51,8 +51,8 @@ def read_manifest(bundle: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             manifest = json.load(f)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path}: not valid JSON ({exc})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: [[[[... nested 100k deep
+        raise ModelError(f"{path}: not valid JSON ({str(exc)[:100] or type(exc).__name__})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise ModelError(f"{path}: not a {BUNDLE_FORMAT} manifest")
     for key, kind in (("board", dict), ("model", dict), ("functions", list), ("files", dict), ("target", dict)):
@@ -64,18 +64,51 @@ def read_manifest(bundle: str) -> dict:
     missing = [f for f in must if f not in files]
     if missing:
         raise ModelError(f"{path}: does not list {', '.join(missing)}; recompile the bundle with `paraedge compile`")
-    if not all(isinstance(k, str) and isinstance(v, str) and ".." not in k.split("/") for k, v in files.items()):
+    # relative, no "..", printable: "/etc/passwd" or "/proc/self/mem" would be read (and hashed) outside
+    # it, and a name is quoted in one-line errors
+    if not all(isinstance(k, str) and isinstance(v, str) and k.isprintable() and not os.path.isabs(k)
+               and ".." not in k.replace("\\", "/").split("/") for k, v in files.items()):
         raise ModelError(f"{path}: 'files' must map names inside the bundle to sha256 digests")
-    if not all(isinstance(f, dict) and isinstance(f.get("name"), str) and isinstance(f.get("params"), list)
-               for f in manifest["functions"]):
-        raise ModelError(f"{path}: 'functions' entries need a name and params; recompile the bundle")
+    for f in manifest["functions"]:
+        if not _function_ok(f):
+            raise ModelError(f"{path}: 'functions' entry {json.dumps(f)[:80]} is malformed (each needs a name, params, "
+                             f"a kind in {', '.join(FUNCTION_KINDS)} and its bucket sizes); recompile the bundle")
+    m = manifest["model"]
+    for key, kind in (("d_model", int), ("vocab_size", int), ("int8", bool), ("streaming", bool)):
+        if key in m and (not isinstance(m[key], kind) or kind is int and isinstance(m[key], bool)):
+            raise ModelError(f"{path}: model.{key} must be {'an integer' if kind is int else 'true or false'}, "
+                             f"got {json.dumps(m[key])[:40]}; recompile the bundle")
     for name, digest in files.items():
         full = os.path.join(bundle, name)
         if not os.path.isfile(full):
             raise ModelError(f"{full}: missing (listed in manifest.json)")
-        if sha256_file(full) != digest:
+        try:
+            actual = sha256_file(full)
+        except OSError as exc:
+            raise ModelError(f"{full}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+        if actual != digest:
             raise ModelError(f"{full}: sha256 does not match manifest.json (modified or corrupt bundle)")
     return manifest
+
+
+FUNCTION_KINDS = ("encoder", "decoder", "stream_decoder")
+
+
+def _function_ok(f) -> bool:
+    """A 'functions' entry as `paraedge compile` writes it: the loader indexes every one of these keys."""
+    if not isinstance(f, dict):
+        return False
+
+    def count(key, lo=1):
+        return isinstance(f.get(key), int) and not isinstance(f.get(key), bool) and f[key] >= lo
+
+    names_ok = isinstance(f.get("name"), str) and isinstance(f.get("params"), list) and all(
+        isinstance(n, str) and n.isprintable() for n in [f["name"], *f["params"]])  # quoted in one-line errors
+    if not (names_ok and f.get("kind") in FUNCTION_KINDS and count("T")):
+        return False
+    if f["kind"] != "encoder" and not count("N"):
+        return False
+    return f["kind"] != "stream_decoder" or (count("kernel") and count("caches", lo=0))
 
 
 def bundle_board(manifest: dict, where: str):
@@ -118,9 +151,13 @@ class TvmBackend(Backend):
         except Exception as exc:  # the runtime raises its own error types for foreign/corrupt objects
             raise ModelError(f"{bundle}/model.so: the TVM runtime cannot load it ({str(exc).splitlines()[0]})") from None
         self.vm = VirtualMachine(lib, self.dev)
-        with np.load(os.path.join(bundle, "params.npz")) as z:
-            self.params = {k: tvm.runtime.tensor(z[k], self.dev) for k in z.files}
+        params = load_npz(os.path.join(bundle, "params.npz"))  # header claims checked before allocating
         self.functions = {f["name"]: f for f in self.manifest["functions"]}
+        unknown = sorted({p for f in self.functions.values() for p in f["params"]} - set(params))
+        if unknown:
+            raise ModelError(f"{where}: functions take params {', '.join(unknown)[:120]} that params.npz lacks; "
+                             "recompile the bundle")
+        self.params = {k: tvm.runtime.tensor(v, self.dev) for k, v in params.items()}
         self.streaming = bool(m.get("streaming"))
 
     def describe(self) -> str:

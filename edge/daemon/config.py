@@ -29,6 +29,11 @@ class ConfigError(ParaEdgeError):
 _KIND_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string", list: "a list"}
 
 
+def _shown(name: str) -> str:
+    """A key from the file, fit for a one-line message: TOML quoted keys may hold newlines, any character."""
+    return name if name.isprintable() else repr(name)[:80]
+
+
 def _same_kind(default, value) -> bool:
     """A TOML value fits a key when it has the default's type (an int fits a float key; 1.5 never fits an int key)."""
     if isinstance(default, bool) or isinstance(value, bool):
@@ -131,16 +136,16 @@ class DaemonConfig:
                 continue
             # by name, not getattr: [__class__] reached the class itself (its defaults, set for every config)
             if key not in sections or not isinstance(value, dict):
-                raise ConfigError(f"{path}: unknown section [{key}] (known: model, audio, wake, vad, events, board)")
+                raise ConfigError(f"{path}: unknown section [{_shown(key)}] (known: model, audio, wake, vad, events, board)")
             section = getattr(cfg, key)
             names = {f.name: f for f in dataclasses.fields(section)}
             for k, v in value.items():
                 if k not in names:
-                    raise ConfigError(f"{path}: unknown key {key}.{k} (known: {', '.join(names)})")
+                    raise ConfigError(f"{path}: unknown key {key}.{_shown(k)} (known: {', '.join(names)})")
                 default = getattr(section, k)
                 if not _same_kind(default, v):
                     raise ConfigError(f"{path}: {key}.{k} should be {_KIND_NAMES.get(type(default), type(default).__name__)}, "
-                                      f"got {v!r}")
+                                      f"got {v!r:.80}")
                 setattr(section, k, float(v) if isinstance(default, float) else v)
         for section, key in ((cfg.model, "dir"), (cfg.audio, "input"), (cfg.vad, "model"), (cfg.events, "socket")):
             value = getattr(section, key)
@@ -156,7 +161,7 @@ class DaemonConfig:
 
         m, v, w = self.model, self.vad, self.wake
         if m.backend not in BACKENDS:
-            raise ConfigError(f"model.backend '{m.backend}' is not one of {', '.join(BACKENDS)}")
+            raise ConfigError(f"model.backend {m.backend!r:.40} is not one of {', '.join(BACKENDS)}")
         if m.chunk_size:
             try:
                 check_chunk_size(m.chunk_size)
