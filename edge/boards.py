@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 
 from edge.assets import boards_dir as default_boards_dir
-from edge.errors import ParaEdgeError
+from edge.errors import ParaEdgeError, sub_dict
 from edge.platform import cpu_features, machine
 from edge.asr.audio import SAMPLE_RATE
 
@@ -74,13 +74,7 @@ def _load_toml(path: str) -> dict:
 
 
 def _table(d: dict, section: str, where: str) -> dict:
-    """d[section] as a dict ({} when absent): `cpu = 5` is named here, not an AttributeError later."""
-    value = d.get(section)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise BoardError(f"{where}: [{section}] must be a table, got {type(value).__name__}")
-    return value
+    return sub_dict(d, section, f"{where}: [{section}]", BoardError, "table")
 
 
 def _need(d: dict, section: str, key: str, kind, where: str):

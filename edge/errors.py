@@ -15,3 +15,14 @@ class ModelError(ParaEdgeError):
 
 class BackendUnavailable(ParaEdgeError):
     """A backend was asked for but cannot run here (package missing, files not exported)."""
+
+
+def sub_dict(d: dict, key: str, name: str, error: type = ParaEdgeError, kind: str = "mapping") -> dict:
+    """d[key] as a dict ({} when absent or null): a config section of the wrong type is one error
+    naming it (`name`), not an AttributeError later. Used for config.yaml and board profiles."""
+    value = d.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise error(f"{name} must be a {kind}, got {type(value).__name__}")
+    return value

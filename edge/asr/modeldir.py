@@ -18,7 +18,7 @@ from functools import cached_property
 
 import numpy as np
 
-from edge.errors import ModelError
+from edge.errors import ModelError, sub_dict
 from edge.asr.frontend import Cmvn, Frontend, FrontendConfig
 
 OFFLINE_MODELS = ("Paraformer",)
@@ -56,12 +56,7 @@ def conf_float(conf: dict, key: str, default, where: str, lo: float, hi: float, 
 
 
 def _mapping(conf: dict, key: str, where: str) -> dict:
-    value = conf.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ModelError(f"{where}: {key} must be a mapping, got {type(value).__name__}")
-    return dict(value)
+    return dict(sub_dict(conf, key, f"{where}: {key}", ModelError))
 
 
 def _check_values(enc: dict, dec: dict, pred: dict, where: str) -> None:
