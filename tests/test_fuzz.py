@@ -646,7 +646,8 @@ for case, path in json.loads(sys.stdin.read()):
         signal.alarm(0)
     out["case"] = case
     print(json.dumps(out), flush=True)
-print(json.dumps({{"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}), flush=True)
+# VmHWM: this image's peak. ru_maxrss would carry over the forking pytest's peak (Linux keeps it across exec)
+print(json.dumps({{"maxrss_kb": int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")))}}), flush=True)
 """
 
 
