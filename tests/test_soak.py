@@ -130,4 +130,6 @@ def test_an_hour_with_faults(tmp_path):
     assert max(serving) - min(serving) < 6, serving
     warm = [mb for at, mb in out["rss"] if 0.02 < at < RELOAD_PART + 0.05]
     reloads = len(t.get("model_reloaded", []))
-    assert reloads >= 3 and (max(warm) - min(warm)) / reloads < 3, (reloads, warm)
+    # what the reloads left: the level serving settles at, over the lowest level before them (a
+    # transient peak while the first utterances and the garbage client arrive is not a leak)
+    assert reloads >= 3 and (min(serving) - min(warm)) / reloads < 3, (reloads, warm, serving)
