@@ -39,7 +39,7 @@ from edge.assets import resource
 from edge.boards import Board, load_board
 from edge.errors import ParaEdgeError
 from paraedge_tools import CHECKOUT, out_dir
-from paraedge_tools.output import OutputDir
+from paraedge_tools.output import OutputDir, digests
 
 KIT_FORMAT = "paraedge-kit/1"
 BACKENDS = ("tvm", "onnxruntime")
@@ -359,11 +359,7 @@ def deploy(board_name: str, model: str, out: str, backend: str | None = None, py
         with open(os.path.join(tmp, "install.sh"), "w", encoding="utf-8") as f:
             f.write(script)
         os.chmod(os.path.join(tmp, "install.sh"), 0o755)
-        files = {}
-        for root, _, names in os.walk(tmp):
-            for name in names:
-                rel = os.path.relpath(os.path.join(root, name), tmp)
-                files[rel] = sha256_file(os.path.join(root, name))
+        files = digests(tmp)  # before kit.json is written: it lists everything else
         kit = {"format": KIT_FORMAT, "paraedge": __version__, "board": board.name, "arch": board.arch, "python": py,
                "backend": backend, "model": {"source": os.path.abspath(md.path), "hash": model_hash(md), **model_info},
                "wheel": os.path.basename(whl), "kernels": kernels_note,

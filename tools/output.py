@@ -14,7 +14,18 @@ import os
 import shutil
 import tempfile
 
+from edge.asr.modeldir import sha256_file
 from edge.errors import ParaEdgeError
+
+
+def files_in(folder: str) -> list[str]:
+    """Every file below folder, as sorted paths relative to it: what an artefact's manifest lists."""
+    return sorted(os.path.relpath(os.path.join(root, name), folder) for root, _, names in os.walk(folder) for name in names)
+
+
+def digests(folder: str, skip: str = "") -> dict:
+    """{relative path: sha256} of every file below folder but `skip` (the manifest itself)."""
+    return {f: sha256_file(os.path.join(folder, f)) for f in files_in(folder) if f != skip}
 
 
 def _own_files(out: str, manifest: str, fmt: str) -> bool:
@@ -25,12 +36,7 @@ def _own_files(out: str, manifest: str, fmt: str) -> bool:
         return False
     if not isinstance(meta, dict) or meta.get("format") != fmt or not isinstance(meta.get("files"), dict):
         return False
-    listed = set(meta["files"]) | {manifest}
-    for root, _, names in os.walk(out):
-        for name in names:
-            if os.path.relpath(os.path.join(root, name), out) not in listed:
-                return False
-    return True
+    return set(files_in(out)) <= set(meta["files"]) | {manifest}
 
 
 class OutputDir:

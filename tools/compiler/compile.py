@@ -35,11 +35,11 @@ import warnings
 
 import numpy as np
 
-from edge.asr.modeldir import MODEL_FILES, ModelDir, model_hash, sha256_file
+from edge.asr.modeldir import MODEL_FILES, ModelDir, model_hash
 from edge.backends.tvm import BUNDLE_FORMAT
 from edge.boards import Board, load_board
 from edge.errors import ParaEdgeError
-from paraedge_tools.output import OutputDir
+from paraedge_tools.output import OutputDir, digests
 
 # Offline lengths in LFR frames (60 ms). Padding is real compute, so commands (1-7.7 s) get buckets
 # 8-16 frames apart (at most 1/6 of a bucket is padding), longer audio at most 1/4.
@@ -420,22 +420,12 @@ def compile_bundle(model: str, board: str | Board, out: str, buckets=DEFAULT_BUC
             "functions": fns,
             **extra,
         }
-        manifest["files"] = {f: sha256_file(os.path.join(tmp, f)) for f in _bundle_files(tmp)}
+        manifest["files"] = digests(tmp, skip="manifest.json")
         with open(os.path.join(tmp, "manifest.json"), "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=1)
         size_mb = sum(os.path.getsize(os.path.join(tmp, f)) for f in manifest["files"]) / 1e6
     log(f"wrote {out} ({board.name}, {len(fns)} functions, {size_mb:.1f} MB)")
     return manifest
-
-
-def _bundle_files(out: str) -> list[str]:
-    files = []
-    for root, _, names in os.walk(out):
-        for name in names:
-            rel = os.path.relpath(os.path.join(root, name), out)
-            if rel != "manifest.json":
-                files.append(rel)
-    return sorted(files)
 
 
 def apply_tuning_db(irmod, target, db_dir: str):
