@@ -53,3 +53,20 @@ def test_emulated_profile_counts_every_stage(tmp_path):
     assert any(k.startswith("onnxruntime_pybind11_state") for k in top), top  # onnxruntime's kernels
     assert any("sgemm" in k for k in top), top  # the reference's numpy matmuls (OpenBLAS)
     assert sum(v for k, v in funcs.items() if k.startswith("?") or k.endswith(":?")) < 0.2 * total
+
+
+@pytest.mark.arm
+@pytest.mark.slow
+def test_emulated_batching_bench_counts_per_stream(tmp_path):
+    """The batching bench on the emulated A76: 1 and 2 concurrent streams, counted per stream."""
+    from edge.asr.audio import load_audio, write_wav
+    from paraedge_tools.emu.arm_profile import emulated_profile, table
+
+    wav = str(tmp_path / "cmd.wav")
+    write_wav(wav, load_audio(os.path.join(DEMO, "samples", "02_alexa_en.wav"))[0][16000:40000])
+    rep = emulated_profile(DEMO, [wav], ["ref"], streaming=True, warmup=0, streams=(1, 2))
+    one, two = rep["backends"]["ref x1"], rep["backends"]["ref x2"]
+    assert one["per_stream_vs_first"] == 1.0 and two["streams"] == 2
+    assert 0.2 < two["per_stream_vs_first"] < 1.5  # per stream, not the sum of both streams
+    assert one["text"] == two["text"]
+    assert "per stream" in table(rep)

@@ -256,16 +256,16 @@ def test_backend_exception_drops_the_utterance_not_the_daemon(monkeypatch):
     a, b = "01_okay_nabu_zh.wav", "04_alexa_en.wav"
     src = ScriptedSource(np.concatenate([sample(a), sample(b)]))
     d = daemon(src)
-    real = d.recognizer.backend.encode
+    real = d.recognizer.backend.encode_batch  # what streaming calls, one stream or several
     calls = {"n": 0}
 
-    def flaky(x):
+    def flaky(windows):
         calls["n"] += 1
         if calls["n"] == 2:
             raise RuntimeError("simulated backend fault")
-        return real(x)
+        return real(windows)
 
-    monkeypatch.setattr(d.recognizer.backend, "encode", flaky)
+    monkeypatch.setattr(d.recognizer.backend, "encode_batch", flaky)
     d.run()
     errors = kinds(d.bus.history, "error")
     assert len(errors) == 1 and "simulated backend fault" in errors[0]["message"]

@@ -146,8 +146,8 @@ def test_training_streams_exactly_as_the_runtime(tmp_path, left):
 
     stream.cif.step = record
     for i in range(0, 30, 10):
-        stream._run(feats[i : i + 10], final=False)
-    stream._run(feats[30:], final=True)
+        rec.run_windows([stream], [stream._window(feats[i : i + 10])], final=False)
+    rec.run_windows([stream], [stream._window(feats[30:])], final=True)
     with torch.no_grad():
         x = torch.from_numpy(feats)[None]
         _, alphas, keep, _, _ = stream_windows(model, model.encoder.embed(x), torch.ones(1, 37), torch.tensor([37]), left)

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from edge.errors import ParaEdgeError
 from tests.conftest import ROOT
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -72,3 +73,22 @@ def test_profile_peer_failures_are_rows_and_thread_pools_are_verified(exported_o
         assert "rtf" in e or e["skipped"].startswith("failed on this model"), (name, e)
         assert name in p.stdout
     assert rep["thread_pools"] and all(n == 1 for n in rep["thread_pools"].values()), rep["thread_pools"]
+
+
+def test_profile_concurrent_streams_rows(exported_streaming, speech_dir, tmp_path):
+    """The batching bench: a row per stream count, RTF per stream, the ratio against the first
+    count, and every stream count decoding the same text."""
+    from edge.diag.profile import profile, table
+
+    wav = str(sorted(speech_dir.glob("*.wav"))[0])
+    rep = profile(exported_streaming, ["ref", "onnxruntime"], [wav], runs=1, warmup=0, streaming=True,
+                  peers=False, daemon=False, streams=[1, 2, 4])
+    for spec in ("ref", "onnxruntime"):
+        rows = [rep["backends"][f"{spec} x{n}"] for n in (1, 2, 4)]
+        assert [r["streams"] for r in rows] == [1, 2, 4]
+        assert rows[0]["per_stream_vs_first"] == 1.0 and all(r["per_stream_vs_first"] > 0 for r in rows)
+        assert len({tuple(r["text"].values()) for r in rows}) == 1
+    assert rep["ratio_base"] == "onnxruntime x1"
+    assert "per stream" in table(rep)
+    with pytest.raises(ParaEdgeError, match="with --streaming"):
+        profile(exported_streaming, ["ref"], [wav], streaming=False, streams=[2])

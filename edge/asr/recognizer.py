@@ -234,6 +234,59 @@ class Recognizer:
             )
         return Stream(self, chunk_size)
 
+    def accept_batch(self, streams: list, chunks: list) -> list[list[int]]:
+        """Feed each stream its audio and run every full chunk of all of them, one backend call per
+        step for the streams that are ready together (seat zones speaking at once). Returns each
+        stream's new token ids: what `stream.accept(chunk)` would return for it alone."""
+        if len(streams) != len(chunks):
+            raise ParaEdgeError(f"accept_batch: {len(streams)} streams but {len(chunks)} audio chunks")
+        if len({id(s) for s in streams}) != len(streams):
+            raise ParaEdgeError("accept_batch: a stream is listed twice")
+        if any(s.rec is not self for s in streams):
+            raise ParaEdgeError("accept_batch: a stream opened by another Recognizer")
+        if any(s.finished for s in streams):  # checked before any stream takes its audio: nothing half-fed
+            raise ParaEdgeError("stream already finished; open a new one")
+        for s, x in zip(streams, chunks):
+            s._push(x)
+        new = [[] for _ in streams]
+        while True:
+            ready = [i for i, s in enumerate(streams) if s.ready]
+            if not ready:
+                return new
+            windows = [streams[i]._next_window() for i in ready]
+            for i, ids in zip(ready, self.run_windows([streams[i] for i in ready], windows, final=False)):
+                new[i] += ids
+
+    def run_windows(self, streams: list, windows: list, final: bool) -> list[list[int]]:
+        """One chunk of each stream: encoder (one batched call), CIF (per stream), decoder (one
+        batched call for the streams whose CIF fired) -> each stream's new token ids."""
+        clock = self.clock
+        with clock("encoder"):
+            encoded = self.backend.encode_batch(windows)
+        fired = []
+        for s, window, (enc, alphas) in zip(streams, windows, encoded):
+            left, chunk, _ = s.chunk_size
+            s.chunks += 1
+            s.encoder_frames += window.shape[0]
+            alphas = alphas.copy()
+            alphas[:left] = 0.0
+            if not final:
+                alphas[left + chunk :] = 0.0
+            with clock("cif"):
+                embeds = s.cif.step(enc, alphas, final)
+            if embeds.shape[0] >= 1:
+                fired.append((s, enc, embeds))
+        new = {id(s): [] for s in streams}
+        if fired:
+            with clock("decoder"):
+                decoded = self.backend.decode_batch([(enc, embeds, s.caches) for s, enc, embeds in fired], streaming=True)
+            for (s, _, embeds), (log_probs, caches) in zip(fired, decoded):
+                s.caches = caches
+                ids = self.pick_tokens(log_probs, embeds.shape[0])
+                s.ids += ids
+                new[id(s)] = ids
+        return [new[id(s)] for s in streams]
+
 
 class Stream:
     """One streaming utterance. Feed audio with `accept()`; `finish()` flushes the tail.
@@ -259,17 +312,7 @@ class Stream:
         self.encoder_frames = 0
 
     def accept(self, samples: np.ndarray) -> list[int]:
-        if self.finished:
-            raise ParaEdgeError("stream already finished; open a new one")
-        x = check_samples(np.asarray(samples, dtype=F32).reshape(-1), "audio chunk") if len(samples) else np.zeros(0, F32)
-        self.pending = np.concatenate([self.pending, x])
-        new: list[int] = []
-        while self.pending.size >= self.chunk_samples:
-            chunk, self.pending = self.pending[: self.chunk_samples], self.pending[self.chunk_samples :]
-            with self.rec.clock("frontend"):
-                feats = self.frontend.accept(chunk)
-            new += self._run(feats, final=False)
-        return new
+        return self.rec.accept_batch([self], [samples])[0]
 
     def finish(self) -> list[int]:
         """Process the remaining audio as the final chunk and flush CIF's tail."""
@@ -280,40 +323,40 @@ class Stream:
         if rest.size >= SAMPLES_PER_LFR_FRAME:
             with self.rec.clock("frontend"):
                 feats = np.concatenate([self.frontend.accept(rest), self.frontend.finish()])
-            return self._run(feats, final=True)
-        # Too little audio for a new frame: re-run the cached look-ahead as the last chunk.
-        # FunASR scales these already-prepared frames by sqrt(d_model) a second time here;
-        # we do the same so results match FunASR token for token.
-        return self._run_window(self.context * self.rec.scale, final=True)
+            window = self._window(feats)
+        else:
+            # Too little audio for a new frame: re-run the cached look-ahead as the last chunk.
+            # FunASR scales these already-prepared frames by sqrt(d_model) a second time here;
+            # we do the same so results match FunASR token for token.
+            window = self.context * self.rec.scale
+        return self.rec.run_windows([self], [window], final=True)[0]
 
-    def _run(self, feats: np.ndarray, final: bool) -> list[int]:
+    # -- the steps accept_batch drives ---------------------------------------------------------
+    def _push(self, samples: np.ndarray) -> None:
+        if self.finished:
+            raise ParaEdgeError("stream already finished; open a new one")
+        x = check_samples(np.asarray(samples, dtype=F32).reshape(-1), "audio chunk") if len(samples) else np.zeros(0, F32)
+        self.pending = np.concatenate([self.pending, x])
+
+    @property
+    def ready(self) -> bool:
+        """A full chunk of audio is waiting."""
+        return self.pending.size >= self.chunk_samples
+
+    def _next_window(self) -> np.ndarray:
+        chunk, self.pending = self.pending[: self.chunk_samples], self.pending[self.chunk_samples :]
+        with self.rec.clock("frontend"):
+            feats = self.frontend.accept(chunk)
+        return self._window(feats)
+
+    def _window(self, feats: np.ndarray) -> np.ndarray:
+        """The encoder's input for these frames: the kept context + the frames, position-encoded."""
         left, _, right = self.chunk_size
         prepared = self.rec.prepare(feats, self.position)
         self.position += feats.shape[0]
         window = np.concatenate([self.context, prepared])
         self.context = window[window.shape[0] - (left + right) :] if left + right else window[:0]
-        return self._run_window(window, final)
-
-    def _run_window(self, window: np.ndarray, final: bool) -> list[int]:
-        left, chunk, _ = self.chunk_size
-        self.chunks += 1
-        self.encoder_frames += window.shape[0]
-        clock = self.rec.clock
-        with clock("encoder"):
-            enc, alphas = self.rec.backend.encode(window)
-        alphas = alphas.copy()
-        alphas[:left] = 0.0
-        if not final:
-            alphas[left + chunk :] = 0.0
-        with clock("cif"):
-            embeds = self.cif.step(enc, alphas, final)
-        if embeds.shape[0] < 1:
-            return []
-        with clock("decoder"):
-            log_probs, self.caches = self.rec.backend.decode(enc, embeds, self.caches, streaming=True)
-        new = self.rec.pick_tokens(log_probs, embeds.shape[0])
-        self.ids += new
-        return new
+        return window
 
     def result(self) -> Result:
         return self.rec.ids_to_result(list(self.ids))

@@ -15,6 +15,11 @@ wrapper silently dropped the neon backend's C CIF):
 - `cif_offline(enc, alphas, cfg)` / `cif_stream(cfg, d_model)`: CIF where the backend runs it
   (the neon backend's C CIF, bit-exact); default the numpy reference in `edge.asr.cif`.
 
+Batched streams (several seat zones at once, edge.asr.recognizer.Recognizer.accept_batch):
+- `encode_batch(windows)` -> [(enc, alphas)] and `decode_batch([(enc, embeds, caches)])` ->
+  [(log-probs, caches)], each stream's result equal to its own `encode`/`decode`. The defaults run
+  the streams one after another; backends that can run them together (`batched = True`) override.
+
 Decoding logic (chunking, CIF, caches, tail flush, token filtering) lives in `edge.asr.recognizer`
 and is written once for all backends.
 """
@@ -48,6 +53,14 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def decode(self, enc: np.ndarray, embeds: np.ndarray, caches=None, streaming: bool = False):
         ...
+
+    batched = False  # True: encode_batch/decode_batch run several streams in one call
+
+    def encode_batch(self, windows: list) -> list:
+        return [self.encode(w) for w in windows]
+
+    def decode_batch(self, items: list, streaming: bool = True) -> list:
+        return [self.decode(enc, embeds, caches, streaming) for enc, embeds, caches in items]
 
     def describe(self) -> str:
         return self.name

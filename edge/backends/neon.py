@@ -16,7 +16,7 @@ import numpy as np
 
 from edge.backends import kernels, ops
 from edge.backends.base import Backend
-from edge.backends.reference import ReferenceBackend, run_decoder_layers
+from edge.backends.reference import ReferenceBackend, join, per_stream, run_decoder_rows, split_rows
 
 F32 = np.float32
 # The fused attention kernel beats numpy's batched BLAS matmuls on short sequences only (aarch64
@@ -39,12 +39,16 @@ class _Enc:
         self.w1 = kernels.Linear(*layer.w1, path=path)
         self.w2 = kernels.Linear(*layer.w2, path=path)
 
-    def __call__(self, x):
+    def __call__(self, x, lens=None):
+        """Several streams' rows stacked (`lens` each) as the reference's layer takes them: the
+        INT8 Linears quantize per row, so a row's result is the same alone or stacked."""
         r, d = self.r, self.r.d
+        lens = lens or [x.shape[0]]
         qkv = self.qkv(kernels.layer_norm(x, *r.norm1))
         q, k, v = qkv[:, :d], qkv[:, d : 2 * d], qkv[:, 2 * d :]
-        memory = kernels.fsmn(v, r.fsmn_w, r.pad[0])
-        att = self.out(_attention(q, k, v, r.heads)) + memory
+        memory = per_stream(lambda v_: kernels.fsmn(v_, r.fsmn_w, r.pad[0]), lens, v)
+        heads = per_stream(lambda q_, k_, v_: _attention(q_, k_, v_, r.heads), lens, q, k, v)
+        att = self.out(heads) + memory
         x = x + att if r.d_in == r.d else att
         return x + self.w2(self.w1(kernels.layer_norm(x, *r.norm2), relu=True))
 
@@ -68,20 +72,24 @@ class _Dec:
         hist = cache[1:][-(k - 1) :] if k > 1 else cache[:0]
         return kernels.fsmn(x, self.r.fsmn_w, k - 1, hist), np.concatenate([hist, x])
 
-    def __call__(self, x, memory, cache=None):
+    def rows(self, x, lens, memory, mem_lens, caches):
+        """The reference DecoderLayer.rows, on the kernels."""
         r = self.r
         residual = x
         h = self.w1(kernels.layer_norm(x, *r.norm1), relu=True)
         h = self.w2(kernels.layer_norm(h, *r.ffn_norm))
         if r.fsmn_w is None:
-            return h, None
-        att, cache = self.fsmn(kernels.layer_norm(h, *r.norm2), cache)
-        x = residual + att
+            return h, [None] * len(lens)
+        outs, caches = zip(*[self.fsmn(part, c)
+                             for part, c in zip(split_rows(kernels.layer_norm(h, *r.norm2), lens), caches)])
+        x = residual + join(outs)
         if r.cross:
             q = self.q(kernels.layer_norm(x, *r.norm3))
             kv = self.kv(memory)
-            x = x + self.out(_attention(q, kv[:, : r.d], kv[:, r.d :], r.heads))
-        return x, cache
+            heads = [_attention(q_, kv_[:, : r.d], kv_[:, r.d :], r.heads)
+                     for q_, kv_ in zip(split_rows(q, lens), split_rows(kv, mem_lens))]
+            x = x + self.out(join(heads))
+        return x, list(caches)
 
 
 class NeonBackend(Backend):
@@ -106,14 +114,22 @@ class NeonBackend(Backend):
     cif_offline = staticmethod(kernels.cif_offline)
     cif_stream = kernels.CifStream
 
+    batched = True  # rows stacked, as the reference backend
+
     def encode(self, x: np.ndarray):
-        x = np.ascontiguousarray(x, dtype=F32)
+        return self.encode_batch([x])[0]
+
+    def encode_batch(self, windows: list) -> list:
+        lens = [w.shape[0] for w in windows]
+        x = np.ascontiguousarray(join(windows), dtype=F32)
         for layer in self.encoder:
-            x = layer(x)
-        enc = kernels.layer_norm(x, *self.ref.after_norm)
-        return enc, self.ref.alphas(enc)
+            x = layer(x, lens)
+        return [(enc, self.ref.alphas(enc)) for enc in split_rows(kernels.layer_norm(x, *self.ref.after_norm), lens)]
 
     def decode(self, enc, embeds, caches=None, streaming: bool = False):
-        x, caches = run_decoder_layers(self, enc, embeds, caches, streaming)
+        return self.decode_batch([(enc, embeds, caches)], streaming)[0]
+
+    def decode_batch(self, items: list, streaming: bool = True) -> list:
+        x, lens, caches = run_decoder_rows(self, items, streaming)
         logits = self.output(kernels.layer_norm(x, *self.ref.dec_norm))
-        return ops.log_softmax(logits), caches
+        return list(zip(split_rows(ops.log_softmax(logits), lens), caches))

@@ -154,23 +154,58 @@ class OnnxRuntimeBackend(Backend):
         n = int(count[0])
         return self._logits(logits, self.enc_path)[0, :n], n
 
+    @property
+    def batched(self) -> bool:
+        """fp32 graphs run several streams as one batch. INT8 graphs do not: onnxruntime's dynamic
+        quantization scales activations per tensor (DynamicQuantizeLinear), so one stream's result
+        would depend on the loudness of the others in its batch."""
+        return not self.int8
+
     def encode(self, x: np.ndarray):
+        return self.encode_batch([x])[0]
+
+    def encode_batch(self, windows: list) -> list:
         if self.decoder is None:
             raise ModelError("this offline model.onnx has no separate encoder; stream with a ParaformerStreaming model")
-        enc, _, alphas = _run(self.session, self.enc_path,
-                              {"speech": x[None].astype(F32), "speech_lengths": np.array([x.shape[0]], np.int32)})
-        return enc[0], alphas[0]
+        out = [None] * len(windows)
+        # streams of the same window length share a call (all but a stream's first and last chunk)
+        for idx in _groups([w.shape[0] for w in windows], self.batched):
+            x = np.stack([windows[i] for i in idx]).astype(F32)
+            enc, _, alphas = _run(self.session, self.enc_path,
+                                  {"speech": x, "speech_lengths": np.full(len(idx), x.shape[1], np.int32)})
+            for j, i in enumerate(idx):
+                out[i] = (enc[j], alphas[j])
+        return out
 
     def decode(self, enc, embeds, caches=None, streaming: bool = False):
-        if caches is None:
-            caches = [np.zeros((1, self.config.d_model, self.kernel - 1), F32) for _ in self.cache_inputs]
-        feed = {
-            "enc": enc[None].astype(F32),
-            "enc_len": np.array([enc.shape[0]], np.int32),
-            "acoustic_embeds": embeds[None].astype(F32),
-            "acoustic_embeds_len": np.array([embeds.shape[0]], np.int32),
-        }
-        for inp, c in zip(self.cache_inputs, caches):
-            feed[inp.name] = c
-        out = _run(self.decoder, self.dec_path, feed)
-        return self._logits(out[0], self.dec_path)[0], out[2:]
+        return self.decode_batch([(enc, embeds, caches)], streaming)[0]
+
+    def decode_batch(self, items: list, streaming: bool = True) -> list:
+        out = [None] * len(items)
+        zero = np.zeros((1, self.config.d_model, self.kernel - 1), F32)
+        # same frames and tokens share a call: the cached FSMN window has no mask, so padded
+        # tokens would shift a shorter stream's cache
+        for idx in _groups([(e.shape[0], m.shape[0]) for e, m, _ in items], self.batched):
+            group = [items[i] for i in idx]
+            enc = np.stack([e for e, _, _ in group]).astype(F32)
+            embeds = np.stack([m for _, m, _ in group]).astype(F32)
+            b = len(idx)
+            feed = {"enc": enc, "enc_len": np.full(b, enc.shape[1], np.int32),
+                    "acoustic_embeds": embeds, "acoustic_embeds_len": np.full(b, embeds.shape[1], np.int32)}
+            for c, inp in enumerate(self.cache_inputs):
+                feed[inp.name] = np.concatenate([zero if caches is None else caches[c] for _, _, caches in group])
+            res = _run(self.decoder, self.dec_path, feed)
+            logits = self._logits(res[0], self.dec_path)
+            for j, i in enumerate(idx):
+                out[i] = (logits[j], [cache[j : j + 1] for cache in res[2:]])
+        return out
+
+
+def _groups(keys: list, together: bool) -> list[list[int]]:
+    """Indices of equal keys, in first-seen order (each index alone when not batching)."""
+    if not together:
+        return [[i] for i in range(len(keys))]
+    groups: dict = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(k, []).append(i)
+    return list(groups.values())

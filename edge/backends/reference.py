@@ -66,13 +66,17 @@ class EncoderLayer:
         self.w1 = w.linear(prefix + ".feed_forward.w_1", d, ffn)
         self.w2 = w.linear(prefix + ".feed_forward.w_2", ffn, d)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, lens=None) -> np.ndarray:
+        """x: the rows of one stream, or of several stacked (`lens` rows each): every row-wise op
+        (LayerNorm, Linear) runs once over the stack, attention and FSMN per stream."""
+        lens = lens or [x.shape[0]]
         h = ops.layer_norm(x, *self.norm1)
         qkv = ops.linear(h, *self.qkv)
         d = self.d
         q, k, v = qkv[:, :d], qkv[:, d : 2 * d], qkv[:, 2 * d :]
-        memory = ops.fsmn_memory(v, self.fsmn_w, *self.pad)
-        att = ops.linear(ops.attention(q, k, v, self.heads), *self.out) + memory
+        memory = per_stream(lambda v_: ops.fsmn_memory(v_, self.fsmn_w, *self.pad), lens, v)
+        heads = per_stream(lambda q_, k_, v_: ops.attention(q_, k_, v_, self.heads), lens, q, k, v)
+        att = ops.linear(heads, *self.out) + memory
         x = x + att if self.d_in == self.d else att  # the first layer changes width: no residual
         h = ops.layer_norm(x, *self.norm2)
         return x + ops.linear(ops.relu(ops.linear(h, *self.w1)), *self.w2)
@@ -117,19 +121,24 @@ class DecoderLayer:
         # FunASR adds the input back only where the lengths line up (they always do for t >= 1)
         return out + x, window
 
-    def __call__(self, x, memory, cache=None):
+    def rows(self, x, lens, memory, mem_lens, caches):
+        """One layer over several streams' token rows stacked (`lens` rows each), each attending
+        to its own encoder output (stacked in `memory`, `mem_lens` rows each) with its own FSMN
+        cache: returns (rows, new caches)."""
         residual = x
         h = self.ffn(x)
         if self.fsmn_w is None:
-            return h, None  # decoders3: FFN only, no residual (as FunASR)
-        att, cache = self.fsmn(ops.layer_norm(h, *self.norm2), cache)
-        x = residual + att
+            return h, [None] * len(lens)  # decoders3: FFN only, no residual (as FunASR)
+        outs, caches = zip(*[self.fsmn(part, c) for part, c in zip(split_rows(ops.layer_norm(h, *self.norm2), lens), caches)])
+        x = residual + join(outs)
         if self.cross:
             q = ops.linear(ops.layer_norm(x, *self.norm3), *self.q)
             kv = ops.linear(memory, *self.kv)
             d = self.d
-            x = x + ops.linear(ops.attention(q, kv[:, :d], kv[:, d:], self.heads), *self.out)
-        return x, cache
+            heads = [ops.attention(q_, kv_[:, :d], kv_[:, d:], self.heads)
+                     for q_, kv_ in zip(split_rows(q, lens), split_rows(kv, mem_lens))]
+            x = x + ops.linear(join(heads), *self.out)
+        return x, list(caches)
 
 
 class ReferenceBackend(Backend):
@@ -186,12 +195,17 @@ class ReferenceBackend(Backend):
         self.fsmn_layers = len(self.decoders) + len(self.decoders2)
 
     # -- the seam ---------------------------------------------------------------------------
+    batched = True  # streams' rows stacked: exact, each row's arithmetic is the same alone or stacked
+
     def encode(self, x: np.ndarray):
-        x = np.ascontiguousarray(x, dtype=F32)
+        return self.encode_batch([x])[0]
+
+    def encode_batch(self, windows: list) -> list:
+        lens = [w.shape[0] for w in windows]
+        x = np.ascontiguousarray(join(windows), dtype=F32)
         for layer in self.encoder:
-            x = layer(x)
-        enc = ops.layer_norm(x, *self.after_norm)
-        return enc, self.alphas(enc)
+            x = layer(x, lens)
+        return [(enc, self.alphas(enc)) for enc in split_rows(ops.layer_norm(x, *self.after_norm), lens)]
 
     def alphas(self, enc: np.ndarray) -> np.ndarray:
         h = ops.relu(ops.conv1d(enc, self.cif_conv_w, self.cif_conv_b, self.l_order, self.r_order))
@@ -199,21 +213,45 @@ class ReferenceBackend(Backend):
         return ops.relu(a * F32(self.cif.smooth_factor) - F32(self.cif.noise_threshold))
 
     def decode(self, enc, embeds, caches=None, streaming: bool = False):
-        x, caches = run_decoder_layers(self, enc, embeds, caches, streaming)
+        return self.decode_batch([(enc, embeds, caches)], streaming)[0]
+
+    def decode_batch(self, items: list, streaming: bool = True) -> list:
+        x, lens, caches = run_decoder_rows(self, items, streaming)
         logits = ops.linear(ops.layer_norm(x, *self.dec_norm), *self.output)
-        return ops.log_softmax(logits), caches
+        return list(zip(split_rows(ops.log_softmax(logits), lens), caches))
 
 
-def run_decoder_layers(model, enc, embeds, caches, streaming: bool):
-    """The decoder's layer stack (decoders, decoders2, decoders3) with FSMN caches, for any backend
-    whose layers are callables `layer(x, memory, cache) -> (x, cache)`."""
-    caches = list(caches) if caches is not None else [None] * (len(model.decoders) + len(model.decoders2))
-    x = np.ascontiguousarray(embeds, dtype=F32)
-    for i, layer in enumerate(model.decoders):
-        x, caches[i] = layer(x, enc, caches[i])
+def split_rows(x: np.ndarray, lens) -> list:
+    """Stacked rows back into one array per stream."""
+    return [x] if len(lens) == 1 else np.split(x, np.cumsum(lens)[:-1])
+
+
+def join(parts) -> np.ndarray:
+    """Streams' rows stacked (one stream: the array itself, no copy)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def per_stream(fn, lens, *arrays) -> np.ndarray:
+    """fn applied to each stream's rows of the stacked arrays, the results stacked again."""
+    return join([fn(*parts) for parts in zip(*(split_rows(a, lens) for a in arrays))])
+
+
+def run_decoder_rows(model, items, streaming: bool):
+    """The decoder's layer stack (decoders, decoders2, decoders3) over several streams at once, for
+    any backend whose layers have `rows(x, lens, memory, mem_lens, caches)`. items: [(enc, embeds,
+    caches or None)] -> (stacked rows, token rows per stream, each stream's new caches)."""
+    n = len(model.decoders) + len(model.decoders2)
+    caches = [list(c) if c is not None else [None] * n for _, _, c in items]
+    lens, mem_lens = [e.shape[0] for _, e, _ in items], [m.shape[0] for m, _, _ in items]
+    x = np.ascontiguousarray(join([e for _, e, _ in items]), dtype=F32)
+    memory = join([m for m, _, _ in items])
+    layers = list(model.decoders)
     # FunASR's forward_chunk only runs decoders2 when it has more than one layer
     if model.decoders2 and (not streaming or len(model.decoders2) > 1):
-        for j, layer in enumerate(model.decoders2, start=len(model.decoders)):
-            x, caches[j] = layer(x, enc, caches[j])
-    x, _ = model.decoders3(x, enc)
-    return x, caches
+        layers += model.decoders2
+    for i, layer in enumerate(layers):
+        x, new = layer.rows(x, lens, memory, mem_lens, [c[i] for c in caches])
+        for c, cache in zip(caches, new):
+            c[i] = cache
+    x, _ = model.decoders3.rows(x, lens, memory, mem_lens, [None] * len(lens))
+    return x, lens, caches

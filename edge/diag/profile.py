@@ -100,29 +100,34 @@ def run_offline(rec, s: Sample) -> RunTimes:
     return t
 
 
-def run_streaming(rec, s: Sample, hop: int = 1600) -> RunTimes:
-    """Feed `hop` samples at a time; the stream's own work is split into stages."""
+def run_streaming(rec, s: Sample, hop: int = 1600, streams: int = 1) -> RunTimes:
+    """Feed `hop` samples at a time; the stream's own work is split into stages. streams > 1: that
+    many seat zones hear the sample at once, decoded together (Recognizer.accept_batch); the
+    times are then the cost of all of them."""
     from edge.asr.recognizer import Stream
 
     t = RunTimes()
     rec.clock = lambda stage: _Clock(t, stage)  # the stream's own stages, timed where they run
     try:
-        stream = Stream(rec)
+        zones = [Stream(rec) for _ in range(streams)]
+        stream = zones[0]
         chunk_times, first_partial = [], None
         t0 = time.perf_counter()
         _resample(s, t)
         fed = 0
         for i in range(0, len(s.samples), hop):
             before, c0 = stream.chunks, time.perf_counter()
-            new = stream.accept(s.samples[i : i + hop])
-            fed += len(s.samples[i : i + hop])
+            piece = s.samples[i : i + hop]
+            new = rec.accept_batch(zones, [piece] * streams)[0]
+            fed += len(piece)
             dt = time.perf_counter() - c0
             if stream.chunks > before:  # this hop completed a 600 ms chunk: its cost is a chunk's cost
                 chunk_times.append(dt)
             if new and first_partial is None:
                 first_partial = {"audio_s": fed / SAMPLE_RATE, "compute_s": dt}
         e0 = time.perf_counter()
-        stream.finish()
+        for z in zones:
+            z.finish()
         eos_to_final = time.perf_counter() - e0
         t.total = time.perf_counter() - t0
     finally:
@@ -326,8 +331,15 @@ def load_samples(paths) -> list[Sample]:
 
 
 def profile(model: str, backends: list[str], audio: list[str], threads: int = 1, runs: int = 5,
-            warmup: int = 1, streaming: bool = False, peers: bool = True, daemon: bool = True) -> dict:
+            warmup: int = 1, streaming: bool = False, peers: bool = True, daemon: bool = True,
+            streams=(1,)) -> dict:
+    """streams (streaming only): concurrent streams per backend, e.g. (1, 2, 4): each count is its
+    own row, `<backend> xN`, whose RTF is per stream, with its cost per stream against 1 stream."""
     from edge.asr.recognizer import Recognizer
+
+    streams = [int(n) for n in streams]
+    if not streams or min(streams) < 1 or max(streams) > 64 or (len(streams) > 1 or streams[0] > 1) and not streaming:
+        raise ParaEdgeError(f"--streams {','.join(map(str, streams))}: 1..64 concurrent streams, with --streaming")
 
     pools = limit_threads(threads)
     samples = load_samples(audio)
@@ -348,40 +360,14 @@ def profile(model: str, backends: list[str], audio: list[str], threads: int = 1,
             continue
         markers.end(MARKED.index("load"))
         load_s = time.perf_counter() - t0
-        runner = run_streaming if streaming else run_offline
-        per_run, by_len = [], []
-        for s in samples:
-            for i in range(warmup + runs):
-                markers.active = i >= warmup
-                markers.begin(MARKED.index("total"))
-                t = runner(rec, s)
-                markers.end(MARKED.index("total"))
-                markers.active = True
-                if i >= warmup:
-                    per_run.append(t)
-                    by_len.append((s.seconds, t.total))
-        audio_s = sum(s.seconds for s in samples) * runs
-        stage_sum = {st: sum(r.stages.get(st, 0.0) for r in per_run) for st in STAGES}
-        total = sum(r.total for r in per_run)
-        entry = {
-            "load_s": load_s,
-            "rtf": total / audio_s,
-            "total_s": total,
-            "stages_s": {k: v for k, v in stage_sum.items() if v > 0},
-            "stages_rtf": {k: v / audio_s for k, v in stage_sum.items() if v > 0},
-            "latency_s": percentiles([r.total for r in per_run]),
-            "rtf_by_length": by_len,
-            "text": {s.name: per_run[i * runs].extra["text"] for i, s in enumerate(samples)},
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-        }
-        if streaming:
-            chunks = [c for r in per_run for c in r.extra["chunk_s"]]
-            entry["chunk_s"] = percentiles(chunks)
-            entry["eos_to_final_s"] = percentiles([r.extra["eos_to_final_s"] for r in per_run])
-            fp = [r.extra["first_partial"] for r in per_run if r.extra["first_partial"]]
-            entry["first_partial_audio_s"] = percentiles([f["audio_s"] for f in fp])
-        report["backends"][spec] = entry
-        markers.snapshot()  # one block of counts per backend, in report order
+        for n in streams:
+            name = spec if streams == [1] else f"{spec} x{n}"
+            report["backends"][name] = _measure(rec, samples, runs, warmup, streaming, n, load_s)
+            markers.snapshot()  # one block of counts per row, in report order
+        first = report["backends"].get(f"{spec} x{streams[0]}", {})
+        for n in streams if streams != [1] and "rtf" in first else ():
+            e = report["backends"][f"{spec} x{n}"]
+            e["streams"], e["per_stream_vs_first"] = n, e["rtf"] / first["rtf"]
     if peers:
         report["peers"] = {}
         for name, fn in peer_runners(model, threads, streaming).items():
@@ -390,7 +376,8 @@ def profile(model: str, backends: list[str], audio: list[str], threads: int = 1,
             except Exception as exc:  # e.g. funasr-onnx on a t0..t995 vocabulary: ValueError, a row not a traceback
                 report["peers"][name] = {"skipped": f"failed on this model: {type(exc).__name__}: {str(exc)[:200]}"}
     # ratios against onnxruntime fp32, or INT8 where the model ships only INT8 (the demo model)
-    ref_name = next((n for n in ("onnxruntime", "onnxruntime:int8") if "rtf" in report["backends"].get(n, {})), None)
+    names = [b + suffix for suffix in ("", f" x{streams[0]}") for b in ("onnxruntime", "onnxruntime:int8")]
+    ref_name = next((n for n in names if "rtf" in report["backends"].get(n, {})), None)
     base = report["backends"][ref_name]["rtf"] if ref_name else None
     report["ratio_base"] = ref_name
     if base:
@@ -420,6 +407,43 @@ def profile(model: str, backends: list[str], audio: list[str], threads: int = 1,
     return report
 
 
+def _measure(rec, samples: list, runs: int, warmup: int, streaming: bool, streams: int, load_s: float) -> dict:
+    """One row of the report: `runs` timed decodes of every sample (after `warmup` untimed ones).
+    RTF is per stream: compute seconds / (audio seconds x streams)."""
+    per_run, by_len = [], []
+    for s in samples:
+        for i in range(warmup + runs):
+            markers.active = i >= warmup
+            markers.begin(MARKED.index("total"))
+            t = run_streaming(rec, s, streams=streams) if streaming else run_offline(rec, s)
+            markers.end(MARKED.index("total"))
+            markers.active = True
+            if i >= warmup:
+                per_run.append(t)
+                by_len.append((s.seconds, t.total))
+    audio_s = sum(s.seconds for s in samples) * runs * streams
+    stage_sum = {st: sum(r.stages.get(st, 0.0) for r in per_run) for st in STAGES}
+    total = sum(r.total for r in per_run)
+    entry = {
+        "load_s": load_s,
+        "rtf": total / audio_s,
+        "total_s": total,
+        "stages_s": {k: v for k, v in stage_sum.items() if v > 0},
+        "stages_rtf": {k: v / audio_s for k, v in stage_sum.items() if v > 0},
+        "latency_s": percentiles([r.total for r in per_run]),
+        "rtf_by_length": by_len,
+        "text": {s.name: per_run[i * runs].extra["text"] for i, s in enumerate(samples)},
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    }
+    if streaming:
+        chunks = [c for r in per_run for c in r.extra["chunk_s"]]
+        entry["chunk_s"] = percentiles(chunks)
+        entry["eos_to_final_s"] = percentiles([r.extra["eos_to_final_s"] for r in per_run])
+        fp = [r.extra["first_partial"] for r in per_run if r.extra["first_partial"]]
+        entry["first_partial_audio_s"] = percentiles([f["audio_s"] for f in fp])
+    return entry
+
+
 def table(report: dict) -> str:
     pools = ", ".join(f"{k} {v}" for k, v in (report.get("thread_pools") or {}).items())
     rows = [f"ParaEdge profile: {report['mode']}, {report['threads']} thread(s) (pools: {pools or 'n/a'}), {report['runs']} runs, "
@@ -435,6 +459,8 @@ def table(report: dict) -> str:
                 continue
             st = " ".join(f"{k}={v:.4f}" for k, v in e.get("stages_rtf", {}).items())
             ratio = e.get("time_vs_onnxruntime")
+            if "per_stream_vs_first" in e:  # concurrent streams: what each stream costs against the first row's
+                st = f"per stream {e['per_stream_vs_first']:.2f}x of {name.rsplit(' ', 1)[0]}'s first row; " + st
             rows.append(f"{name + (' (peer)' if group == 'peers' else ''):22s} {e['rtf']:8.4f} "
                         f"{(f'{ratio:.2f}' if ratio else '-'):>7s} {e['latency_s']['p50']:8.4f} "
                         f"{e['latency_s']['p99']:8.4f} {e.get('load_s', float('nan')):7.3f}  {st}")
@@ -515,7 +541,7 @@ def run_cli(args) -> int:
         board = load_board(args.board)
         check_runs_here(board)
     report = profile(args.model, backends, args.audio, args.threads, args.runs, args.warmup, args.streaming,
-                     peers=args.backend == "all" or args.peers)
+                     peers=args.backend == "all" or args.peers, streams=args.streams)
     report["board"] = board.summary() if board else None
     print(table(report))
     if args.output:

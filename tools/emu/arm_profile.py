@@ -88,9 +88,11 @@ def hot_functions(blocks_file: str, maps_file: str, root: str) -> dict[str, int]
 
 
 def emulated_profile(model: str, audio: list[str], backends: list[str], streaming: bool, cpu: str = "cortex-a76",
-                     warmup: int = 1, timeout: float = 3600, kernels: bool = False) -> dict:
+                     warmup: int = 1, timeout: float = 3600, kernels: bool = False, streams=(1,)) -> dict:
     """Per-stage instruction counts of each backend; `kernels` adds the instructions of the measured
-    runs ("total" stage, summed over the backends) per library function, under "functions"."""
+    runs ("total" stage, summed over the backends) per library function, under "functions".
+    streams (with streaming), e.g. (1, 2, 4): a row per count of concurrent streams decoded together,
+    counted per stream, with `per_stream_vs_first` (the batching bench)."""
     from edge.diag.profile import MARKED
 
     root = armroot.build_root()
@@ -101,7 +103,7 @@ def emulated_profile(model: str, audio: list[str], backends: list[str], streamin
                 "--audio", *[os.path.abspath(a) for a in audio], "--runs", "1", "--warmup", str(warmup),
                 "--threads", "1", "-o", d]
         if streaming:
-            args.append("--streaming")
+            args += ["--streaming", "--streams", ",".join(str(n) for n in streams)]
         plugin_args = f"{qemu_insn.plugin()},out={total_file},stages={stages_file}"
         if kernels:
             plugin_args += f",blocks={blocks_file},block_stage={MARKED.index('total')}"
@@ -132,19 +134,26 @@ def emulated_profile(model: str, audio: list[str], backends: list[str], streamin
            "backends": {}}
     for name, block in zip(ran, blocks):
         total = block.get("total", (0, 0))[0]
+        per = audio_s * report["backends"][name].get("streams", 1)  # audio seconds decoded: per stream
         out["backends"][name] = {
             "insns_total": total,
-            "minsns_per_audio_s": total / audio_s / 1e6,
+            "minsns_per_audio_s": total / per / 1e6,
             "load_minsns": block.get("load", (0, 0))[0] / 1e6,
-            "stages_minsns_per_audio_s": {k: v[0] / audio_s / 1e6 for k, v in block.items() if k not in ("total", "load")},
+            "stages_minsns_per_audio_s": {k: v[0] / per / 1e6 for k, v in block.items() if k not in ("total", "load")},
             "text": report["backends"][name]["text"],
         }
+    for name, e in out["backends"].items():
+        spec, _, count = name.rpartition(" x")
+        first = out["backends"].get(f"{spec} x{streams[0]}") if count else None
+        if first:  # concurrent streams: instructions per stream against the first count's
+            e["streams"] = int(count)
+            e["per_stream_vs_first"] = e["minsns_per_audio_s"] / first["minsns_per_audio_s"]
     for name, e in report["backends"].items():
         if "skipped" in e:
             out["backends"][name] = {"skipped": e["skipped"]}
     if functions is not None:
         out["functions_minsns_per_audio_s"] = {k: v / audio_s / 1e6 for k, v in functions.items()}
-    base = out["backends"].get(BASE, {}).get("minsns_per_audio_s")
+    base = (out["backends"].get(BASE) or out["backends"].get(f"{BASE} x{streams[0]}", {})).get("minsns_per_audio_s")
     for e in out["backends"].values():
         if base and "minsns_per_audio_s" in e:
             e["vs_onnxruntime_int8"] = e["minsns_per_audio_s"] / base
@@ -160,6 +169,8 @@ def table(rep: dict) -> str:
             continue
         ratio = e.get("vs_onnxruntime_int8")
         st = " ".join(f"{k}={v:.2f}" for k, v in e["stages_minsns_per_audio_s"].items())
+        if "per_stream_vs_first" in e:
+            st = f"per stream {e['per_stream_vs_first']:.2f}x of the first count; " + st
         rows.append(f"{name:18s} {e['minsns_per_audio_s']:15.2f} {(f'{ratio:.2f}' if ratio else '-'):>10s} "
                     f"{e['load_minsns']:8.1f}  {st}")
     return "\n".join(rows)
@@ -171,6 +182,7 @@ def main(argv=None) -> int:
     ap.add_argument("--audio", nargs="+", required=True, help="keep it short: emulation runs ~200x slower")
     ap.add_argument("--backend", "-b", default="ref,onnxruntime,onnxruntime:int8,neon")
     ap.add_argument("--streaming", action="store_true")
+    ap.add_argument("--streams", default="1", help="with --streaming: concurrent stream counts, e.g. 1,2,4 (the batching bench)")
     ap.add_argument("--cpu", default="cortex-a76", help="qemu CPU model (a board profile's qemu_cpu)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--kernels", type=int, default=0, metavar="N",
@@ -178,7 +190,9 @@ def main(argv=None) -> int:
                          "instructions in the measured runs, summed over the backends")
     ap.add_argument("-o", "--output", help="directory for arm_report.json")
     a = ap.parse_args(argv)
-    rep = emulated_profile(a.model, a.audio, a.backend.split(","), a.streaming, a.cpu, a.warmup, kernels=a.kernels > 0)
+    streams = [int(n) for n in a.streams.split(",")]
+    rep = emulated_profile(a.model, a.audio, a.backend.split(","), a.streaming, a.cpu, a.warmup, kernels=a.kernels > 0,
+                           streams=streams)
     print(table(rep))
     if a.kernels:
         print(f"\ntop {a.kernels} functions (M insn per audio s, all backends):")
