@@ -25,6 +25,8 @@ HOST_COMMANDS = {
              "(host) MetaSchedule-tune a board's kernels (locally or over TVM RPC)"),
     "deploy": ("paraedge_tools.deploy", ("torch", "onnx", "tvm", "wheel"),
                "(host) write a self-contained install kit for one board: bundle, wheel, wheelhouse, config, service"),
+    "prune": ("paraedge_tools.prune", ("torch", "onnx"),
+              "(host) structured L1 pruning of FFN channels, with an accuracy check per step"),
 }
 HOST_HINT = 'pip install "paraedge[host]"'
 
@@ -36,6 +38,13 @@ def _err(msg: str) -> None:
 def _shown(path: str) -> str:
     """A file name fit for stdout: bytes that are not UTF-8 (surrogate escapes) shown as \\xNN, not a crash."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas, got {text!r:.40}") from None
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -120,6 +129,8 @@ def cmd_run(args) -> int:
         cfg.wake.enabled = False
     if args.wake:
         cfg.wake.models = args.wake
+    if args.zones is not None:  # "driver,passenger"; validated() names a repeated or empty zone
+        cfg.zones.names = [] if args.zones.strip() in ("", "none") else [z.strip() for z in args.zones.split(",")]
     return run_daemon(cfg.validated(), duration_s=args.duration)
 
 
@@ -208,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--streaming", action="store_true")
     p.add_argument("--peers", action="store_true", help="include peers with an explicit backend list")
+    p.add_argument("--streams", type=_int_list, default=[1], metavar="N[,N...]",
+                   help="with --streaming: concurrent streams (seat zones) decoded together, e.g. 1,2,4: a row per "
+                        "count, each with its cost per stream against the first count (the batching bench)")
     p.add_argument("--board", help="board profile this runs on (boards/*.toml): printed with the numbers, checked against the CPU")
     p.add_argument("-o", "--output", help="directory for report.json and plots")
     p.set_defaults(func=lambda a: __import__("edge.diag.profile", fromlist=["run_cli"]).run_cli(a))
@@ -223,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wake", nargs="+", help="wake-word models: built-in names or microWakeWord .json paths")
     p.add_argument("--no-wake", action="store_true", help="no wake word: the VAD opens every utterance")
     p.add_argument("--duration", type=float, help="stop after this many seconds of audio")
+    p.add_argument("--zones", help="seat zones, one per input channel in order, e.g. driver,passenger: each its own "
+                                   "wake word, VAD and stream; events carry `zone` (overrides [zones] names; none = mono)")
     p.add_argument("--verbose", "-v", action="count", default=0, help="log to stderr (-vv: debug)")
     p.set_defaults(func=cmd_run)
 

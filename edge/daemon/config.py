@@ -102,6 +102,15 @@ class EventsSection:
     socket: str = ""  # UNIX socket path (mode 0600); "" = none
 
 
+MAX_ZONES = 8  # seat zones of one car; more is a typo, and each zone costs a wake gate and a VAD
+
+
+@dataclass
+class ZonesSection:
+    names: list = field(default_factory=list)  # one seat zone per input channel, in channel order; [] = mono
+    batch_wait_ms: int = 300  # how long a zone's full chunk may wait for the other zones' to batch with them
+
+
 @dataclass
 class DaemonConfig:
     model: ModelSection = field(default_factory=ModelSection)
@@ -109,6 +118,7 @@ class DaemonConfig:
     wake: WakeSection = field(default_factory=WakeSection)
     vad: VadSection = field(default_factory=VadSection)
     events: EventsSection = field(default_factory=EventsSection)
+    zones: ZonesSection = field(default_factory=ZonesSection)
     board: str = ""  # a boards/*.toml profile name; checked by `paraedge doctor`
     path: str = ""  # where this config was read from (reload re-reads it)
 
@@ -136,7 +146,7 @@ class DaemonConfig:
                 continue
             # by name, not getattr: [__class__] reached the class itself (its defaults, set for every config)
             if key not in sections or not isinstance(value, dict):
-                raise ConfigError(f"{path}: unknown section [{_shown(key)}] (known: model, audio, wake, vad, events, board)")
+                raise ConfigError(f"{path}: unknown section [{_shown(key)}] (known: model, audio, wake, vad, events, zones, board)")
             section = getattr(cfg, key)
             names = {f.name: f for f in dataclasses.fields(section)}
             for k, v in value.items():
@@ -190,4 +200,31 @@ class DaemonConfig:
         if a.samplerate and not 8000 <= a.samplerate <= 384000:
             raise ConfigError(f"audio.samplerate = {a.samplerate}: 0 (automatic) or 8000..384000 Hz")
         _within("audio.channels", a.channels, 0, 64)
+        check_zones(self.zones.names)
+        _within("zones.batch_wait_ms", self.zones.batch_wait_ms, 0, 2000)
+        n = len(self.zones.names)
+        if n and a.channels not in (0, n):
+            raise ConfigError(f"audio.channels = {a.channels} but zones.names has {n} zones; "
+                              f"set channels = {n} or 0 (zones open one channel per zone)")
         return self
+
+
+def check_zones(names) -> None:
+    """Zone names: a list of distinct, non-empty, printable strings, at most MAX_ZONES (events carry them)."""
+    if not isinstance(names, list):
+        raise ConfigError(f"zones.names should be a list of zone names, got {names!r:.60}")
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"zones.names (--zones): {name!r:.40} is not a zone name; "
+                              "give non-empty names, e.g. driver,passenger")
+        if not name.isprintable() or "," in name or name != name.strip():
+            raise ConfigError(f"zones.names (--zones): {name!r:.40} may not hold commas, "
+                              "spaces at its ends or control characters")
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise ConfigError(f"zones.names (--zones): zone {name!r:.40} is named twice; "
+                              "each channel needs its own zone name")
+        seen.add(name)
+    if len(names) > MAX_ZONES:
+        raise ConfigError(f"zones.names (--zones): {len(names)} zones, at most {MAX_ZONES} (one per input channel)")

@@ -7,6 +7,12 @@ flushes its CIF tail and the `final` event carries the text and its latencies. W
 disabled the VAD's first speech opens the utterance instead.
 
 No threads here and no I/O but the event bus: the daemon owns the source, signals and reloads.
+
+`feed()` is three steps, public so that several seat zones (edge/daemon/zones.py) can share one
+batched recognizer call: `take()` (wake gate / VAD opening; returns the audio the open stream must
+accept, or None), the stream's accept (here `stream.accept`, there `Recognizer.accept_batch`), and
+`heard()` (partials: `decoded()`, then VAD and endpointing: `end_of()`). A pipeline with a `zone`
+tags every event it emits with it.
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ log = logging.getLogger("paraedge.pipeline")
 
 
 class Pipeline:
-    def __init__(self, recognizer, gate, vad, endpoint, bus, chunk_size=None, pre_roll_s: float = 0.1):
+    def __init__(self, recognizer, gate, vad, endpoint, bus, chunk_size=None, pre_roll_s: float = 0.1,
+                 zone: str | None = None):
         self.recognizer, self.gate, self.vad, self.bus = recognizer, gate, vad, bus
+        self.zone = zone  # None: the single-channel daemon, whose events carry no `zone`
         self.endpoint = Endpointer(endpoint)
         self.chunk_size = tuple(chunk_size) if chunk_size else None  # None: the model's default
         self.pre_roll = collections.deque()  # recent idle audio: (samples, capture time)
@@ -39,6 +47,11 @@ class Pipeline:
     def busy(self) -> bool:
         return self.stream is not None
 
+    def emit(self, event: str, **fields) -> None:
+        if self.zone is not None:
+            fields = {"zone": self.zone, **fields}
+        self.bus.emit(event, **fields)
+
     # -- time bookkeeping ----------------------------------------------------------------------
     def _capture_time(self, sample: int) -> float | None:
         """Monotonic time at which absolute sample `sample` was captured, from the end time of the
@@ -50,35 +63,45 @@ class Pipeline:
 
     # -- feeding -------------------------------------------------------------------------------
     def feed(self, samples: np.ndarray, t_capture: float | None) -> None:
+        todo = self.take(samples, t_capture)
+        if todo is not None:
+            t0 = time.perf_counter()
+            new = self.stream.accept(todo)
+            self.heard(todo, new, time.perf_counter() - t0)
+
+    def take(self, samples: np.ndarray, t_capture: float | None) -> np.ndarray | None:
+        """Step 1 of feed(): count the chunk, run the wake gate (or the VAD) while idle. Returns the
+        samples the open stream must accept now (pre-roll included when this chunk opened it), or
+        None when idle; the caller then hands the stream's new token ids to heard()."""
         start = self.pos
         self.pos += len(samples)
         self.captured.append((self.pos, t_capture))
         if self.stream is None:
-            self._idle(samples, start)
-        else:
-            self._listen(samples)
+            return self._idle(samples, start)
+        return samples
 
-    def _idle(self, samples: np.ndarray, start: int) -> None:
+    def _idle(self, samples: np.ndarray, start: int) -> np.ndarray | None:
         if self.gate is None:
             # no wake word: the first speech the VAD hears opens the utterance
             probs = self.vad.process(samples)
             if not (len(probs) and probs.max() >= self.endpoint.config.threshold):
                 self._remember(samples)
-                return
+                return None
             cut = 0
         else:
             det = self.gate.process(samples)
             if det is None:
                 self._remember(samples)
-                return
+                return None
             # what follows the detection point in this chunk belongs to the command
             cut = min(len(samples), det.offset)
             self._remember(samples[:cut])
-            self.bus.emit("wake", wake_word=det.name, phrase=det.wake_word, probability=round(det.probability, 3),
-                          audio_s=round((start + cut) / SAMPLE_RATE, 3))
+            self.emit("wake", wake_word=det.name, phrase=det.wake_word, probability=round(det.probability, 3),
+                      audio_s=round((start + cut) / SAMPLE_RATE, 3))
         pre = np.concatenate(list(self.pre_roll)) if self.pre_roll else np.zeros(0, np.float32)
         pre = pre[len(pre) - min(len(pre), self.pre_roll_n) :]
-        self._open(start + cut - len(pre), np.concatenate([pre, samples[cut:]]))
+        self._open(start + cut - len(pre))
+        return np.concatenate([pre, samples[cut:]])
 
     def _remember(self, samples: np.ndarray) -> None:
         if self.pre_roll_n == 0 or not len(samples):
@@ -88,7 +111,7 @@ class Pipeline:
         while self.pre_roll and total - len(self.pre_roll[0]) >= self.pre_roll_n:
             total -= len(self.pre_roll.popleft())
 
-    def _open(self, start_sample: int, samples: np.ndarray) -> None:
+    def _open(self, start_sample: int) -> None:
         self.pre_roll.clear()
         self.stream = self.recognizer.stream(self.chunk_size)
         self.utt_start = start_sample
@@ -98,22 +121,29 @@ class Pipeline:
         self.decode_s = 0.0
         self.vad.reset()
         self.endpoint.reset()
-        self._listen(samples)
 
-    def _listen(self, samples: np.ndarray) -> None:
-        t0 = time.perf_counter()
-        new = self.stream.accept(samples)
-        self.decode_s += time.perf_counter() - t0
+    def heard(self, samples: np.ndarray, new: list[int], decode_s: float) -> None:
+        """Step 3 of feed(): the open stream accepted `samples` (what take() returned) and recognised
+        `new` in `decode_s` seconds: publish a changed partial, run the VAD, end the utterance on an endpoint."""
+        self.decoded(new, decode_s)
+        reason = self.end_of(samples)
+        if reason is not None:
+            self.finish(reason)
+
+    def decoded(self, new: list[int], decode_s: float) -> None:
+        """The open stream recognised `new` in `decode_s` seconds: a changed text is a `partial`."""
+        self.decode_s += decode_s
         if new:
             text = self.stream.result().text
             if text != self.last_text:
                 self.last_text = text
                 if self.t_first_partial is None:
                     self.t_first_partial = time.monotonic()
-                self.bus.emit("partial", text=text)
-        reason = self.endpoint.update(self.vad.process(samples))
-        if reason is not None:
-            self.finish(reason)
+                self.emit("partial", text=text)
+
+    def end_of(self, samples: np.ndarray) -> str | None:
+        """The VAD on the utterance's audio: why it ended ('silence', ...) once it has, else None."""
+        return self.endpoint.update(self.vad.process(samples))
 
     def finish(self, reason: str) -> None:
         """End the open utterance (endpoint, end of input, device lost, shutdown): flush and publish."""
@@ -135,8 +165,8 @@ class Pipeline:
         if eos is not None:
             latency["end_of_speech_to_final_ms"] = round((t_final - eos) * 1000, 2)
         self.utterances += 1
-        self.bus.emit("final", text=result.text, tokens=result.tokens, reason=reason, audio_s=round(audio_s, 3),
-                      rtf=round(self.decode_s / audio_s, 4) if audio_s else 0.0, latency=latency)
+        self.emit("final", text=result.text, tokens=result.tokens, reason=reason, audio_s=round(audio_s, 3),
+                  rtf=round(self.decode_s / audio_s, 4) if audio_s else 0.0, latency=latency)
         self._back_to_idle()
 
     def abort(self) -> None:

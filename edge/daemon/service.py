@@ -9,6 +9,9 @@ The main loop reads chunks from the source and hands them to the Pipeline. Aroun
   a helper thread while the old one keeps serving; the swap happens between utterances. A model
   that fails leaves the old one in place and an `error` event says why;
 - SIGTERM/SIGINT: the open utterance is finished and published, then everything closes (exit 0).
+- seat zones (`[zones] names`, `--zones`): one pipeline per input channel sharing one recognizer
+  (edge/daemon/zones.py); a reload waits until no zone is busy and swaps the model for all;
+  shutdown and a lost device finish every zone's open utterance; events carry `zone`.
 Signal handlers go in before the model loads (`run_daemon`): a SIGHUP during start-up reloads
 once ready, a SIGTERM during start-up stops cleanly once ready; neither kills it silently.
 """
@@ -28,6 +31,7 @@ from edge.errors import ParaEdgeError
 from edge.platform import release_freed_memory
 from edge.daemon.events import EventBus
 from edge.daemon.pipeline import Pipeline
+from edge.daemon.zones import Zones
 from edge.daemon.vad import EndpointConfig, SileroVad
 from edge.asr.audio import SAMPLE_RATE
 
@@ -63,16 +67,21 @@ class Daemon:
         self._reloaded: queue.Queue = queue.Queue()
         self._reloading = False
         self._reload_thread: threading.Thread | None = None
+        self.zones = list(cfg.zones.names)
+        v = cfg.vad
+        endpoint = EndpointConfig(v.threshold, v.neg_threshold, v.trailing_silence_s, v.no_speech_timeout_s, v.max_utterance_s)
         try:
             self.recognizer = load_recognizer(cfg)
-            gate = self._make_gate(cfg)
-            vad = SileroVad(cfg.vad.model or None)
+
+            def pipeline(zone=None):  # each zone its own gate and VAD: their state is per channel
+                return Pipeline(self.recognizer, self._make_gate(cfg), SileroVad(cfg.vad.model or None), endpoint,
+                                self.bus, cfg.model.chunk_size, cfg.wake.pre_roll_s, zone=zone)
+
+            self.pipeline = (Zones([pipeline(z) for z in self.zones], self.bus, cfg.zones.batch_wait_ms / 1000.0)
+                             if self.zones else pipeline())
         except ParaEdgeError:
             self.bus.close()
             raise
-        v = cfg.vad
-        endpoint = EndpointConfig(v.threshold, v.neg_threshold, v.trailing_silence_s, v.no_speech_timeout_s, v.max_utterance_s)
-        self.pipeline = Pipeline(self.recognizer, gate, vad, endpoint, self.bus, cfg.model.chunk_size, cfg.wake.pre_roll_s)
 
     @staticmethod
     def _make_gate(cfg: DaemonConfig):
@@ -134,8 +143,9 @@ class Daemon:
             if cmd == "reload":
                 self.request_reload()
             elif cmd == "status":
+                extra = {"zones": self.pipeline.status()} if self.zones else {}
                 self.bus.emit("status", model=self.cfg.model.dir, busy=self.pipeline.busy,
-                              utterances=self.pipeline.utterances, overruns=getattr(self._source, "overruns", 0))
+                              utterances=self.pipeline.utterances, overruns=getattr(self._source, "overruns", 0), **extra)
             else:
                 self.bus.emit("error", what="command", message=f"unknown command {_clip(cmd)!r} (reload, status)")
 
@@ -144,7 +154,7 @@ class Daemon:
         a = self.cfg.audio
         return open_source(a.input or None, realtime=a.realtime, device=a.device or None,
                            samplerate=a.samplerate or None, channels=a.channels or None,
-                           block_s=a.block_ms / 1000.0, buffer_s=a.buffer_s)
+                           block_s=a.block_ms / 1000.0, buffer_s=a.buffer_s, zones=self.zones or None)
 
     def _reconnect(self, reason: str) -> bool:
         """Reopen the microphone with capped exponential backoff; False if asked to stop meanwhile."""
@@ -168,11 +178,16 @@ class Daemon:
     # -- main loop -------------------------------------------------------------------------------
     def run(self) -> int:
         if self._source is None:
-            self._source = self._open_source()
+            try:
+                self._source = self._open_source()
+            except ParaEdgeError:  # e.g. a file whose channels do not match the zones: one line, exit 2
+                self.bus.close()
+                raise
         src = self._source
         gate = self.pipeline.gate
+        extra = {"zones": self.zones} if self.zones else {}
         self.bus.emit("ready", model=self.cfg.model.dir, backend=self.recognizer.backend.describe(),
-                      source=src.name, wake=gate.describe() if gate else "off")
+                      source=src.name, wake=gate.describe() if gate else "off", **extra)
         limit = int(self.duration_s * SAMPLE_RATE) if self.duration_s else None
         try:
             while not self.stopping.is_set():
@@ -210,13 +225,22 @@ class Daemon:
 
     def _feed(self, chunk) -> None:
         x = np.asarray(chunk.samples, dtype=np.float32)
+        if self.zones and x.ndim == 1 and len(self.zones) == 1:
+            x = x[:, None]
+        if self.zones and (x.ndim != 2 or x.shape[1] != len(self.zones)):
+            self.bus.emit("error", what="audio", message=f"a chunk shaped {x.shape} for {len(self.zones)} zones; dropped")
+            return
         bad = ~np.isfinite(x)
         if bad.any():
             # a glitching driver or DSP: report, zero those samples so timing stays aligned, go on
-            self.bus.emit("error", what="audio", message=f"{int(bad.sum())} non-finite samples in a chunk, replaced by silence")
+            for zone, n in (zip(self.zones, bad.sum(axis=0)) if self.zones else [(None, bad.sum())]):
+                if n:  # with zones: only the zone whose channel glitched hears of it
+                    where = {"zone": zone} if zone is not None else {}
+                    self.bus.emit("error", **where, what="audio",
+                                  message=f"{int(n)} non-finite samples in a chunk, replaced by silence")
             x = np.where(bad, np.float32(0), x)
         try:
-            self.pipeline.feed(x, chunk.t)
+            self.pipeline.feed(x, chunk.t)  # with zones: each zone's faults are reported and isolated in Zones
         except Exception as exc:  # never die on one chunk: drop the utterance, keep listening
             log.exception("pipeline failed on a chunk")
             self.bus.emit("error", what="pipeline", message=f"{type(exc).__name__}: {exc}; utterance dropped")
