@@ -35,14 +35,6 @@ from edge.daemon.pipeline import Pipeline
 log = logging.getLogger("paraedge.zones")
 
 
-def accept_all(recognizer, streams: list, chunks: list) -> list[list[int]]:
-    """Each stream accepts its chunk; one batched backend call per step where the recognizer has one."""
-    batch = getattr(recognizer, "accept_batch", None)
-    if batch is None:  # a recognizer without batching: the same ids, one stream at a time
-        return [s.accept(x) for s, x in zip(streams, chunks)]
-    return batch(streams, chunks)
-
-
 @dataclass
 class _Held:
     """Audio a zone's stream has not been given yet, and how much it has been given."""
@@ -153,7 +145,7 @@ class Zones:
             h.parts, h.n, h.ready_at = [], 0, None
         t0 = time.perf_counter()
         try:
-            news = accept_all(self.recognizer, [self.pipelines[i].stream for i, _ in todo], chunks)
+            news = self.recognizer.accept_batch([self.pipelines[i].stream for i, _ in todo], chunks)
         except Exception as exc:
             for i, _ in todo:
                 self._fail(i, exc)
