@@ -310,3 +310,16 @@ def test_cli_zones_end_to_end(tmp_path):
     assert p.returncode == 0, p.stderr
     assert sorted((f["zone"], f["text"]) for f in kinds(events, "final")) == [
         ("driver", META[A]["command"]), ("passenger", META[B]["command"])]
+
+
+def test_doctor_checks_the_channels_against_the_zones(tmp_path):
+    """`paraedge doctor` refuses a file whose channel count differs from [zones] names, before a drive."""
+    two = write_pcm(tmp_path / "two.wav", two_channels(sample(A), sample(B)))
+    conf = tmp_path / "edge.toml"
+    for path, status, text in ((two, "ok", "2 channels = zones driver, passenger"),
+                               (os.path.join(SAMPLES, B), "FAIL", "has 1 channel(s) but zones names 2")):
+        conf.write_text(f'[audio]\ninput = "{path}"\n[zones]\nnames = ["driver", "passenger"]\n')
+        p = subprocess.run([sys.executable, "-m", "edge", "doctor", "--config", str(conf)], capture_output=True,
+                           text=True, timeout=300)
+        line = next(ln for ln in p.stdout.splitlines() if ln.split()[1:2] == ["audio"])
+        assert line.startswith(status) and text in line, p.stdout

@@ -94,8 +94,20 @@ def diagnose(cfg: DaemonConfig, board: str | None = None, load_model: bool = Tru
     def audio():
         from edge.daemon.capture import list_input_devices
 
+        zones = list(cfg.zones.names)
         if cfg.audio.input:
-            return ("ok" if os.path.isfile(cfg.audio.input) else "FAIL"), f"file input {cfg.audio.input}"
+            if not os.path.isfile(cfg.audio.input):
+                return "FAIL", f"file input {cfg.audio.input}"
+            if zones:  # the header's channel count against the zones, as `run` would refuse it
+                from edge.asr.audio import open_audio
+
+                channels = open_audio(cfg.audio.input)[1].channels
+                if channels != len(zones):
+                    raise ParaEdgeError(f"file input {cfg.audio.input} has {channels} channel(s) but zones names "
+                                        f"{len(zones)} ({', '.join(zones)}); give a {len(zones)}-channel WAV or change "
+                                        "[zones] names")
+                return "ok", f"file input {cfg.audio.input}, {channels} channels = zones {', '.join(zones)}"
+            return "ok", f"file input {cfg.audio.input}"
         devices = list_input_devices()
         if not devices:
             raise ParaEdgeError("no audio input devices (is the microphone connected? `paraedge devices`)")
@@ -104,9 +116,15 @@ def diagnose(cfg: DaemonConfig, board: str | None = None, load_model: bool = Tru
             match = [d for d in devices if str(d["index"]) == want or want in d["name"]]
             if not match:
                 raise ParaEdgeError(f"input device {want!r} not found; have: {', '.join(d['name'] for d in devices)}")
-            return "ok", f"input device {match[0]['name']!r}"
-        default = [d for d in devices if d["default"]] or devices[:1]
-        return "ok", f"default input {default[0]['name']!r} ({len(devices)} inputs)"
+            device = match[0]
+        else:
+            device = ([d for d in devices if d["default"]] or devices[:1])[0]
+        if zones and device["channels"] < len(zones):
+            raise ParaEdgeError(f"input device {device['name']!r} has {device['channels']} input channel(s) but zones "
+                                f"names {len(zones)} ({', '.join(zones)}); pick the array's device (audio.device) or "
+                                "fewer zones")
+        where = "input device" if want else f"default input ({len(devices)} inputs)"
+        return "ok", f"{where} {device['name']!r}" + (f", one channel per zone: {', '.join(zones)}" if zones else "")
     r.check("audio", audio)
 
     def wake():
