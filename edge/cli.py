@@ -61,7 +61,7 @@ def cmd_transcribe(args) -> int:
     from edge.asr.recognizer import Recognizer
 
     t0 = time.perf_counter()
-    rec = Recognizer(args.model, backend=args.backend, threads=args.threads, int8=args.int8)
+    rec = Recognizer(args.model, backend=args.backend, threads=args.threads, int8=args.int8, grammar=args.grammar)
     load_s = time.perf_counter() - t0
     if args.streaming and not rec.config.streaming:
         raise ParaEdgeError(f"{args.model} is an offline model ({rec.config.model}); --streaming needs ParaformerStreaming")
@@ -86,7 +86,12 @@ def cmd_transcribe(args) -> int:
                    "model_load_s": load_s, **result.as_dict()}
             print(json.dumps(out, ensure_ascii=False))
         else:
-            print(f"{_shown(path)}\t{result.text}" if len(args.wav) > 1 else result.text)
+            line = result.text
+            u = result.understanding
+            if u is not None:  # the grammar's reading after the words heard
+                what = "rejected" if u["rejected"] else f"{u['intent']} {json.dumps(u['slots'], ensure_ascii=False)}"
+                line += f"\t{what}\tconfidence {u['confidence']:.2f}"
+            print(f"{_shown(path)}\t{line}" if len(args.wav) > 1 else line)
     return EXIT_USAGE if failures else 0
 
 
@@ -119,7 +124,8 @@ def cmd_run(args) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     cfg = DaemonConfig.load(args.config)
     overrides = {("model", "dir"): args.model, ("model", "backend"): args.backend, ("audio", "input"): args.input,
-                 ("audio", "device"): args.device, ("events", "socket"): args.socket}
+                 ("audio", "device"): args.device, ("events", "socket"): args.socket,
+                 ("grammar", "file"): args.grammar}
     for (section, key), value in overrides.items():
         if value is not None:
             setattr(getattr(cfg, section), key, value)
@@ -206,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="streaming [left,chunk,right] in 60 ms frames, e.g. 0,10,5: 600 ms + 300 ms look-ahead "
                         "(default: the model's config.yaml chunk_size, else 0,10,5)")
     p.add_argument("--json", action="store_true", help="one JSON object per file: text, tokens, timings, RTF")
+    p.add_argument("--grammar", help="a grammar YAML (docs/GRAMMAR.md): add intent, slots, confidence and rejected")
     p.set_defaults(func=cmd_transcribe)
 
     p = sub.add_parser("profile", help="per-stage latency, RTF and memory per backend, peers side by side")
@@ -237,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wake", nargs="+", help="wake-word models: built-in names or microWakeWord .json paths")
     p.add_argument("--no-wake", action="store_true", help="no wake word: the VAD opens every utterance")
     p.add_argument("--duration", type=float, help="stop after this many seconds of audio")
+    p.add_argument("--grammar", help="a grammar YAML (overrides grammar.file): finals carry intent, slots, "
+                                     "confidence; non-commands become `rejected` events")
     p.add_argument("--zones", help="seat zones, one per input channel in order, e.g. driver,passenger: each its own "
                                    "wake word, VAD and stream; events carry `zone` (overrides [zones] names; none = mono)")
     p.add_argument("--verbose", "-v", action="count", default=0, help="log to stderr (-vv: debug)")

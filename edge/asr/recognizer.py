@@ -39,9 +39,18 @@ class Result:
     tokens: list[str]
     text: str
     timings: dict = field(default_factory=dict)
+    # the decoder's log-posteriors of every CIF position, blank/sos/eos ones included [N, V]: what a
+    # grammar is matched against
+    log_probs: np.ndarray | None = field(default=None, repr=False)
+    # with a grammar (Recognizer(grammar=...)): intent, slots, confidence, rejected, and the grammar's text
+    understanding: dict | None = None
+    match: object = field(default=None, repr=False)  # the edge.grammar Match behind `understanding`
 
     def as_dict(self) -> dict:
-        return {"text": self.text, "tokens": self.tokens, "token_ids": self.token_ids, "timings": self.timings}
+        out = {"text": self.text, "tokens": self.tokens, "token_ids": self.token_ids, "timings": self.timings}
+        if self.understanding is not None:
+            out.update(self.understanding, text=self.text, command_text=self.understanding.get("text"))
+        return out
 
 
 
@@ -140,7 +149,9 @@ class Recognizer:
     # the real calls through the real seam and patches nothing
     clock = staticmethod(_no_clock)
 
-    def __init__(self, model, backend: str = "ref", threads: int | None = None, int8: bool = False):
+    def __init__(self, model, backend: str = "ref", threads: int | None = None, int8: bool = False, grammar=None):
+        """grammar: a grammar YAML path (or an edge.grammar.Grammar): offline results and streaming
+        finals then carry intent, slots, confidence and rejected (partials stay free text)."""
         threads = check_threads(threads)
         manifest = None
         if not isinstance(model, ModelDir) and os.path.isfile(os.path.join(str(model), "manifest.json")):
@@ -156,11 +167,24 @@ class Recognizer:
         self.frontend = self.model.frontend
         self.cif = CifConfig.from_conf(self.config.predictor_conf)
         self.scale = F32(self.config.d_model**0.5)
+        self.grammar = None
+        if grammar is not None:
+            from edge.grammar import Grammar
+
+            # every word checked against this model's tokens at load: one it cannot emit is an error now
+            self.grammar = grammar if isinstance(grammar, Grammar) else Grammar.load(grammar, self.model.tokens)
+
+    def understand(self, result: Result) -> Result:
+        """The grammar's reading of a whole utterance (no-op without a grammar)."""
+        if self.grammar is not None and result.log_probs is not None:
+            result.match = self.grammar.match(result.log_probs)
+            result.understanding = result.match.as_dict()
+        return result
 
     # -- shared pieces ------------------------------------------------------------------------
-    def ids_to_result(self, ids: list[int], timings: dict | None = None) -> Result:
+    def ids_to_result(self, ids: list[int], timings: dict | None = None, log_probs: np.ndarray | None = None) -> Result:
         tokens = [self.model.tokens[i] if 0 <= i < len(self.model.tokens) else "<unk>" for i in ids]
-        return Result(ids, tokens, tokens_to_text(tokens), timings or {})
+        return Result(ids, tokens, tokens_to_text(tokens), timings or {}, log_probs)
 
     def pick_tokens(self, log_probs: np.ndarray, count: int) -> list[int]:
         """Greedy pick per CIF token, dropping blank/sos/eos as FunASR does."""
@@ -195,19 +219,22 @@ class Recognizer:
         what = getattr(samples, "name", "audio")
         if len(samples) == 0:
             check_samples(np.zeros(0, F32), what)
-        ids, frontend_s, model_s = [], 0.0, 0.0
+        ids, rows, frontend_s, model_s = [], [], 0.0, 0.0
         bounds = segment_bounds(samples)
         for a, b in bounds:
             t0 = time.perf_counter()
             feats = self.frontend(check_samples(np.asarray(samples[a:b], F32), what))
             t1 = time.perf_counter()
-            ids += self.decode_features(feats)[0]
+            seg_ids, log_probs = self.decode_features(feats)
+            ids += seg_ids
+            rows.append(log_probs)
             frontend_s, model_s = frontend_s + t1 - t0, model_s + time.perf_counter() - t1
         audio_s = len(samples) / SAMPLE_RATE
         total = frontend_s + model_s
         timings = {"frontend_s": frontend_s, "model_s": model_s, "total_s": total, "audio_s": audio_s,
                    "rtf": total / audio_s if audio_s else 0.0, "segments": len(bounds)}
-        return self.ids_to_result(ids, timings)
+        log_probs = np.concatenate(rows) if rows else np.zeros((0, self.config.vocab_size), F32)
+        return self.understand(self.ids_to_result(ids, timings, log_probs))
 
     def transcribe_streaming(self, samples: np.ndarray, hop: int = 1600, chunk_size=None) -> Result:
         """Decode a whole clip the way a microphone feeds it (`hop` samples at a time, 100 ms by
@@ -282,6 +309,7 @@ class Recognizer:
                 decoded = self.backend.decode_batch([(enc, embeds, s.caches) for s, enc, embeds in fired], streaming=True)
             for (s, _, embeds), (log_probs, caches) in zip(fired, decoded):
                 s.caches = caches
+                s.rows.append(log_probs[: embeds.shape[0]])
                 ids = self.pick_tokens(log_probs, embeds.shape[0])
                 s.ids += ids
                 new[id(s)] = ids
@@ -307,6 +335,7 @@ class Stream:
         self.caches = None
         self.pending = np.zeros(0, F32)
         self.ids: list[int] = []
+        self.rows: list[np.ndarray] = []  # each decoder step's log-probs, for a grammar on the final
         self.finished = False
         self.chunks = 0
         self.encoder_frames = 0
@@ -359,4 +388,15 @@ class Stream:
         return window
 
     def result(self) -> Result:
-        return self.rec.ids_to_result(list(self.ids))
+        """Everything recognised so far; once finished, with the grammar's reading (partials stay free text)."""
+        rows = np.concatenate(self.rows) if self.rows else np.zeros((0, self.rec.config.vocab_size), F32)
+        result = self.rec.ids_to_result(list(self.ids), log_probs=rows)
+        return self.rec.understand(result) if self.finished else result
+
+    def fork(self) -> "Stream":
+        """An independent copy of this stream's whole state (frontend, context, CIF, caches, audio
+        pending): finishing the copy shows what the final would be now, and leaves this one running."""
+        import copy
+
+        rec = self.rec  # shared, never copied: the model, its frontend tables, the backend
+        return copy.deepcopy(self, {id(o): o for o in (rec, rec.model, rec.frontend, rec.backend, rec.cif, rec.config)})

@@ -112,6 +112,12 @@ class ZonesSection:
 
 
 @dataclass
+class GrammarSection:
+    file: str = ""  # a grammar YAML (docs/GRAMMAR.md): finals carry intent, slots, confidence; "" = free text
+    command_silence_s: float = 0.15  # silence after a complete, confident command that ends it (0 = off)
+
+
+@dataclass
 class DaemonConfig:
     model: ModelSection = field(default_factory=ModelSection)
     audio: AudioSection = field(default_factory=AudioSection)
@@ -119,6 +125,7 @@ class DaemonConfig:
     vad: VadSection = field(default_factory=VadSection)
     events: EventsSection = field(default_factory=EventsSection)
     zones: ZonesSection = field(default_factory=ZonesSection)
+    grammar: GrammarSection = field(default_factory=GrammarSection)
     board: str = ""  # a boards/*.toml profile name; checked by `paraedge doctor`
     path: str = ""  # where this config was read from (reload re-reads it)
 
@@ -146,7 +153,7 @@ class DaemonConfig:
                 continue
             # by name, not getattr: [__class__] reached the class itself (its defaults, set for every config)
             if key not in sections or not isinstance(value, dict):
-                raise ConfigError(f"{path}: unknown section [{_shown(key)}] (known: model, audio, wake, vad, events, zones, board)")
+                raise ConfigError(f"{path}: unknown section [{_shown(key)}] (known: model, audio, wake, vad, events, zones, grammar, board)")
             section = getattr(cfg, key)
             names = {f.name: f for f in dataclasses.fields(section)}
             for k, v in value.items():
@@ -157,7 +164,8 @@ class DaemonConfig:
                     raise ConfigError(f"{path}: {key}.{k} should be {_KIND_NAMES.get(type(default), type(default).__name__)}, "
                                       f"got {v!r:.80}")
                 setattr(section, k, float(v) if isinstance(default, float) else v)
-        for section, key in ((cfg.model, "dir"), (cfg.audio, "input"), (cfg.vad, "model"), (cfg.events, "socket")):
+        for section, key in ((cfg.model, "dir"), (cfg.audio, "input"), (cfg.vad, "model"), (cfg.events, "socket"),
+                             (cfg.grammar, "file")):
             value = getattr(section, key)
             if value and not os.path.isabs(value):
                 setattr(section, key, str(base / value))
@@ -200,6 +208,7 @@ class DaemonConfig:
         if a.samplerate and not 8000 <= a.samplerate <= 384000:
             raise ConfigError(f"audio.samplerate = {a.samplerate}: 0 (automatic) or 8000..384000 Hz")
         _within("audio.channels", a.channels, 0, 64)
+        _within("grammar.command_silence_s", self.grammar.command_silence_s, 0, 10)
         check_zones(self.zones.names)
         _within("zones.batch_wait_ms", self.zones.batch_wait_ms, 0, 2000)
         n = len(self.zones.names)

@@ -31,7 +31,10 @@ log = logging.getLogger("paraedge.pipeline")
 
 class Pipeline:
     def __init__(self, recognizer, gate, vad, endpoint, bus, chunk_size=None, pre_roll_s: float = 0.1,
-                 zone: str | None = None):
+                 zone: str | None = None, command_silence_s: float = 0.15):
+        """command_silence_s: with a grammar on the recognizer, this much silence after a complete,
+        confident command publishes the final at once (0 = off: the VAD's trailing silence decides)."""
+        self.command_silence_s = command_silence_s
         self.recognizer, self.gate, self.vad, self.bus = recognizer, gate, vad, bus
         self.zone = zone  # None: the single-channel daemon, whose events carry no `zone`
         self.endpoint = Endpointer(endpoint)
@@ -119,6 +122,7 @@ class Pipeline:
         self.t_first_partial = None
         self.last_text = ""
         self.decode_s = 0.0
+        self.tried_at = None  # the speech end whose silence a command final was tried for
         self.vad.reset()
         self.endpoint.reset()
 
@@ -129,6 +133,33 @@ class Pipeline:
         reason = self.end_of(samples)
         if reason is not None:
             self.finish(reason)
+        elif self.wants_command_check():
+            self.command_final()
+
+    # -- command-aware endpointing ---------------------------------------------------------------
+    def wants_command_check(self) -> bool:
+        """A grammar is loaded and the speaker has been quiet command_silence_s since speech last
+        ended, not yet tried for this pause."""
+        e = self.endpoint
+        return (self.stream is not None and self.command_silence_s > 0 and self.recognizer.grammar is not None
+                and e.silence_s >= self.command_silence_s and self.tried_at != e.speech_end_s)
+
+    def command_final(self) -> bool:
+        """Finish a copy of the stream now (the CIF tail flushed as at the end): a complete, confident
+        grammar match is the final, published at once; anything else leaves the stream listening
+        until the VAD's trailing silence (the copy costs one chunk's decode, once per pause)."""
+        self.tried_at = self.endpoint.speech_end_s
+        t0 = time.perf_counter()
+        trial = self.stream.fork()
+        trial.finish()
+        result = trial.result()
+        self.decode_s += time.perf_counter() - t0
+        m = result.match
+        if m is None or not m.complete or m.rejected:
+            return False
+        self.stream = trial
+        self.finish("command", tail_s=time.perf_counter() - t0, result=result)
+        return True
 
     def decoded(self, new: list[int], decode_s: float) -> None:
         """The open stream recognised `new` in `decode_s` seconds: a changed text is a `partial`."""
@@ -145,16 +176,18 @@ class Pipeline:
         """The VAD on the utterance's audio: why it ended ('silence', ...) once it has, else None."""
         return self.endpoint.update(self.vad.process(samples))
 
-    def finish(self, reason: str) -> None:
-        """End the open utterance (endpoint, end of input, device lost, shutdown): flush and publish."""
+    def finish(self, reason: str, tail_s: float | None = None, result=None) -> None:
+        """End the open utterance (endpoint, end of input, device lost, shutdown): flush and publish.
+        A command final passes the result its finished copy gave (and what that cost)."""
         stream, self.stream = self.stream, None
         if stream is None:
             return
-        t0 = time.perf_counter()
-        stream.finish()
-        tail_s = time.perf_counter() - t0
-        self.decode_s += tail_s
-        result = stream.result()
+        if result is None:
+            t0 = time.perf_counter()
+            stream.finish()
+            tail_s = time.perf_counter() - t0
+            self.decode_s += tail_s
+            result = stream.result()
         t_final = time.monotonic()
         audio_s = (self.pos - self.utt_start) / SAMPLE_RATE
         latency = {"decode_tail_ms": round(tail_s * 1000, 2)}
@@ -165,8 +198,16 @@ class Pipeline:
         if eos is not None:
             latency["end_of_speech_to_final_ms"] = round((t_final - eos) * 1000, 2)
         self.utterances += 1
-        self.emit("final", text=result.text, tokens=result.tokens, reason=reason, audio_s=round(audio_s, 3),
-                  rtf=round(self.decode_s / audio_s, 4) if audio_s else 0.0, latency=latency)
+        fields = dict(text=result.text, tokens=result.tokens, reason=reason, audio_s=round(audio_s, 3),
+                      rtf=round(self.decode_s / audio_s, 4) if audio_s else 0.0, latency=latency)
+        u = result.understanding
+        if u is not None and u["rejected"]:  # heard, but not a command: the text says what was heard
+            self.emit("rejected", confidence=u["confidence"], closest_intent=u["intent"], **fields)
+        elif u is not None:
+            self.emit("final", intent=u["intent"], slots=u["slots"], confidence=u["confidence"],
+                      command_text=u["text"], **fields)
+        else:
+            self.emit("final", **fields)
         self._back_to_idle()
 
     def abort(self) -> None:

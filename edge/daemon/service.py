@@ -43,7 +43,7 @@ def load_recognizer(cfg: DaemonConfig):
     from edge.asr.recognizer import Recognizer
 
     m = cfg.model
-    rec = Recognizer(m.dir, backend=m.backend, threads=m.threads, int8=m.int8)
+    rec = Recognizer(m.dir, backend=m.backend, threads=m.threads, int8=m.int8, grammar=cfg.grammar.file or None)
     # warm-up doubles as verification: one streamed second must run and give finite outputs
     noise = (np.random.default_rng(0).standard_normal(SAMPLE_RATE) * 0.01).astype(np.float32)
     stream = rec.stream(tuple(m.chunk_size) or None)
@@ -75,7 +75,8 @@ class Daemon:
 
             def pipeline(zone=None):  # each zone its own gate and VAD: their state is per channel
                 return Pipeline(self.recognizer, self._make_gate(cfg), SileroVad(cfg.vad.model or None), endpoint,
-                                self.bus, cfg.model.chunk_size, cfg.wake.pre_roll_s, zone=zone)
+                                self.bus, cfg.model.chunk_size, cfg.wake.pre_roll_s, zone=zone,
+                                command_silence_s=cfg.grammar.command_silence_s)
 
             self.pipeline = (Zones([pipeline(z) for z in self.zones], self.bus, cfg.zones.batch_wait_ms / 1000.0)
                              if self.zones else pipeline())

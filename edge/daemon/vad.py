@@ -105,6 +105,13 @@ class Endpointer:
         """Utterance time where the last speech window ended."""
         return None if self.last_speech_window < 0 else (self.last_speech_window + 1) * WINDOW / SAMPLE_RATE
 
+    @property
+    def silence_s(self) -> float:
+        """Silence since the last speech window, once speech was heard (0 while speaking or before)."""
+        if not self.heard_speech or self.in_speech:
+            return 0.0
+        return self.seconds - self.speech_end_s
+
     def update(self, probs: np.ndarray) -> str | None:
         """Feed probabilities; returns why the utterance ended ('silence', 'no_speech', 'max_length') or None."""
         c = self.config

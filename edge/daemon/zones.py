@@ -132,6 +132,14 @@ class Zones:
         for p, reason in ended:
             if p.busy:  # not dropped by a failure in the release
                 self._finish(p, reason)
+        # a complete command ends on a short pause: its stream first takes what is held for it
+        for i, p in enumerate(self.pipelines):
+            if p.wants_command_check():
+                try:
+                    self._release()
+                    p.command_final()
+                except Exception as exc:
+                    self._fail(i, exc)
 
     def _release(self) -> None:
         """Give every zone's stream what it holds, in one accept_batch: the chunks complete now run batched."""
