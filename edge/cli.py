@@ -61,7 +61,8 @@ def cmd_transcribe(args) -> int:
     from edge.asr.recognizer import Recognizer
 
     t0 = time.perf_counter()
-    rec = Recognizer(args.model, backend=args.backend, threads=args.threads, int8=args.int8, grammar=args.grammar)
+    rec = Recognizer(args.model, backend=args.backend, threads=args.threads, int8=args.int8, grammar=args.grammar,
+                     hotwords=args.hotwords)
     load_s = time.perf_counter() - t0
     if args.streaming and not rec.config.streaming:
         raise ParaEdgeError(f"{args.model} is an offline model ({rec.config.model}); --streaming needs ParaformerStreaming")
@@ -213,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the model's config.yaml chunk_size, else 0,10,5)")
     p.add_argument("--json", action="store_true", help="one JSON object per file: text, tokens, timings, RTF")
     p.add_argument("--grammar", help="a grammar YAML (docs/GRAMMAR.md): add intent, slots, confidence and rejected")
+    p.add_argument("--hotwords", help="phrases to prefer in free decoding, one per line, optional TAB boost "
+                                      "(edge/asr/hotwords.py)")
     p.set_defaults(func=cmd_transcribe)
 
     p = sub.add_parser("profile", help="per-stage latency, RTF and memory per backend, peers side by side")

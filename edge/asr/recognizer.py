@@ -149,9 +149,11 @@ class Recognizer:
     # the real calls through the real seam and patches nothing
     clock = staticmethod(_no_clock)
 
-    def __init__(self, model, backend: str = "ref", threads: int | None = None, int8: bool = False, grammar=None):
+    def __init__(self, model, backend: str = "ref", threads: int | None = None, int8: bool = False, grammar=None,
+                 hotwords=None):
         """grammar: a grammar YAML path (or an edge.grammar.Grammar): offline results and streaming
-        finals then carry intent, slots, confidence and rejected (partials stay free text)."""
+        finals then carry intent, slots, confidence and rejected (partials stay free text).
+        hotwords: a hotword list file (edge.asr.hotwords) boosting phrases in free decoding."""
         threads = check_threads(threads)
         manifest = None
         if not isinstance(model, ModelDir) and os.path.isfile(os.path.join(str(model), "manifest.json")):
@@ -167,6 +169,11 @@ class Recognizer:
         self.frontend = self.model.frontend
         self.cif = CifConfig.from_conf(self.config.predictor_conf)
         self.scale = F32(self.config.d_model**0.5)
+        self.hotwords = None
+        if hotwords is not None:
+            from edge.asr.hotwords import Hotwords
+
+            self.hotwords = Hotwords.load(hotwords, self.model.tokens, self._dropped())
         self.grammar = None
         if grammar is not None:
             from edge.grammar import Grammar
@@ -186,9 +193,14 @@ class Recognizer:
         tokens = [self.model.tokens[i] if 0 <= i < len(self.model.tokens) else "<unk>" for i in ids]
         return Result(ids, tokens, tokens_to_text(tokens), timings or {}, log_probs)
 
+    def _dropped(self) -> set[int]:
+        return {self.config.blank_id, self.config.sos, self.config.eos}
+
     def pick_tokens(self, log_probs: np.ndarray, count: int) -> list[int]:
-        """Greedy pick per CIF token, dropping blank/sos/eos as FunASR does."""
-        drop = {self.config.blank_id, self.config.sos, self.config.eos}
+        """Greedy pick per CIF token, dropping blank/sos/eos as FunASR does (hotwords boosted in)."""
+        if self.hotwords is not None:
+            return self.hotwords.pick(log_probs[:count])
+        drop = self._dropped()
         return [int(i) for i in log_probs[:count].argmax(axis=-1) if int(i) not in drop]
 
     def prepare(self, feats: np.ndarray, start: int = 0) -> np.ndarray:
@@ -390,7 +402,9 @@ class Stream:
     def result(self) -> Result:
         """Everything recognised so far; once finished, with the grammar's reading (partials stay free text)."""
         rows = np.concatenate(self.rows) if self.rows else np.zeros((0, self.rec.config.vocab_size), F32)
-        result = self.rec.ids_to_result(list(self.ids), log_probs=rows)
+        # hotwords rescore every position decoded so far: a phrase may span two chunks
+        ids = self.rec.pick_tokens(rows, len(rows)) if self.rec.hotwords is not None else list(self.ids)
+        result = self.rec.ids_to_result(ids, log_probs=rows)
         return self.rec.understand(result) if self.finished else result
 
     def fork(self) -> "Stream":

@@ -63,6 +63,7 @@ class ModelSection:
     int8: bool = True
     threads: int = 1
     chunk_size: list = field(default_factory=list)  # [left, chunk, right] LFR frames; [] = the model's default
+    hotwords: str = ""  # a hotword list (edge/asr/hotwords.py) boosting phrases in free decoding; "" = none
 
 
 @dataclass
@@ -164,7 +165,7 @@ class DaemonConfig:
                     raise ConfigError(f"{path}: {key}.{k} should be {_KIND_NAMES.get(type(default), type(default).__name__)}, "
                                       f"got {v!r:.80}")
                 setattr(section, k, float(v) if isinstance(default, float) else v)
-        for section, key in ((cfg.model, "dir"), (cfg.audio, "input"), (cfg.vad, "model"), (cfg.events, "socket"),
+        for section, key in ((cfg.model, "dir"), (cfg.model, "hotwords"), (cfg.audio, "input"), (cfg.vad, "model"), (cfg.events, "socket"),
                              (cfg.grammar, "file")):
             value = getattr(section, key)
             if value and not os.path.isabs(value):

@@ -43,7 +43,8 @@ def load_recognizer(cfg: DaemonConfig):
     from edge.asr.recognizer import Recognizer
 
     m = cfg.model
-    rec = Recognizer(m.dir, backend=m.backend, threads=m.threads, int8=m.int8, grammar=cfg.grammar.file or None)
+    rec = Recognizer(m.dir, backend=m.backend, threads=m.threads, int8=m.int8, grammar=cfg.grammar.file or None,
+                     hotwords=m.hotwords or None)
     # warm-up doubles as verification: one streamed second must run and give finite outputs
     noise = (np.random.default_rng(0).standard_normal(SAMPLE_RATE) * 0.01).astype(np.float32)
     stream = rec.stream(tuple(m.chunk_size) or None)
