@@ -1,0 +1,209 @@
+"""The grammar, measured: intent + slot accuracy on the held-out command sets (clean and car noise),
+next to free decoding's whole-command accuracy on the same utterances; rejection of out-of-grammar
+speech; and how well the confidence is calibrated. Writes the tables into docs/GRAMMAR.md.
+
+`python -m paraedge_tools.recipe.grammar_eval [--model models/demo] [--grammar models/demo/grammar.yaml]
+ [--corpus out/corpus] [--limit N] [--write-doc]`
+
+- In-grammar: the corpus's held-out voices (`test_clean`, `test_snr20/10/5`); each reference text is
+  an expansion of the grammar, which gives its reference intent and slots.
+- Out of grammar: `tools/data/non_commands.tsv` (everyday English and Mandarin sentences, near misses
+  included), each rendered by 4 of the corpus's held-out espeak voices (never trained on).
+- The rejection threshold is chosen on a dev half (even sentences, even utterances) and reported on
+  the test half (odd ones): the largest out-of-grammar rejection with at most 1 % of dev commands
+  rejected.
+- Decoding is the daemon's: onnxruntime INT8, streaming with the model's chunk size, the grammar
+  matched on the final. Offline is reported too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+from paraedge_tools.recipe.evaluate import SET_LABEL
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+NON_COMMANDS = os.path.join(os.path.dirname(HERE), "data", "non_commands.tsv")
+SETS = ("test_clean", "test_snr20", "test_snr10", "test_snr5")
+VOICES_PER_SENTENCE = 4
+MAX_FALSE_REJECTION = 0.01
+BINS = np.linspace(0.0, 1.0, 11)
+
+
+def render_non_commands(corpus: str) -> list[dict]:
+    """The out-of-grammar set under CORPUS/non_commands (rendered once, then read from the manifest)."""
+    from edge.asr.audio import write_wav
+    from paraedge_tools.recipe.corpus import HELD_OUT_VOICES, read_manifest, read_phrases, render
+
+    out = os.path.join(corpus, "non_commands")
+    manifest = os.path.join(out, "manifest.jsonl")
+    if os.path.exists(manifest):
+        return read_manifest(manifest)
+    os.makedirs(out, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for k, (lang, text) in enumerate(read_phrases(NON_COMMANDS)):
+        for v in range(VOICES_PER_SENTENCE):
+            voice = HELD_OUT_VOICES[(k + 2 * v) % len(HELD_OUT_VOICES)]
+            speed, pitch = int(rng.integers(130, 201)), int(rng.integers(35, 66))
+            name = f"oog_{k:03d}_{v}.wav"
+            write_wav(os.path.join(out, name), render(text, lang, voice, speed, pitch))
+            rows.append({"path": name, "text": text, "lang": lang, "voice": voice, "sentence": k,
+                         "split": "dev" if k % 2 == 0 else "test"})
+    with open(manifest, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return read_manifest(manifest)
+
+
+def decode(rec, rows, streaming: bool) -> list:
+    """Each row's free-decoding result, with the grammar's reading (its `match`)."""
+    from edge.asr.audio import load_audio
+
+    out = []
+    for r in rows:
+        x = load_audio(r["path"])[0]
+        out.append(rec.transcribe_streaming(x) if streaming else rec.transcribe(x))
+    return out
+
+
+def reference_readings(grammar, tokens) -> dict:
+    """Token ids of every expansion -> (intent, slots): what a command's reference text means."""
+    return {tuple(ids): (intent, slots) for intent, ids, slots, _ in grammar.expansions}
+
+
+def accept_score(m) -> float:
+    """What the grammar's threshold is compared with: the utterance confidence, and each slot's
+    (an edit in a slot's words rejects); a prefix or no match is never accepted."""
+    return min([m.confidence, *m.slot_confidence.values()]) if m.complete else -1.0
+
+
+def split_of(i: int) -> str:
+    return "dev" if i % 2 == 0 else "test"
+
+
+def reliability(conf: np.ndarray, correct: np.ndarray) -> tuple[list[str], float]:
+    """Markdown rows (confidence bin, utterances, mean confidence, accuracy) and the expected calibration error."""
+    rows, ece = [], 0.0
+    for lo, hi in zip(BINS[:-1], BINS[1:]):
+        inside = (conf >= lo) & ((conf < hi) if hi < 1 else (conf <= hi))
+        n = int(inside.sum())
+        if not n:
+            continue
+        mean_c, acc = float(conf[inside].mean()), float(correct[inside].mean())
+        ece += n / len(conf) * abs(mean_c - acc)
+        rows.append(f"| {lo:.1f}-{hi:.1f} | {n} | {mean_c:.3f} | {acc:.3f} |")
+    return rows, ece
+
+
+def run(model: str, grammar_path: str, corpus: str, limit: int | None = None) -> tuple[list[str], dict]:
+    from edge.asr.hotwords import phrase_ids
+    from edge.asr.recognizer import Recognizer
+    from paraedge_tools.recipe.corpus import read_manifest
+
+    rec = Recognizer(model, "onnxruntime", int8=True, threads=1, grammar=grammar_path)
+    g = rec.grammar
+    index = {t: i for i, t in enumerate(rec.model.tokens)}
+    meaning = reference_readings(g, rec.model.tokens)
+    oog_rows = render_non_commands(corpus)
+    sets = {}
+    for name in SETS:
+        rows = read_manifest(os.path.join(corpus, f"{name}.jsonl"))
+        sets[name] = rows[:: max(1, len(rows) // limit)] if limit else rows
+    if limit:
+        oog_rows = oog_rows[:: max(1, len(oog_rows) // limit)]
+    report = {"model": model, "grammar": grammar_path, "sets": {}, "threshold_in_file": g.threshold}
+    lines = []
+    for streaming in (True, False):
+        mode = "streaming" if streaming else "offline"
+        scored = {}  # set -> (confidence, reading right, free text right, split)
+        for name, rows in sets.items():
+            results = decode(rec, rows, streaming)
+            conf, right, free, split, reported = [], [], [], [], []
+            for i, (r, res) in enumerate(zip(rows, results)):
+                want = meaning.get(tuple(phrase_ids(r["text"], index)))
+                if want is None:
+                    raise SystemExit(f"{grammar_path}: the command {r['text']!r} is no expansion of the grammar")
+                m = res.match
+                conf.append(accept_score(m))
+                reported.append(m.confidence)
+                right.append((m.intent, m.slots) == want)
+                free.append(res.text == r["text"])
+                split.append(split_of(i))
+            scored[name] = tuple(map(np.array, (conf, right, free, split, reported)))
+        oog = decode(rec, oog_rows, streaming)
+        oog_conf = np.array([accept_score(res.match) for res in oog])
+        oog_split = np.array([r["split"] for r in oog_rows])
+        # the threshold: on dev, the most rejection of non-commands with <= 1 % of commands rejected
+        dev_cmd = np.concatenate([c[s == "dev"] for c, _, _, s, _ in scored.values()])
+        candidates = np.unique(np.concatenate([dev_cmd, oog_conf, [0.0]]))
+        ok = [t for t in candidates if (dev_cmd < t).mean() <= MAX_FALSE_REJECTION]
+        threshold = float(max(ok, key=lambda t: ((oog_conf[oog_split == "dev"] < t).mean(), -t)))
+        entry = {"threshold": threshold, "sets": {}}
+        lines += [f"### {mode} (onnxruntime INT8{', the daemon' if streaming else ''}), rejection threshold "
+                  f"{threshold:.3f} (chosen on dev)", "",
+                  "| set (test half) | utterances | intent + slots right | rejected (false rejection) | "
+                  "free decoding: whole command right |", "|---|---|---|---|---|"]
+        for name, (conf, right, free, split, _) in scored.items():
+            t = split == "test"
+            accepted_right = right[t] & (conf[t] >= threshold)
+            e = {"n": int(t.sum()), "intent_slots": float(accepted_right.mean()),
+                 "false_rejection": float((conf[t] < threshold).mean()), "free_text": float(free[t].mean())}
+            entry["sets"][name] = e
+            lines.append(f"| {SET_LABEL[name]} | {e['n']} | {e['intent_slots']:.3f} | {e['false_rejection']:.3f} | "
+                         f"{e['free_text']:.3f} |")
+        test_oog = oog_split == "test"
+        entry["oog"] = {"n": int(test_oog.sum()), "rejected": float((oog_conf[test_oog] < threshold).mean()),
+                        "n_all": len(oog_rows), "rejected_all": float((oog_conf < threshold).mean())}
+        lines += ["", f"Out of grammar (everyday sentences, English and Mandarin, near misses included): "
+                  f"{entry['oog']['rejected']:.3f} of {entry['oog']['n']} test-half utterances rejected "
+                  f"({entry['oog']['rejected_all']:.3f} of all {len(oog_rows)}).", ""]
+        # calibration: confidence as the probability that the reading is right (non-commands never are)
+        oog_reported = np.array([res.match.confidence for res in oog])
+        all_conf = np.concatenate([c[s == "test"] for _, _, _, s, c in scored.values()] + [oog_reported[test_oog]])
+        all_right = np.concatenate([r[s == "test"] for _, r, _, s, _ in scored.values()] + [np.zeros(test_oog.sum(), bool)])
+        rel, ece = reliability(all_conf, all_right)
+        entry["ece"] = ece
+        lines += [f"Reliability (test half, commands and non-commands together): ECE {ece:.3f}", "",
+                  "| confidence | utterances | mean confidence | reading right |", "|---|---|---|---|"] + rel + [""]
+        report["sets"][mode] = entry
+    return lines, report
+
+
+def write_doc(path: str, lines: list[str]) -> None:
+    begin, end = "<!-- grammar-eval:begin -->", "<!-- grammar-eval:end -->"
+    text = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
+    block = begin + "\n" + "\n".join(lines) + "\n" + end
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n## Measured on the demo model\n\n" + block + "\n"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="models/demo")
+    ap.add_argument("--grammar", default="models/demo/grammar.yaml")
+    ap.add_argument("--corpus", default="out/corpus")
+    ap.add_argument("--limit", type=int, default=None, help="about this many utterances per set")
+    ap.add_argument("--json", default=None, help="also write the report here")
+    ap.add_argument("--write-doc", action="store_true", help="put the tables into docs/GRAMMAR.md")
+    args = ap.parse_args(argv)
+    lines, report = run(args.model, args.grammar, args.corpus, args.limit)
+    print("\n".join(lines))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1)
+    if args.write_doc:
+        write_doc(os.path.join(os.path.dirname(os.path.dirname(HERE)), "docs", "GRAMMAR.md"), lines)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
