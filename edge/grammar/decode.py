@@ -193,6 +193,7 @@ class Grammar:
         self.path = spec.path
         self.tokens = list(tokens)
         self.threshold = spec.threshold
+        self.calibration = spec.calibration
         self.insertion, self.deletion = spec.insertion, spec.deletion
         self.tolerance = TOLERANCE
         self._exp = spec.expansions
@@ -225,6 +226,14 @@ class Grammar:
             if not keep.all():
                 lp = lp[keep]
         return lp
+
+    def calibrated(self, raw: float) -> float:
+        """A raw confidence (geometric mean of step probabilities) through the grammar's calibration."""
+        scale, shift = self.calibration
+        if (scale, shift) == (1.0, 0.0):
+            return raw
+        raw = min(max(raw, 1e-9), 1 - 1e-9)
+        return 1.0 / (1.0 + math.exp(-(scale * math.log(raw / (1 - raw)) + shift)))
 
     def costs(self, log_probs: np.ndarray, partial: bool = False) -> np.ndarray:
         """Best alignment cost of every expansion (in `expansions` order; inf: cannot align).
@@ -260,10 +269,10 @@ class Grammar:
         e = self._exp[int(self._order[row])]
         ids = list(e.ids) if length is None else list(e.ids[:length])
         total, steps = align_path((-lp[:, ids].T).tolist(), ins.tolist(), self.deletion, self.tolerance)
-        conf = math.exp(-total / len(steps))
-        token_conf = [math.exp(-c) for kind, _, _, c in steps if kind != "ins"]
+        conf = self.calibrated(math.exp(-total / len(steps)))
+        token_conf = [self.calibrated(math.exp(-c)) for kind, _, _, c in steps if kind != "ins"]
         spans = {k: v for k, v in e.spans.items() if v[1] <= len(ids)}
-        slot_conf = _slot_confidence(steps, spans, lp.argmax(axis=1))
+        slot_conf = {k: self.calibrated(c) for k, c in _slot_confidence(steps, spans, lp.argmax(axis=1)).items()}
         slots = {k: v for k, v in e.slots.items() if k not in e.spans or k in spans}
         # rejected below the threshold, or when an edit touches a slot's words: a count that is off
         # inside "二十二" changes the value, so a value the model did not clearly hear is never guessed

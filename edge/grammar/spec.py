@@ -41,7 +41,7 @@ DEFAULT_DELETION = 3.0
 TOLERANCE = 2  # at most this many insertions and, separately, deletions per utterance
 MAX_EXPANSIONS = 200_000  # a guard against a typo'd range blowing up memory
 
-TOP_KEYS = {"version", "threshold", "costs", "slots", "intents", "answers"}
+TOP_KEYS = {"version", "threshold", "calibration", "costs", "slots", "intents", "answers"}
 SLOT_KEYS = {"type", "range", "values", "lang"}
 _REF = re.compile(r"\{([^{}]*)\}")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -63,6 +63,9 @@ class Spec:
     path: str
     expansions: list
     threshold: float = DEFAULT_THRESHOLD
+    # confidence = sigmoid(scale * logit(raw) + shift): the raw geometric mean made a probability that
+    # the reading is right; identity by default, fitted per model by tools/recipe/grammar_eval.py
+    calibration: tuple = (1.0, 0.0)
     insertion: float = DEFAULT_INSERTION
     deletion: float = DEFAULT_DELETION
     slot_types: dict = field(default_factory=dict)
@@ -388,6 +391,14 @@ def load_spec(path: str, tokens: list) -> Spec:
         spec.threshold = float(r.number(top["threshold"][1], "threshold"))
         if not 0.0 <= spec.threshold <= 1.0:
             raise r.error(top["threshold"][1], f"threshold {spec.threshold} must be between 0 and 1")
+    if "calibration" in top:
+        cal = {k: (kn, float(r.number(v, f"calibration {k}"))) for k, kn, v in r.mapping(top["calibration"][1], "calibration")}
+        for k, (kn, value) in cal.items():
+            if k not in ("scale", "shift"):
+                raise r.error(kn, f"calibration: unknown key '{k}' (known: scale, shift)")
+            if not -100.0 < value < 100.0 or (k == "scale" and value <= 0):
+                raise r.error(kn, f"calibration {k} {value} is out of range (scale in (0, 100), shift in (-100, 100))")
+        spec.calibration = (cal.get("scale", (None, 1.0))[1], cal.get("shift", (None, 0.0))[1])
     if "costs" in top:
         for k, kn, v in r.mapping(top["costs"][1], "costs"):
             if k not in ("insertion", "deletion"):

@@ -76,6 +76,25 @@ def reference_readings(grammar, tokens) -> dict:
     return {tuple(ids): (intent, slots) for intent, ids, slots, _ in grammar.expansions}
 
 
+def fit_calibration(raw: np.ndarray, right: np.ndarray, l2: float = 1e-2) -> tuple[float, float]:
+    """Logistic regression of `right` on logit(raw) (Newton steps, a little L2 so separable data stays
+    finite): the grammar's calibration (scale, shift)."""
+    x = np.log(np.clip(raw, 1e-6, 1 - 1e-6) / (1 - np.clip(raw, 1e-6, 1 - 1e-6)))
+    X = np.stack([x, np.ones_like(x)], axis=1)
+    w = np.array([1.0, 0.0])
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-X @ w))
+        grad = X.T @ (p - right) + l2 * w * len(x)
+        hess = X.T @ (X * (p * (1 - p))[:, None]) + l2 * len(x) * np.eye(2)
+        w = w - np.linalg.solve(hess, grad)
+    return float(max(w[0], 1e-3)), float(w[1])
+
+
+def calibrate(raw: np.ndarray, cal: tuple[float, float]) -> np.ndarray:
+    r = np.clip(raw, 1e-9, 1 - 1e-9)
+    return np.where(raw < 0, -1.0, 1 / (1 + np.exp(-(cal[0] * np.log(r / (1 - r)) + cal[1]))))
+
+
 def accept_score(m) -> float:
     """What the grammar's threshold is compared with: the utterance confidence, and each slot's
     (an edit in a slot's words rejects); a prefix or no match is never accepted."""
@@ -107,6 +126,7 @@ def run(model: str, grammar_path: str, corpus: str, limit: int | None = None) ->
 
     rec = Recognizer(model, "onnxruntime", int8=True, threads=1, grammar=grammar_path)
     g = rec.grammar
+    g.calibration = (1.0, 0.0)  # raw confidences here: the calibration is fitted below, on the dev half
     index = {t: i for i, t in enumerate(rec.model.tokens)}
     meaning = reference_readings(g, rec.model.tokens)
     oog_rows = render_non_commands(corpus)
@@ -138,14 +158,19 @@ def run(model: str, grammar_path: str, corpus: str, limit: int | None = None) ->
         oog = decode(rec, oog_rows, streaming)
         oog_conf = np.array([accept_score(res.match) for res in oog])
         oog_split = np.array([r["split"] for r in oog_rows])
-        # the threshold: on dev, the most rejection of non-commands with <= 1 % of commands rejected
-        dev_cmd = np.concatenate([c[s == "dev"] for c, _, _, s, _ in scored.values()])
-        candidates = np.unique(np.concatenate([dev_cmd, oog_conf, [0.0]]))
-        ok = [t for t in candidates if (dev_cmd < t).mean() <= MAX_FALSE_REJECTION]
-        threshold = float(max(ok, key=lambda t: ((oog_conf[oog_split == "dev"] < t).mean(), -t)))
-        entry = {"threshold": threshold, "sets": {}}
-        lines += [f"### {mode} (onnxruntime INT8{', the daemon' if streaming else ''}), rejection threshold "
-                  f"{threshold:.3f} (chosen on dev)", "",
+        # calibration, fitted on the dev half: commands read right are 1, everything else (misread
+        # commands, every non-command) 0; a reading is accepted at calibrated >= the grammar's threshold
+        dev_x = np.concatenate([c[s == "dev"] for c, _, _, s, _ in scored.values()] + [oog_conf[oog_split == "dev"]])
+        dev_y = np.concatenate([r[s == "dev"] for _, r, _, s, _ in scored.values()]
+                               + [np.zeros((oog_split == "dev").sum())]).astype(float)
+        cal = fit_calibration(np.clip(dev_x, 0, 1), dev_y)
+        threshold = g.threshold
+        scored = {k: (calibrate(c, cal), r, f, sp, calibrate(rep, cal)) for k, (c, r, f, sp, rep) in scored.items()}
+        oog_conf = calibrate(oog_conf, cal)
+        entry = {"threshold": threshold, "calibration": {"scale": cal[0], "shift": cal[1]}, "sets": {}}
+        lines += [f"### {mode} (onnxruntime INT8{', the daemon' if streaming else ''}): calibration scale "
+                  f"{cal[0]:.3f}, shift {cal[1]:.3f} (fitted on the dev half), accepted at calibrated confidence "
+                  f">= {threshold:g}", "",
                   "| set (test half) | utterances | intent + slots right | rejected (false rejection) | "
                   "free decoding: whole command right |", "|---|---|---|---|---|"]
         for name, (conf, right, free, split, _) in scored.items():
@@ -163,7 +188,7 @@ def run(model: str, grammar_path: str, corpus: str, limit: int | None = None) ->
                   f"{entry['oog']['rejected']:.3f} of {entry['oog']['n']} test-half utterances rejected "
                   f"({entry['oog']['rejected_all']:.3f} of all {len(oog_rows)}).", ""]
         # calibration: confidence as the probability that the reading is right (non-commands never are)
-        oog_reported = np.array([res.match.confidence for res in oog])
+        oog_reported = calibrate(np.array([res.match.confidence for res in oog]), cal)
         all_conf = np.concatenate([c[s == "test"] for _, _, _, s, c in scored.values()] + [oog_reported[test_oog]])
         all_right = np.concatenate([r[s == "test"] for _, r, _, s, _ in scored.values()] + [np.zeros(test_oog.sum(), bool)])
         rel, ece = reliability(all_conf, all_right)
@@ -186,6 +211,20 @@ def write_doc(path: str, lines: list[str]) -> None:
         f.write(text)
 
 
+def write_calibration(grammar_path: str, cal: dict) -> None:
+    """Put the fitted calibration into the grammar file (one `calibration:` line, after `threshold:`)."""
+    import re
+
+    line = f"calibration: {{scale: {cal['scale']:.4f}, shift: {cal['shift']:.4f}}}   # fitted by grammar_eval.py\n"
+    text = open(grammar_path, encoding="utf-8").read()
+    if re.search(r"^calibration:.*\n", text, re.M):
+        text = re.sub(r"^calibration:.*\n", line, text, count=1, flags=re.M)
+    else:
+        text = re.sub(r"^(threshold:.*\n)", lambda m: m.group(1) + line, text, count=1, flags=re.M)
+    with open(grammar_path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="models/demo")
@@ -194,12 +233,16 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="about this many utterances per set")
     ap.add_argument("--json", default=None, help="also write the report here")
     ap.add_argument("--write-doc", action="store_true", help="put the tables into docs/GRAMMAR.md")
+    ap.add_argument("--write-calibration", action="store_true",
+                    help="put the streaming calibration (the daemon's) into the grammar file")
     args = ap.parse_args(argv)
     lines, report = run(args.model, args.grammar, args.corpus, args.limit)
     print("\n".join(lines))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=1)
+    if args.write_calibration:
+        write_calibration(args.grammar, report["sets"]["streaming"]["calibration"])
     if args.write_doc:
         write_doc(os.path.join(os.path.dirname(os.path.dirname(HERE)), "docs", "GRAMMAR.md"), lines)
     return 0
