@@ -82,9 +82,10 @@ class AudioSection:
 class WakeSection:
     enabled: bool = True  # false: every utterance is decoded (push-to-talk rigs, benches)
     models: list = field(default_factory=lambda: ["okay_nabu", "alexa"])
-    cutoff: float = 0.0  # 0 = each model's manifest value
+    cutoff: float = 0.0  # 0 = the tuned value (edge/daemon/wake.py TUNED), else each model's manifest value
     window: int = 0
     pre_roll_s: float = 0.1  # audio kept from just before the detection
+    refractory_s: float = 1.5  # after a wake none fires for this long (wake.py REFRACTORY_S, measured by bench/wake.py)
 
 
 @dataclass
@@ -202,6 +203,7 @@ class DaemonConfig:
         _within("wake.pre_roll_s", w.pre_roll_s, 0, 2)
         _within("wake.cutoff", w.cutoff, 0, 1)
         _within("wake.window", w.window, 0, 1000)
+        _within("wake.refractory_s", w.refractory_s, 0, 10)
         a = self.audio
         _within("audio.block_ms", a.block_ms, 1, 1000)
         _within("audio.buffer_s", a.buffer_s, 0, 600, lo_open=True)

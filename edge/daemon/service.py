@@ -91,7 +91,8 @@ class Daemon:
             return None
         from edge.daemon.wake import WakeGate
 
-        return WakeGate(cfg.wake.models, cfg.wake.cutoff or None, cfg.wake.window or None)
+        return WakeGate(cfg.wake.models, cfg.wake.cutoff or None, cfg.wake.window or None,
+                        refractory_s=cfg.wake.refractory_s)
 
     # -- control ---------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
