@@ -1,6 +1,9 @@
 """Train the demo Paraformer on the synthetic corpus (CPU, torch, 2 threads).
 
 `python -m paraedge_tools.recipe.train --corpus out/corpus --out out/train [--steps N] [--preset demo]`
+`python -m paraedge_tools.recipe.train --corpus out/corpus --out out/ft --init-dir MODEL_DIR --steps N --lr 2e-4`
+fine-tunes a FunASR-format model dir whose shape is no preset (e.g. one from `paraedge prune`): its
+config.yaml, tokens, am.mvn and weights are the starting point.
 
 Losses (FunASR's recipe, simplified): CE on the parallel decoder fed CIF embeddings integrated
 from target-length-scaled alphas (label smoothing 0.1), CIF quantity loss |sum(alphas) - N|, and an
@@ -246,7 +249,11 @@ def write_model_dir(out, model, conf, vocab, cmvn, fp16_weights: bool = False) -
 
 def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 24, lr: float = 1e-3,
           seed: int = 0, eval_every: int = 500, threads: int = 2, log=print, init: str | None = None,
-          streaming_ratio: float = 0.5, stream_left=0) -> str:
+          streaming_ratio: float = 0.5, stream_left=0, init_dir: str | None = None) -> str:
+    """`init_dir`: fine-tune that FunASR-format model dir (its config, tokens, CMVN and weights;
+    `preset` is then ignored), as `paraedge prune --finetune-steps` does."""
+    import copy
+
     import torch
 
     from paraedge_models.paraformer import Paraformer
@@ -255,21 +262,41 @@ def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 
     torch.set_num_threads(threads)
     rng = np.random.default_rng(seed)
     os.makedirs(out, exist_ok=True)
-    vocab = build_vocab()
     lefts = [int(v) for v in (stream_left if isinstance(stream_left, (list, tuple)) else [stream_left])]
-    conf = model_config(preset, len(vocab), max(lefts))
+    init_md = None
+    if init_dir:
+        from edge.asr.modeldir import ModelDir
+
+        init_md = ModelDir(init_dir)
+        vocab = list(init_md.tokens)
+        conf = copy.deepcopy(init_md.config.raw)  # keeps its own default chunk_size
+    else:
+        vocab = build_vocab()
+        conf = model_config(preset, len(vocab), max(lefts))
     train_rows = read_manifest(os.path.join(corpus, "train.jsonl"))
+    if init_md is not None:  # a token the model cannot emit would be a KeyError deep in the data loader
+        known = set(vocab)
+        for r in train_rows:
+            missing = [t for t in tokenize(r["text"], r["lang"]) if t not in known]
+            if missing:
+                raise ValueError(f"{corpus}/train.jsonl: token {missing[0]!r} is not in {init_md.tokens_file}; "
+                                 f"fine-tune on a corpus of the model's own vocabulary")
     test_rows = read_manifest(os.path.join(corpus, "test_clean.jsonl")) if os.path.exists(
         os.path.join(corpus, "test_clean.jsonl")) else []
     data = Data(train_rows, vocab, rng)
     cmvn_path = os.path.join(out, "cmvn.npz")
-    if os.path.exists(cmvn_path):
+    if init_md is not None and init_md.cmvn is not None:  # the model's own CMVN, not recomputed
+        cmvn = (init_md.cmvn.shift, init_md.cmvn.scale)
+        np.savez(cmvn_path, shift=cmvn[0], scale=cmvn[1])
+    elif os.path.exists(cmvn_path):
         z = np.load(cmvn_path)
         cmvn = (z["shift"], z["scale"])
     else:
         cmvn = compute_cmvn(data)
         np.savez(cmvn_path, shift=cmvn[0], scale=cmvn[1])
     model = Paraformer(conf, len(vocab))
+    if init_md is not None:
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in init_md.weights.items()})
     if init:  # fine-tune: start from another run's weights with a fresh optimiser and schedule
         st = torch.load(init, weights_only=False)
         model.load_state_dict(st["model"] if "opt" in st else st)
@@ -349,7 +376,9 @@ def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 
         bar.close()
     logf.close()
     with open(os.path.join(out, "train_info.json"), "w") as f:
-        json.dump({"steps": steps, "batch": batch, "preset": preset, "seed": seed, "threads": threads,
+        json.dump({"steps": steps, "batch": batch, "preset": "dir" if init_md else preset, "seed": seed, "threads": threads,
+                   "lr": lr, "init_dir": os.path.abspath(init_dir) if init_dir else None,
+                   "conf": conf if init_md else None,
                    "streaming_ratio": streaming_ratio, "stream_left": lefts,
                    "best_heldout_acc": best, "vocab_size": len(vocab),
                    "parameters": int(sum(p.numel() for p in model.parameters()))}, f, indent=1)
@@ -392,6 +421,8 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--init", default=None, help="fine-tune from this checkpoint (model weights only)")
+    ap.add_argument("--init-dir", default=None,
+                    help="fine-tune this FunASR-format model dir (config.yaml, tokens, am.mvn, weights; --preset ignored)")
     ap.add_argument("--streaming-ratio", type=float, default=0.5,
                     help="fraction of steps trained exactly as the runtime streams (the rest with full context)")
     ap.add_argument("--stream-left", type=lambda v: [int(x) for x in v.split(",")], default=[0],
@@ -404,7 +435,7 @@ def main(argv=None) -> int:
         ap.error("--stream-left must be >= 0")
     train(args.corpus, args.out, args.steps, args.preset, args.batch, args.lr, args.seed, args.eval_every, args.threads,
           init=args.init, streaming_ratio=args.streaming_ratio,
-          stream_left=args.stream_left)
+          stream_left=args.stream_left, init_dir=args.init_dir)
     return 0
 
 
