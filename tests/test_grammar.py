@@ -274,6 +274,7 @@ def check_path(steps, L, N, total):
 
 def test_match_on_clean_posteriors_and_tolerance():
     g = Grammar.load(os.path.join(DEMO, "grammar.yaml"), DEMO_TOKENS)
+    g.calibration = (1.0, 0.0)  # the raw step probabilities (the calibration is tested on its own)
     words = list("空调调到二十二度")
     m = g.match(posteriors(DEMO_TOKENS, words + ["</s>"]))  # the trailing </s> position is dropped
     assert (m.intent, m.slots, m.text, m.edits) == ("set_temperature", {"value": 22}, "空调调到二十二度", 0)
@@ -398,6 +399,7 @@ def test_demo_samples_match_offline_and_streaming_final(demo_outputs):
 def test_demo_samples_survive_an_off_by_one_cif_count(demo_outputs):
     rec, out = demo_outputs
     g = Grammar.load(os.path.join(DEMO, "grammar.yaml"), rec.model.tokens)
+    g.calibration = (1.0, 0.0)  # the raw geometric mean: one edit's 3 nats shows in it
     texts = [e[3] for e in g.expansions]
     for command, lp, _ in out:
         k = texts.index(command)
@@ -449,3 +451,24 @@ def test_defaults_are_the_documented_ones():
     assert f"insertion` | {DEFAULT_INSERTION}" in doc and f"deletion` | {DEFAULT_DELETION}" in doc
     g = Grammar(Spec("<x>", [Expansion("a", (3, 4), {}, "打开", 1)]), DEMO_TOKENS)
     assert (g.insertion, g.deletion, g.tolerance) == (DEFAULT_INSERTION, DEFAULT_DELETION, 2)
+
+
+def test_calibration_maps_raw_confidence_and_bad_values_are_one_line(tmp_path):
+    """confidence = sigmoid(scale * logit(raw) + shift), the threshold compared with it; the demo's is fitted."""
+    import math
+
+    words = list("空调调到二十二度")
+    lp = posteriors(DEMO_TOKENS, words + ["</s>"])
+    demo = Grammar.load(os.path.join(DEMO, "grammar.yaml"), DEMO_TOKENS)
+    a, b = demo.calibration
+    assert (a, b) != (1.0, 0.0)
+    want = 1 / (1 + math.exp(-(a * math.log(0.9 / 0.1) + b)))
+    m = demo.match(lp)
+    assert abs(m.confidence - want) < 1e-6 and all(abs(c - want) < 1e-6 for c in m.token_confidence)
+    assert demo.calibrated(0.9) > 0.9 and demo.calibrated(0.2) < 0.2  # sharper: both ends move out
+    for bad, msg in (("{scale: 0, shift: 0}", "calibration scale 0.0 is out of range"),
+                     ("{scale: 1, offset: 0}", "calibration: unknown key 'offset'")):
+        f = write(tmp_path, f"calibration: {bad}\nintents:\n  ac:\n    - 打开空调\n", "cal.yaml")
+        with pytest.raises(GrammarError, match=msg) as e:
+            Grammar.load(f, DEMO_TOKENS)
+        assert str(e.value).startswith(f + ":1")
