@@ -96,9 +96,9 @@ def calibrate(raw: np.ndarray, cal: tuple[float, float]) -> np.ndarray:
 
 
 def accept_score(m) -> float:
-    """What the grammar's threshold is compared with: the utterance confidence, and each slot's
-    (an edit in a slot's words rejects); a prefix or no match is never accepted."""
-    return min([m.confidence, *m.slot_confidence.values()]) if m.complete else -1.0
+    """What the grammar's threshold is compared with: the utterance confidence; a prefix, no match
+    or an edit in a slot's words is never accepted."""
+    return m.confidence if m.complete and not m.slot_edits else -1.0
 
 
 def split_of(i: int) -> str:
