@@ -27,7 +27,6 @@ import argparse
 import io
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -500,13 +499,9 @@ def main(argv=None) -> int:
     table = head + "\n\n" + "\n".join(lines) + "\n\n" + tail
     print(table)
     if args.readme:
-        path = os.path.join(ROOT, "README.md")
-        text = open(path, encoding="utf-8").read()
-        new, n = re.subn(r"<!-- wake:begin -->.*?<!-- wake:end -->",
-                         lambda _: f"<!-- wake:begin -->\n{table}\n<!-- wake:end -->", text, flags=re.S)
-        if n != 1:
-            raise SystemExit("README.md: no <!-- wake:begin --> ... <!-- wake:end --> markers")
-        open(path, "w", encoding="utf-8").write(new)
+        from paraedge_tools.docblock import write_between
+
+        write_between(os.path.join(ROOT, "README.md"), "<!-- wake:begin -->", "<!-- wake:end -->", table, heading=None)
     print(f"done in {time.time() - t0:.0f} s", file=sys.stderr)
     return 0
 

@@ -129,15 +129,9 @@ def markers(chunk_size) -> tuple[str, str]:
 
 
 def write_card(card_path: str, report: dict) -> None:
-    text = open(card_path, encoding="utf-8").read()
-    begin, end = markers(report["chunk_size"])
-    table = f"{begin}\n{card_table(report)}\n{end}"
-    if begin in text:
-        text = text[: text.index(begin)] + table + text[text.index(end) + len(end):]
-    else:
-        text += "\n" + table + "\n"
-    with open(card_path, "w", encoding="utf-8") as f:
-        f.write(text)
+    from paraedge_tools.docblock import write_between
+
+    write_between(card_path, *markers(report["chunk_size"]), card_table(report))
 
 
 def main(argv=None) -> int:

@@ -200,15 +200,10 @@ def run(model: str, grammar_path: str, corpus: str, limit: int | None = None) ->
 
 
 def write_doc(path: str, lines: list[str]) -> None:
-    begin, end = "<!-- grammar-eval:begin -->", "<!-- grammar-eval:end -->"
-    text = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
-    block = begin + "\n" + "\n".join(lines) + "\n" + end
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n## Measured on the demo model\n\n" + block + "\n"
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+    from paraedge_tools.docblock import write_between
+
+    write_between(path, "<!-- grammar-eval:begin -->", "<!-- grammar-eval:end -->", "\n".join(lines),
+                  heading="## Measured on the demo model")
 
 
 def write_calibration(grammar_path: str, cal: dict) -> None:

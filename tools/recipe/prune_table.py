@@ -232,14 +232,9 @@ def finetune_lines(dirs: list[str]) -> str:
 
 
 def write_card(path: str, text: str) -> None:
-    block = f"{BEGIN}\n{text}\n{END}"
-    doc = open(path, encoding="utf-8").read()
-    if BEGIN in doc and END in doc:
-        doc = doc[: doc.index(BEGIN)] + block + doc[doc.index(END) + len(END):]
-    else:
-        doc = doc.rstrip("\n") + "\n\n## Pruning (`paraedge prune`)\n\n" + block + "\n"
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(doc)
+    from paraedge_tools.docblock import write_between
+
+    write_between(path, BEGIN, END, text, heading="## Pruning (`paraedge prune`)")
 
 
 def main(argv=None) -> int:

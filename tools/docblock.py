@@ -1,0 +1,21 @@
+"""Measured tables go into Markdown between markers, written by the script that measured them
+(never typed): the model card's results and pruning tables, the grammar and wake-word numbers."""
+
+from __future__ import annotations
+
+
+def write_between(path: str, begin: str, end: str, body: str, heading: str | None = "") -> None:
+    """Replace what lies between the `begin` and `end` markers of a Markdown file with `body`.
+    Without the markers the block is appended, under `heading` when one is given; heading=None
+    makes a missing marker an error instead (a README whose section must already exist)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    block = f"{begin}\n{body}\n{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
+    elif heading is None:
+        raise SystemExit(f"{path}: no {begin} ... {end} markers; add them where the table belongs")
+    else:
+        text = text.rstrip("\n") + "\n\n" + (f"{heading}\n\n" if heading else "") + block + "\n"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
