@@ -93,11 +93,10 @@ def test_command_endpointing_can_be_switched_off():
     assert f["reason"] == "silence" and f["intent"]
 
 
-def test_transcribe_json_carries_the_reading():
+def test_transcribe_json_carries_the_reading(tmp_path):
     name = "05_okay_nabu_zh.wav"
     x = load_audio(os.path.join(SAMPLES, name))[0]
-    cut = os.path.join(ROOT, "out", "test-commands-05.wav")
-    os.makedirs(os.path.dirname(cut), exist_ok=True)
+    cut = str(tmp_path / "command.wav")
     write_wav(cut, x[int((META[name]["command_start_s"] - 0.2) * SR):])
     p = subprocess.run([sys.executable, "-m", "edge", "transcribe", cut, "-m", DEMO, "--grammar", GRAMMAR, "--json"],
                        capture_output=True, text=True, timeout=120)
