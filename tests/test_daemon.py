@@ -651,3 +651,14 @@ def test_doctor_reports_what_would_run(tmp_path, portaudio):
     fails = {line.split()[1]: line for line in p.stdout.splitlines() if line.startswith("FAIL")}
     assert set(fails) == {"board", "audio", "model"}, p.stdout
     assert "aarch64" in fails["board"] and "'usb-mic' not found" in fails["audio"] and "nowhere" in fails["model"]
+
+
+def test_every_shipped_sample_back_to_back(tmp_path):
+    """The five samples in one file, as `make demo` and the board's kit test play them: each wake's
+    pre-roll holds the wake word's tail, which must neither open nor end the command (before, an
+    early detection made the VAD end "okay nabu | pause | 空调调到二十二度" in the pause, empty)."""
+    path = str(tmp_path / "all.wav")
+    write_wav(path, np.concatenate([sample(m["file"]) for m in META.values()]))
+    p, events = run_cli(["run", "--input", path, "--fast"])
+    assert p.returncode == 0, p.stderr
+    assert [f["text"] for f in kinds(events, "final")] == [m["command"] for m in META.values()]

@@ -89,7 +89,11 @@ class Endpointer:
         self.config = config
         self.reset()
 
-    def reset(self) -> None:
+    def reset(self, ignore_s: float = 0.0) -> None:
+        """ignore_s: speech in the utterance's first seconds is not the command (the wake word's
+        tail in the pre-roll): it neither starts the command nor, followed by the pause before the
+        command, ends it."""
+        self.ignore_s = ignore_s
         self.windows = 0  # windows seen this utterance
         self.in_speech = False
         self.heard_speech = False
@@ -117,6 +121,8 @@ class Endpointer:
         c = self.config
         for p in probs:
             self.windows += 1
+            if self.seconds <= self.ignore_s:
+                continue
             if p >= c.threshold or (self.in_speech and p >= c.neg_threshold):
                 self.in_speech = self.heard_speech = True
                 self.last_speech_window = self.windows - 1
