@@ -186,9 +186,11 @@ class ScriptedSource:
 
     name = "scripted"
 
-    def __init__(self, samples, block=320, lose_at=None, lose_for=2, nan_at=None, on_chunk=None):
+    def __init__(self, samples, block=320, lose_at=None, lose_for=2, nan_at=None, on_chunk=None, nan_channel=None):
+        """samples: mono, or [n, zones] (then NaNs go to column nan_channel)."""
         self.samples, self.block = samples, block
         self.lose_at, self.lose_for, self.nan_at, self.on_chunk = lose_at, lose_for, nan_at, on_chunk
+        self.nan_channel = nan_channel
         self.i = self.opens = self.failed_opens = 0
         self.overruns = 0
         self.down = False
@@ -209,7 +211,10 @@ class ScriptedSource:
             raise EndOfInput()
         x = self.samples[self.i : self.i + self.block].copy()
         if self.nan_at is not None and k == self.nan_at:
-            x[::7] = np.nan
+            if self.nan_channel is None:
+                x[::7] = np.nan
+            else:  # one seat zone's channel glitches
+                x[::7, self.nan_channel] = np.nan
         if self.on_chunk:
             self.on_chunk(k)
         self.i += self.block

@@ -16,10 +16,11 @@ import pytest
 from scipy.io import wavfile
 
 from edge.asr.audio import load_audio, write_wav
-from edge.daemon.capture import Chunk, EndOfInput, FileSource
+from edge.daemon.capture import EndOfInput, FileSource
 from edge.daemon.config import ConfigError, DaemonConfig
 from edge.daemon.events import EventBus
 from edge.daemon.service import Daemon
+from tests.test_daemon import ScriptedSource
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(ROOT, "models", "demo", "samples")
@@ -119,40 +120,6 @@ def test_a_wake_in_one_zone_does_not_open_the_other(tmp_path):
     assert d.pipeline.batched == 0
 
 
-class TwoChannelSource:
-    """A 2-channel source the test controls: 20 ms chunks, NaNs in one channel, a device loss."""
-
-    name = "scripted2"
-
-    def __init__(self, x, nan_at=None, nan_channel=1, lose_at=None, on_chunk=None):
-        self.x, self.block, self.i = x, 320, 0
-        self.nan_at, self.nan_channel, self.lose_at, self.on_chunk = nan_at, nan_channel, lose_at, on_chunk
-        self.overruns, self.lost = 0, False
-
-    def open(self):
-        pass
-
-    def read(self, timeout=0.1):
-        from edge.daemon.capture import DeviceLost
-
-        k = self.i // self.block
-        if k == self.lose_at and not self.lost:
-            self.lost = True
-            raise DeviceLost("array unplugged")
-        if self.i >= len(self.x):
-            raise EndOfInput()
-        c = self.x[self.i : self.i + self.block].copy()
-        if k == self.nan_at:
-            c[::5, self.nan_channel] = np.nan
-        if self.on_chunk:
-            self.on_chunk(k)
-        self.i += self.block
-        return Chunk(c, time.monotonic())
-
-    def close(self):
-        pass
-
-
 def test_zone_faults_status_and_reload_wait_for_every_zone(tmp_path):
     x = two_channels(sample(A), sample(B))
     state = {}
@@ -167,7 +134,7 @@ def test_zone_faults_status_and_reload_wait_for_every_zone(tmp_path):
 
     cfg = file_cfg("", ZONES)
     cfg.audio.input = ""
-    d = state["d"] = Daemon(cfg, source=TwoChannelSource(x, nan_at=100, on_chunk=on_chunk), bus=EventBus(stdout=False))
+    d = state["d"] = Daemon(cfg, source=ScriptedSource(x, nan_at=100, nan_channel=1, on_chunk=on_chunk), bus=EventBus(stdout=False))
     d.run()
     ev = list(d.bus.history)
     (err,) = kinds(ev, "error")
@@ -208,7 +175,7 @@ def test_a_lost_device_finishes_every_open_zone(tmp_path):
     x = two_channels(sample(A), sample(B))
     cfg = file_cfg("", ZONES)
     cfg.audio.input = ""
-    d = run_daemon(cfg, TwoChannelSource(x, lose_at=120))  # 2.4 s: both zones mid-command
+    d = run_daemon(cfg, ScriptedSource(x, lose_at=120))  # 2.4 s: both zones mid-command
     ev = list(d.bus.history)
     finals = kinds(ev, "final")
     assert sorted(f["zone"] for f in finals) == ZONES and {f["reason"] for f in finals} == {"device_lost"}
