@@ -27,13 +27,11 @@ SR = 16000
 
 def reading(text: str) -> tuple[str, dict]:
     """The grammar's own intent and slots for a command text (its expansion)."""
-    from edge.asr.hotwords import phrase_ids
     from edge.asr.modeldir import ModelDir
     from edge.grammar import Grammar
 
-    tokens = ModelDir(DEMO).tokens
-    g = Grammar.load(GRAMMAR, tokens)
-    ids = tuple(phrase_ids(text, {t: i for i, t in enumerate(tokens)}))
+    g = Grammar.load(GRAMMAR, ModelDir(DEMO).tokens)
+    ids = g.vocab.ids(text)
     return next((intent, slots) for intent, e_ids, slots, _ in g.expansions if tuple(e_ids) == ids)
 
 

@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 
 from edge.asr.hotwords import Hotword, HotwordError, Hotwords, phrase_ids
+from edge.asr.text import TokenIndex
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "models", "demo")
 TOKENS = ["<blank>", "<s>", "</s>", "打", "开", "空", "调", "车", "窗", "open", "the", "window", "trunk"]
 DROP = {0, 1, 2}
 IDX = {t: i for i, t in enumerate(TOKENS)}
+VOCAB = TokenIndex(TOKENS)
 
 
 def posteriors(rows: list[dict]) -> np.ndarray:
@@ -30,7 +32,7 @@ def posteriors(rows: list[dict]) -> np.ndarray:
 
 
 def hw(text: str, boost: float) -> Hotwords:
-    return Hotwords([Hotword(text, tuple(phrase_ids(text, IDX)), boost)], DROP)
+    return Hotwords([Hotword(text, tuple(phrase_ids(text, VOCAB)), boost)], DROP)
 
 
 def text(ids) -> list[str]:
@@ -55,12 +57,12 @@ def test_a_hotword_never_fills_the_end_of_sentence_or_overlaps():
 
 
 def test_chinese_phrases_split_into_characters_and_unknown_words_are_refused():
-    assert phrase_ids("打开 车窗", IDX) == [3, 4, 7, 8]
-    assert phrase_ids("open the window", IDX) == [9, 10, 11]
+    assert phrase_ids("打开 车窗", VOCAB) == [3, 4, 7, 8]
+    assert phrase_ids("open the window", VOCAB) == [9, 10, 11]
     with pytest.raises(ValueError, match="'door'"):
-        phrase_ids("open the door", IDX)
+        phrase_ids("open the door", VOCAB)
     with pytest.raises(ValueError, match="'门'"):
-        phrase_ids("车门", IDX)
+        phrase_ids("车门", VOCAB)
 
 
 @pytest.mark.parametrize("content, message", [

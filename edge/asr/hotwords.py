@@ -10,7 +10,8 @@ rescores everything it has decoded so far), so a hotword spanning two chunks is 
 
 File format (`--hotwords FILE`): one phrase per line, optionally a tab and its boost in nats per
 token (default DEFAULT_BOOST); `#` starts a comment. Every word must be a token of the model: an
-English word token, or Chinese characters that each are one; anything else is an error naming the
+English word token (or its lower case), or Chinese characters that each are one, as in a grammar
+(edge.asr.text.TokenIndex); anything else is an error naming the
 file and the line, at load.
 """
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge.asr.text import TokenIndex
 from edge.errors import ParaEdgeError
 
 # nats per token, measured on the demo model's held-out voices (tools/recipe/hotword_eval.py, 8
@@ -37,20 +39,13 @@ class HotwordError(ParaEdgeError):
     """A hotword list that cannot be used with this model."""
 
 
-def phrase_ids(text: str, index: dict[str, int]) -> list[int]:
-    """A phrase as model token ids: each space-separated word is a token, or a run of CJK characters
-    that each are one. Raises ValueError naming the first word the model cannot emit."""
-    ids = []
-    for word in text.split():
-        if word in index:
-            ids.append(index[word])
-        elif all("\u4e00" <= ch <= "\u9fff" for ch in word) and all(ch in index for ch in word):
-            ids += [index[ch] for ch in word]
-        else:
-            missing = next((ch for ch in word if ch not in index), word) if all(
-                "\u4e00" <= ch <= "\u9fff" for ch in word) else word
-            raise ValueError(f"{missing!r} is not a token of this model")
-    return ids
+def phrase_ids(text: str, vocab: TokenIndex) -> list[int]:
+    """A phrase as model token ids, by the grammar's rules (edge.asr.text.TokenIndex). Raises
+    ValueError naming the first word or character the model cannot emit."""
+    try:
+        return list(vocab.ids(text))
+    except ValueError as exc:
+        raise ValueError(f"{exc.args[1]!r} is not a token of this model") from None
 
 
 @dataclass
@@ -76,7 +71,7 @@ class Hotwords:
             raise HotwordError(f"{path}: not UTF-8 text; save the hotword list as UTF-8") from None
         except OSError as exc:
             raise HotwordError(f"{path}: cannot be read ({exc.strerror})") from None
-        index = {t: i for i, t in enumerate(tokens)}
+        vocab = TokenIndex(tokens)
         phrases = []
         for n, line in enumerate(lines, 1):
             text, _, boost = line.split("#", 1)[0].partition("\t")
@@ -90,7 +85,7 @@ class Hotwords:
             if not (math.isfinite(value) and 0 < value <= MAX_BOOST):
                 raise HotwordError(f"{path}:{n}: boost {value:g} must be within (0, {MAX_BOOST:g}] nats per token")
             try:
-                ids = phrase_ids(text, index)
+                ids = phrase_ids(text, vocab)
             except ValueError as exc:
                 raise HotwordError(f"{path}:{n}: {text.strip()!r:.60}: {exc}; the model cannot emit it, so it "
                                    f"cannot be a hotword") from None

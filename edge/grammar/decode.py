@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.asr.text import tokens_to_text
+from edge.asr.text import TokenIndex, tokens_to_text
 from edge.grammar.spec import TOLERANCE, GrammarError, load_spec
 
 F32 = np.float32
@@ -193,6 +193,7 @@ class Grammar:
     def __init__(self, spec, tokens: list):
         self.path = spec.path
         self.tokens = list(tokens)
+        self.vocab = spec.vocab or TokenIndex(tokens)  # phrases -> ids by the templates' rules
         self.threshold = spec.threshold
         self.calibration = spec.calibration
         self.insertion, self.deletion = spec.insertion, spec.deletion

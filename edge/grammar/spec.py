@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from edge.asr.text import SPECIAL, tokens_to_text
+from edge.asr.text import SPECIAL, TokenIndex, tokens_to_text
 from edge.errors import ParaEdgeError
 from edge.grammar import slots as S
 
@@ -69,6 +69,7 @@ class Spec:
     insertion: float = DEFAULT_INSERTION
     deletion: float = DEFAULT_DELETION
     slot_types: dict = field(default_factory=dict)
+    vocab: TokenIndex | None = None  # the model's tokens the templates were read with
 
 
 class _Reader:
@@ -129,38 +130,6 @@ class _Reader:
                 raise self.error(node, f"{what} is an empty list; give at least one form")
             return [self.string(n, what) for n in node.value]
         return [self.string(node, what)]
-
-
-class _Vocab:
-    """Template words -> model token ids, with one-line errors for words the model cannot emit."""
-
-    def __init__(self, tokens: list):
-        self.tokens = list(tokens)
-        self.index = {}
-        for i, t in enumerate(self.tokens):
-            self.index.setdefault(t, i)
-
-    def ids(self, text: str) -> tuple:
-        """Token ids of `text`; raises ValueError(word, piece) for a word the model cannot emit."""
-        out = []
-        for word in text.split():
-            if word in SPECIAL:
-                raise ValueError(word, word)
-            if word in self.index:
-                out.append(self.index[word])
-                continue
-            if word.lower() in self.index and word.lower() not in SPECIAL:
-                out.append(self.index[word.lower()])
-                continue
-            # not a token itself: CJK runs split into characters; other runs must be tokens
-            for piece in re.findall(r"[\u4e00-\u9fff]|[^\u4e00-\u9fff]+", word):
-                if piece in self.index and piece not in SPECIAL:
-                    out.append(self.index[piece])
-                elif piece.lower() in self.index and piece.lower() not in SPECIAL:
-                    out.append(self.index[piece.lower()])
-                else:
-                    raise ValueError(word, piece)
-        return tuple(out)
 
 
 def _cannot_emit(word: str, piece: str) -> str:
@@ -270,7 +239,7 @@ def _builtin(kind: str) -> S.SlotType | None:
 
 
 class _Expander:
-    def __init__(self, r: _Reader, vocab: _Vocab, types: dict):
+    def __init__(self, r: _Reader, vocab: TokenIndex, types: dict):
         self.r, self.vocab, self.types = r, vocab, types
         self.out: list = []
         self.seen: dict = {}  # ids -> Expansion
@@ -414,7 +383,8 @@ def load_spec(path: str, tokens: list) -> Spec:
             spec.slot_types[name] = _slot_type(r, name, v)
     if "intents" not in top:
         raise r.error(root, "no intents: add an `intents:` section (see docs/GRAMMAR.md)")
-    ex = _Expander(r, _Vocab(tokens), spec.slot_types)
+    spec.vocab = TokenIndex(tokens)
+    ex = _Expander(r, spec.vocab, spec.slot_types)
     for section, answer in (("intents", False), ("answers", True)):
         if section not in top:
             continue

@@ -120,14 +120,12 @@ def reliability(conf: np.ndarray, correct: np.ndarray) -> tuple[list[str], float
 
 
 def run(model: str, grammar_path: str, corpus: str, limit: int | None = None) -> tuple[list[str], dict]:
-    from edge.asr.hotwords import phrase_ids
     from edge.asr.recognizer import Recognizer
     from paraedge_tools.recipe.corpus import read_manifest
 
     rec = Recognizer(model, "onnxruntime", int8=True, threads=1, grammar=grammar_path)
     g = rec.grammar
     g.calibration = (1.0, 0.0)  # raw confidences here: the calibration is fitted below, on the dev half
-    index = {t: i for i, t in enumerate(rec.model.tokens)}
     meaning = reference_readings(g, rec.model.tokens)
     oog_rows = render_non_commands(corpus)
     sets = {}
@@ -145,7 +143,7 @@ def run(model: str, grammar_path: str, corpus: str, limit: int | None = None) ->
             results = decode(rec, rows, streaming)
             conf, right, free, split, reported = [], [], [], [], []
             for i, (r, res) in enumerate(zip(rows, results)):
-                want = meaning.get(tuple(phrase_ids(r["text"], index)))
+                want = meaning.get(g.vocab.ids(r["text"]))
                 if want is None:
                     raise SystemExit(f"{grammar_path}: the command {r['text']!r} is no expansion of the grammar")
                 m = res.match

@@ -46,10 +46,11 @@ def decode_rows(rec, rows, streaming: bool, snr: float | None = None) -> list:
 
 def measure(rec, refs: list[str], log_probs: list, phrases, boost: float | None) -> dict:
     """Recall and false insertions of `phrases` at `boost` (None: plain greedy)."""
-    from edge.asr.hotwords import Hotword, Hotwords, phrase_ids
+    from edge.asr.hotwords import Hotword, Hotwords
+    from edge.asr.text import TokenIndex
 
-    index = {t: i for i, t in enumerate(rec.model.tokens)}
-    hw = None if boost is None else Hotwords([Hotword(p, tuple(phrase_ids(p, index)), boost) for p in phrases],
+    vocab = TokenIndex(rec.model.tokens)
+    hw = None if boost is None else Hotwords([Hotword(p, vocab.ids(p), boost) for p in phrases],
                                              rec._dropped())
     plain = Hotwords([], rec._dropped())
     with_phrase = hits = clean = inserted = 0
