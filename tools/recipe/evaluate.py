@@ -41,14 +41,25 @@ SET_LABEL = {"test_clean": "held-out voices, clean", "test_snr20": "held-out, ca
              "test_snr10": "held-out, car noise 10 dB", "test_snr5": "held-out, car noise 5 dB"}
 
 
-def decode_all(rec, rows, streaming: bool, chunk_size=None) -> list[list[int]]:
+def decode_results(rec, rows, streaming: bool, chunk_size=None, snr: float | None = None) -> list:
+    """Each manifest row decoded (a Result: tokens, log-posteriors, the grammar's reading when the
+    recognizer has one); `snr`: car noise at that SNR added first, seeded by the row's place."""
+    import numpy as np
+
     from edge.asr.audio import load_audio
+    from paraedge_tools.recipe.corpus import add_noise
 
     out = []
-    for r in rows:
+    for k, r in enumerate(rows):
         x = load_audio(r["path"])[0]
-        out.append((rec.transcribe_streaming(x, chunk_size=chunk_size) if streaming else rec.transcribe(x)).token_ids)
+        if snr is not None:
+            x = add_noise(x, snr, "car", np.random.default_rng(k)).astype(np.float32)
+        out.append(rec.transcribe_streaming(x, chunk_size=chunk_size) if streaming else rec.transcribe(x))
     return out
+
+
+def decode_all(rec, rows, streaming: bool, chunk_size=None) -> list[list[int]]:
+    return [res.token_ids for res in decode_results(rec, rows, streaming, chunk_size)]
 
 
 def score(rec, rows, hyps) -> dict:

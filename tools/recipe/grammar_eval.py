@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from paraedge_tools.recipe.evaluate import SET_LABEL
+from paraedge_tools.recipe.evaluate import SET_LABEL, decode_results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NON_COMMANDS = os.path.join(os.path.dirname(HERE), "data", "non_commands.tsv")
@@ -58,17 +58,6 @@ def render_non_commands(corpus: str) -> list[dict]:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     return read_manifest(manifest)
-
-
-def decode(rec, rows, streaming: bool) -> list:
-    """Each row's free-decoding result, with the grammar's reading (its `match`)."""
-    from edge.asr.audio import load_audio
-
-    out = []
-    for r in rows:
-        x = load_audio(r["path"])[0]
-        out.append(rec.transcribe_streaming(x) if streaming else rec.transcribe(x))
-    return out
 
 
 def reference_readings(grammar, tokens) -> dict:
@@ -140,7 +129,7 @@ def run(model: str, grammar_path: str, corpus: str, limit: int | None = None) ->
         mode = "streaming" if streaming else "offline"
         scored = {}  # set -> (confidence, reading right, free text right, split)
         for name, rows in sets.items():
-            results = decode(rec, rows, streaming)
+            results = decode_results(rec, rows, streaming)
             conf, right, free, split, reported = [], [], [], [], []
             for i, (r, res) in enumerate(zip(rows, results)):
                 want = meaning.get(g.vocab.ids(r["text"]))
@@ -153,7 +142,7 @@ def run(model: str, grammar_path: str, corpus: str, limit: int | None = None) ->
                 free.append(res.text == r["text"])
                 split.append(split_of(i))
             scored[name] = tuple(map(np.array, (conf, right, free, split, reported)))
-        oog = decode(rec, oog_rows, streaming)
+        oog = decode_results(rec, oog_rows, streaming)
         oog_conf = np.array([accept_score(res.match) for res in oog])
         oog_split = np.array([r["split"] for r in oog_rows])
         # calibration, fitted on the dev half: commands read right are 1, everything else (misread

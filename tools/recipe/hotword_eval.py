@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from paraedge_tools.recipe.evaluate import SET_LABEL
+from paraedge_tools.recipe.evaluate import SET_LABEL, decode_results
 
 # phrases of the demo vocabulary that noisy speech gets wrong (the model card's 5 dB errors)
 DEMO_HOTWORDS = ("充电站", "加油站", "机场", "座椅加热", "氛围灯", "charging station", "windshield", "sunroof")
@@ -25,23 +25,6 @@ def contains(text: str, phrase: str) -> bool:
     if phrase.isascii():  # whole words
         return f" {phrase} " in f" {text} "
     return phrase.replace(" ", "") in text.replace(" ", "")
-
-
-def decode_rows(rec, rows, streaming: bool, snr: float | None = None) -> list:
-    """Every row's log-posteriors; `snr`: with car noise at that SNR added first (seeded per row)."""
-    import numpy as np
-
-    from edge.asr.audio import load_audio
-    from paraedge_tools.recipe.corpus import add_noise
-
-    out = []
-    for k, r in enumerate(rows):
-        x = load_audio(r["path"])[0]
-        if snr is not None:
-            x = add_noise(x, snr, "car", np.random.default_rng(k)).astype(np.float32)
-        # both results carry every decoder position's log-posteriors (streaming: each step's rows)
-        out.append((rec.transcribe_streaming(x) if streaming else rec.transcribe(x)).log_probs)
-    return out
 
 
 def measure(rec, refs: list[str], log_probs: list, phrases, boost: float | None) -> dict:
@@ -83,7 +66,8 @@ def run(model: str, corpus: str, sets, phrases=DEMO_HOTWORDS, boosts=BOOSTS, lim
         refs = [r["text"] for r in rows]
         label = SET_LABEL.get(name, name) if not snr else f"held-out voices, car noise {snr} dB"
         for streaming in (False, True):
-            lps = decode_rows(rec, rows, streaming, float(snr) if snr else None)
+            # both results carry every decoder position's log-posteriors (streaming: each step's rows)
+            lps = [res.log_probs for res in decode_results(rec, rows, streaming, snr=float(snr) if snr else None)]
             for boost in (None,) + tuple(boosts):
                 m = measure(rec, refs, lps, phrases, boost)
                 lines.append(f"| {label} | {'streaming' if streaming else 'offline'} | "
