@@ -193,6 +193,10 @@ class Recognizer:
         tokens = [self.model.tokens[i] if 0 <= i < len(self.model.tokens) else "<unk>" for i in ids]
         return Result(ids, tokens, tokens_to_text(tokens), timings or {}, log_probs)
 
+    def stack_rows(self, rows: list) -> np.ndarray:
+        """Log-posterior rows of several decoder calls (segments, streaming steps) as one [N, V]."""
+        return np.concatenate(rows) if rows else np.zeros((0, self.config.vocab_size), F32)
+
     def _dropped(self) -> set[int]:
         return {self.config.blank_id, self.config.sos, self.config.eos}
 
@@ -245,8 +249,7 @@ class Recognizer:
         total = frontend_s + model_s
         timings = {"frontend_s": frontend_s, "model_s": model_s, "total_s": total, "audio_s": audio_s,
                    "rtf": total / audio_s if audio_s else 0.0, "segments": len(bounds)}
-        log_probs = np.concatenate(rows) if rows else np.zeros((0, self.config.vocab_size), F32)
-        return self.understand(self.ids_to_result(ids, timings, log_probs))
+        return self.understand(self.ids_to_result(ids, timings, self.stack_rows(rows)))
 
     def transcribe_streaming(self, samples: np.ndarray, hop: int = 1600, chunk_size=None) -> Result:
         """Decode a whole clip the way a microphone feeds it (`hop` samples at a time, 100 ms by
@@ -401,7 +404,7 @@ class Stream:
 
     def result(self) -> Result:
         """Everything recognised so far; once finished, with the grammar's reading (partials stay free text)."""
-        rows = np.concatenate(self.rows) if self.rows else np.zeros((0, self.rec.config.vocab_size), F32)
+        rows = self.rec.stack_rows(self.rows)
         # hotwords rescore every position decoded so far: a phrase may span two chunks
         ids = self.rec.pick_tokens(rows, len(rows)) if self.rec.hotwords is not None else list(self.ids)
         result = self.rec.ids_to_result(ids, log_probs=rows)
