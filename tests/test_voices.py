@@ -1,0 +1,129 @@
+"""Synthesizer families of tools/recipe/voices.py: every family renders, voices differ, the registry guards
+the reserved held-out engines. A family that is not installed FAILS here (`make test` installs them all)."""
+
+import subprocess
+
+import numpy as np
+import pytest
+from paraedge_tools.recipe import voices as V
+
+TEXT = {"en": "turn on the air conditioning", "zh": "打开空调"}
+SLOW = {"kokoro"}   # ~1 s CPU per render
+CASES = [pytest.param(f, lang, id=f"{f}-{lang}", marks=[pytest.mark.slow] if f in SLOW else [])
+         for f, s in V.FAMILIES.items() for lang in ("en", "zh") if s.voices(lang)]
+
+
+def _usable(name: str) -> V.Synth:
+    s = V.get(name)
+    reason = s.missing()
+    if reason is not None:
+        pytest.fail(f"synthesizer family {name} is not usable: {reason}")
+    return s
+
+
+def _check(x: np.ndarray, params: dict) -> None:
+    assert isinstance(x, np.ndarray) and x.dtype == np.float32 and x.ndim == 1
+    assert np.all(np.isfinite(x))
+    assert 0.4 <= len(x) / V.RATE <= 6.0, len(x) / V.RATE
+    assert float(np.sqrt(np.mean(x ** 2))) > 1e-3
+    assert 0.49 <= float(np.max(np.abs(x))) <= 0.91
+    assert np.max(np.abs(x[:V.PAD // 2])) < 0.05 and np.max(np.abs(x[-V.PAD // 2:])) < 0.05   # silence kept at the ends
+    assert isinstance(params, dict) and params
+
+
+@pytest.mark.parametrize("name,lang", CASES)
+def test_render_two_voices(name, lang):
+    s = _usable(name)
+    voices = s.voices(lang)
+    pair = voices[:2] if len(voices) >= 2 else voices * 2   # one-voice families: two prosody draws
+    out = []
+    for i, voice in enumerate(pair):
+        x, params = s.render(TEXT[lang], lang, voice, np.random.default_rng(i))
+        _check(x, params)
+        out.append(x)
+    a, b = (x / np.max(np.abs(x)) for x in out)   # the random peak level alone must not count as a difference
+    n = min(len(a), len(b))
+    assert len(a) != len(b) or not np.allclose(a[:n], b[:n], atol=1e-3), f"{name}: {pair} gave the same audio"
+
+
+@pytest.mark.parametrize("name", V.FAMILIES)
+def test_voices_and_held_out(name):
+    s = V.FAMILIES[name]
+    assert s.family == name and s.engine
+    langs = [lang for lang in ("en", "zh") if s.voices(lang)]
+    assert "en" in langs
+    for lang in langs:
+        voices, held = s.voices(lang), s.held_out(lang)
+        assert len(set(voices)) == len(voices)
+        assert set(held) <= set(voices)
+        assert [v for v in voices if v not in held], f"{name}/{lang}: no training voices"
+        if len(voices) < 2:
+            assert held == []
+    assert s.voices("xx") == [] and s.held_out("xx") == []
+
+
+def test_held_out_choices():
+    assert "mb-us3" in V.get("mbrola").held_out("en") and V.get("mbrola").held_out("zh") == []
+    assert V.get("pico").held_out("en") == ["en-GB"]
+    assert set(V.get("rhvoice").held_out("en")) == {"clb", "evgeniy-eng"}
+    kokoro = V.get("kokoro")
+    for lang in ("en", "zh"):
+        train = set(kokoro.voices(lang)) - set(kokoro.held_out(lang))
+        assert "jf_tebukuro" in kokoro.held_out(lang)
+        assert not [v for v in train if "jf_tebukuro" in v]
+        assert any("+" in v for v in train)
+    espeak = V.get("espeak")
+    assert "en-us+m2" in espeak.held_out("en") and "en-us+m1" not in espeak.held_out("en")
+    assert "cmn-latn-pinyin+m2" in espeak.held_out("zh")
+
+
+def test_espeak_mandarin_is_pinyin_voice():
+    """Plain `-v cmn` in Debian's espeak-ng 1.51 reads pinyin tone digits as English numbers: "(en)" switches."""
+    voices = V.get("espeak").voices("zh")
+    assert voices and all(v.split("+")[0] == "cmn-latn-pinyin" for v in voices)
+    for voice in voices[:2]:
+        phon = subprocess.run(["espeak-ng", "-q", "-x", "-v", voice, "打开"], capture_output=True, text=True,
+                              check=True).stdout
+        assert phon.strip() and "(en)" not in phon, phon
+
+
+@pytest.mark.parametrize("name", V.RESERVED + ("FLITE", "festival-kal"))
+def test_reserved_refused(name):
+    with pytest.raises(ValueError, match="reserved for held-out evaluation"):
+        V.get(name)
+    with pytest.raises(ValueError, match="reserved"):
+        V.available([name])
+    assert name.lower() not in V.FAMILIES
+
+
+def test_unknown_lists_known():
+    with pytest.raises(ValueError) as e:
+        V.get("nosuchtts")
+    assert all(f in str(e.value) for f in V.FAMILIES)
+
+
+def test_registry_order_and_available():
+    assert list(V.FAMILIES) == ["espeak", "mbrola", "pico", "rhvoice", "piper", "kokoro", "sam"]
+    usable = V.available()
+    assert [s.family for s in usable] == [f for f, s in V.FAMILIES.items() if s.missing() is None]
+    if V.get("sam").missing() is None and V.get("espeak").missing() is None:
+        assert [s.family for s in V.available(["sam", "espeak"])] == ["sam", "espeak"]
+
+
+def test_missing_is_reported(monkeypatch):
+    s = V.get("pico")
+    monkeypatch.setattr(type(s), "NEEDS", (("bin", "no-such-binary-xyz", "apt install libttspico-utils"),))
+    assert "libttspico-utils" in s.missing()
+    with pytest.raises(ValueError, match="libttspico-utils"):
+        V.available(["pico"])
+    assert s not in V.available()
+
+
+def test_bad_voice_and_engine_failure(monkeypatch):
+    s = V.get("espeak")
+    with pytest.raises(ValueError, match="no voice"):
+        s.render("hello", "en", "no-such-voice", np.random.default_rng(0))
+    broken = ["espeak-ng", "-v", "zz-nope", "-w", V.OUT, "x"]
+    monkeypatch.setattr(V, "_espeak_wav", lambda *a: V._cli_wav(broken))
+    with pytest.raises(V.SynthError, match=r"espeak/en-us\+m1 failed on 'hello'.*espeak-ng exit"):
+        s.render("hello", "en", "en-us+m1", np.random.default_rng(0))
