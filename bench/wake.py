@@ -154,7 +154,7 @@ def voice(rng, lang: str = "en") -> str:
 
 
 def mix_noise(x: np.ndarray, speech_power: float, snr, rng) -> np.ndarray:
-    from paraedge_tools.recipe.corpus import car_noise
+    from paraedge_tools.recipe.augment import car_noise
 
     if snr is None:
         return x
@@ -195,7 +195,8 @@ def make_positives(kw: str, n: int, seed: int) -> tuple[list[np.ndarray], list[d
 
 def make_negatives(minutes: float, seed: int, seg_s: float = 60.0) -> tuple[list[np.ndarray], list[dict]]:
     """Minute-long segments of everyday talk: each records its utterances (start, end, kind, text)."""
-    from paraedge_tools.recipe.corpus import car_noise, read_phrases
+    from paraedge_tools.recipe.augment import car_noise
+    from paraedge_tools.recipe.corpus import read_phrases
 
     rng = np.random.default_rng(seed)
     commands = read_phrases()

@@ -86,13 +86,25 @@ def test_recipe_runs_and_resumes(tmp_path):
     from paraedge_tools.recipe.corpus import build, read_phrases
     from paraedge_tools.recipe.train import train
 
+    from paraedge_tools.recipe.corpus import FAMILY_RENDERS
+    from paraedge_tools.recipe.voices import FAMILIES
+
     ph = read_phrases()
     corpus = str(tmp_path / "corpus")
-    counts = build(corpus, per_voice=1, workers=1, phrases=ph[:3] + ph[-2:], train_voices=["", "m1"],
-                   held_out_voices=["m2"])
-    assert counts["train"] == 10 and counts["test_clean"] == 5 and counts["test_snr10"] == 5
+    # every synthesizer family renders (none can rot): one training render per family and language
+    counts = build(corpus, per_voice=1, workers=2, phrases=ph[:3] + ph[-2:], train_voices=["", "m1"],
+                   held_out_voices=["m2"], renders={f: {"en": 1, "zh": 1} for f in FAMILY_RENDERS})
+    train_rows = [json.loads(l) for l in open(os.path.join(corpus, "train.jsonl"), encoding="utf-8")]
+    assert {r["family"] for r in train_rows} == set(FAMILIES)
+    n_other = sum(len(phs) for f, s in FAMILIES.items() if f != "espeak"
+                  for phs in ([p for p in ph[:3] + ph[-2:] if s.voices(p[0])],))
+    assert counts["train"] == 10 + n_other and counts["test_clean"] == 5 and counts["test_snr10"] == 5
     rows = [json.loads(l) for l in open(os.path.join(corpus, "test_snr10.jsonl"), encoding="utf-8")]
-    assert {r["voice"] for r in rows} == {"m2"} and all(r["snr"] == 10 for r in rows)
+    assert {r["voice"].split("+")[-1] for r in rows} == {"m2"} and all(r["snr"] == 10 for r in rows)
+    for fam, synth in FAMILIES.items():  # held-out voices are test-only, in every family
+        trained = {r["voice"] for r in train_rows if r["family"] == fam}
+        assert trained and not trained & {v for lang in ("en", "zh") for v in synth.held_out(lang)}, fam
+    assert counts["test_kokoro_clean"] == 5 * len(FAMILIES["kokoro"].held_out("en"))
     out = str(tmp_path / "train")
     train(corpus, out, steps=4, preset="tiny", batch=4, eval_every=2, log=lambda *_: None)
     log = list(csv.DictReader(open(os.path.join(out, "log.csv"))))
@@ -112,12 +124,27 @@ def test_recipe_runs_and_resumes(tmp_path):
     with open(card, "w", encoding="utf-8") as f:
         f.write("card\n<!-- results[0,10,5]:begin -->\nold\n<!-- results[0,10,5]:end -->\n")
     report = evaluate(model, corpus, chunk_size=(10, 10, 5))
-    assert set(report["sets"]) == {"test_clean", "test_snr20", "test_snr10", "test_snr5"}
-    assert all(r["fp32_streaming"]["n"] == 5 for r in report["sets"].values())
+    espeak_sets = ["test_clean", "test_snr20", "test_snr10", "test_snr5"]
+    assert list(report["sets"])[:4] == espeak_sets and "test_kokoro_snr10" in report["sets"]
+    assert all(report["sets"][k]["fp32_streaming"]["n"] == 5 for k in espeak_sets)
+    assert all(isinstance(r["spurious_trailing"], int) for r in report["sets"].values())
     write_card(card, report)
     text = open(card, encoding="utf-8").read()
     assert "<!-- results[0,10,5]:begin -->\nold\n<!-- results[0,10,5]:end -->" in text  # another size's table stays
     assert "<!-- results[10,10,5]:begin -->" in text and "(+600 ms left context)" in text
+
+    # leave-one-synthesizer-out from that model: sam left out (its every render scored), espeak refused
+    from paraedge_tools.recipe.loso import run, table
+
+    rep = run(corpus, str(tmp_path / "loso"), model, ["espeak"], ["sam", "espeak"], steps=2, lr=1e-4, threads=2,
+              log=lambda *_: None)
+    sam = rep["families"]["sam"]
+    assert "skipped" in rep["families"]["espeak"] and "sam" not in sam["trained_on"]
+    n_sam = sum(1 for r in train_rows if r["family"] == "sam") + counts["test_sam_clean"]
+    assert sam["clean_all"]["n"] == sam[f"snr{10}_all"]["n"] == n_sam
+    view = [json.loads(l) for l in open(tmp_path / "loso" / "sam" / "corpus" / "train.jsonl", encoding="utf-8")]
+    assert view and all(r["family"] != "sam" for r in view)
+    assert "| sam | " in table(rep) and "not measured" in table(rep)
 
 
 @pytest.mark.parametrize("left", [0, 10])

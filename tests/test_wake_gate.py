@@ -131,7 +131,8 @@ NEGATIVES = [
 
 
 def test_everyday_talk_in_car_noise_does_not_wake_it(gate):
-    from paraedge_tools.recipe.corpus import car_noise, trim
+    from paraedge_tools.recipe.augment import car_noise
+    from paraedge_tools.recipe.corpus import trim
 
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed")

@@ -39,6 +39,53 @@ def cer(ref: str, hyp: str) -> tuple[int, int]:
 SETS = ("test_clean", "test_snr20", "test_snr10", "test_snr5")
 SET_LABEL = {"test_clean": "held-out voices, clean", "test_snr20": "held-out, car noise 20 dB",
              "test_snr10": "held-out, car noise 10 dB", "test_snr5": "held-out, car noise 5 dB"}
+TRAILING_S = 1.0  # audio appended after each command to catch tokens decoded past its end
+
+
+def corpus_sets(corpus: str) -> list[str]:
+    """The espeak held-out sets (SETS), then every other family's `test_<family>_<clean|snrN>` set."""
+    import glob
+
+    names = [os.path.basename(p)[: -len(".jsonl")] for p in glob.glob(os.path.join(corpus, "test_*.jsonl"))]
+    return [n for n in SETS if n in names] + sorted(n for n in names if n not in SETS)
+
+
+def set_label(name: str) -> str:
+    if name in SET_LABEL:
+        return SET_LABEL[name]
+    family, _, cond = name[len("test_"):].rpartition("_")
+    return f"{family}, " + ("clean" if cond == "clean" else f"car noise {cond[3:]} dB")
+
+
+def with_trailing(x, snr, rng, seconds: float = TRAILING_S):
+    """x followed by `seconds` of silence (clean) or of car noise at the level already mixed into x
+    (noisy sets: the file is speech + noise at `snr`, so noise power = P_file / (1 + 10^(snr/10)))."""
+    import numpy as np
+
+    from paraedge_tools.recipe.augment import car_noise
+
+    n = int(seconds * 16000)
+    if snr is None:
+        tail = np.zeros(n, np.float32)
+    else:
+        p_noise = float(np.mean(x**2)) / (1 + 10 ** (snr / 10.0))
+        tail = car_noise(n, rng) * np.sqrt(p_noise)
+    return np.concatenate([x, tail]).astype(np.float32)
+
+
+def spurious_trailing(rec, rows) -> int:
+    """Utterances that decode to more tokens than the command has once TRAILING_S of silence or noise
+    follows it (fp32, offline): tokens after the command's end."""
+    import numpy as np
+
+    from edge.asr.audio import load_audio
+    from paraedge_tools.recipe.train import tokenize
+
+    count = 0
+    for k, r in enumerate(rows):
+        x = with_trailing(load_audio(r["path"])[0], r.get("snr"), np.random.default_rng(k))
+        count += int(len(rec.transcribe(x).token_ids) > len(tokenize(r["text"], r["lang"])))
+    return count
 
 
 def decode_results(rec, rows, streaming: bool, chunk_size=None, snr: float | None = None) -> list:
@@ -47,7 +94,7 @@ def decode_results(rec, rows, streaming: bool, chunk_size=None, snr: float | Non
     import numpy as np
 
     from edge.asr.audio import load_audio
-    from paraedge_tools.recipe.corpus import add_noise
+    from paraedge_tools.recipe.augment import add_noise
 
     out = []
     for k, r in enumerate(rows):
@@ -84,7 +131,7 @@ def evaluate(model: str, corpus: str, limit: int | None = None, chunk_size=None)
     chunk_size = tuple(chunk_size or recs["fp32"].config.chunk_size)
     report = {"model": model, "chunk_size": list(chunk_size), "sets": {}}
     t0 = time.time()
-    for name in SETS:
+    for name in corpus_sets(corpus):
         path = os.path.join(corpus, f"{name}.jsonl")
         if not os.path.exists(path):
             continue
@@ -110,6 +157,7 @@ def evaluate(model: str, corpus: str, limit: int | None = None, chunk_size=None)
                     other += 1
         res["streaming_last_char_dropped"] = dropped
         res["streaming_last_char_other"] = other
+        res["spurious_trailing"] = spurious_trailing(recs["fp32"], rows)
         report["sets"][name] = res
     report["seconds"] = time.time() - t0
     return report
@@ -120,16 +168,18 @@ def card_table(report: dict) -> str:
     label = f"{60 * chunk} ms streaming" + (f" (+{60 * left} ms left context)" if left else "")
     lines = [f"| test set | utts | fp32 offline acc / CER | fp32 {label} acc / CER | INT8 offline acc / CER "
              "| INT8 streaming acc / CER | INT8 = fp32 tokens | streaming = offline "
-             "| streaming last char dropped / replaced or extended, offline right |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| streaming last char dropped / replaced or extended, offline right "
+             f"| spurious tokens after the end ({TRAILING_S:g} s more silence or noise) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in report["sets"].items():
         def cell(k):
             return f"{100 * r[k]['acc']:.1f} % / {100 * r[k]['cer']:.2f} %"
 
-        lines.append(f"| {SET_LABEL.get(name, name)} | {r['fp32_offline']['n']} | {cell('fp32_offline')} | "
+        lines.append(f"| {set_label(name)} | {r['fp32_offline']['n']} | {cell('fp32_offline')} | "
                      f"{cell('fp32_streaming')} | {cell('int8_offline')} | {cell('int8_streaming')} | "
                      f"{100 * r['int8_fp32_token_agreement']:.2f} % | {100 * r['streaming_equals_offline']:.1f} % | "
-                     f"{r['streaming_last_char_dropped']} / {r.get('streaming_last_char_other', '?')} |")
+                     f"{r['streaming_last_char_dropped']} / {r.get('streaming_last_char_other', '?')} | "
+                     f"{r.get('spurious_trailing', '?')} |")
     return "\n".join(lines)
 
 

@@ -18,26 +18,43 @@ import os
 import numpy as np
 
 
-def release(train_dir: str, out: str, checkpoint: str = "best.pt", stream_left: int | None = None) -> list[str]:
-    """`stream_left`: the left context of the model's default streaming chunk size (config.yaml
-    `chunk_size` [left, 10, 5]); default: the largest the run trained with."""
+def run_model_dir(train_dir: str, out: str, checkpoint: str = "best.pt", stream_left: int | None = None,
+                  fp16_weights: bool = True) -> str:
+    """A training run's checkpoint as a FunASR-format model dir (config.yaml, am.mvn, tokens, model.npz).
+    The vocabulary and config are the run's own (`tokens.json`, `train_info.json` conf of an
+    --init-dir run), else the recipe's. `stream_left`: the left context of the model's default
+    streaming chunk size (config.yaml `chunk_size` [left, 10, 5]); default: the largest the run
+    trained with (a preset run) or the init model's (an --init-dir run)."""
     import torch
 
-    from paraedge_models.export import export_dir
     from paraedge_models.paraformer import Paraformer
     from paraedge_tools.recipe.train import build_vocab, model_config, write_model_dir
 
     info = json.load(open(os.path.join(train_dir, "train_info.json")))
-    vocab = build_vocab()
-    if stream_left is None:
-        trained = info.get("stream_left", 0)
-        stream_left = max(trained) if isinstance(trained, list) else trained
-    conf = model_config(info["preset"], len(vocab), stream_left)
+    tokens = os.path.join(train_dir, "tokens.json")
+    vocab = json.load(open(tokens, encoding="utf-8")) if os.path.exists(tokens) else build_vocab()
+    if info.get("conf"):
+        conf = info["conf"]
+        if stream_left is not None:
+            conf["chunk_size"] = [stream_left] + list(conf["chunk_size"][1:])
+    else:
+        if stream_left is None:
+            trained = info.get("stream_left", 0)
+            stream_left = max(trained) if isinstance(trained, list) else trained
+        conf = model_config(info["preset"], len(vocab), stream_left)
     model = Paraformer(conf, len(vocab))
     state = torch.load(os.path.join(train_dir, checkpoint), weights_only=False)
     model.load_state_dict(state["model"] if "model" in state and "opt" in state else state)  # ckpt.pt or best.pt
     z = np.load(os.path.join(train_dir, "cmvn.npz"))
-    write_model_dir(out, model.eval(), conf, vocab, (z["shift"], z["scale"]), fp16_weights=True)
+    return write_model_dir(out, model.eval(), conf, vocab, (z["shift"], z["scale"]), fp16_weights=fp16_weights)
+
+
+def release(train_dir: str, out: str, checkpoint: str = "best.pt", stream_left: int | None = None) -> list[str]:
+    """The run's model dir plus the INT8 ONNX pair; model.npz stored as fp16 (every artifact derives
+    from the same fp16-rounded weights)."""
+    from paraedge_models.export import export_dir
+
+    run_model_dir(train_dir, out, checkpoint, stream_left)
     written = export_dir(out)
     w = np.load(os.path.join(out, "model.npz"))
     np.savez(os.path.join(out, "model.npz"), **{k: w[k].astype(np.float16) for k in w.files})  # exact: fp16-rounded

@@ -30,7 +30,8 @@ import time
 
 import numpy as np
 
-from paraedge_tools.recipe.corpus import augment, noise_bank, read_manifest, read_phrases
+from paraedge_tools.recipe.augment import augment, noise_bank, spec_augment
+from paraedge_tools.recipe.corpus import read_manifest, read_phrases
 
 CHUNK, LOOKAHEAD = 10, 5
 
@@ -83,17 +84,22 @@ class Data:
         self.rng = rng
         self.bank = None
 
-    def feats(self, x):
+    def feats(self, x, aug: bool = False):
+        """Raw LFR features; `aug` applies SpecAugment to the fbank frames first."""
         from edge.asr.frontend import FrontendConfig, apply_lfr, fbank
 
         cfg = FrontendConfig(lfr_m=7, lfr_n=6)
-        return apply_lfr(fbank(x, cfg), 7, 6)
+        f = fbank(x, cfg)
+        return apply_lfr(spec_augment(f, self.rng) if aug else f, 7, 6)
 
     def batch(self, n, aug=True):
         if aug and self.bank is None:
             self.bank = noise_bank(self.rng)
         idx = self.rng.integers(0, len(self.rows), n)
-        xs = [self.feats(augment(self.audio[i], self.rng, self.bank) if aug else self.audio[i]) for i in idx]
+        if not aug:
+            return [self.feats(self.audio[i]) for i in idx], [self.targets[i] for i in idx]
+        # babble is the other utterances of the corpus: the cabin's other talkers
+        xs = [self.feats(augment(self.audio[i], self.rng, self.bank, self.audio), aug=True) for i in idx]
         return xs, [self.targets[i] for i in idx]
 
     def stream(self, n, seed):
@@ -247,11 +253,43 @@ def write_model_dir(out, model, conf, vocab, cmvn, fp16_weights: bool = False) -
     return out
 
 
+def grown_vocab(old: list[str], rows) -> list[str]:
+    """`old` with the corpus's new tokens inserted before `<unk>` (kept last), in corpus order."""
+    known = set(old)
+    body = [t for t in old if t != "<unk>"]
+    for r in rows:
+        for t in tokenize(r["text"], r["lang"]):
+            if t not in known:
+                known.add(t)
+                body.append(t)
+    return body + ["<unk>"] if "<unk>" in old else body
+
+
+def grow_state(state: dict, fresh: dict, old: list[str], new: list[str]) -> dict:
+    """Weights for vocabulary `new` from weights trained with `old`: every [V, ...] tensor (decoder
+    embedding and output layer, CTC head) keeps its trained row for each old token, by name; new
+    tokens start from `fresh` (the new model's own initialisation)."""
+    import torch
+
+    rows = torch.tensor([old.index(t) for t in new if t in old])
+    keep = torch.tensor([i for i, t in enumerate(new) if t in old])
+    out = {}
+    for k, v in state.items():
+        if v.shape[:1] == (len(old),) and fresh[k].shape[:1] == (len(new),):
+            w = fresh[k].clone()
+            w[keep] = v[rows]
+            out[k] = w
+        else:
+            out[k] = v
+    return out
+
+
 def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 24, lr: float = 1e-3,
           seed: int = 0, eval_every: int = 500, threads: int = 2, log=print, init: str | None = None,
-          streaming_ratio: float = 0.5, stream_left=0, init_dir: str | None = None) -> str:
+          streaming_ratio: float = 0.5, stream_left=0, init_dir: str | None = None, grow: bool = False) -> str:
     """`init_dir`: fine-tune that FunASR-format model dir (its config, tokens, CMVN and weights;
-    `preset` is then ignored), as `paraedge prune --finetune-steps` does."""
+    `preset` is then ignored), as `paraedge prune --finetune-steps` does. `grow`: the corpus may
+    hold tokens the model lacks; they are added to its vocabulary (`grown_vocab`, `grow_state`)."""
     import copy
 
     import torch
@@ -274,16 +312,24 @@ def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 
         vocab = build_vocab()
         conf = model_config(preset, len(vocab), max(lefts))
     train_rows = read_manifest(os.path.join(corpus, "train.jsonl"))
+    init_vocab = vocab
+    if init_md is not None and grow:
+        vocab = grown_vocab(init_vocab, train_rows)
+        conf["vocab_size"] = len(vocab)
+        if len(vocab) > len(init_vocab):
+            log(f"vocabulary {len(init_vocab)} -> {len(vocab)} tokens: {' '.join(vocab[len(init_vocab) - 1:-1])}")
     if init_md is not None:  # a token the model cannot emit would be a KeyError deep in the data loader
         known = set(vocab)
         for r in train_rows:
             missing = [t for t in tokenize(r["text"], r["lang"]) if t not in known]
             if missing:
                 raise ValueError(f"{corpus}/train.jsonl: token {missing[0]!r} is not in {init_md.tokens_file}; "
-                                 f"fine-tune on a corpus of the model's own vocabulary")
+                                 f"fine-tune on a corpus of the model's own vocabulary, or add --grow-vocab")
     test_rows = read_manifest(os.path.join(corpus, "test_clean.jsonl")) if os.path.exists(
         os.path.join(corpus, "test_clean.jsonl")) else []
     data = Data(train_rows, vocab, rng)
+    with open(os.path.join(out, "tokens.json"), "w", encoding="utf-8") as f:  # release/loso rebuild the model from it
+        json.dump(vocab, f, ensure_ascii=False)
     cmvn_path = os.path.join(out, "cmvn.npz")
     if init_md is not None and init_md.cmvn is not None:  # the model's own CMVN, not recomputed
         cmvn = (init_md.cmvn.shift, init_md.cmvn.scale)
@@ -296,7 +342,10 @@ def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 
         np.savez(cmvn_path, shift=cmvn[0], scale=cmvn[1])
     model = Paraformer(conf, len(vocab))
     if init_md is not None:
-        model.load_state_dict({k: torch.from_numpy(v) for k, v in init_md.weights.items()})
+        state = {k: torch.from_numpy(v) for k, v in init_md.weights.items()}
+        if vocab != init_vocab:
+            state = grow_state(state, model.state_dict(), init_vocab, vocab)
+        model.load_state_dict(state)
     if init:  # fine-tune: start from another run's weights with a fresh optimiser and schedule
         st = torch.load(init, weights_only=False)
         model.load_state_dict(st["model"] if "opt" in st else st)
@@ -423,6 +472,8 @@ def main(argv=None) -> int:
     ap.add_argument("--init", default=None, help="fine-tune from this checkpoint (model weights only)")
     ap.add_argument("--init-dir", default=None,
                     help="fine-tune this FunASR-format model dir (config.yaml, tokens, am.mvn, weights; --preset ignored)")
+    ap.add_argument("--grow-vocab", action="store_true",
+                    help="with --init-dir: add the corpus's tokens the model lacks to its vocabulary (trained rows kept)")
     ap.add_argument("--streaming-ratio", type=float, default=0.5,
                     help="fraction of steps trained exactly as the runtime streams (the rest with full context)")
     ap.add_argument("--stream-left", type=lambda v: [int(x) for x in v.split(",")], default=[0],
@@ -435,7 +486,7 @@ def main(argv=None) -> int:
         ap.error("--stream-left must be >= 0")
     train(args.corpus, args.out, args.steps, args.preset, args.batch, args.lr, args.seed, args.eval_every, args.threads,
           init=args.init, streaming_ratio=args.streaming_ratio,
-          stream_left=args.stream_left, init_dir=args.init_dir)
+          stream_left=args.stream_left, init_dir=args.init_dir, grow=args.grow_vocab)
     return 0
 
 

@@ -1,0 +1,148 @@
+"""The recipe's augmentation (tools/recipe/augment.py): each transform does what it says, measured on
+signals whose answer is known, and none of them makes a command unrecognisable to the demo model."""
+
+import os
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+
+pytest.importorskip("pyroomacoustics")
+from paraedge_tools.recipe import augment as A  # noqa: E402
+
+RATE = 16000
+DEMO = os.path.join(ROOT, "models", "demo")
+
+
+def tone(f0: float, seconds: float = 1.0, harmonics: int = 1) -> np.ndarray:
+    t = np.arange(int(seconds * RATE)) / RATE
+    return sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, harmonics + 1)).astype(np.float32)
+
+
+def peak_hz(x: np.ndarray) -> float:
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.fft.rfftfreq(len(x), 1 / RATE)[np.argmax(spec)])
+
+
+def centroid_hz(x: np.ndarray) -> float:
+    spec = np.abs(np.fft.rfft(x)) ** 2
+    f = np.fft.rfftfreq(len(x), 1 / RATE)
+    return float((f * spec).sum() / spec.sum())
+
+
+def test_time_stretch_changes_duration_not_pitch():
+    x = tone(440.0)
+    for rate in (0.8, 1.25):
+        y = A.time_stretch(x, rate)
+        assert abs(len(y) - len(x) / rate) <= 1
+        assert abs(peak_hz(y[2000:-2000]) - 440.0) < 10
+    assert A.time_stretch(x, 1.0) is x
+
+
+def test_pitch_shift_moves_pitch_keeps_duration():
+    x = tone(300.0)
+    y = A.pitch_shift(x, 12.0)  # an octave up
+    assert len(y) == len(x)
+    assert abs(peak_hz(y[2000:-2000]) - 600.0) < 15
+    assert abs(peak_hz(A.pitch_shift(x, -12.0)[2000:-2000]) - 150.0) < 10
+
+
+def test_vtlp_moves_formants_not_pitch():
+    from scipy.signal import lfilter
+
+    noise = np.random.default_rng(0).standard_normal(RATE)
+    r, w = 0.97, 2 * np.pi * 1000 / RATE  # a formant at 1 kHz
+    x = lfilter([1.0], [1.0, -2 * r * np.cos(w), r * r], noise).astype(np.float32)
+
+    def formant(z):
+        s = np.convolve(np.abs(np.fft.rfft(z)) ** 2, np.ones(200) / 200, "same")
+        return float(np.fft.rfftfreq(len(z), 1 / RATE)[np.argmax(s)])
+
+    assert formant(A.vtlp(x, 1.15)) > formant(x) * 1.03 and formant(A.vtlp(x, 0.87)) < formant(x) * 0.97
+    buzz = tone(150.0, harmonics=40)
+    for alpha in (0.87, 1.15):
+        y = A.vtlp(buzz, alpha)
+        assert len(y) == len(buzz) and peak_hz(y) == pytest.approx(150.0, abs=3)
+    assert centroid_hz(A.vtlp(buzz, 1.15)) > centroid_hz(buzz) > centroid_hz(A.vtlp(buzz, 0.87))
+
+
+def test_cabin_rirs_are_short_rooms_with_a_direct_path():
+    rirs = A.cabin_rirs(np.random.default_rng(0), 6)
+    assert len(rirs) == 6
+    for h in rirs:
+        assert np.max(np.abs(h)) == pytest.approx(1.0)
+        assert len(h) < RATE // 2  # a car cabin rings for well under half a second
+        energy = np.cumsum(h**2) / np.sum(h**2)
+        assert np.argmax(energy > 0.99) < RATE // 5  # 99 % of the energy within 200 ms
+    x = tone(500.0)
+    y = A.convolve(x, rirs[0])
+    assert len(y) == len(x) and np.mean(y**2) == pytest.approx(np.mean(x**2), rel=1e-3)
+
+
+def test_channel_band_limits():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(RATE).astype(np.float32)
+    f = np.fft.rfftfreq(RATE, 1 / RATE)
+    for _ in range(5):
+        y = A.channel(x, rng)
+        spec = np.abs(np.fft.rfft(y)) ** 2
+        assert np.isfinite(y).all() and len(y) == len(x)
+        # high-passed at >= 50 Hz and low-passed at <= 7.8 kHz: both extremes lose most of their energy
+        assert spec[f < 30].mean() < 0.1 * spec[(f > 500) & (f < 2000)].mean()
+        assert spec[f > 7950].mean() < 0.1 * spec[(f > 500) & (f < 2000)].mean()
+
+
+def test_babble_and_snr():
+    rng = np.random.default_rng(2)
+    pool = [tone(f, 0.7) for f in (200.0, 330.0, 470.0)]
+    b = A.babble(RATE, pool, rng)
+    assert len(b) == RATE and np.std(b) > 0
+    x = tone(1000.0)
+    y = A.mix_at_snr(x, b, 5.0)
+    noise = y - x
+    assert 10 * np.log10(np.mean(x**2) / np.mean(noise**2)) == pytest.approx(5.0, abs=0.01)
+
+
+def test_augment_draws_are_bounded_and_seeded():
+    x = tone(300.0, harmonics=8) * 0.5
+    bank = A.noise_bank(np.random.default_rng(5), seconds=3.0, rirs=2)
+    draws = [A.augment(x, np.random.default_rng(s), bank, [tone(200.0)]) for s in range(12)]
+    for y in draws:
+        assert y.dtype == np.float32 and np.isfinite(y).all() and np.max(np.abs(y)) <= 0.99 + 1e-6
+        assert len(x) * 0.75 <= len(y) <= len(x) * 1.3 + 1.9 * RATE  # tempo/speed, then up to 1.9 s of padding
+    assert len({len(y) for y in draws}) > 3  # the draws differ
+    again = A.augment(x, np.random.default_rng(3), bank, [tone(200.0)])
+    assert np.array_equal(again, draws[3])
+
+
+def test_spec_augment_masks_bands_and_spans():
+    rng = np.random.default_rng(3)
+    feats = rng.standard_normal((200, 80)).astype(np.float32)
+    y = A.spec_augment(feats, rng, p=1.0, max_f=10, max_t=5)
+    assert y.shape == feats.shape and not np.shares_memory(y, feats)
+    changed = y != feats
+    assert changed.any()
+    assert changed.all(axis=0).sum() <= 20  # at most two bands of <= 10 bins
+    assert changed.all(axis=1).sum() <= 10  # at most two spans of <= 5 frames
+    assert A.spec_augment(feats, rng, p=0.0) is feats
+
+
+def test_augmented_commands_stay_recognisable():
+    """Every transform at its strongest setting still leaves a command the demo model gets right:
+    the augmentation moves fingerprints, it does not destroy speech."""
+    from edge.asr.recognizer import Recognizer
+    from paraedge_tools.recipe.corpus import render
+
+    rec = Recognizer(DEMO, "ref")
+    x = render("navigate home", "en", "m1")
+    rng = np.random.default_rng(4)
+    bank = A.noise_bank(rng, seconds=5.0, rirs=2)
+    other = render("play music", "en", "f1")
+    variants = {"tempo 0.8": A.time_stretch(x, 0.8), "tempo 1.25": A.time_stretch(x, 1.25),
+                "pitch +4": A.pitch_shift(x, 4), "pitch -4": A.pitch_shift(x, -4),
+                "vtlp 0.85": A.vtlp(x, 0.85), "vtlp 1.15": A.vtlp(x, 1.15),
+                "cabin": A.convolve(x, bank["rirs"][0]), "channel": A.channel(x, rng),
+                "babble 10 dB": A.mix_at_snr(x, A.babble(len(x), [other], rng, (2, 3)), 10.0)}
+    wrong = {k: rec.transcribe(v).text for k, v in variants.items() if rec.transcribe(v).text != "navigate home"}
+    assert not wrong, wrong

@@ -1,0 +1,160 @@
+"""Leave-one-synthesizer-out: how the recipe does on a synthesizer family it never trained on.
+
+`python -m paraedge_tools.recipe.loso --corpus out/corpus --out out/loso --init-dir models/demo-espeak
+--init-families espeak [--families piper,kokoro] [--steps 600] [--write-card models/demo/README.md]`
+
+Held-out voices of a family the model trained on share that family's engine, so they say little
+about a voice from another engine (a person, or a synthesizer nobody tried). This measures that.
+For each family F (default: every family of the corpus's train.jsonl the init model never saw):
+1. a corpus view OUT/F/corpus: train.jsonl = every training row of the other families;
+   test_clean.jsonl = the espeak held-out clean set, which only picks the best checkpoint (never F);
+2. the release recipe's fine-tune of --init-dir on it for --steps (grown vocabulary, same
+   augmentation, half the steps streaming);
+3. the fp32 model scored on every render of F in the corpus (training and held-out voices alike:
+   none was heard), offline, clean and with car noise at 10 dB added as the evaluator adds it.
+A family the init model was trained on (--init-families) cannot be left out from it; the table
+says so instead of reporting a number that would not mean anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+TABLE_BEGIN, TABLE_END = "<!-- loso:begin -->", "<!-- loso:end -->"
+SNR = 10
+
+
+def rows_by_family(corpus: str) -> dict[str, list[dict]]:
+    """Training rows and per-family test rows, grouped by family (rows without one are espeak)."""
+    import glob
+
+    from paraedge_tools.recipe.corpus import read_manifest
+
+    out: dict[str, list[dict]] = {}
+    paths = [os.path.join(corpus, "train.jsonl")] + sorted(glob.glob(os.path.join(corpus, "test_*_clean.jsonl")))
+    for path in paths:
+        for r in read_manifest(path):
+            out.setdefault(r.get("family", "espeak"), []).append(r)
+    return out
+
+
+def write_view(corpus: str, family: str, view: str) -> dict:
+    """OUT/F/corpus: the manifests of a run without `family` (paths absolute, nothing copied)."""
+    from paraedge_tools.recipe.corpus import read_manifest
+
+    os.makedirs(view, exist_ok=True)
+    train = [r for r in read_manifest(os.path.join(corpus, "train.jsonl")) if r.get("family", "espeak") != family]
+    pick = [r for r in read_manifest(os.path.join(corpus, "test_clean.jsonl")) if r.get("family", "espeak") != family]
+    for name, rows in (("train", train), ("test_clean", pick)):
+        with open(os.path.join(view, f"{name}.jsonl"), "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return {"train": len(train), "families": sorted({r.get("family", "espeak") for r in train})}
+
+
+def score_family(model_dir: str, rows: list[dict]) -> dict:
+    """Whole-command accuracy (fp32, offline) on `rows`, clean and at SNR dB car noise, per language."""
+    from edge.asr.recognizer import Recognizer
+    from paraedge_tools.recipe.evaluate import decode_results
+
+    rec = Recognizer(model_dir, "ref")
+    out = {}
+    for cond, snr in (("clean", None), (f"snr{SNR}", SNR)):
+        results = decode_results(rec, rows, streaming=False, snr=snr)
+        for lang in sorted({r["lang"] for r in rows}) + ["all"]:
+            pairs = [(r, res) for r, res in zip(rows, results) if lang in ("all", r["lang"])]
+            out[f"{cond}_{lang}"] = {"acc": sum(res.text == r["text"] for r, res in pairs) / len(pairs), "n": len(pairs)}
+    return out
+
+
+def run(corpus: str, out: str, init_dir: str, init_families: list[str], families: list[str] | None,
+        steps: int, lr: float, threads: int, log=print) -> dict:
+    from paraedge_tools.recipe.release import run_model_dir
+    from paraedge_tools.recipe.train import train
+
+    groups = rows_by_family(corpus)
+    families = families or sorted(groups)
+    report = {"corpus": os.path.abspath(corpus), "init_dir": os.path.abspath(init_dir), "init_families": init_families,
+              "steps": steps, "lr": lr, "snr": SNR, "families": {}}
+    for fam in families:
+        if fam not in groups:
+            raise ValueError(f"{corpus}: no renders of family '{fam}' (families here: {', '.join(sorted(groups))})")
+        if fam in init_families:
+            report["families"][fam] = {"skipped": f"{init_dir} was trained on {fam}"}
+            log(f"{fam}: skipped ({init_dir} was trained on it)")
+            continue
+        view = os.path.join(out, fam, "corpus")
+        info = write_view(corpus, fam, view)
+        run_dir = os.path.join(out, fam, "train")
+        t0 = time.time()
+        train(view, run_dir, steps, lr=lr, eval_every=max(1, steps // 4), threads=threads, init_dir=init_dir,
+              grow=True, log=log)
+        minutes = (time.time() - t0) / 60
+        model = run_model_dir(run_dir, os.path.join(out, fam, "model"), fp16_weights=False)
+        scores = score_family(model, groups[fam])
+        report["families"][fam] = {"trained_on": info["families"], "train_rows": info["train"],
+                                   "minutes": round(minutes, 1), "voices": sorted({r["voice"] for r in groups[fam]}),
+                                   **scores}
+        log(f"{fam}: {json.dumps(scores)}")
+        with open(os.path.join(out, "loso.json"), "w") as f:
+            json.dump(report, f, indent=1)
+    return report
+
+
+def table(report: dict) -> str:
+    lines = [f"Leave-one-synthesizer-out (`python -m paraedge_tools.recipe.loso`): {report['init_dir'].split('/')[-1]} "
+             f"fine-tuned {report['steps']} steps (lr {report['lr']:g}) on every family but one, then scored on every "
+             f"render of the one left out (fp32, offline; car noise at {report['snr']} dB as the evaluator adds it).",
+             "", "| left out | voices | trained on | clean: all / en / zh | 10 dB: all / en / zh | fine-tune |",
+             "|---|---|---|---|---|---|"]
+    for fam, r in report["families"].items():
+        if "skipped" in r:
+            lines.append(f"| {fam} | | | not measured: {r['skipped']} | | |")
+            continue
+
+        def cell(cond):
+            parts = []
+            for lang in ("all", "en", "zh"):
+                k = f"{cond}_{lang}"
+                parts.append(f"{100 * r[k]['acc']:.1f} % (n={r[k]['n']})" if k in r else "-")
+            return " / ".join(parts)
+
+        noisy = f"snr{report['snr']}"
+        lines.append(f"| {fam} | {len(r['voices'])} | {', '.join(r['trained_on'])} | {cell('clean')} | "
+                     f"{cell(noisy)} | {r['minutes']:.0f} min |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--corpus", default="out/corpus")
+    ap.add_argument("--out", default="out/loso")
+    ap.add_argument("--init-dir", required=True, help="the model every run starts from")
+    ap.add_argument("--init-families", required=True,
+                    help="comma-separated families --init-dir was trained on (never left out from it)")
+    ap.add_argument("--families", default=None, help="comma-separated families to leave out (default: all)")
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--write-card", default=None, help="model card (README.md) to write the table into")
+    args = ap.parse_args(argv)
+    if args.steps < 1:
+        ap.error("--steps must be >= 1")
+    if not os.path.exists(os.path.join(args.corpus, "train.jsonl")):
+        ap.error(f"{args.corpus}/train.jsonl: not found; build it with `python -m paraedge_tools.recipe.corpus {args.corpus}`")
+    fams = args.families.split(",") if args.families else None
+    report = run(args.corpus, args.out, args.init_dir, args.init_families.split(","), fams, args.steps, args.lr,
+                 args.threads)
+    print(table(report))
+    if args.write_card:
+        from paraedge_tools.docblock import write_between
+
+        write_between(args.write_card, TABLE_BEGIN, TABLE_END, table(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
