@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import yaml
 
 from edge.asr.modeldir import ModelDir, read_tokens
 
@@ -118,3 +119,20 @@ def test_bench_scratch_copy_follows_its_source(tmp_path, funasr_streaming_a):
     yaml.safe_dump(conf, open(src / "config.yaml", "w", encoding="utf-8"))
     fp32_copy(str(src), dst)
     assert yaml.safe_load(open(os.path.join(dst, "config.yaml"), encoding="utf-8"))["chunk_size"] == [10, 10, 5]
+
+
+def test_anchor_size_model_is_the_benches_shape(tmp_path):
+    """`make_model --size anchor` (what the speed benches build): FunASR layout, 15.75 M parameters,
+    encoder 12 x 256, decoder 6, 1,000 tokens; seeded, so two builds are the same model."""
+    import torch
+
+    from paraedge_tools.recipe.make_model import main
+
+    for d in ("a", "b"):
+        assert main([str(tmp_path / d), "--size", "anchor", "--no-export"]) == 0
+    a, b = (torch.load(tmp_path / d / "model.pt", weights_only=True) for d in ("a", "b"))
+    assert sum(v.numel() for k, v in a.items() if not k.startswith("ctc")) == 15_753_289
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    conf = yaml.safe_load(open(tmp_path / "a" / "config.yaml", encoding="utf-8"))
+    assert (conf["encoder_conf"]["num_blocks"], conf["encoder_conf"]["output_size"], conf["decoder_conf"]["num_blocks"],
+            conf["vocab_size"]) == (12, 256, 6, 1000)

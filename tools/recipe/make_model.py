@@ -1,8 +1,10 @@
 """Build a randomly initialised Paraformer as a FunASR-format model dir (host side, torch).
 
 For pipelines and tests that need a real model file of a given shape before a trained one exists:
-`python -m paraedge_tools.recipe.make_model OUT [--streaming] [--preset tiny|paper]` writes config.yaml, model.pt,
-tokens.json and am.mvn exactly as FunASR lays them out, then exports model.npz/ONNX.
+`python -m paraedge_tools.recipe.make_model OUT [--streaming] [--preset tiny|paper|anchor]` writes config.yaml,
+model.pt, tokens.json and am.mvn exactly as FunASR lays them out, then exports model.npz/ONNX. `--preset anchor`
+(also `--size anchor`) is the benches' anchor-size model: encoder 12 x 256 (FFN 1024, kernel 11), decoder 6,
+vocabulary 1,000, 15.75 M parameters, seeded.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ PRESETS = {
     "paper": dict(encoder_conf=dict(output_size=256, attention_heads=4, linear_units=1024, num_blocks=12, kernel_size=11),
                   decoder_conf=dict(attention_heads=4, linear_units=1024, num_blocks=6, att_layer_num=6, kernel_size=11)),
 }
+# the benches' anchor-size model: the paper shape with a 1,000-token vocabulary (15.75 M parameters)
+PRESETS["anchor"] = PRESETS["paper"]
+VOCAB = {"anchor": 1000}  # tokens per preset; others 100
 
 
 def model_config(preset="tiny", streaming: bool = False, vocab_size: int = 100, tail_threshold: float = 0.45,
@@ -69,7 +74,7 @@ def make_model_dir(out, preset: str = "tiny", streaming: bool = False, seed: int
     from edge.asr.frontend import Cmvn
     from paraedge_models.paraformer import Paraformer
 
-    tokens = default_tokens()
+    tokens = default_tokens(VOCAB.get(preset, 100) - 4)
     conf = model_config(preset, streaming, len(tokens))
     torch.manual_seed(seed)
     model = Paraformer(conf, len(tokens)).eval()
@@ -92,7 +97,7 @@ def make_model_dir(out, preset: str = "tiny", streaming: bool = False, seed: int
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out")
-    ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    ap.add_argument("--preset", "--size", default="tiny", choices=sorted(PRESETS))
     ap.add_argument("--streaming", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-export", action="store_true")
