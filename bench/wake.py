@@ -118,7 +118,7 @@ def zh_sentence(rng) -> str:
 
 # -- audio ---------------------------------------------------------------------------------------
 def espeak(text: str, voice: str, speed: int, pitch: int) -> np.ndarray:
-    """espeak-ng with a full voice name (corpus.render only knows en-us and cmn) -> float32 16 kHz."""
+    """espeak-ng with a full voice name (corpus.render only knows en-us and cmn-latn-pinyin) -> float32 16 kHz."""
     from math import gcd
 
     from scipy.io import wavfile
@@ -148,7 +148,7 @@ def voice(rng, lang: str = "en") -> str:
     from paraedge_tools.recipe.corpus import HELD_OUT_VOICES, TRAIN_VOICES
 
     v = [""] + TRAIN_VOICES + HELD_OUT_VOICES
-    base = EN_VOICES[rng.integers(len(EN_VOICES))] if lang == "en" else "cmn"
+    base = EN_VOICES[rng.integers(len(EN_VOICES))] if lang == "en" else "cmn-latn-pinyin"  # plain cmn reads tone digits as English
     var = v[rng.integers(len(v))]
     return base + (f"+{var}" if var else "")
 

@@ -14,9 +14,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 PHRASES = {
-    "zh": ("cmn", "打开空调，导航回家，调高温度"),
+    "zh": ("cmn-latn-pinyin", "打开空调，导航回家，调高温度"),
     "en": ("en-us", "open the window and navigate home"),
-    "zh2": ("cmn", "空调调到二十二度"),
+    "zh2": ("cmn-latn-pinyin", "空调调到二十二度"),
 }
 
 

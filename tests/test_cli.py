@@ -33,7 +33,7 @@ def assert_clean_error(rc, err, *words):
 def formats(tmp_path_factory, speech_dir):
     """The same utterance in many WAV encodings."""
     d = tmp_path_factory.mktemp("fmt")
-    pcm16 = render("打开空调", "cmn", str(d / "pcm16.wav"))
+    pcm16 = render("打开空调", "cmn-latn-pinyin", str(d / "pcm16.wav"))
     out = {"pcm16": pcm16}
     # widening conversions of the very same samples (exact), then lossy ones
     for name, opts in {"pcm24": ["-b", "24"], "float32": ["-e", "floating-point", "-b", "32"],
