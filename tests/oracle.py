@@ -164,8 +164,18 @@ def funasr_offline(model, frontend, samples):
     return [int(i) for i in ids], logp, n, speech[0].numpy()
 
 
+def shown_by_funasr_streaming(ids: list[int], model_dir: str) -> list[int]:
+    """Our token ids as FunASR's streaming path can show them: it returns text only, and its
+    sentence_postprocess drops `<unk>` (a random test model emits it; the offline path, which returns
+    token_int, keeps it and matches ours id for id)."""
+    with open(os.path.join(model_dir, "tokens.json"), encoding="utf-8") as f:
+        tokens = json.load(f)
+    return [i for i in ids if tokens[i] != "<unk>"]
+
+
 def funasr_streaming(model, frontend, conf, samples, step=9600, chunk_size=(0, 10, 5)):
-    """FunASR's streaming path fed `step` samples at a time; returns the recognised token ids."""
+    """FunASR's streaming path fed `step` samples at a time; returns the recognised token ids
+    (from its text: compare with `shown_by_funasr_streaming`)."""
     import torch
     from funasr.tokenizer.char_tokenizer import CharTokenizer
 
