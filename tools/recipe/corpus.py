@@ -121,13 +121,14 @@ def _job(args):
 
 
 def build(out: str, per_voice: int = 1, seed: int = 0, workers: int = 2, test_only: bool = False,
-          phrases=None, train_voices=TRAIN_VOICES, held_out_voices=HELD_OUT_VOICES, families=None,
+          phrases=None, train_voices=None, held_out_voices=HELD_OUT_VOICES, families=None,
           renders=FAMILY_RENDERS) -> dict:
     """Render the corpus under `out` and write its manifests; returns rows per split.
 
     `families`: synthesizer families to render (default: every one of voices.FAMILIES, all must be
-    installed); espeak's voices are `train_voices` / `held_out_voices` (variants), the others'
-    their own training and held-out voices (voices.py). Each held-out voice renders a phrase once;
+    installed); espeak's training voices are its variants and accents but `held_out_voices`, or
+    just `train_voices` (variants) when given; the other families use their own training and
+    held-out voices (voices.py). Each held-out voice renders a phrase once;
     that render is written clean and at each SNR."""
     from paraedge_tools.recipe import voices as V
 
@@ -157,8 +158,8 @@ def build(out: str, per_voice: int = 1, seed: int = 0, workers: int = 2, test_on
                 continue
             if s.family == "espeak":
                 held = [espeak_voice(lang, v) for v in held_out_voices]
-                variants = ([v for v in s.voices(lang) if v not in held] if train_voices is TRAIN_VOICES
-                            else [espeak_voice(lang, v) for v in train_voices])  # the default adds its accents
+                variants = ([v for v in s.voices(lang) if v not in held] if train_voices is None
+                            else [espeak_voice(lang, v) for v in train_voices])
                 train_v = [v for v in variants for _ in range(per_voice)]
                 test_splits = [("test_clean", None)] + [(f"test_snr{snr}", snr) for snr in SNRS]
             else:
@@ -177,15 +178,21 @@ def build(out: str, per_voice: int = 1, seed: int = 0, workers: int = 2, test_on
             for r in rows:
                 r["params"] = params
     for split, rows in manifests.items():
-        with open(os.path.join(out, f"{split}.jsonl"), "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        write_manifest(os.path.join(out, f"{split}.jsonl"), rows)
     with open(os.path.join(out, "README.txt"), "w", encoding="utf-8") as f:
         for s in synths:
             f.write(f"{s.family}: {s.engine}\n")
-        f.write(f"espeak train variants: {' '.join(v or 'default' for v in train_voices)}\n")
+        trained = "their variants and accents" if train_voices is None else " ".join(v or "default" for v in train_voices)
+        f.write(f"espeak training voices: {trained}\n")
         f.write(f"espeak held-out test variants (never trained on): {' '.join(held_out_voices)}\n")
     return {k: len(v) for k, v in manifests.items()}
+
+
+def write_manifest(path: str, rows) -> None:
+    """JSONL, one row a line (read back by `read_manifest`)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
 def read_manifest(path: str) -> list[dict]:

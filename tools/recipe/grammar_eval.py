@@ -37,7 +37,7 @@ BINS = np.linspace(0.0, 1.0, 11)
 def render_non_commands(corpus: str) -> list[dict]:
     """The out-of-grammar set under CORPUS/non_commands (rendered once, then read from the manifest)."""
     from edge.asr.audio import write_wav
-    from paraedge_tools.recipe.corpus import HELD_OUT_VOICES, read_manifest, read_phrases, render
+    from paraedge_tools.recipe.corpus import HELD_OUT_VOICES, read_manifest, read_phrases, render, write_manifest
 
     out = os.path.join(corpus, "non_commands")
     manifest = os.path.join(out, "manifest.jsonl")
@@ -54,9 +54,7 @@ def render_non_commands(corpus: str) -> list[dict]:
             write_wav(os.path.join(out, name), render(text, lang, voice, speed, pitch))
             rows.append({"path": name, "text": text, "lang": lang, "voice": voice, "sentence": k,
                          "split": "dev" if k % 2 == 0 else "test"})
-    with open(manifest, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    write_manifest(manifest, rows)
     return read_manifest(manifest)
 
 

@@ -27,32 +27,32 @@ TABLE_BEGIN, TABLE_END = "<!-- loso:begin -->", "<!-- loso:end -->"
 SNR = 10
 
 
-def rows_by_family(corpus: str) -> dict[str, list[dict]]:
-    """Training rows and per-family test rows, grouped by family (rows without one are espeak)."""
+def family_of(row: dict) -> str:
+    return row.get("family", "espeak")  # corpora from before the families were espeak only
+
+
+def rows_by_family(train_rows: list[dict], corpus: str) -> dict[str, list[dict]]:
+    """Training rows and per-family clean test rows, grouped by family."""
     import glob
 
     from paraedge_tools.recipe.corpus import read_manifest
 
     out: dict[str, list[dict]] = {}
-    paths = [os.path.join(corpus, "train.jsonl")] + sorted(glob.glob(os.path.join(corpus, "test_*_clean.jsonl")))
-    for path in paths:
-        for r in read_manifest(path):
-            out.setdefault(r.get("family", "espeak"), []).append(r)
+    tests = [r for p in sorted(glob.glob(os.path.join(corpus, "test_*_clean.jsonl"))) for r in read_manifest(p)]
+    for r in train_rows + tests:
+        out.setdefault(family_of(r), []).append(r)
     return out
 
 
-def write_view(corpus: str, family: str, view: str) -> dict:
+def write_view(train_rows: list[dict], pick_rows: list[dict], family: str, view: str) -> dict:
     """OUT/F/corpus: the manifests of a run without `family` (paths absolute, nothing copied)."""
-    from paraedge_tools.recipe.corpus import read_manifest
+    from paraedge_tools.recipe.corpus import write_manifest
 
     os.makedirs(view, exist_ok=True)
-    train = [r for r in read_manifest(os.path.join(corpus, "train.jsonl")) if r.get("family", "espeak") != family]
-    pick = [r for r in read_manifest(os.path.join(corpus, "test_clean.jsonl")) if r.get("family", "espeak") != family]
-    for name, rows in (("train", train), ("test_clean", pick)):
-        with open(os.path.join(view, f"{name}.jsonl"), "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    return {"train": len(train), "families": sorted({r.get("family", "espeak") for r in train})}
+    train = [r for r in train_rows if family_of(r) != family]
+    write_manifest(os.path.join(view, "train.jsonl"), train)
+    write_manifest(os.path.join(view, "test_clean.jsonl"), [r for r in pick_rows if family_of(r) != family])
+    return {"train": len(train), "families": sorted({family_of(r) for r in train})}
 
 
 def score_family(model_dir: str, rows: list[dict]) -> dict:
@@ -75,7 +75,11 @@ def run(corpus: str, out: str, init_dir: str, init_families: list[str], families
     from paraedge_tools.recipe.release import run_model_dir
     from paraedge_tools.recipe.train import train
 
-    groups = rows_by_family(corpus)
+    from paraedge_tools.recipe.corpus import read_manifest
+
+    train_rows = read_manifest(os.path.join(corpus, "train.jsonl"))
+    pick_rows = read_manifest(os.path.join(corpus, "test_clean.jsonl"))
+    groups = rows_by_family(train_rows, corpus)
     families = families or sorted(groups)
     report = {"corpus": os.path.abspath(corpus), "init_dir": os.path.abspath(init_dir), "init_families": init_families,
               "steps": steps, "lr": lr, "snr": SNR, "families": {}}
@@ -87,7 +91,7 @@ def run(corpus: str, out: str, init_dir: str, init_families: list[str], families
             log(f"{fam}: skipped ({init_dir} was trained on it)")
             continue
         view = os.path.join(out, fam, "corpus")
-        info = write_view(corpus, fam, view)
+        info = write_view(train_rows, pick_rows, fam, view)
         run_dir = os.path.join(out, fam, "train")
         t0 = time.time()
         train(view, run_dir, steps, lr=lr, eval_every=max(1, steps // 4), threads=threads, init_dir=init_dir,
