@@ -23,8 +23,7 @@ uses `add_noise`/`car_noise` for its fixed test sets; the trainer calls `augment
 from __future__ import annotations
 
 import numpy as np
-
-RATE = 16000
+from edge.asr.audio import SAMPLE_RATE as RATE
 
 
 # -- noise ---------------------------------------------------------------------------------------

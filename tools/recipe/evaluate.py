@@ -62,9 +62,10 @@ def with_trailing(x, snr, rng, seconds: float = TRAILING_S):
     (noisy sets: the file is speech + noise at `snr`, so noise power = P_file / (1 + 10^(snr/10)))."""
     import numpy as np
 
+    from edge.asr.audio import SAMPLE_RATE
     from paraedge_tools.recipe.augment import car_noise
 
-    n = int(seconds * 16000)
+    n = int(seconds * SAMPLE_RATE)
     if snr is None:
         tail = np.zeros(n, np.float32)
     else:

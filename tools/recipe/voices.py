@@ -30,9 +30,11 @@ import tempfile
 from math import gcd
 
 import numpy as np
+from edge.asr.audio import SAMPLE_RATE
+
 from paraedge_tools.recipe.corpus import HELD_OUT_VOICES, TRAIN_VOICES, trim
 
-RATE = 16000
+RATE = SAMPLE_RATE
 PAD = RATE // 10                      # silence kept at each end: 0.1 s
 FLOOR = 10 ** (-50 / 20)              # "silence" is below -50 dB re peak (Kokoro hums at -57..-60 dB)
 RESERVED = ("flite", "festival", "freetts")
