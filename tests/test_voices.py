@@ -127,3 +127,26 @@ def test_bad_voice_and_engine_failure(monkeypatch):
     monkeypatch.setattr(V, "_espeak_wav", lambda *a: V._cli_wav(broken))
     with pytest.raises(V.SynthError, match=r"espeak/en-us\+m1 failed on 'hello'.*espeak-ng exit"):
         s.render("hello", "en", "en-us+m1", np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("cli,args,needle", [
+    ("corpus", ["--families", "espeak,flite"], "reserved for held-out evaluation"),
+    ("corpus", ["--families", "espeak,klatt"], "unknown synthesizer family"),
+    ("loso", ["--init-dir", "x", "--init-families", "espeak", "--families", "nosuch"], "no renders of family 'nosuch'"),
+])
+def test_recipe_clis_refuse_bad_families_in_one_line(tmp_path, cli, args, needle):
+    """A reserved, unknown or absent family is one line and exit 2, before anything is rendered or trained."""
+    import json
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    row = {"path": "a.wav", "text": "x", "lang": "en", "family": "espeak", "voice": "en-us"}
+    for name in ("train", "test_clean"):
+        (corpus / f"{name}.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    argv = [str(tmp_path / "out")] if cli == "corpus" else ["--corpus", str(corpus), "--out", str(tmp_path / "out")]
+    p = subprocess.run([sys.executable, "-m", f"paraedge_tools.recipe.{cli}", *argv, *args], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert not (tmp_path / "out" / "wav").exists() and not (tmp_path / "out" / "nosuch").exists()

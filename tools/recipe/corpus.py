@@ -216,6 +216,13 @@ def main(argv=None) -> int:
     ap.add_argument("--test-only", action="store_true", help="only the held-out test sets")
     args = ap.parse_args(argv)
     families = args.families.split(",") if args.families else None
+    if families:
+        from paraedge_tools.recipe.voices import available
+
+        try:  # reserved (flite, festival), unknown or not installed: one line before any rendering
+            available(families)
+        except ValueError as e:
+            ap.error(f"--families: {e}")
     counts = build(args.out, args.per_voice, args.seed, args.workers, args.test_only, families=families)
     print(json.dumps(counts))
     return 0

@@ -83,9 +83,10 @@ def run(corpus: str, out: str, init_dir: str, init_families: list[str], families
     families = families or sorted(groups)
     report = {"corpus": os.path.abspath(corpus), "init_dir": os.path.abspath(init_dir), "init_families": init_families,
               "steps": steps, "lr": lr, "snr": SNR, "families": {}}
+    unknown = [f for f in families if f not in groups]
+    if unknown:  # before any training
+        raise ValueError(f"{corpus}: no renders of family '{unknown[0]}' (families here: {', '.join(sorted(groups))})")
     for fam in families:
-        if fam not in groups:
-            raise ValueError(f"{corpus}: no renders of family '{fam}' (families here: {', '.join(sorted(groups))})")
         if fam in init_families:
             report["families"][fam] = {"skipped": f"{init_dir} was trained on {fam}"}
             log(f"{fam}: skipped ({init_dir} was trained on it)")
@@ -150,8 +151,11 @@ def main(argv=None) -> int:
     if not os.path.exists(os.path.join(args.corpus, "train.jsonl")):
         ap.error(f"{args.corpus}/train.jsonl: not found; build it with `python -m paraedge_tools.recipe.corpus {args.corpus}`")
     fams = args.families.split(",") if args.families else None
-    report = run(args.corpus, args.out, args.init_dir, args.init_families.split(","), fams, args.steps, args.lr,
-                 args.threads)
+    try:
+        report = run(args.corpus, args.out, args.init_dir, args.init_families.split(","), fams, args.steps, args.lr,
+                     args.threads)
+    except ValueError as e:
+        ap.error(str(e))
     print(table(report))
     if args.write_card:
         from paraedge_tools.docblock import write_between
