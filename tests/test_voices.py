@@ -150,3 +150,13 @@ def test_recipe_clis_refuse_bad_families_in_one_line(tmp_path, cli, args, needle
                        text=True, timeout=120)
     assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert not (tmp_path / "out" / "wav").exists() and not (tmp_path / "out" / "nosuch").exists()
+
+
+def test_grow_vocab_needs_a_model_to_grow(tmp_path):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "paraedge_tools.recipe.train", "--corpus", str(tmp_path), "--out",
+                        str(tmp_path / "o"), "--grow-vocab"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "--grow-vocab" in p.stderr and "--init-dir" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "o").exists()

@@ -484,6 +484,8 @@ def main(argv=None) -> int:
         ap.error("--streaming-ratio must be within [0, 1]")
     if min(args.stream_left) < 0:
         ap.error("--stream-left must be >= 0")
+    if args.grow_vocab and not args.init_dir:
+        ap.error("--grow-vocab grows the vocabulary of an --init-dir model; a preset run builds its own from the phrases")
     train(args.corpus, args.out, args.steps, args.preset, args.batch, args.lr, args.seed, args.eval_every, args.threads,
           init=args.init, streaming_ratio=args.streaming_ratio,
           stream_left=args.stream_left, init_dir=args.init_dir, grow=args.grow_vocab)
