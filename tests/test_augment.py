@@ -116,6 +116,21 @@ def test_augment_draws_are_bounded_and_seeded():
     assert np.array_equal(again, draws[3])
 
 
+def test_digital_gate_ends_in_exact_zeros_just_after_the_last_sound():
+    x = np.concatenate([tone(300.0) * 0.5, np.full(RATE // 2, 1e-4, np.float32)])  # speech, then a faint floor
+    last = RATE - 1
+    for seed in range(5):
+        y = A.digital_gate(x, np.random.default_rng(seed))
+        cut = last + 1 + int(0.03 * RATE)
+        assert np.array_equal(y[:last + 1], x[:last + 1])  # the speech is kept whole
+        assert not np.any(y[cut:])  # and everything after it is digital silence
+        assert 0.05 * RATE <= len(y) - cut + int(0.03 * RATE) and len(y) <= cut + 1.5 * RATE
+    # the trainer's draws end in exact zeros often enough to learn from (14 % before the gate)
+    bank = A.noise_bank(np.random.default_rng(5), seconds=3.0, rirs=2)
+    ends = [A.augment(x, np.random.default_rng(s), bank)[-800:] for s in range(40)]
+    assert sum(not np.any(e) for e in ends) >= 10
+
+
 def test_spec_augment_masks_bands_and_spans():
     rng = np.random.default_rng(3)
     feats = rng.standard_normal((200, 80)).astype(np.float32)
