@@ -152,11 +152,14 @@ def test_recipe_clis_refuse_bad_families_in_one_line(tmp_path, cli, args, needle
     assert not (tmp_path / "out" / "wav").exists() and not (tmp_path / "out" / "nosuch").exists()
 
 
-def test_grow_vocab_needs_a_model_to_grow(tmp_path):
+@pytest.mark.parametrize("args, needle", [(["--grow-vocab"], "--init-dir"), (["--qty-weight", "-1"], "[0, 100]"),
+                                           (["--qty-weight", "nan"], "[0, 100]")])
+def test_train_refuses_bad_arguments_before_it_writes(tmp_path, args, needle):
+    """--grow-vocab without a model to grow, or an absurd quantity-loss weight: one line, exit 2."""
     import subprocess
     import sys
 
     p = subprocess.run([sys.executable, "-m", "paraedge_tools.recipe.train", "--corpus", str(tmp_path), "--out",
-                        str(tmp_path / "o"), "--grow-vocab"], capture_output=True, text=True, timeout=120)
-    assert p.returncode == 2 and "--grow-vocab" in p.stderr and "--init-dir" in p.stderr and "Traceback" not in p.stderr
+                        str(tmp_path / "o"), *args], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and args[0] in p.stderr and needle in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert not (tmp_path / "o").exists()
