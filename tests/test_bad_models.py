@@ -35,7 +35,7 @@ WAV = os.path.join(DEMO, "samples", "01_okay_nabu_zh.wav")
 FILES = ("config.yaml", "am.mvn", "tokens.json", "tokens.txt", "model.npz", "model_quant.onnx", "decoder_quant.onnx")
 MEM_LIMIT = 4 << 30  # child address space: runaway allocation fails fast instead of swapping the host
 BACKEND_KW = {"ref": {}, "onnxruntime": {"int8": True}}  # the demo ships INT8 ONNX only
-VOCAB = 143  # the demo's logits
+VOCAB = len(json.load(open(os.path.join(DEMO, "tokens.json"), encoding="utf-8")))  # the demo's logits
 ENC_WEIGHT = "encoder.encoders0.0.self_attn.linear_q_k_v.weight"
 
 
@@ -274,10 +274,10 @@ def assert_refused(results: dict, expect: dict) -> None:
             assert needle in r["msg"], (case, needle, r["msg"])
 
 
-TOKENS_TXT = {  # (what is done to the demo's 143-line tokens.txt, needles)
-    "huge_id": (lambda lines: lines + ["b 99999999999"], ("tokens.txt:144:", "99999999999", "out of range")),
-    "id_gap": (lambda lines: lines[:10] + lines[11:], ("tokens.txt:142:", "id 142", "0..141")),
-    "duplicate_id": (lambda lines: lines + ["b 7"], ("tokens.txt:144:", "id 7", "twice")),
+TOKENS_TXT = {  # (what is done to the demo's VOCAB-line tokens.txt, needles)
+    "huge_id": (lambda lines: lines + ["b 99999999999"], (f"tokens.txt:{VOCAB + 1}:", "99999999999", "out of range")),
+    "id_gap": (lambda lines: lines[:10] + lines[11:], (f"tokens.txt:{VOCAB - 1}:", f"id {VOCAB - 1}", f"0..{VOCAB - 2}")),
+    "duplicate_id": (lambda lines: lines + ["b 7"], (f"tokens.txt:{VOCAB + 1}:", "id 7", "twice")),
     "no_id": (lambda lines: lines[:5] + ["lonely"] + lines[5:], ("tokens.txt:6:", "<token> <id>")),
     "negative_id": (lambda lines: lines[:3] + ["b -1"] + lines[4:], ("tokens.txt:4:", "<token> <id>")),
     "empty": (lambda lines: [], ("tokens.txt", "no tokens")),
@@ -441,7 +441,7 @@ def test_cli_bad_model_is_one_line_exit_2(tmp_path, case):
         os.remove(os.path.join(d, "tokens.json"))
         with open(os.path.join(d, "tokens.txt"), "a", encoding="utf-8") as f:
             f.write("b 99999999999\n")
-        needle = "tokens.txt:144:"
+        needle = f"tokens.txt:{VOCAB + 1}:"
     else:
         os.remove(os.path.join(d, "model.npz"))
         write_pt(os.path.join(d, "model.pt"), collections.OrderedDict(w=tensor(Storage(), 0, (2,), (10**9,))), {"0": FOUR})

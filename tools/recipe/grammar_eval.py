@@ -9,9 +9,12 @@ speech; and how well the confidence is calibrated. Writes the tables into docs/G
   an expansion of the grammar, which gives its reference intent and slots.
 - Out of grammar: `tools/data/non_commands.tsv` (everyday English and Mandarin sentences, near misses
   included), each rendered by 4 of the corpus's held-out espeak voices (never trained on).
-- The rejection threshold is chosen on a dev half (even sentences, even utterances) and reported on
-  the test half (odd ones): the largest out-of-grammar rejection with at most 1 % of dev commands
-  rejected.
+- The calibration is fitted on a dev half (even sentences, even utterances) and everything reported
+  on the test half (odd ones), at the grammar file's threshold (0.5: a calibrated probability, equal
+  costs). Choosing the threshold on the dev half instead (the highest rejecting <= 1 % of each set's
+  dev commands) was tried on the 7-family weights: streaming 0.85, 98.1 % of non-commands rejected
+  but 2.4-2.8 % of test-half commands too (the dev half promised 1 %), so the file keeps 0.5
+  (94.6 % rejected, <= 0.9 % of commands).
 - Decoding is the daemon's: onnxruntime INT8, streaming with the model's chunk size, the grammar
   matched on the final. Offline is reported too.
 """
@@ -30,7 +33,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 NON_COMMANDS = os.path.join(os.path.dirname(HERE), "data", "non_commands.tsv")
 SETS = ("test_clean", "test_snr20", "test_snr10", "test_snr5")
 VOICES_PER_SENTENCE = 4
-MAX_FALSE_REJECTION = 0.01
 BINS = np.linspace(0.0, 1.0, 11)
 
 
