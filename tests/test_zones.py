@@ -143,7 +143,9 @@ def test_zone_faults_status_and_reload_wait_for_every_zone(tmp_path):
     assert status["busy"] and status["zones"] == {"driver": {"busy": True, "utterances": 0},
                                                   "passenger": {"busy": True, "utterances": 0}}
     order = [(e["event"], e.get("zone")) for e in ev if e["event"] in ("final", "model_reloaded")]
-    assert order == [("final", "passenger"), ("final", "driver"), ("model_reloaded", None)], order
+    # both zones finish their commands (in whichever order their audio ends) before the reload lands
+    assert sorted(order[:2]) == [("final", "driver"), ("final", "passenger")], order
+    assert order[2:] == [("model_reloaded", None)], order
     assert [f["text"] for f in kinds(ev, "final", "driver")] == [META[A]["command"]]
     assert [f["text"] for f in kinds(ev, "final", "passenger")] == [META[B]["command"]]
 

@@ -18,10 +18,10 @@ from edge.asr.audio import SAMPLE_RATE
 SAMPLES = [
     ("okay_nabu", "okay nabu", "zh", "打开空调", "m2"),
     ("alexa", "alexa", "en", "navigate home", "f3"),
-    # iven2, not klatt4: with the 7-family weights this command loses its final "度" in streaming for 2
-    # of the 8 held-out voices (klatt4, edward2: the syllable's alphas reach 0.34 of a token with silence
-    # in the look-ahead), drops the card counts; the other 6 decode it exactly both ways, int16 WAV included.
-    ("okay_nabu", "okay nabu", "zh", "空调调到二十二度", "iven2"),
+    # m2, not klatt4: with the 7-family weights this command's final "度" is fragile in streaming. From
+    # the wake word in the daemon, 15 repetitions came out right 14-15 times (m2, f3), 11-12 (Mario, Gene,
+    # iven2), 6 (steph2); klatt4 and edward2 lose it in plain streaming too. The model card says so.
+    ("okay_nabu", "okay nabu", "zh", "空调调到二十二度", "m2"),
     ("alexa", "alexa", "en", "set temperature to twenty two", "m2"),
     ("okay_nabu", "okay nabu", "zh", "导航回家", "f3"),
 ]
