@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,6 +13,13 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+DEMO = os.path.join(ROOT, "models", "demo")
+
+
+def demo_tokens() -> list[str]:
+    """The shipped demo model's vocabulary (its tokens.json): tests derive sizes from it, never a literal."""
+    with open(os.path.join(DEMO, "tokens.json"), encoding="utf-8") as f:
+        return json.load(f)
 
 PHRASES = {
     "zh": ("cmn-latn-pinyin", "打开空调，导航回家，调高温度"),

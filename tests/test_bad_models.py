@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, demo_tokens
 from edge.errors import ModelError
 
 DEMO = os.path.join(ROOT, "models", "demo")
@@ -35,7 +35,7 @@ WAV = os.path.join(DEMO, "samples", "01_okay_nabu_zh.wav")
 FILES = ("config.yaml", "am.mvn", "tokens.json", "tokens.txt", "model.npz", "model_quant.onnx", "decoder_quant.onnx")
 MEM_LIMIT = 4 << 30  # child address space: runaway allocation fails fast instead of swapping the host
 BACKEND_KW = {"ref": {}, "onnxruntime": {"int8": True}}  # the demo ships INT8 ONNX only
-VOCAB = len(json.load(open(os.path.join(DEMO, "tokens.json"), encoding="utf-8")))  # the demo's logits
+VOCAB = len(demo_tokens())  # the demo's logits
 ENC_WEIGHT = "encoder.encoders0.0.self_attn.linear_q_k_v.weight"
 
 
@@ -222,8 +222,7 @@ def test_onnx_from_another_config_is_named(model, samples):
 @pytest.mark.parametrize("n", [100, 193])
 def test_vocabulary_mismatch_is_refused_on_every_backend(model, samples, backend, n):
     """Was silent on onnxruntime (wrong or empty text, exit 0); the reference refused by shape."""
-    tokens = json.loads(Path(DEMO, "tokens.json").read_text(encoding="utf-8"))
-    tokens = (tokens + [f"x{i}" for i in range(n)])[:n]
+    tokens = (demo_tokens() + [f"x{i}" for i in range(n)])[:n]
     Path(model, "tokens.json").write_text(json.dumps(tokens, ensure_ascii=False), encoding="utf-8")
     refused(model, samples, "tokens.json", f"has {n} tokens", f"{VOCAB} outputs", backend=backend)
 

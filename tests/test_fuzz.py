@@ -50,7 +50,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, demo_tokens
 from edge.errors import AudioError, ModelError, ParaEdgeError
 
 DEMO = os.path.join(ROOT, "models", "demo")
@@ -844,8 +844,7 @@ def fake_bundle(path) -> tuple[str, dict]:
         "format": "paraedge-tvm-bundle/1",
         "board": {"name": "x86-host", "arch": "x86_64", "features": [], "cc": "g++"},
         "target": {"kind": "llvm"}, "host": None,
-        "model": {"type": "ParaformerStreaming", "streaming": True, "int8": False, "d_model": 256,
-                  "vocab_size": len(json.load(open(os.path.join(DEMO, "tokens.json"), encoding="utf-8")))},
+        "model": {"type": "ParaformerStreaming", "streaming": True, "int8": False, "d_model": 256, "vocab_size": len(demo_tokens())},
         "functions": [{"name": "enc_T64", "kind": "encoder", "T": 64, "inputs": {"x": [1, 64, 560]}, "params": ["w"]},
                       {"name": "sdec_T64_N16", "kind": "stream_decoder", "T": 64, "N": 16, "kernel": 11, "caches": 3,
                        "params": ["w"]}],

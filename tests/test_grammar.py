@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, demo_tokens
 from edge.grammar import Grammar, GrammarError, Match
 from edge.grammar import slots as S
 from edge.grammar.decode import align_path, synthetic
@@ -19,10 +19,10 @@ from edge.grammar.spec import DEFAULT_DELETION, DEFAULT_INSERTION, DEFAULT_THRES
 DEMO = os.path.join(ROOT, "models", "demo")
 SAMPLES = os.path.join(DEMO, "samples")
 
-with open(os.path.join(DEMO, "tokens.json"), encoding="utf-8") as _f:
-    DEMO_TOKENS = json.load(_f)
+DEMO_TOKENS = demo_tokens()
 
-# A synthetic vocabulary with what the demo's lacks: zone words, "level", percentages
+# A synthetic vocabulary of its own (zone words, "level", percentages): grammar tests that do not
+# depend on what the demo model's vocabulary happens to hold
 SYN_TOKENS = ["<blank>", "<s>", "</s>"] + list("打开关闭主驾副左右前后座椅加热度档百分之风量空音调到零一二三四五六七八九十") + [
     "turn", "on", "off", "the", "seat", "heating", "for", "driver", "passenger", "front", "rear", "left", "right",
     "level", "fan", "set", "to", "temperature", "percent", "volume", "twenty", "two", "three", "fifty", "<unk>"]
