@@ -19,10 +19,8 @@ EXIT_USAGE = 2
 HOST_COMMANDS = {
     "export": ("paraedge_models.export", ("torch", "onnx"),
                "(host) write model.npz, tokens.txt and ONNX (+INT8) into a FunASR model dir"),
-    "compile": ("paraedge_tools.compiler.compile", ("torch", "onnx", "tvm"),
+    "compile": ("paraedge_tools.compiler.compile", ("torch", "tvm"),
                 "(host) compile a model dir into a TVM bundle for a board"),
-    "tune": ("paraedge_tools.compiler.tune", ("torch", "onnx", "tvm"),
-             "(host) MetaSchedule-tune a board's kernels (locally or over TVM RPC)"),
     "deploy": ("paraedge_tools.deploy", ("torch", "onnx", "tvm", "wheel"),
                "(host) write a self-contained install kit for one board: bundle, wheel, wheelhouse, config, service"),
     "prune": ("paraedge_tools.prune", ("torch", "onnx"),

@@ -118,9 +118,6 @@ def exported_streaming(tmp_path_factory, funasr_streaming_a):
 
 
 # -- compiled TVM bundles, shared by test_tvm*, test_conformance --------------------------------
-OFFLINE_BUCKETS = (64, 512)  # the clips are 2-4 s (< 64 frames); long_speech is 30 s (500 frames)
-
-
 def _compile(tmp_path_factory, name, model, board, **kw) -> str:
     pytest.importorskip("tvm.relax", reason="apache-tvm (host extra) is not installed")
     from paraedge_tools.compiler.compile import compile_bundle
@@ -132,20 +129,18 @@ def _compile(tmp_path_factory, name, model, board, **kw) -> str:
 
 @pytest.fixture(scope="session")
 def tvm_offline(tmp_path_factory, exported_offline):
-    # token_divs (4,): two token buckets, so the picker is exercised
-    return _compile(tmp_path_factory, "off_x86", exported_offline, "x86-host", buckets=OFFLINE_BUCKETS, token_divs=(4,))
+    return _compile(tmp_path_factory, "off_x86", exported_offline, "x86-host")
 
 
 @pytest.fixture(scope="session")
 def tvm_streaming(tmp_path_factory, exported_streaming):
-    return _compile(tmp_path_factory, "str_x86", exported_streaming, "x86-host", buckets=(128,), token_divs=())
+    return _compile(tmp_path_factory, "str_x86", exported_streaming, "x86-host")
 
 
 @pytest.fixture(scope="session")
 def tvm_demo_int8(tmp_path_factory):
-    """The trained demo model as an INT8 x86 bundle, offline (96 frames: the samples' commands) + streaming."""
-    return _compile(tmp_path_factory, "demo_int8", os.path.join(ROOT, "models", "demo"), "x86-host", buckets=(96,),
-                    int8=True, token_divs=())
+    """The trained demo model as an INT8 x86 bundle, offline + streaming."""
+    return _compile(tmp_path_factory, "demo_int8", os.path.join(ROOT, "models", "demo"), "x86-host", int8=True)
 
 
 @pytest.fixture(scope="session")
@@ -160,10 +155,9 @@ def armroot():
 @pytest.fixture(scope="session")
 def arm_demo_int8(tmp_path_factory):
     """The demo model as an INT8 bundle for the emulated Cortex-A76 (sdot tiles)."""
-    return _compile(tmp_path_factory, "demo_int8_a76", os.path.join(ROOT, "models", "demo"), "qemu-a76", buckets=(96,),
-                    int8=True, token_divs=())
+    return _compile(tmp_path_factory, "demo_int8_a76", os.path.join(ROOT, "models", "demo"), "qemu-a76", int8=True)
 
 
 @pytest.fixture(scope="session")
 def arm_bundle(tmp_path_factory, exported_streaming):
-    return _compile(tmp_path_factory, "str_a76", exported_streaming, "qemu-a76", buckets=(64,), token_divs=())
+    return _compile(tmp_path_factory, "str_a76", exported_streaming, "qemu-a76")

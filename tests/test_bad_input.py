@@ -15,6 +15,7 @@ import pytest
 
 from edge.asr.audio import load_audio, write_wav
 from edge.asr.modeldir import sha256_file
+from edge.backends.tvm import BUNDLE_FORMAT
 from edge.daemon.config import ConfigError, DaemonConfig
 from edge.errors import AudioError, ModelError, ParaEdgeError
 from tests.conftest import ROOT
@@ -151,7 +152,7 @@ def _fake_bundle(tmp_path, edit) -> str:
     (b / "model.so").write_bytes(b"\x7fELF not really")
     np.savez(b / "params.npz", w=np.zeros(3, np.float32))
     files = {n: sha256_file(b / n) for n in ("config.yaml", "am.mvn", "tokens.json", "model.so", "params.npz")}
-    manifest = {"format": "paraedge-tvm-bundle/1", "board": {"name": "x86-host", "arch": "x86_64", "features": [], "cc": "g++"},
+    manifest = {"format": BUNDLE_FORMAT, "board": {"name": "x86-host", "arch": "x86_64", "features": [], "cc": "g++"},
                 "target": {"kind": "llvm"}, "model": {"int8": False}, "functions": [], "files": files}
     edit(manifest, b)
     (b / "manifest.json").write_text(json.dumps(manifest))

@@ -51,6 +51,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import ROOT, demo_tokens
+from edge.backends.tvm import BUNDLE_FORMAT
 from edge.errors import AudioError, ModelError, ParaEdgeError
 
 DEMO = os.path.join(ROOT, "models", "demo")
@@ -841,13 +842,14 @@ def fake_bundle(path) -> tuple[str, dict]:
     np.savez(os.path.join(b, "params.npz"), w=np.zeros(3, np.float32))
     files = {n: sha256_file(os.path.join(b, n)) for n in ("config.yaml", "am.mvn", "tokens.json", "model.so", "params.npz")}
     manifest = {
-        "format": "paraedge-tvm-bundle/1",
+        "format": BUNDLE_FORMAT,
         "board": {"name": "x86-host", "arch": "x86_64", "features": [], "cc": "g++"},
         "target": {"kind": "llvm"}, "host": None,
         "model": {"type": "ParaformerStreaming", "streaming": True, "int8": False, "d_model": 256, "vocab_size": len(demo_tokens())},
-        "functions": [{"name": "enc_T64", "kind": "encoder", "T": 64, "inputs": {"x": [1, 64, 560]}, "params": ["w"]},
-                      {"name": "sdec_T64_N16", "kind": "stream_decoder", "T": 64, "N": 16, "kernel": 11, "caches": 3,
-                       "params": ["w"]}],
+        "functions": [{"name": "encoder", "kind": "encoder", "lengths": {"T": 8}, "inputs": {"x": [1, "T", 560]},
+                       "params": ["w"]},
+                      {"name": "stream_decoder", "kind": "stream_decoder", "lengths": {"T": 8, "N": 4}, "kernel": 11,
+                       "caches": 3, "params": ["w"]}],
         "files": files,
     }
     return b, manifest
@@ -1215,7 +1217,7 @@ def _manifest_case(case: str, m: dict) -> None:
     elif case == "function_without_kind":
         del m["functions"][0]["kind"]
     elif case == "function_T_text":
-        m["functions"][1]["T"] = "64"
+        m["functions"][1]["lengths"]["T"] = "8"
     elif case == "proc_self_mem":
         m["files"]["/proc/self/mem"] = "0" * 64
     elif case == "absolute":

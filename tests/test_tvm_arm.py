@@ -28,25 +28,27 @@ def test_arm_bundle_is_aarch64_and_refused_here(arm_bundle):
         Recognizer(arm_bundle, "tvm")
 
 
-def test_int8_sdot_ops_on_emulated_board_equal_numpy_reference(armroot, tmp_path):
-    """The dotprod schedule: MatMulS8Panels tensorized into `sdot`, run on the emulated A76,
-    exact against the numpy reference (and the instruction really is in the code)."""
+@pytest.mark.parametrize("shape,symbolic", [((14, 96), False), ((168, 96), True)], ids=["static-14", "symbolic-168"])
+def test_int8_sdot_ops_on_emulated_board_equal_numpy_reference(armroot, tmp_path, shape, symbolic):
+    """The dotprod schedule: the panel matmul tensorized into `sdot`, run on the emulated A76,
+    exact against the numpy reference (and the instruction really is in the code), with static
+    rows and with symbolic ones (8 * q) as bundles compile them."""
     import subprocess
 
     from tests import tvm_int8_ops
     from paraedge_tools.emu.armroot import run_python
 
     so = str(tmp_path / "ops.so")
-    tvm_int8_ops.build("qemu-a76", so)
+    tvm_int8_ops.build("qemu-a76", so, shape, symbolic)
     dis = subprocess.run(["aarch64-linux-gnu-objdump", "-d", so], capture_output=True, text=True).stdout
     assert "sdot\t" in dis
-    x, _ = tvm_int8_ops.inputs()
-    np.savez(tmp_path / "in.npz", x=x)
+    x, _ = tvm_int8_ops.inputs(shape=shape)
+    np.savez(tmp_path / "in.npz", x=x, **({"0_lengths": np.array([shape[0] // 8])} if symbolic else {}))
     script = tmp_path / "run.py"
     script.write_text(tvm_int8_ops.RUN)
     r = run_python([str(script), so, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")], root=armroot, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    tvm_int8_ops.check(np.load(tmp_path / "out.npz"))
+    tvm_int8_ops.check(np.load(tmp_path / "out.npz"), shape)
 
 
 def test_fp32_fmla_matmuls_on_emulated_board_equal_numpy(armroot, tmp_path):

@@ -28,7 +28,7 @@ def test_jetson_bundle_has_cubins(board, arch, exported_offline, tmp_path):
     from paraedge_tools.compiler.compile import compile_bundle
 
     out = str(tmp_path / board)
-    m = compile_bundle(exported_offline, board, out, buckets=(32,), token_divs=())
+    m = compile_bundle(exported_offline, board, out)
     assert m["cuda"]["arch"] == arch and m["cuda"]["cubins"]
     so = open(os.path.join(out, "model.so"), "rb").read()
     assert _elf_machine(so) == 183  # the host code is aarch64 (the Jetson's CPU)
@@ -58,7 +58,7 @@ def test_cuda_bundle_on_gpu_equals_reference(exported_offline, speech, tmp_path)
     board = load_board("x86-cuda")
     board.target = dict(board.target, arch=arch)
     out = str(tmp_path / "gpu")
-    compile_bundle(exported_offline, board, out, buckets=(64,), token_divs=())
+    compile_bundle(exported_offline, board, out)
     ref, gpu = Recognizer(exported_offline, "ref"), Recognizer(out, "tvm")
     for x in (speech["zh"], speech["en"]):
         feats = ref.frontend(x)

@@ -1,7 +1,8 @@
 """The INT8 ops of TVM bundles (tools/compiler/int8.py) as a standalone module, op by op against the
-numpy reference (edge/backends/ops.py): QuantizeRowsS8 and MatMulS8Panels, imported from ONNX exactly as
-`paraedge compile --int8` imports them and scheduled by the same CPU rules (tensorized `sdot`
-on dotprod boards). Shared by the x86 test and the emulated-board test."""
+numpy reference (edge/backends/ops.py): the row quantizer and the panel matmul, built from the
+same TE computes `paraedge compile --int8` uses and scheduled by the same CPU rules (tensorized
+`sdot` on dotprod boards). The rows are static, or symbolic as in a bundle (`8 * q`, passed
+as a leading shape). Shared by the x86 test and the emulated-board test."""
 
 from __future__ import annotations
 
@@ -28,43 +29,50 @@ def panels(w_nk: np.ndarray) -> np.ndarray:
     return pack_panels_s8(np.ascontiguousarray(w_nk.T.reshape(k, n // 16, 16).transpose(1, 0, 2)))
 
 
-def build(board: str, path: str, shape=(M, K)) -> None:
-    """Compile the two-op module of x [1, M, K] for `board` and export it to `path`."""
+def build(board: str, path: str, shape=(M, K), symbolic: bool = False) -> None:
+    """Compile the two-op module of x [1, M, K] for `board` and export it to `path`; symbolic:
+    M is `8 * q` (M a multiple of 8), q given by a leading R.Shape([q]) argument."""
     import tvm
-    from onnx import TensorProto, helper, numpy_helper
-    from tvm.relax.frontend.onnx import from_onnx
+    from tvm import relax, tirx
 
     from edge.boards import load_board
     from paraedge_tools.compiler.compile import tvm_target
     from paraedge_tools.compiler.cpu import int8_kernel
-    from paraedge_tools.compiler.int8 import DOMAIN, PANELS_OP, QUANT_OP, int8_matmul_import
+    from paraedge_tools.compiler.graphs import int8_computes
     from paraedge_tools.compiler.pipeline import relax_pipeline
 
     m, k = shape
     _, w_nk = inputs(shape=shape)
-    graph = helper.make_graph(
-        [helper.make_node(QUANT_OP, ["x"], ["xq", "sx"], domain=DOMAIN),
-         helper.make_node(PANELS_OP, ["xq", "w"], ["acc"], domain=DOMAIN)],
-        "int8_ops", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, m, k])],
-        [helper.make_tensor_value_info("xq", TensorProto.INT8, [1, m, k]),  # int16 on pmaddwd targets
-         helper.make_tensor_value_info("sx", TensorProto.FLOAT, [1, m, 1]),
-         helper.make_tensor_value_info("acc", TensorProto.INT32, [P, m, 16])],
-        [numpy_helper.from_array(panels(w_nk), "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
     b = load_board(board)
     target = tvm_target(b)
-    with int8_matmul_import(int8_kernel(target)):
-        mod = from_onnx(model)
+    te = int8_computes(int8_kernel(target))
+    params = []
+    if symbolic:
+        q = tirx.Var("q", "int64")
+        params.append(relax.Var("lengths", relax.ShapeType([q])))
+        m = q * 8
+    x = relax.Var("x", relax.TensorType([1, m, k], "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [*params, x]):
+        with bb.dataflow():
+            fn, extra = te["quantize_rows_s8"]
+            quant = bb.emit_te(fn, x, *extra, primfunc_name_hint="quantize_rows_s8")
+            xq, sx = bb.emit(relax.TupleGetItem(quant, 0)), bb.emit(relax.TupleGetItem(quant, 1))
+            fn, extra = te["matmul_s8_panels"]
+            acc = bb.emit_te(fn, xq, relax.const(panels(w_nk)), *extra, primfunc_name_hint="matmul_s8_panels")
+            out = bb.emit_output(relax.Tuple([xq, sx, acc]))
+        bb.emit_func_output(out)
     with tvm.transform.PassContext(opt_level=3):
-        ex = tvm.compile(mod, target, relax_pipeline=relax_pipeline(b, target))
+        ex = tvm.compile(bb.get(), target, relax_pipeline=relax_pipeline(b, target))
     if b.arch == "aarch64":
         ex.export_library(path, fcompile=tvm.support.cc.cross_compiler(b.cc))
     else:
         ex.export_library(path)
 
 
-# run.py MODULE IN.npz OUT.npz: main() of a module on the npz's arrays (in name order), runtime
-# only; its outputs saved as arr_0, arr_1, ... (also used by the emulated board's fp32 op test)
+# run.py MODULE IN.npz OUT.npz: main() of a module on the npz's arrays (in name order; an int64
+# array named "0_lengths" is passed as a shape), runtime only; its outputs saved as arr_0, arr_1,
+# ... (also used by the emulated board's fp32 op test)
 RUN = """
 import os, sys
 os.environ["TVM_USE_RUNTIME_LIB"] = "1"
@@ -72,7 +80,9 @@ import numpy as np, tvm
 from tvm.runtime.vm import VirtualMachine
 vm = VirtualMachine(tvm.runtime.load_module(sys.argv[1]), tvm.cpu())
 ins = np.load(sys.argv[2])
-outs = vm["main"](*[tvm.runtime.tensor(ins[k]) for k in sorted(ins.files)])
+args = [tvm.runtime.ShapeTuple([int(v) for v in ins[k]]) if k == "0_lengths" else tvm.runtime.tensor(ins[k])
+        for k in sorted(ins.files)]
+outs = vm["main"](*args)
 np.savez(sys.argv[3], *[o.numpy() for o in outs])
 """
 

@@ -82,20 +82,22 @@ def pip_platform_args(board: Board, py: str) -> list[str]:
 
 
 # -- the model --------------------------------------------------------------------------------
-def bundle_key(md: ModelDir, board: Board, int8: bool, buckets) -> str:
-    """What decides a bundle's bytes: model, board profile, TVM version, options."""
+def bundle_key(md: ModelDir, board: Board, int8: bool) -> str:
+    """What decides a bundle's bytes: model, board profile, TVM version, bundle format, options."""
+    from edge.backends.tvm import BUNDLE_FORMAT
+
     tvm_version = metadata.version("apache-tvm")
     key = json.dumps({"model": model_hash(md), "board": sha256_file(board.path), "tvm": tvm_version,
-                      "int8": int8, "buckets": list(buckets or [])}, sort_keys=True)
+                      "format": BUNDLE_FORMAT, "int8": int8}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def cached_bundle(md: ModelDir, board: Board, int8: bool, buckets, log) -> str:
+def cached_bundle(md: ModelDir, board: Board, int8: bool, log) -> str:
     """The board's bundle from the cache (out/bundles) when up to date, else compiled into it."""
     from edge.backends.tvm import read_manifest
-    from paraedge_tools.compiler.compile import DEFAULT_BUCKETS, compile_bundle
+    from paraedge_tools.compiler.compile import compile_bundle
 
-    path = out_dir("bundles", f"{board.name}-{'int8' if int8 else 'fp32'}-{bundle_key(md, board, int8, buckets)}")
+    path = out_dir("bundles", f"{board.name}-{'int8' if int8 else 'fp32'}-{bundle_key(md, board, int8)}")
     try:
         read_manifest(path)
         log(f"deploy: reusing the up-to-date bundle {path}")
@@ -103,15 +105,15 @@ def cached_bundle(md: ModelDir, board: Board, int8: bool, buckets, log) -> str:
     except ParaEdgeError:
         pass
     log(f"deploy: compiling the {board.name} bundle into {path}")
-    compile_bundle(md.path, board, path, buckets=buckets or DEFAULT_BUCKETS, int8=int8, log=log)
+    compile_bundle(md.path, board, path, int8=int8, log=log)
     return path
 
 
-def copy_model(md: ModelDir, board: Board, backend: str, int8: bool, buckets, bundle: str | None, dest: str, log) -> dict:
+def copy_model(md: ModelDir, board: Board, backend: str, int8: bool, bundle: str | None, dest: str, log) -> dict:
     if backend == "tvm":
         from edge.backends.tvm import read_manifest
 
-        src = bundle or cached_bundle(md, board, int8, buckets, log)
+        src = bundle or cached_bundle(md, board, int8, log)
         manifest = read_manifest(src)
         if (manifest.get("board") or {}).get("name") != board.name:
             raise ParaEdgeError(f"{src}: a bundle for board '{(manifest.get('board') or {}).get('name')}', not {board.name}")
@@ -323,7 +325,7 @@ exit $status
 
 
 def deploy(board_name: str, model: str, out: str, backend: str | None = None, python: str | None = None,
-           int8: bool | None = None, buckets=None, bundle: str | None = None, source: str | None = None, log=None) -> dict:
+           int8: bool | None = None, bundle: str | None = None, source: str | None = None, log=None) -> dict:
     """Write the kit for `board_name` into `out`; returns kit.json's contents."""
     log = log or (lambda m: print(m, file=sys.stderr))
     board = load_board(board_name)
@@ -337,7 +339,7 @@ def deploy(board_name: str, model: str, out: str, backend: str | None = None, py
                             "or pass --source DIR (a checkout or an unpacked sdist)")
     output = OutputDir(out, "kit.json", KIT_FORMAT, "deploy kit")  # refuses a folder that is not ours
     with output as tmp:
-        model_info = copy_model(md, board, backend, int8, buckets, bundle, os.path.join(tmp, "model"), log)
+        model_info = copy_model(md, board, backend, int8, bundle, os.path.join(tmp, "model"), log)
         wheels = os.path.join(tmp, "wheels")
         os.makedirs(wheels)
         whl, kernels_note = board_wheel(source, board, py, tmp, log)
@@ -373,8 +375,6 @@ def deploy(board_name: str, model: str, out: str, backend: str | None = None, py
 
 
 def main(argv=None) -> int:
-    from paraedge_tools.compiler.compile import parse_buckets
-
     ap = argparse.ArgumentParser(prog="paraedge deploy", description=__doc__.split("\n\n")[0])
     ap.add_argument("--board", required=True, help="board profile name (see `paraedge boards`) or a .toml path")
     ap.add_argument("--model", "-m", required=True, help="model dir (FunASR layout, exported)")
@@ -384,11 +384,10 @@ def main(argv=None) -> int:
     q = ap.add_mutually_exclusive_group()
     q.add_argument("--int8", dest="int8", action="store_true", default=None, help="INT8 (default on CPU boards)")
     q.add_argument("--fp32", dest="int8", action="store_false", help="fp32 (default on CUDA boards)")
-    ap.add_argument("--buckets", type=parse_buckets, help="tvm: offline lengths to compile (see `paraedge compile --help`)")
     ap.add_argument("--bundle", help="tvm: use this compiled bundle instead of the cache (checked against board and model)")
     ap.add_argument("--source", help="the ParaEdge source to build the wheel from (default: this checkout)")
     a = ap.parse_args(argv)
-    deploy(a.board, a.model, a.output, backend=a.backend, python=a.python, int8=a.int8, buckets=a.buckets,
+    deploy(a.board, a.model, a.output, backend=a.backend, python=a.python, int8=a.int8,
            bundle=a.bundle, source=a.source)
     return 0
 

@@ -5,9 +5,11 @@ manifest.json. Before anything runs, the manifest is checked: every listed file 
 sha256, nothing unlisted that matters, the board's arch and CPU features present on this machine.
 The import sets TVM_USE_RUNTIME_LIB=1 so a device needs libtvm_runtime + libtvm_ffi only.
 
-Static shapes: an input of t frames runs the smallest compiled bucket >= t with a frame mask;
-tokens likewise. Streaming decoder functions return each FSMN cache's whole window, and the
-cache kept is the last kernel-1 columns that belong to real tokens.
+Symbolic lengths: one function per graph serves every length. The runtime pads the frames to a
+multiple of the function's "lengths" T (8) and the tokens to one of N (4), with masks (padding
+is exact), and passes those multiples as the leading shape argument. The streaming decoder
+returns each FSMN cache's whole window, and the cache kept is the last kernel-1 columns that
+belong to real tokens.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from edge.boards import BoardError, check_runs_here, parse_board
 from edge.errors import BackendUnavailable, ModelError
 
 F32 = np.float32
-BUNDLE_FORMAT = "paraedge-tvm-bundle/1"
+BUNDLE_FORMAT = "paraedge-tvm-bundle/2"  # /1: shape buckets (ParaEdge <= 0.x), refused with "recompile"
 
 
 def import_tvm_runtime(threads: int | None = None):
@@ -53,6 +55,9 @@ def read_manifest(bundle: str) -> dict:
             manifest = json.load(f)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: [[[[... nested 100k deep
         raise ModelError(f"{path}: not valid JSON ({str(exc)[:100] or type(exc).__name__})") from None
+    if isinstance(manifest, dict) and manifest.get("format") == "paraedge-tvm-bundle/1":
+        raise ModelError(f"{path}: a shape-bucket bundle from an older ParaEdge; recompile it with "
+                         "`paraedge compile` (bundles now hold one function per graph for every length)")
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise ModelError(f"{path}: not a {BUNDLE_FORMAT} manifest")
     for key, kind in (("board", dict), ("model", dict), ("functions", list), ("files", dict), ("target", dict)):
@@ -72,7 +77,7 @@ def read_manifest(bundle: str) -> dict:
     for f in manifest["functions"]:
         if not _function_ok(f):
             raise ModelError(f"{path}: 'functions' entry {json.dumps(f)[:80]} is malformed (each needs a name, params, "
-                             f"a kind in {', '.join(FUNCTION_KINDS)} and its bucket sizes); recompile the bundle")
+                             f"a kind in {', '.join(FUNCTION_KINDS)} and its length multiples); recompile the bundle")
     m = manifest["model"]
     for key, kind in (("d_model", int), ("vocab_size", int), ("int8", bool), ("streaming", bool)):
         if key in m and (not isinstance(m[key], kind) or kind is int and isinstance(m[key], bool)):
@@ -104,9 +109,11 @@ def _function_ok(f) -> bool:
 
     names_ok = isinstance(f.get("name"), str) and isinstance(f.get("params"), list) and all(
         isinstance(n, str) and n.isprintable() for n in [f["name"], *f["params"]])  # quoted in one-line errors
-    if not (names_ok and f.get("kind") in FUNCTION_KINDS and count("T")):
+    lengths = f.get("lengths")
+    if not (names_ok and f.get("kind") in FUNCTION_KINDS and isinstance(lengths, dict)):
         return False
-    if f["kind"] != "encoder" and not count("N"):
+    if not all(isinstance(lengths.get(k), int) and not isinstance(lengths[k], bool) and 1 <= lengths[k] <= 64
+               for k in (("T",) if f["kind"] == "encoder" else ("T", "N"))):
         return False
     return f["kind"] != "stream_decoder" or (count("kernel") and count("caches", lo=0))
 
@@ -163,25 +170,25 @@ class TvmBackend(Backend):
     def describe(self) -> str:
         return f"tvm {self.board.name}{' int8' if self.int8 else ''}"
 
-    # -- buckets ------------------------------------------------------------------------------
-    def _pick(self, kind: str, t: int, n: int | None = None) -> dict:
-        fits = [f for f in self.functions.values() if f["kind"] == kind and f["T"] >= t and (n is None or f["N"] >= n)]
-        if not fits:
-            largest = max((f["T"] for f in self.functions.values() if f["kind"] == kind), default=0)
-            raise ModelError(f"{self.model_dir.path}: input of {t} frames{'' if n is None else f' / {n} tokens'} "
-                             f"exceeds the compiled {kind} shapes (largest {largest} frames); "
-                             "recompile with larger --buckets")
-        return min(fits, key=lambda f: (f["T"], f.get("N", 0)))
+    # -- lengths ------------------------------------------------------------------------------
+    def _function(self, kind: str) -> dict:
+        for f in self.functions.values():
+            if f["kind"] == kind:
+                return f
+        raise ModelError(f"{self.model_dir.path}: the bundle has no {kind} function; recompile it with `paraedge compile`")
 
-    def _run(self, fn: dict, arrays: list[np.ndarray]):
+    def _run(self, fn: dict, arrays: list[np.ndarray], lengths: list[int]):
         args = [self.tvm.runtime.tensor(np.ascontiguousarray(a, dtype=F32), self.dev) for a in arrays]
-        out = self.vm[fn["name"]](*args, *[self.params[p] for p in fn["params"]])
+        shape = self.tvm.runtime.ShapeTuple(lengths)
+        out = self.vm[fn["name"]](shape, *args, *[self.params[p] for p in fn["params"]])
         if not isinstance(out, (list, tuple)) and hasattr(out, "numpy"):
             return [out.numpy()]
         return [o.numpy() for o in out]
 
     @staticmethod
-    def _pad(x: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    def _pad(x: np.ndarray, multiple: int) -> tuple[np.ndarray, np.ndarray]:
+        """x [rows, ..] -> (x [1, rows padded up to a multiple, ..], mask [1, padded rows])."""
+        rows = max(1, -(-x.shape[0] // multiple)) * multiple
         padded = np.zeros((1, rows) + x.shape[1:], F32)
         padded[0, : x.shape[0]] = x
         mask = np.zeros((1, rows), F32)
@@ -191,28 +198,28 @@ class TvmBackend(Backend):
     # -- the seam -----------------------------------------------------------------------------
     def encode(self, x: np.ndarray):
         t = x.shape[0]
-        fn = self._pick("encoder", t)
-        xp, mask = self._pad(x, fn["T"])
-        enc, alphas = self._run(fn, [xp, mask])
+        fn = self._function("encoder")
+        g = fn["lengths"]["T"]
+        xp, mask = self._pad(x, g)
+        enc, alphas = self._run(fn, [xp, mask], [xp.shape[1] // g])
         return enc[0, :t], alphas[0, :t]
 
     def decode(self, enc, embeds, caches=None, streaming: bool = False):
-        t, n = enc.shape[0], embeds.shape[0]
-        if not streaming:
-            fn = self._pick("decoder", t, n)
-            ep, mask = self._pad(enc, fn["T"])
-            bp, tmask = self._pad(embeds, fn["N"])
-            (lp,) = self._run(fn, [ep, mask, bp, tmask])
-            return lp[0, :n], caches
-        if not self.streaming:
+        n = embeds.shape[0]
+        if streaming and not self.streaming:
             raise ModelError(f"{self.model_dir.path}: this bundle has no streaming decoder (compile a streaming model)")
-        fn = self._pick("stream_decoder", t, n)
+        fn = self._function("stream_decoder" if streaming else "decoder")
+        gt, gn = fn["lengths"]["T"], fn["lengths"]["N"]
+        ep, mask = self._pad(enc, gt)
+        bp, tmask = self._pad(embeds, gn)
+        lengths = [ep.shape[1] // gt, bp.shape[1] // gn]
+        if not streaming:
+            (lp,) = self._run(fn, [ep, mask, bp, tmask], lengths)
+            return lp[0, :n], caches
         k = fn["kernel"]
         if caches is None:
             caches = [np.zeros((1, self.config.d_model, k - 1), F32) for _ in range(fn["caches"])]
-        ep, mask = self._pad(enc, fn["T"])
-        bp, tmask = self._pad(embeds, fn["N"])
-        out = self._run(fn, [ep, mask, bp, tmask, *caches])
+        out = self._run(fn, [ep, mask, bp, tmask, *caches], lengths)
         # window = [cache | tokens (padded)]: the new cache is the last k-1 columns of real ones
         new = [np.ascontiguousarray(w[:, :, n : n + k - 1]) for w in out[1:]]
         return out[0][0, :n], new

@@ -117,11 +117,41 @@ def fmla_intrin(rows: int, cols: int) -> str:
     return name
 
 
-def _divisor(n: int, candidates) -> int:
+def _const(extent):
+    """A loop extent as an int, or None when it is symbolic (a bundle's lengths: `8 * q`)."""
+    from tvm import tirx
+
+    return int(extent.value) if isinstance(extent, tirx.IntImm) else int(extent) if isinstance(extent, int) else None
+
+
+def _divides(extent, c: int) -> bool:
+    """c divides the extent: symbolic extents are multiples of the graphs' granules (8 * q)."""
+    from tvm import tirx
+    from tvm.sym.analyzer import Analyzer
+
+    n = _const(extent)
+    if n is not None:
+        return c <= n and n % c == 0
+    return Analyzer().can_prove_equal(tirx.floormod(extent, c), 0)
+
+
+def _divisor(n, candidates) -> int:
+    """The first candidate that divides the extent n (an int or a symbolic extent), else 1."""
     for c in candidates:
-        if c <= n and n % c == 0:
+        if _divides(n, c):
             return c
     return 1
+
+
+def _more_than_one(extent) -> bool:
+    n = _const(extent)
+    return n is None or n > 1
+
+
+def _same(a, b) -> bool:
+    from tvm.sym.analyzer import Analyzer
+
+    return Analyzer().can_prove_equal(a, b)
 
 
 def rules():
@@ -150,7 +180,7 @@ def rules():
             loops = sch.get_loops(block)
             if len(loops) != len(kinds):
                 return None
-            extents = [int(sch.get(lp).extent) for lp in loops]
+            extents = [sch.get(lp).extent for lp in loops]
             m, n = extents[-3], extents[-2]
             # 16 columns: 2 AVX2 or 4 NEON vectors; x mi rows = 12 (of 16 ymm) / 24 (of 32 q) accumulators
             nj = _divisor(n, (16, 8, 4, 2))
@@ -161,7 +191,7 @@ def rules():
             jo, ji = sch.split(j, [None, nj])
             # aarch64: 4 k steps per iteration (-14 % instructions on an A76: loop overhead, A loads);
             # on x86 the same unroll measured slower, so k stays rolled there
-            kd = _divisor(int(sch.get(k).extent), (4, 2)) if simd_lanes(target) == 4 else 1
+            kd = _divisor(sch.get(k).extent, (4, 2)) if simd_lanes(target) == 4 else 1
             if fmla and (kd != 4 or nj < 4 or mi < 2):
                 raise s_tir.ScheduleError("no fmla tile for this shape")
             ko, ki = sch.split(k, [None, kd])
@@ -173,7 +203,7 @@ def rules():
             sch.reverse_compute_at(local, io, preserve_unit_loops=True)
             _inline_epilogue(sch, local)  # at the tile: bias, ReLU, residual, mask
             outer = sch.fuse(*batch, jo) if batch else jo
-            if int(sch.get(outer).extent) > 1:
+            if _more_than_one(sch.get(outer).extent):
                 sch.parallel(outer)
             if not fmla:
                 if kd > 1:
@@ -199,12 +229,12 @@ def rules():
             from paraedge_tools.compiler.int8 import SDOT_K, sdot_intrin
 
             p, m, j, k = sch.get_loops(block)
-            mi = _divisor(int(sch.get(m).extent), (6, 5, 4, 3, 2))
+            mi = _divisor(sch.get(m).extent, (6, 5, 4, 3, 2))
             io, ii = sch.split(m, [None, mi])
             # (a 1-row tile: its unit loop vanishes before tensorize can match; compile's row counts
             # are multiples of 4, so only odd user buckets take the plain path)
-            dot = (has_dotprod(target) and mi > 1 and int(sch.get(k).extent) % SDOT_K == 0
-                   and int(sch.get(j).extent) == 16)
+            dot = (has_dotprod(target) and mi > 1 and _divides(sch.get(k).extent, SDOT_K)
+                   and _const(sch.get(j).extent) == 16)
             ko, kv = sch.split(k, [None, SDOT_K if dot else 4])
             if dot:
                 sch.reorder(p, io, ko, ii, j, kv)
@@ -214,7 +244,7 @@ def rules():
             sch.reverse_compute_at(local, io, preserve_unit_loops=True)
             _inline_epilogue(sch, local)  # the dequant (cast, * s_x, * s_w) at the tile
             outer = sch.fuse(p, io)
-            if int(sch.get(outer).extent) > 1:
+            if _more_than_one(sch.get(outer).extent):
                 sch.parallel(outer)
             if not dot:
                 sch.unroll(ii)
@@ -243,15 +273,14 @@ def rules():
             loops = sch.get_loops(block)
             if not loops:
                 return None
-            inner = int(sch.get(loops[-1]).extent)
             lanes = simd_lanes(target)
-            if inner % lanes == 0 and inner >= lanes:
+            if _divides(sch.get(loops[-1]).extent, lanes):
                 lo, li = sch.split(loops[-1], [None, lanes])
                 sch.vectorize(li)
                 loops = sch.get_loops(block)[:-1]
             if len(loops) > 1:
                 outer = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
-                if int(sch.get(outer).extent) > 1:
+                if _more_than_one(sch.get(outer).extent):
                     sch.parallel(outer)
             return sch
 
@@ -267,13 +296,13 @@ def rules():
             lanes = simd_lanes(target)
             *rows, k = sch.get_loops(quant)
             row = sch.fuse(*rows) if len(rows) > 1 else rows[0]
-            if int(sch.get(k).extent) % lanes == 0:
+            if _divides(sch.get(k).extent, lanes):
                 _, ki = sch.split(k, [None, lanes])
                 sch.vectorize(ki)
                 _, ai = sch.split(sch.get_loops(amax)[-1], [None, lanes])
                 partial = sch.rfactor(ai, 0)
                 sch.vectorize(sch.get_loops(partial)[-1])
-            if int(sch.get(row).extent) > 1:
+            if _more_than_one(sch.get(row).extent):
                 sch.parallel(row)
             return sch
 
@@ -299,18 +328,19 @@ def rules():
                     or any(k not in ("S" * rows, "S" * (rows + 1), "S" * rows + "R") for k in kinds)
                     or any(len(sch.get_loops(b)) != len(k) for b, k in zip(blocks, kinds))):
                 return None
-            row_extents = [int(sch.get(lp).extent) for lp in sch.get_loops(blocks[-1])[:rows]]
-            if any([int(sch.get(lp).extent) for lp in sch.get_loops(b)[:rows]] != row_extents for b in blocks):
+            row_extents = [sch.get(lp).extent for lp in sch.get_loops(blocks[-1])[:rows]]
+            if any(not all(_same(sch.get(lp).extent, e) for lp, e in zip(sch.get_loops(b)[:rows], row_extents))
+                   for b in blocks):
                 return None
             lanes = simd_lanes(target)
             partial = []  # rfactor before compute_at: it needs each block alone in its loop nest
             for b, kind in zip(blocks, kinds):
-                width = _divisor(int(sch.get(sch.get_loops(b)[-1]).extent), (16, 8, 4))
+                width = _divisor(sch.get(sch.get_loops(b)[-1]).extent, (16, 8, 4))
                 if kind.endswith("R") and width >= lanes:
                     _, ki = sch.split(sch.get_loops(b)[-1], [None, width])
                     partial.append(sch.rfactor(ki, rows))  # partials in a [.., width] buffer
             row = sch.fuse(*sch.get_loops(blocks[-1])[:rows]) if rows > 1 else sch.get_loops(blocks[-1])[0]
-            if int(sch.get(row).extent) > 1:
+            if _more_than_one(sch.get(row).extent):
                 sch.parallel(row)
             for b in reversed(sch.get_child_blocks(sch.get_sblock("root"))[:-1]):
                 sch.compute_at(b, row, preserve_unit_loops=True)
@@ -319,8 +349,7 @@ def rules():
                 sch.reorder(loops[-1], loops[1])
                 sch.vectorize(sch.get_loops(p)[-1])
             for b, kind in zip(blocks, kinds):
-                n = int(sch.get(sch.get_loops(b)[-1]).extent)
-                if kind == "S" * (rows + 1) and n % lanes == 0:
+                if kind == "S" * (rows + 1) and _divides(sch.get(sch.get_loops(b)[-1]).extent, lanes):
                     sch.vectorize(sch.split(sch.get_loops(b)[-1], [None, lanes])[1])
             return sch
 
@@ -336,10 +365,10 @@ def _matmul_s8_pairs(sch, block):
 
     fold = sch.get_consumers(block)[0]
     p, m, j, h, kg, kk = sch.get_loops(block)
-    mi = _divisor(int(sch.get(m).extent), (4, 3, 5, 2, 6))
+    mi = _divisor(sch.get(m).extent, (4, 3, 5, 2, 6))
     io, ii = sch.split(m, [None, mi])
     jo, ji = sch.split(j, [None, 8])
-    tensor = int(sch.get(kg).extent) % 4 == 0
+    tensor = _divides(sch.get(kg).extent, 4)
     kgo, kgi = sch.split(kg, [None, 4 if tensor else 1])
     sch.reorder(p, jo, io, kgo, ii, kgi, ji, h, kk)
     sch.reverse_compute_at(fold, io, preserve_unit_loops=True)

@@ -91,8 +91,7 @@ def a76_insns(dirs: dict, audio: list[str], tvm_work: str | None = None) -> dict
             from paraedge_tools.compiler.compile import compile_bundle
 
             bundle = os.path.join(tvm_work, f"tvm-a76-ratio-{r:.2f}")
-            compile_bundle(d, "qemu-a76", bundle, buckets=(96,), streaming=False, int8=True, token_divs=(),
-                           log=lambda *_: None)
+            compile_bundle(d, "qemu-a76", bundle, streaming=False, int8=True, log=lambda *_: None)
             rep = emulated_profile(bundle, audio, ["tvm"], streaming=False)
             out[(r, "tvm")] = rep["backends"]["tvm"]["minsns_per_audio_s"]
     return out

@@ -1,0 +1,289 @@
+"""The bundle's three graphs, traced from the torch model with symbolic lengths (host side).
+
+One function per graph serves every length (no shape buckets):
+- `encoder`: prepared input [1, T, 560] + frame mask [1, T] -> enc [1, T, d], alphas [1, T];
+- `decoder`: enc, mask, acoustic embeds [1, N, d], token mask [1, N] -> log-probs [1, N, V]
+  (offline: no caches, centred FSMN);
+- `stream_decoder` (streaming models): the same with FSMN caches [1, d, k-1] in; it returns the
+  caches' whole windows [1, d, k-1+N] so the runtime keeps the last k-1 *valid* columns.
+
+torch.export traces each with T and N as symbols; TVM's Relax importer keeps them symbolic. The
+runtime pads T to a multiple of GRANULE_T and N to a multiple of GRANULE_N (padding + masks are
+exact), and each function takes those multiples as a leading shape argument `R.Shape([T/8, N/4])`:
+every kernel then sees extents like `8 * q`, which TVM can prove divisible by the register
+tiles (4 or 8 rows, 8 or 16 columns), so the tensorized tiles need no tail. The cost is at most
+7 masked frames (0.42 s) and 3 masked tokens.
+
+Every Linear becomes a `PanelLinear`, its weight precomputed once in the layout its kernel reads:
+fp32 panels [N/16, K, 16] (CPU), int8 sdot panels [N/16, K/4, 16, 4] with per-column scales
+(`--int8`: tools/compiler/int8.py), or the plain transpose [K, N] (CUDA). The weights are
+parameters of the traced module, so the offline and streaming decoders share them by name.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+
+import numpy as np
+
+GRANULE_T = 8  # frames: a multiple of the 4-row tiles and of the 8-column attention tiles
+GRANULE_N = 4  # tokens: a multiple of the 4-row tiles
+PANEL = 16  # packed weight panel width (2 AVX2 / 4 NEON float32 vectors)
+
+
+def pad_to(n: int, granule: int) -> int:
+    return -(-n // granule) * granule
+
+
+@functools.lru_cache(maxsize=None)
+def int8_ops():
+    """Register (once) the two INT8 ops the traced graphs call, with eager implementations (the
+    arithmetic of edge.backends.ops) and shape functions for torch.export; the Relax importer maps
+    them to the TE computes of tools/compiler/int8.py."""
+    import torch
+
+    from paraedge_tools.compiler.int8 import EPS, PANEL_K
+
+    # explicit schemas: this module's annotations are strings (from __future__ import annotations)
+    @torch.library.custom_op("paraedge::quantize_rows_s8", mutates_args=(), schema="(Tensor x) -> (Tensor, Tensor)")
+    def quantize_rows_s8(x):
+        amax = x.abs().amax(dim=-1, keepdim=True).clamp_min(EPS)
+        q = torch.round(x * (127.0 / amax)).clamp(-127, 127).to(torch.int8)
+        return q, amax / 127.0
+
+    @quantize_rows_s8.register_fake
+    def _(x):
+        return x.new_empty(x.shape, dtype=torch.int8), x.new_empty((*x.shape[:-1], 1))
+
+    @torch.library.custom_op("paraedge::matmul_s8_panels", mutates_args=(), schema="(Tensor xq, Tensor w4) -> Tensor")
+    def matmul_s8_panels(xq, w4):
+        p, kb, j, kv = w4.shape
+        w = w4.permute(0, 1, 3, 2).reshape(p, kb * kv, j).double()  # float64 sums of int8 products are exact
+        return torch.matmul(xq[0].double()[None], w).round().to(torch.int32)
+
+    @matmul_s8_panels.register_fake
+    def _(xq, w4):
+        return xq.new_empty((w4.shape[0], xq.shape[1], w4.shape[2]), dtype=torch.int32)
+
+    assert PANEL_K == 4
+    return torch.ops.paraedge.quantize_rows_s8, torch.ops.paraedge.matmul_s8_panels
+
+
+def frozen(array: np.ndarray):
+    """A weight as a (non-trainable) parameter: the Relax importer keeps parameters as function
+    inputs (stored once in params.npz), where it would bake buffers into model.so as constants."""
+    import torch
+
+    return torch.nn.Parameter(torch.from_numpy(np.ascontiguousarray(array)), requires_grad=False)
+
+
+def panel_linear_class():
+    import torch
+
+    class PanelLinear(torch.nn.Module):
+        """y = x @ w + b with w [K, N] stored as its kernel reads it (mode "fp32", "int8" or "plain").
+        Panel modes pad N to a multiple of 16 with zero columns (the vocabulary) and slice them off."""
+
+        def __init__(self, w_kn: np.ndarray, bias, mode: str):
+            super().__init__()
+            k, n = w_kn.shape
+            self.k, self.n, self.mode = k, n, mode
+            self.in_features, self.out_features = k, n  # as nn.Linear: the model code reads them
+            if mode == "plain":
+                self.w = frozen(np.ascontiguousarray(w_kn, np.float32))
+            else:
+                npad = pad_to(n, PANEL)
+                wp = np.zeros((k, npad), np.float32)
+                wp[:, :n] = w_kn
+                panels = np.ascontiguousarray(wp.reshape(k, npad // PANEL, PANEL).transpose(1, 0, 2))  # [P, K, 16]
+                if mode == "int8":
+                    from paraedge_tools.compiler.int8 import pack_panels_s8, quantize_weight
+
+                    wq, sw = quantize_weight(panels)
+                    self.w, self.sw = frozen(pack_panels_s8(wq)), frozen(sw)
+                else:
+                    self.w = frozen(panels)
+            self.bias = None if bias is None else frozen(np.asarray(bias, np.float32))
+
+        def forward(self, x):
+            if self.mode == "plain":
+                y = torch.matmul(x, self.w)
+            else:
+                x3 = x.reshape(1, -1, self.k)
+                if self.mode == "int8":
+                    quantize, matmul = int8_ops()
+                    xq, sx = quantize(x3)
+                    y = matmul(xq, self.w).float() * sx * self.sw  # [P, M, 16]
+                else:
+                    y = torch.matmul(x3, self.w)
+                y = y.permute(1, 0, 2).reshape(*x.shape[:-1], -1)
+                if y.shape[-1] != self.n:
+                    y = y[..., : self.n]
+            return y if self.bias is None else y + self.bias
+
+    return PanelLinear
+
+
+def linear_mode(cuda: bool, int8: bool) -> str:
+    return "plain" if cuda else "int8" if int8 else "fp32"
+
+
+def replace_linears(model, mode: str) -> int:
+    """Every Linear (but the 1-wide CIF output) -> a PanelLinear in `mode`; returns the count."""
+    import torch
+
+    PanelLinear = panel_linear_class()
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Linear) and child.out_features >= PANEL and child.in_features >= PANEL:
+                w = child.weight.detach().numpy().T
+                b = None if child.bias is None else child.bias.detach()
+                setattr(parent, name, PanelLinear(w, b, mode))
+                count += 1
+    return count
+
+
+def wrappers(model, streaming: bool, mode: str):
+    """(encoder, decoder, streaming decoder or None) modules over the FunASR torch model."""
+    import torch
+
+    PanelLinear = panel_linear_class()
+    replace_linears(model, mode)
+    p = model.predictor
+    k = p.pad[0] + p.pad[1] + 1
+    conv_w = p.cif_conv1d.weight.detach().numpy()  # [d_out, d_in, k]
+    cif = PanelLinear(conv_w.transpose(2, 1, 0).reshape(k * conv_w.shape[1], -1), p.cif_conv1d.bias.detach(), mode)
+
+    class Enc(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder, self.predictor, self.cif = model.encoder, model.predictor, cif
+
+        def forward(self, x, mask):
+            enc = self.encoder(x, mask)
+            # the CIF conv sees the next frame: zero the padding so the last real alpha is exact
+            return enc, self.alphas(enc * mask[:, :, None], mask)
+
+        def alphas(self, hidden, mask):
+            """CifPredictorV2.alphas with its Conv1d as one matmul over k shifted copies (im2col):
+            the same sums, and the matmul kernel instead of a naive conv loop."""
+            t = hidden.shape[1]
+            left, right = self.predictor.pad
+            h = torch.nn.functional.pad(hidden, (0, 0, left, right))
+            cols = torch.cat([h[:, i : i + t] for i in range(left + right + 1)], dim=-1)  # [B, T, k*d]
+            h = torch.relu(self.cif(cols))
+            a = torch.sigmoid(self.predictor.cif_output(h))[:, :, 0]
+            return torch.relu(a * self.predictor.smooth_factor - self.predictor.noise_threshold) * mask
+
+    class Dec(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.decoder = model.decoder
+
+        def forward(self, enc, mask, embeds, tmask):
+            logits, _ = self.decoder(enc, mask, embeds * tmask[:, :, None], tmask)
+            return torch.log_softmax(logits, dim=-1)
+
+    def full_window(self, x, cache):  # forward_cached, returning the whole window
+        window = torch.cat([cache, x.transpose(1, 2)], dim=2)
+        return self.fsmn_block(window).transpose(1, 2) + x, window
+
+    class StreamDec(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.decoder = model.decoder
+            for layer in model.decoder.fsmn_layers(streaming=True):
+                layer.self_attn.forward_cached = types.MethodType(full_window, layer.self_attn)
+
+        def forward(self, enc, mask, embeds, tmask, *caches):
+            logits, windows = self.decoder(enc, mask, embeds * tmask[:, :, None], tmask, list(caches))
+            return (torch.log_softmax(logits, dim=-1), *windows)
+
+    return Enc().eval(), Dec().eval(), (StreamDec().eval() if streaming else None)
+
+
+def int8_computes(kernel: str) -> dict:
+    """The INT8 ops' TE computes (tools/compiler/int8.py) for a target's int8 kernel, by op name:
+    (compute, extra arguments)."""
+    from paraedge_tools.compiler.int8 import panels_s8_pairs_te, panels_s8_te, quantize_rows_te
+
+    return {"quantize_rows_s8": (quantize_rows_te, ("int16" if kernel == "pmaddwd" else "int8",)),
+            "matmul_s8_panels": (panels_s8_pairs_te if kernel == "pmaddwd" else panels_s8_te, ())}
+
+
+class ModuleBuilder:
+    """Traces the graphs one by one into a single IRModule (a Relax function per graph).
+
+    Each graph: torch.export with the axes in `lengths` symbolic ({input: {axis: "T" or "N"}}),
+    TVM's Relax importer, then the lengths bound to multiples of the granules, defined by a
+    leading parameter `lengths: R.Shape([T / GRANULE_T(, N / GRANULE_N)])`. The INT8 ops enter
+    as calls to placeholder PrimFuncs and are traced again against the bound lengths (TVM
+    cannot fuse a PrimFunc traced on the unbound symbol with its neighbours)."""
+
+    def __init__(self, kernel: str, max_frames: int = 1 << 16):
+        import tvm
+        from tvm import relax
+
+        self.te, self.max_frames = int8_computes(kernel), max_frames
+        te = self.te
+
+        @relax.expr_functor.mutator
+        class Retrace(relax.PyExprMutator):
+            def visit_call_(self, call):
+                call = super().visit_call_(call)
+                hint = call.args[0].name_hint if call.op.name == "relax.call_tir" else ""
+                # (the importer numbers repeated names: matmul_s8_panels1, ...)
+                name = next((k for k in te if hint == k or hint.startswith(k) and hint[len(k):].isdigit()), None)
+                if name is None:
+                    return call
+                fn, extra = te[name]
+                return self.builder_.call_te(fn, *call.args[1].fields, *extra, primfunc_name_hint=name)
+
+        self.retrace = Retrace(tvm.IRModule({}))
+
+    def add(self, name: str, module, inputs: dict, lengths: dict) -> tuple[dict, list]:
+        """Trace `module` on zero inputs of the shapes `inputs` ({name: shape}) as the function
+        `name`; returns ({param name: array}, the weight names in parameter order)."""
+        import torch
+        from torch.export import Dim, export
+        from tvm import relax, tirx
+        from tvm.relax.frontend.torch import from_exported_program
+
+        dims = {"T": Dim("T", min=GRANULE_T, max=self.max_frames),
+                "N": Dim("N", min=GRANULE_N, max=self.max_frames + GRANULE_N)}
+        args = tuple(torch.ones(s) if k.endswith("mask") else torch.zeros(s) for k, s in inputs.items())
+        dynamic = [{axis: dims[sym] for axis, sym in lengths.get(k, {}).items()} or None for k in inputs]
+        n_fixed = 4 if any(k.startswith("cache") for k in inputs) else len(inputs)  # *caches: one tuple
+        dynamic = dynamic[:n_fixed] + ([tuple(dynamic[n_fixed:])] if n_fixed < len(inputs) else [])
+        with torch.no_grad():
+            ep = export(module, args, dynamic_shapes=tuple(dynamic))
+
+        def converter(op):
+            def convert(node, importer):
+                fn, extra = self.te[op]
+                return importer.block_builder.emit_te(fn, *[importer.env[a] for a in node.args], *extra,
+                                                      primfunc_name_hint=op)
+            return convert
+
+        mod = from_exported_program(ep, keep_params_as_input=True,
+                                    custom_convert_map={f"{op}.default": converter(op) for op in self.te})
+        main = mod["main"]
+        n_in = int(main.attrs["num_input"])
+        params = {var.name: value.numpy() for var, value in zip(main.params[n_in:], main.attrs["params"])}
+        found = {}
+        for var, key in zip(main.params[:n_in], inputs):
+            for axis, sym in lengths.get(key, {}).items():
+                found[sym] = var.ty.shape[axis]
+        units = {sym: tirx.Var(sym.lower(), "int64") for sym in ("T", "N") if sym in found}
+        granule = {"T": GRANULE_T, "N": GRANULE_N}
+        shape = relax.Var("lengths", relax.ShapeType(list(units.values())))
+        f = relax.Function([shape, *main.params], main.body, main.ret_ty, main.is_pure)
+        f = f.bind_symbolic_vars({found[s]: u * granule[s] for s, u in units.items()})
+        f = self.retrace.visit_expr(f).with_attr("num_input", n_in + 1).with_attr("global_symbol", name)
+        self.retrace.builder_.add_func(f, name)
+        return params, [v.name for v in main.params[n_in:]]
+
+    def get(self):
+        return self.retrace.builder_.get()
