@@ -1,16 +1,18 @@
-"""TVM bundles against onnxruntime, measured side by side in one run (same model, same threads).
+"""TVM bundles against onnxruntime, measured side by side in one run (same model, same thread count).
 
-x86 (this host): wall time of offline and streaming decoding of the demo samples, as RTF and
-relative to onnxruntime fp32, for onnxruntime fp32/INT8 and the x86-host TVM bundles (fp32, --int8);
-the runs go round robin over the runtimes, so a slow spell of a shared host hits them alike.
-`--arm`: the same model on the emulated aarch64 board (tools/emu/armroot.py, qemu -cpu cortex-a76):
-dynamic aarch64 instructions per second of audio (qemu plugin, tools/emu/qemu_insn.py) for the
-qemu-a76 TVM bundles (fp32, --int8) and onnxruntime aarch64 fp32/INT8, counted between the profiler's stage
-markers (tools/emu/arm_profile.py): only the decode counts, not imports, loading or the warm-up.
-(Subtracting a load-only run from a full one, as this bench did before, gave onnxruntime counts
-that moved by up to 25 M per audio second between two runs of the same command.)
+- Bundles: size on disk (model.so, params.npz, everything) and compile time, per board, for the
+  shipped demo model and the anchor-size model (`python -m paraedge_tools.recipe.make_model
+  DIR --preset anchor --streaming`: FunASR layout, 15.75 M parameters, seeded random weights).
+- x86, this host, 1 thread: wall time of the whole decode from samples to text (frontend
+  included), TVM INT8 against onnxruntime INT8, offline and streaming, at lengths that fell
+  between the old shape buckets (167 and 245 LFR frames: 10.0 and 14.7 s); the runs go round
+  robin over the runtimes, so a slow spell of a shared host hits them alike.
+- Cold start: seconds to load the model (Recognizer construction) in a fresh process, best of 3.
+- `--arm`: the same decode on the emulated Cortex-A76 (qemu-aarch64 -cpu cortex-a76, 1 thread):
+  aarch64 instructions per second of audio, counted between the profiler's markers
+  (tools/emu/arm_profile.py), frontend included, on the 167-frame clip.
 
-    python bench/tvm_bench.py --runs 3 --arm      # prints Markdown tables; JSON in --out
+    python bench/tvm_bench.py --arm --write-readme   # tables into README.md (between tvm-bench markers)
 """
 
 from __future__ import annotations
@@ -19,140 +21,191 @@ import argparse
 import glob
 import json
 import os
+import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # (this file is not named tvm.py: bench/ is sys.path[0] and would shadow the tvm package)
 
-RUNTIMES = [("onnxruntime fp32", "onnxruntime", False), ("onnxruntime INT8", "onnxruntime", True),
-            ("TVM fp32", "tvm", False), ("TVM INT8", "tvm", True)]
+DEMO = os.path.join(ROOT, "models", "demo")
+LENGTHS = (167, 245)  # LFR frames: between the old buckets (160/192 and 192/256)
+SIZE_BOARDS = ("raspberry-pi-5", "raspberry-pi-4", "snapdragon-rb5", "qemu-a76", "x86-host", "jetson-orin-nano")
+BEGIN, END = "<!-- tvm-bench:begin -->", "<!-- tvm-bench:end -->"
 
 
-def fp32_model(model: str, out: str) -> str:
-    """A scratch copy with the fp32 ONNX pair exported (the demo ships INT8 ONNX only)."""
-    from paraedge_models.export import fp32_copy
-
-    return fp32_copy(model, os.path.join(out, "model"))
-
-
-def bundle(model: str, board: str, out: str, recompile: bool | str = False, buckets=None, int8: bool = False) -> str:
-    """Compile a bundle for `board` (all default buckets: minutes), or reuse the one in `out`
-    when it was compiled from the same model with those buckets (pass --recompile after changing
-    the compiler)."""
-    from edge.asr.modeldir import ModelDir, model_hash
-    from paraedge_tools.compiler.compile import DEFAULT_BUCKETS, compile_bundle
-
-    buckets = tuple(buckets or DEFAULT_BUCKETS)
-    dst = os.path.join(out, f"tvm-{board}{'-int8' if int8 else ''}")
-    man = os.path.join(dst, "manifest.json")
-    if recompile not in (True, board) and os.path.exists(man):
-        m = json.load(open(man))
-        have = {f["T"] for f in m["functions"] if f.get("kind") == "encoder"}
-        if m["model"]["hash"] == model_hash(ModelDir(model)) and set(buckets) <= have and m["model"]["int8"] == int8:
-            return dst
-    compile_bundle(model, board, dst, buckets=buckets, int8=int8)
-    return dst
+def anchor_model(out: str) -> str:
+    """The anchor-size model, built once into `out` (seeded: the same weights every time)."""
+    path = os.path.join(out, "anchor")
+    if not os.path.isfile(os.path.join(path, "model_quant.onnx")):
+        subprocess.run([sys.executable, "-m", "paraedge_tools.recipe.make_model", path, "--preset", "anchor",
+                        "--streaming"], check=True, cwd=ROOT)
+    return path
 
 
-def x86_table(model, tvm_dirs, audio, threads, runs):
-    from edge.asr.audio import SAMPLE_RATE, load_audio
+def compile_timed(model: str, board: str, out: str) -> dict:
+    """Compile (INT8 on CPU boards, fp32 on CUDA ones) in a fresh process: seconds and sizes."""
+    from edge.boards import load_board
+
+    cuda = load_board(board).cuda
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "edge", "compile", "--board", board, "--model", model, "-o", out,
+                        *([] if cuda else ["--int8"])], capture_output=True, text=True, cwd=ROOT)
+    seconds = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"compile {board}: {r.stderr.strip().splitlines()[-1:]}")
+    m = json.load(open(os.path.join(out, "manifest.json")))
+    sizes = {f: os.path.getsize(os.path.join(out, f)) / 1e6 for f in m["files"]}
+    return {"board": board, "int8": not cuda, "seconds": seconds, "functions": len(m["functions"]),
+            "model_so_mb": sizes["model.so"], "params_mb": sizes["params.npz"],
+            "total_mb": sum(sizes.values()) + os.path.getsize(os.path.join(out, "manifest.json")) / 1e6}
+
+
+def clip(frames: int):
+    """The demo samples tiled into a clip of exactly `frames` LFR frames (60 ms each)."""
+    import numpy as np
+
+    from edge.asr.audio import load_audio
+
+    speech = np.concatenate([load_audio(w)[0] for w in sorted(glob.glob(os.path.join(DEMO, "samples", "*.wav")))])
+    n = (6 * frames - 1) * 160 + 400  # fbank frames 6 * frames - 1..6 * frames -> LFR ceil(/6) = frames
+    return np.tile(speech, n // len(speech) + 1)[:n].astype(np.float32)
+
+
+def x86_table(model: str, bundle: str, threads: int, runs: int):
     from edge.asr.recognizer import Recognizer
-    from edge.platform import cpu_model
 
-    clips = [load_audio(a)[0] for a in audio]
-    seconds = sum(len(c) for c in clips) / SAMPLE_RATE
-    recs = {label: Recognizer(tvm_dirs[int8] if backend == "tvm" else model, backend, threads=threads, int8=int8)
-            for label, backend, int8 in RUNTIMES}
-    results = {}
-    for mode in ("offline", "streaming"):
-        runs_of = {label: (rec.transcribe if mode == "offline" else rec.transcribe_streaming) for label, rec in recs.items()}
-        texts = {label: [run(c).text for c in clips] for label, run in runs_of.items()}  # warm-up
-        best = {label: [] for label in runs_of}
-        for _ in range(runs):  # round robin: a slow spell of this shared host hits every runtime alike
-            for label, run in runs_of.items():
-                t0 = time.perf_counter()
-                for c in clips:
-                    run(c)
-                best[label].append(time.perf_counter() - t0)
-        for label in runs_of:
-            results[(mode, label)] = {"seconds": min(best[label]), "rtf": min(best[label]) / seconds, "texts": texts[label]}
-    lines = [f"{len(clips)} samples ({seconds:.1f} s of audio), best of {runs} runs after 1 warm-up, {threads} thread(s), "
-             f"{cpu_model()}", "", "| mode | runtime | RTF | time vs onnxruntime fp32 | same text as onnxruntime fp32 |",
-             "|---|---|---|---|---|"]
-    for (mode, label), r in results.items():
-        base = results[(mode, "onnxruntime fp32")]
-        same = sum(a == b for a, b in zip(r["texts"], base["texts"]))
-        lines.append(f"| {mode} | {label} | {r['rtf']:.4f} | {r['seconds'] / base['seconds']:.2f} | {same}/{len(clips)} |")
-    return lines, {f"{m}/{l}": r for (m, l), r in results.items()}
+    recs = {"onnxruntime INT8": Recognizer(model, "onnxruntime", threads=threads, int8=True),
+            "TVM INT8": Recognizer(bundle, "tvm", threads=threads)}
+    rows = {}
+    for frames in LENGTHS:
+        x = clip(frames)
+        assert recs["TVM INT8"].prepare(recs["TVM INT8"].frontend(x)).shape[0] == frames
+        for mode in ("offline", "streaming"):
+            fns = {k: (r.transcribe if mode == "offline" else r.transcribe_streaming) for k, r in recs.items()}
+            texts = {k: f(x).text for k, f in fns.items()}  # warm-up
+            best = {k: float("inf") for k in fns}
+            for _ in range(runs):
+                for k, f in fns.items():
+                    t0 = time.perf_counter()
+                    f(x)
+                    best[k] = min(best[k], time.perf_counter() - t0)
+            rows[(frames, mode)] = {"seconds": best, "audio_s": len(x) / 16000,
+                                    "same_text": texts["TVM INT8"] == texts["onnxruntime INT8"]}
+    return rows
 
 
-def arm_table(model, arm_dirs, wav):
-    """Instructions of the decode alone: `paraedge profile` runs inside the emulated board with the
-    instruction-count plugin (tools/emu/arm_profile.py), whose markers bracket the measured run, so
-    imports, model loading and the warm-up never count; the frontend's share is subtracted."""
+COLD = """
+import sys, time
+from edge.asr.recognizer import make_backend
+from edge.backends.tvm import import_tvm_runtime
+import onnxruntime
+if sys.argv[2] == "tvm":
+    import_tvm_runtime(1)
+from edge.asr.recognizer import Recognizer
+t0 = time.perf_counter()
+Recognizer(sys.argv[1], sys.argv[2], threads=1, int8=True)
+print(time.perf_counter() - t0)
+"""
+
+
+def cold_start(model: str, bundle: str) -> dict:
+    """Seconds to construct the Recognizer in a fresh process (imports done before), best of 3."""
+    out = {}
+    for label, path, backend in (("onnxruntime INT8", model, "onnxruntime"), ("TVM INT8", bundle, "tvm")):
+        times = [float(subprocess.run([sys.executable, "-c", COLD, path, backend], capture_output=True, text=True,
+                                      cwd=ROOT, check=True).stdout.split()[-1]) for _ in range(3)]
+        out[label] = min(times)
+    return out
+
+
+def arm_rows(model: str, bundle: str, wav: str) -> dict:
     from paraedge_tools.emu.arm_profile import emulated_profile
 
-    results, texts = {}, {}
+    rows = {}
     for mode in ("offline", "streaming"):
         streaming = mode == "streaming"
-        ort_rep = emulated_profile(model, [wav], ["onnxruntime", "onnxruntime:int8"], streaming=streaming)
-        ort, seconds = ort_rep["backends"], ort_rep["audio_s"]
-        tvm = [emulated_profile(arm_dirs[q], [wav], ["tvm"], streaming=streaming)["backends"]["tvm"] for q in (False, True)]
-        for label, e in (("onnxruntime fp32", ort["onnxruntime"]), ("onnxruntime INT8", ort["onnxruntime:int8"]),
-                         ("TVM fp32", tvm[0]), ("TVM INT8", tvm[1])):
+        ort = emulated_profile(model, [wav], ["onnxruntime:int8"], streaming=streaming)["backends"]["onnxruntime:int8"]
+        tvm = emulated_profile(bundle, [wav], ["tvm"], streaming=streaming)["backends"]["tvm"]
+        for label, e in (("onnxruntime INT8", ort), ("TVM INT8", tvm)):
             if "skipped" in e:
                 raise RuntimeError(f"{label} did not run on the emulated board: {e['skipped']}")
-            st = e["stages_minsns_per_audio_s"]
-            frontend = sum(st.get(k, 0.0) for k in ("fbank", "lfr_cmvn", "frontend"))
-            results[(mode, label)] = (e["minsns_per_audio_s"] - frontend) * 1e6
-            texts[(mode, label)] = e["text"]
-            print(f"arm {mode} {label}: {results[(mode, label)] / 1e6:.1f} M instructions / s of audio", file=sys.stderr)
-    lines = [f"{os.path.basename(wav)} ({seconds:.2f} s), qemu-aarch64 -cpu cortex-a76, 1 thread; decode only "
-             "(counted between the profiler's markers, frontend subtracted)", "",
-             "| mode | runtime | M instructions / s audio | vs onnxruntime fp32 | same text as onnxruntime fp32 |",
-             "|---|---|---|---|---|"]
-    for (mode, label), n in results.items():
-        same = "yes" if texts[(mode, label)] == texts[(mode, "onnxruntime fp32")] else "no"
-        lines.append(f"| {mode} | {label} | {n / 1e6:.1f} | {n / results[(mode, 'onnxruntime fp32')]:.2f} | {same} |")
-    return lines, {f"{m}/{l}": n for (m, l), n in results.items()}
+        rows[mode] = {"onnxruntime INT8": ort["minsns_per_audio_s"], "TVM INT8": tvm["minsns_per_audio_s"],
+                      "same_text": ort["text"] == tvm["text"]}
+        print(f"arm {mode}: ORT {ort['minsns_per_audio_s']:.1f} TVM {tvm['minsns_per_audio_s']:.1f} M/s", file=sys.stderr)
+    return rows
+
+
+def markdown(report: dict) -> str:
+    from edge.platform import cpu_model
+
+    lines = ["Bundles (`paraedge compile`, INT8 on CPU boards, fp32 on CUDA ones; this 2-core host, "
+             "compile time in a fresh process; size: every file of the bundle):", "",
+             "| model | board | functions | model.so MB | params.npz MB | bundle MB | compile s |", "|---|---|---|---|---|---|---|"]
+    for name, rows in report["bundles"].items():
+        for r in rows:
+            lines.append(f"| {name} | {r['board']}{'' if r['int8'] else ' (fp32)'} | {r['functions']} | "
+                         f"{r['model_so_mb']:.2f} | {r['params_mb']:.2f} | {r['total_mb']:.1f} | {r['seconds']:.0f} |")
+    for name, x86 in report["x86"].items():
+        lines += ["", f"x86 wall time, {name} model, whole decode from samples to text, 1 thread, best of "
+                  f"{report['runs']} ({cpu_model()}):", "",
+                  "| LFR frames | mode | onnxruntime INT8 RTF | TVM INT8 RTF | TVM / onnxruntime | same text |",
+                  "|---|---|---|---|---|---|"]
+        for key, r in x86.items():
+            frames, mode = key.split("/")
+            ort, tvm = r["seconds"]["onnxruntime INT8"], r["seconds"]["TVM INT8"]
+            lines.append(f"| {frames} | {mode} | {ort / r['audio_s']:.4f} | {tvm / r['audio_s']:.4f} | "
+                         f"{tvm / ort:.2f} | {'yes' if r['same_text'] else 'no'} |")
+    lines += ["", "Cold start (Recognizer construction in a fresh process, imports done, best of 3):", "",
+              "| model | onnxruntime INT8 s | TVM INT8 s |", "|---|---|---|"]
+    for name, c in report["cold"].items():
+        lines.append(f"| {name} | {c['onnxruntime INT8']:.3f} | {c['TVM INT8']:.3f} |")
+    for name, arm in report.get("arm", {}).items():
+        lines += ["", f"Emulated Cortex-A76, {name} model, {LENGTHS[0]}-frame clip, whole decode (frontend included), "
+                  "M aarch64 instructions per audio second:", "",
+                  "| mode | onnxruntime INT8 | TVM INT8 | TVM / onnxruntime | same text |", "|---|---|---|---|---|"]
+        for mode, r in arm.items():
+            ort, tvm = r["onnxruntime INT8"], r["TVM INT8"]
+            lines.append(f"| {mode} | {ort:.1f} | {tvm:.1f} | {tvm / ort:.2f} | {'yes' if r['same_text'] else 'no'} |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    from paraedge_tools.compiler.compile import parse_buckets
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=os.path.join(ROOT, "models", "demo"))
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--arm", action="store_true", help="also count aarch64 instructions on the emulated board")
-    ap.add_argument("--no-x86", action="store_true", help="skip the x86 wall-time table")
-    ap.add_argument("--arm-wav", help="clip for the emulated board (default: the demo's shortest sample)")
+    ap.add_argument("--models", default="demo,anchor", help="demo, anchor or both (default)")
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "bench", "tvm"))
-    ap.add_argument("--buckets", type=parse_buckets, default=None,
-                    help="offline frame buckets to compile (default: paraedge compile's); the runtime picks the "
-                         "smallest that fits, so listing only those the clips use measures the same kernels sooner")
-    ap.add_argument("--recompile", nargs="?", const=True, default=False,
-                    help="compile the bundles (or only the one for the named board) even if --out has them")
+    ap.add_argument("--write-readme", action="store_true", help="write the tables into README.md")
     args = ap.parse_args(argv)
     os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
     os.makedirs(args.out, exist_ok=True)
-    audio = sorted(glob.glob(os.path.join(args.model, "samples", "*.wav")))
-    model = fp32_model(args.model, args.out)
-    report = {}
-    if not args.no_x86:
-        tvm_dirs = {q: bundle(model, "x86-host", args.out, args.recompile, args.buckets, q) for q in (False, True)}
-        lines, report = x86_table(model, tvm_dirs, audio, args.threads, args.runs)
-        print("\n".join(lines))
-    if args.arm:
-        arm_dirs = {q: bundle(model, "qemu-a76", args.out, args.recompile, args.buckets, q) for q in (False, True)}
-        wav = args.arm_wav or min(audio, key=os.path.getsize)
-        arm_lines, arm = arm_table(model, arm_dirs, wav)
-        print()
-        print("\n".join(arm_lines))
-        report["arm_instructions_per_audio_second"] = arm
+    models = {"demo": DEMO, "anchor": None}
+    report = {"runs": args.runs, "threads": args.threads, "bundles": {}, "x86": {}, "cold": {}, "arm": {}}
+    for name in args.models.split(","):
+        model = models[name] or anchor_model(args.out)
+        boards = SIZE_BOARDS if name == "demo" else ("x86-host", "qemu-a76")
+        dirs = {b: os.path.join(args.out, f"{name}-{b}") for b in boards}
+        report["bundles"][name] = [compile_timed(model, b, d) for b, d in dirs.items()]
+        print(json.dumps(report["bundles"][name]), file=sys.stderr)
+        rows = x86_table(model, dirs["x86-host"], args.threads, args.runs)
+        report["x86"][name] = {f"{f}/{m}": r for (f, m), r in rows.items()}
+        report["cold"][name] = cold_start(model, dirs["x86-host"])
+        if args.arm:
+            from edge.asr.audio import write_wav
+
+            wav = os.path.join(args.out, f"clip{LENGTHS[0]}.wav")
+            write_wav(wav, clip(LENGTHS[0]))
+            report["arm"][name] = arm_rows(model, dirs["qemu-a76"], wav)
     with open(os.path.join(args.out, "report.json"), "w") as f:
         json.dump(report, f, indent=1, ensure_ascii=False)
+    text = markdown(report)
+    print(text)
+    if args.write_readme:
+        from paraedge_tools.docblock import write_between
+
+        write_between(os.path.join(ROOT, "README.md"), BEGIN, END, text)
     return 0
 
 

@@ -231,8 +231,8 @@ def rules():
             p, m, j, k = sch.get_loops(block)
             mi = _divisor(sch.get(m).extent, (6, 5, 4, 3, 2))
             io, ii = sch.split(m, [None, mi])
-            # (a 1-row tile: its unit loop vanishes before tensorize can match; compile's row counts
-            # are multiples of 4, so only odd user buckets take the plain path)
+            # (a 1-row tile: its unit loop vanishes before tensorize can match; bundles' row counts
+            # are multiples of 4 or 8, so only odd static shapes take the plain path)
             dot = (has_dotprod(target) and mi > 1 and _divides(sch.get(k).extent, SDOT_K)
                    and _const(sch.get(j).extent) == 16)
             ko, kv = sch.split(k, [None, SDOT_K if dot else 4])

@@ -12,9 +12,8 @@ FFN pruning, no fine-tune) it measures:
   (the machine is shared: interleaving makes every model see the same load);
 - emulated Cortex-A76 instructions per audio second (tools/emu/arm_profile.py: qemu-user with the
   instruction-count plugin, exact run to run), onnxruntime fp32 and INT8 and a TVM INT8 bundle
-  for the `qemu-a76` board, as ratios likewise. The bundle is offline with one 96-frame bucket
-  (the two samples measured fit it): ~15 s to compile here, where a deployable bundle with every
-  offline bucket and the streaming graphs takes ~6 min (five would not fit one table run).
+  for the `qemu-a76` board, as ratios likewise. The bundle is offline (encoder and decoder, one
+  function each for every length): ~20 s to compile here.
 The pruning comes first (fp32 weights), then the INT8 export quantizes the pruned model: each INT8
 column is a quantized pruned model, the file a board would run.
 
@@ -78,8 +77,7 @@ def wall_times(dirs: dict, rows: list, rounds: int = 3) -> tuple[dict, dict]:
 def a76_insns(dirs: dict, audio: list[str], tvm_work: str | None = None) -> dict:
     """{(ratio, "fp32" / "int8" / "tvm"): M instructions per audio second} on the emulated
     Cortex-A76: onnxruntime fp32 and INT8, and with `tvm_work` an INT8 TVM bundle for the board
-    `qemu-a76` (offline, one 96-frame bucket: the two samples are 50 and 88 frames; ~15 s a
-    compile here, against ~6 min for a deployable bundle with every bucket and streaming)."""
+    `qemu-a76` (offline: encoder and decoder for every length; ~20 s a compile here)."""
     from paraedge_tools.emu.arm_profile import emulated_profile
 
     out = {}
@@ -155,7 +153,7 @@ def card(rep: dict, tvm_note: str) -> str:
         f"was shared (load average {rep.get('load_avg', '?')} on 2 cores), so wall times are noisy and CPU times, "
         f"which leave out the time other jobs held the core, are the steadier x86 figure. A76: emulated Cortex-A76 instructions "
         f"per audio second (qemu-user, `{' + '.join(rep.get('a76_audio', []))}`, offline, 1 thread; TVM: INT8 bundle "
-        f"for `qemu-a76`, one 96-frame bucket). "
+        f"for `qemu-a76`, offline). "
         "Speed columns are ratios to the unpruned INT8 model (lower is faster).",
         "",
         "| ratio | FFN enc/dec | params | fp32 size | INT8 size | clean fp32 / INT8 | 10 dB fp32 / INT8 "
