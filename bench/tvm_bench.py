@@ -48,9 +48,10 @@ def compile_timed(model: str, board: str, out: str) -> dict:
     from edge.boards import load_board
 
     cuda = load_board(board).cuda
+    env = {k: v for k, v in os.environ.items() if k != "TVM_USE_RUNTIME_LIB"}  # (set once this bench loaded a bundle)
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "edge", "compile", "--board", board, "--model", model, "-o", out,
-                        *([] if cuda else ["--int8"])], capture_output=True, text=True, cwd=ROOT)
+                        *([] if cuda else ["--int8"])], capture_output=True, text=True, cwd=ROOT, env=env)
     seconds = time.perf_counter() - t0
     if r.returncode != 0:
         raise RuntimeError(f"compile {board}: {r.stderr.strip().splitlines()[-1:]}")
@@ -183,10 +184,17 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     models = {"demo": DEMO, "anchor": None}
     report = {"runs": args.runs, "threads": args.threads, "bundles": {}, "x86": {}, "cold": {}, "arm": {}}
+    saved = os.path.join(args.out, "report.json")
+    if os.path.isfile(saved):  # the other model's rows from an earlier run (--models measures one at a time)
+        old = json.load(open(saved))
+        if (old.get("runs"), old.get("threads")) == (args.runs, args.threads):
+            report.update({k: v for k, v in old.items() if isinstance(v, dict)})
     for name in args.models.split(","):
         model = models[name] or anchor_model(args.out)
         boards = SIZE_BOARDS if name == "demo" else ("x86-host", "qemu-a76")
         dirs = {b: os.path.join(args.out, f"{name}-{b}") for b in boards}
+        for part in ("bundles", "x86", "cold", "arm"):
+            report[part].pop(name, None)
         report["bundles"][name] = [compile_timed(model, b, d) for b, d in dirs.items()]
         print(json.dumps(report["bundles"][name]), file=sys.stderr)
         rows = x86_table(model, dirs["x86-host"], args.threads, args.runs)
@@ -198,8 +206,8 @@ def main(argv=None) -> int:
             wav = os.path.join(args.out, f"clip{LENGTHS[0]}.wav")
             write_wav(wav, clip(LENGTHS[0]))
             report["arm"][name] = arm_rows(model, dirs["qemu-a76"], wav)
-    with open(os.path.join(args.out, "report.json"), "w") as f:
-        json.dump(report, f, indent=1, ensure_ascii=False)
+        with open(saved, "w") as f:  # after each model: a failure later keeps what was measured
+            json.dump(report, f, indent=1, ensure_ascii=False)
     text = markdown(report)
     print(text)
     if args.write_readme:
