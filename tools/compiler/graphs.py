@@ -221,11 +221,15 @@ class ModuleBuilder:
     as calls to placeholder PrimFuncs and are traced again against the bound lengths (TVM
     cannot fuse a PrimFunc traced on the unbound symbol with its neighbours)."""
 
-    def __init__(self, kernel: str, max_frames: int = 1 << 16):
+    def __init__(self, kernel: str, decompose: bool = False, max_frames: int = 1 << 16):
         import tvm
         from tvm import relax
 
-        self.te, self.max_frames = int8_computes(kernel), max_frames
+        # decompose: torch's decomposition before import. It turns the panel matmuls' batch broadcast
+        # ([1, M, K] x [P, K, 16]) into a materialised broadcast_to, P copies of the activations:
+        # 17 of the demo fp32 encoder's 78 ms at 168 frames on x86 (28 ms without). The CUDA graphs
+        # (plain weights) import only with it: without, a slice's shape gets an if_then_else.
+        self.te, self.max_frames, self.decompose = int8_computes(kernel), max_frames, decompose
         te = self.te
 
         @relax.expr_functor.mutator
@@ -266,7 +270,7 @@ class ModuleBuilder:
                                                       primfunc_name_hint=op)
             return convert
 
-        mod = from_exported_program(ep, keep_params_as_input=True,
+        mod = from_exported_program(ep, keep_params_as_input=True, run_ep_decomposition=self.decompose,
                                     custom_convert_map={f"{op}.default": converter(op) for op in self.te})
         main = mod["main"]
         n_in = int(main.attrs["num_input"])
