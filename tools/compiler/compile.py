@@ -11,8 +11,8 @@ functions), config.yaml, am.mvn, tokens.json, manifest.json (board, target, TVM 
 functions with their inputs and length multiples, model hash, sha256 of every file); CUDA boards
 also get cubins/*.cubin (compiled on the host with NVRTC, see tools/compiler/cuda.py).
 
-Measured on this 2-core host (demo model, raspberry-pi-5, INT8; bench/tvm_bench.py): 36 s to
-compile, 1.3 MB of code + 9.4 MB of weights (10.8 MB in all), where 107 shape-bucketed functions
+Measured on this 2-core host (demo model, raspberry-pi-5, INT8; bench/tvm_bench.py): 21 s to
+compile, 1.2 MB of code + 9.4 MB of weights (10.6 MB in all), where 107 shape-bucketed functions
 took 5 min 48 s and 46.3 MB.
 """
 
