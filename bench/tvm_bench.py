@@ -98,12 +98,11 @@ def x86_table(model: str, bundle: str, threads: int, runs: int):
 
 COLD = """
 import sys, time
-from edge.asr.recognizer import make_backend
+from edge.asr.recognizer import Recognizer
 from edge.backends.tvm import import_tvm_runtime
 import onnxruntime
 if sys.argv[2] == "tvm":
     import_tvm_runtime(1)
-from edge.asr.recognizer import Recognizer
 t0 = time.perf_counter()
 Recognizer(sys.argv[1], sys.argv[2], threads=1, int8=True)
 print(time.perf_counter() - t0)

@@ -119,6 +119,27 @@ def exported_streaming(tmp_path_factory, funasr_streaming_a):
 
 
 # -- compiled TVM bundles, shared by test_tvm*, test_conformance --------------------------------
+def assert_seam_matches(ref, tvm, frames: int, tokens=(1, 3, 37), seed: int = 0) -> None:
+    """A bundle's backend against the reference backend at the seam, on random inputs: the
+    encoder at `frames`, the offline and streaming decoders at each token count over it, and the
+    streaming caches (each backend's own layout) carrying the FSMN memory into the next chunk alike."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((frames, 560)).astype(np.float32)
+    (enc_r, alphas_r), (enc_t, alphas_t) = ref.encode(x), tvm.encode(x)
+    assert enc_t.shape == enc_r.shape and alphas_t.shape == (frames,)
+    np.testing.assert_allclose(enc_t, enc_r, atol=1e-3)
+    np.testing.assert_allclose(alphas_t, alphas_r, atol=1e-4)
+    for n in tokens:
+        embeds = rng.standard_normal((n, enc_r.shape[1])).astype(np.float32)
+        (lp_r, _), (lp_t, _) = ref.decode(enc_r, embeds), tvm.decode(enc_r, embeds)
+        np.testing.assert_allclose(lp_t, lp_r, atol=1e-3)
+        (lp_r, caches_r), (lp_t, caches_t) = ref.decode(enc_r, embeds, streaming=True), tvm.decode(enc_r, embeds, streaming=True)
+        np.testing.assert_allclose(lp_t, lp_r, atol=1e-3)
+        lp_r = ref.decode(enc_r, embeds[::-1].copy(), caches_r, streaming=True)[0]
+        np.testing.assert_allclose(tvm.decode(enc_r, embeds[::-1].copy(), caches_t, streaming=True)[0], lp_r, atol=1e-3)
+
+
+
 def _compile(tmp_path_factory, name, model, board, **kw) -> str:
     pytest.importorskip("tvm.relax", reason="apache-tvm (host extra) is not installed")
     from paraedge_tools.compiler.compile import compile_bundle

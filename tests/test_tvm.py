@@ -90,22 +90,10 @@ def test_graphs_equal_reference_at_any_length(tvm_streaming, exported_streaming,
     """One function per graph serves every length: the encoder at 1, 7, 167 and 513 frames, the
     offline and streaming decoders at 1, 3 and 37 tokens over it, against the numpy reference
     (the runtime pads to multiples of 8 frames and 4 tokens, with masks)."""
+    from tests.conftest import assert_seam_matches
+
     ref, tvm = Recognizer(exported_streaming, "ref").backend, Recognizer(tvm_streaming, "tvm").backend
-    rng = np.random.default_rng(t)
-    x = rng.standard_normal((t, 560)).astype(np.float32)
-    (enc_r, alphas_r), (enc_t, alphas_t) = ref.encode(x), tvm.encode(x)
-    assert enc_t.shape == enc_r.shape and alphas_t.shape == (t,)
-    np.testing.assert_allclose(enc_t, enc_r, atol=1e-3)
-    np.testing.assert_allclose(alphas_t, alphas_r, atol=1e-4)
-    for n in (1, 3, 37):
-        embeds = rng.standard_normal((n, enc_r.shape[1])).astype(np.float32)
-        (lp_r, _), (lp_t, _) = ref.decode(enc_r, embeds), tvm.decode(enc_r, embeds)
-        np.testing.assert_allclose(lp_t, lp_r, atol=1e-3)
-        (lp_r, caches_r), (lp_t, caches_t) = ref.decode(enc_r, embeds, streaming=True), tvm.decode(enc_r, embeds, streaming=True)
-        np.testing.assert_allclose(lp_t, lp_r, atol=1e-3)
-        # the caches (each backend's own layout) carry the FSMN memory into the next chunk alike
-        lp_r = ref.decode(enc_r, embeds[::-1].copy(), caches_r, streaming=True)[0]
-        np.testing.assert_allclose(tvm.decode(enc_r, embeds[::-1].copy(), caches_t, streaming=True)[0], lp_r, atol=1e-3)
+    assert_seam_matches(ref, tvm, t, seed=t)
 
 
 def test_one_function_per_graph_serves_every_length(exported_streaming):

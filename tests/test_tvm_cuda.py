@@ -85,23 +85,14 @@ def test_demo_on_gpu_every_function_and_sample(tmp_path):
     offline and streaming, and the latency printed next to onnxruntime fp32 (ParaEdge's onnxruntime
     backend, which runs the CPU provider: a CUDA-provider row is not wired up yet)."""
     from edge.asr.audio import load_audio
-    from tests.conftest import ROOT
+    from tests.conftest import ROOT, assert_seam_matches
 
     demo = os.path.join(ROOT, "models", "demo")
     out = str(tmp_path / "demo-gpu")
     _gpu_bundle(demo, out)
     ref, gpu = Recognizer(demo, "ref"), Recognizer(out, "tvm")
-    rng = np.random.default_rng(0)
     for t in (1, 7, 167):
-        x = rng.standard_normal((t, 560)).astype(np.float32)
-        (enc_r, alphas_r), (enc_g, alphas_g) = ref.backend.encode(x), gpu.backend.encode(x)
-        np.testing.assert_allclose(enc_g, enc_r, atol=1e-3)
-        np.testing.assert_allclose(alphas_g, alphas_r, atol=1e-4)
-        for n in (1, 3, 37):
-            embeds = rng.standard_normal((n, enc_r.shape[1])).astype(np.float32)
-            for streaming in (False, True):
-                np.testing.assert_allclose(gpu.backend.decode(enc_r, embeds, streaming=streaming)[0],
-                                           ref.backend.decode(enc_r, embeds, streaming=streaming)[0], atol=1e-3)
+        assert_seam_matches(ref.backend, gpu.backend, t, seed=t)
     clips = [load_audio(w)[0] for w in sorted(glob.glob(os.path.join(demo, "samples", "*.wav")))]
     for x in clips:
         assert gpu.transcribe(x).token_ids == ref.transcribe(x).token_ids

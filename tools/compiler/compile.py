@@ -196,8 +196,8 @@ def _compile_into(output: OutputDir, md: ModelDir, board: Board, streaming: bool
     cfg = md.config
     bar = _progress(len(plan(md, streaming)) + 3, f"compile {board.name}", stderr)
     irmod, params, fns = build_irmodule(md, board, streaming, int8, bar)
-    bar.set_postfix_str(f"tvm.compile {tvm_target(board).kind.name}")
     target = tvm_target(board)
+    bar.set_postfix_str(f"tvm.compile {target.kind.name}")
     from paraedge_tools.compiler.pipeline import relax_pipeline
 
     with tvm.transform.PassContext(opt_level=3):

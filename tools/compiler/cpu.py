@@ -374,7 +374,7 @@ def rules():
                 return None
             n, c, t, rc, rk = loops
             width = _divisor(sch.get(t).extent, (16, 8, 4))
-            if width < simd_lanes(target) and width < 4:
+            if width == 1:  # no vector width divides T
                 return None
             to, ti = sch.split(t, [None, width])
             sch.reorder(n, c, to, rc, rk, ti)

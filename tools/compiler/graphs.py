@@ -77,6 +77,7 @@ def frozen(array: np.ndarray):
     return torch.nn.Parameter(torch.from_numpy(np.ascontiguousarray(array)), requires_grad=False)
 
 
+@functools.lru_cache(maxsize=None)
 def panel_linear_class():
     import torch
 
@@ -258,7 +259,7 @@ class ModuleBuilder:
                 "N": Dim("N", min=GRANULE_N, max=self.max_frames + GRANULE_N)}
         args = tuple(torch.ones(s) if k.endswith("mask") else torch.zeros(s) for k, s in inputs.items())
         dynamic = [{axis: dims[sym] for axis, sym in lengths.get(k, {}).items()} or None for k in inputs]
-        n_fixed = 4 if any(k.startswith("cache") for k in inputs) else len(inputs)  # *caches: one tuple
+        n_fixed = sum(not k.startswith("cache") for k in inputs)  # the caches (last) are forward's *caches: one tuple
         dynamic = dynamic[:n_fixed] + ([tuple(dynamic[n_fixed:])] if n_fixed < len(inputs) else [])
         with torch.no_grad():
             ep = export(module, args, dynamic_shapes=tuple(dynamic))
