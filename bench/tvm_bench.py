@@ -44,7 +44,7 @@ def anchor_model(out: str) -> str:
 
 
 def compile_timed(model: str, board: str, out: str) -> dict:
-    """Compile (INT8 on CPU boards, fp32 on CUDA ones) in a fresh process: seconds and sizes."""
+    """Compile (INT8 on CPU boards, fp16 on CUDA ones) in a fresh process: seconds and sizes."""
     from edge.boards import load_board
 
     cuda = load_board(board).cuda
@@ -139,12 +139,12 @@ def arm_rows(model: str, bundle: str, wav: str) -> dict:
 def markdown(report: dict) -> str:
     from edge.platform import cpu_model
 
-    lines = ["Bundles (`paraedge compile`, INT8 on CPU boards, fp32 on CUDA ones; this 2-core host, "
+    lines = ["Bundles (`paraedge compile`, INT8 on CPU boards, fp16 on CUDA ones; this 2-core host, "
              "compile time in a fresh process; size: every file of the bundle):", "",
              "| model | board | functions | model.so MB | params.npz MB | bundle MB | compile s |", "|---|---|---|---|---|---|---|"]
     for name, rows in report["bundles"].items():
         for r in rows:
-            lines.append(f"| {name} | {r['board']}{'' if r['int8'] else ' (fp32)'} | {r['functions']} | "
+            lines.append(f"| {name} | {r['board']}{'' if r['int8'] else ' (fp16)'} | {r['functions']} | "
                          f"{r['model_so_mb']:.2f} | {r['params_mb']:.2f} | {r['total_mb']:.1f} | {r['seconds']:.0f} |")
     for name, x86 in report["x86"].items():
         lines += ["", f"x86 wall time, {name} model, whole decode from samples to text, 1 thread, best of "

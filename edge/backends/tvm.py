@@ -44,6 +44,22 @@ def import_tvm_runtime(threads: int | None = None):
 
 
 
+def load_cuda_runtime(tvm, bundle: str) -> None:
+    """TVM's CUDA device API lives in libtvm_runtime_cuda.so beside libtvm_runtime.so; TVM loads
+    it with its compiler, not with the runtime alone (TVM_USE_RUNTIME_LIB=1), so it is loaded here."""
+    if tvm.runtime.enabled("cuda"):
+        return
+    import ctypes
+
+    lib = os.path.join(os.path.dirname(tvm.base._LOADED_LIBS["tvm_runtime"]._name), "libtvm_runtime_cuda.so")
+    try:
+        ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
+    except OSError as exc:
+        raise BackendUnavailable(f"{bundle}: a CUDA bundle, and TVM's CUDA runtime does not load ({exc}); "
+                                 "install apache-tvm with CUDA and put the CUDA runtime's lib folder on "
+                                 "LD_LIBRARY_PATH") from None
+
+
 def read_manifest(bundle: str) -> dict:
     """manifest.json, verified: format, every file present and unmodified. Raises ModelError."""
     path = os.path.join(bundle, "manifest.json")
@@ -115,7 +131,23 @@ def _function_ok(f) -> bool:
     if not all(isinstance(lengths.get(k), int) and not isinstance(lengths[k], bool) and 1 <= lengths[k] <= 64
                for k in (("T",) if f["kind"] == "encoder" else ("T", "N"))):
         return False
+    if "graph_frames" in f and not count("graph_frames"):
+        return False
     return f["kind"] != "stream_decoder" or (count("kernel") and count("caches", lo=0))
+
+
+def pick_function(functions, kind: str, rows: int, bundle: str) -> dict:
+    """The bundle's function of `kind` for `rows` frames or tokens: on CUDA, the one captured in
+    CUDA graphs while the rows fit its bound (`graph_frames`), else the uncaptured `<name>_long`;
+    on CPU, the only one."""
+    fns = [f for f in functions if f["kind"] == kind]
+    fits = [f for f in fns if rows <= f.get("graph_frames", rows)]
+    if fits:
+        return min(fits, key=lambda f: f.get("graph_frames", 1 << 30))  # a captured one first
+    if fns:
+        raise ModelError(f"{bundle}: {rows} frames is more than the bundle's {kind} takes "
+                         f"({max(f['graph_frames'] for f in fns)}); recompile it with `paraedge compile`")
+    raise ModelError(f"{bundle}: the bundle has no {kind} function; recompile it with `paraedge compile`")
 
 
 def bundle_board(manifest: dict, where: str):
@@ -150,6 +182,8 @@ class TvmBackend(Backend):
         from tvm.runtime.vm import VirtualMachine
 
         self.tvm = tvm
+        if self.board.cuda:
+            load_cuda_runtime(tvm, bundle)
         self.dev = tvm.cuda(0) if self.board.cuda else tvm.cpu(0)
         if self.board.cuda and not self.dev.exist:
             raise BackendUnavailable(f"{bundle}: a CUDA bundle ({self.board.name}) and no CUDA GPU here")
@@ -171,11 +205,8 @@ class TvmBackend(Backend):
         return f"tvm {self.board.name}{' int8' if self.int8 else ''}"
 
     # -- lengths ------------------------------------------------------------------------------
-    def _function(self, kind: str) -> dict:
-        for f in self.functions.values():
-            if f["kind"] == kind:
-                return f
-        raise ModelError(f"{self.model_dir.path}: the bundle has no {kind} function; recompile it with `paraedge compile`")
+    def _function(self, kind: str, rows: int) -> dict:
+        return pick_function(self.functions.values(), kind, rows, self.model_dir.path)
 
     def _run(self, fn: dict, arrays: list[np.ndarray], lengths: list[int]):
         args = [self.tvm.runtime.tensor(np.ascontiguousarray(a, dtype=F32), self.dev) for a in arrays]
@@ -198,7 +229,7 @@ class TvmBackend(Backend):
     # -- the seam -----------------------------------------------------------------------------
     def encode(self, x: np.ndarray):
         t = x.shape[0]
-        fn = self._function("encoder")
+        fn = self._function("encoder", t)
         g = fn["lengths"]["T"]
         xp, mask = self._pad(x, g)
         enc, alphas = self._run(fn, [xp, mask], [xp.shape[1] // g])
@@ -208,7 +239,7 @@ class TvmBackend(Backend):
         n = embeds.shape[0]
         if streaming and not self.streaming:
             raise ModelError(f"{self.model_dir.path}: this bundle has no streaming decoder (compile a streaming model)")
-        fn = self._function("stream_decoder" if streaming else "decoder")
+        fn = self._function("stream_decoder" if streaming else "decoder", max(enc.shape[0], n))
         gt, gn = fn["lengths"]["T"], fn["lengths"]["N"]
         ep, mask = self._pad(enc, gt)
         bp, tmask = self._pad(embeds, gn)

@@ -143,7 +143,7 @@ def build_irmodule(model, board: Board, streaming: bool | None, int8: bool, bar=
     modules = dict(zip(("encoder", "decoder", "stream_decoder"),
                        graphs.wrappers(load_torch_model(md), streaming, graphs.linear_mode(board.cuda, int8))))
     builder = graphs.ModuleBuilder(kernel, decompose=board.cuda)
-    params = {}
+    params, long_fns = {}, []
     for fn in fns:
         if bar is not None:
             bar.set_postfix_str(f"trace {fn['name']}")
@@ -151,7 +151,11 @@ def build_irmodule(model, board: Board, streaming: bool | None, int8: bool, bar=
         sizes = {"T": 3 * graphs.GRANULE_T, "N": 2 * graphs.GRANULE_N}
         shapes = {k: [sizes.get(v, v) for v in s] for k, s in fn["inputs"].items()}
         lengths = {k: {i: v for i, v in enumerate(s) if v in sizes} for k, s in fn["inputs"].items()}
-        fn_params, fn["params"] = builder.add(fn["name"], modules[fn["kind"]], shapes, lengths)
+        graph_frames = graphs.GRAPH_MAX_FRAMES if board.cuda else 0
+        fn_params, fn["params"] = builder.add(fn["name"], modules[fn["kind"]], shapes, lengths, graph_frames)
+        if graph_frames:
+            long_fns.append(dict(fn, name=f"{fn['name']}_long"))
+            fn["graph_frames"] = graph_frames
         for key, arr in fn_params.items():
             old = params.get(key)
             if old is not None and (old.shape != arr.shape or old.dtype != arr.dtype or not np.array_equal(old, arr)):
@@ -159,7 +163,7 @@ def build_irmodule(model, board: Board, streaming: bool | None, int8: bool, bar=
             params[key] = arr
         if bar is not None:
             bar.update()
-    return builder.get(), params, fns
+    return builder.get(), params, fns + long_fns
 
 
 def compile_bundle(model: str, board: str | Board, out: str, streaming: bool | None = None,
@@ -200,7 +204,7 @@ def _compile_into(output: OutputDir, md: ModelDir, board: Board, streaming: bool
     bar.set_postfix_str(f"tvm.compile {target.kind.name}")
     from paraedge_tools.compiler.pipeline import relax_pipeline
 
-    with tvm.transform.PassContext(opt_level=3):
+    with tvm.transform.PassContext(opt_level=3, config={"relax.backend.use_cuda_graph": bool(board.cuda)}):
         ex = tvm.compile(irmod, target, relax_pipeline=relax_pipeline(board, target))
     bar.update()
     with output as tmp:

@@ -16,7 +16,8 @@ tiles (4 or 8 rows, 8 or 16 columns), so the tensorized tiles need no tail. The 
 
 Every Linear becomes a `PanelLinear`, its weight precomputed once in the layout its kernel reads:
 fp32 panels [N/16, K, 16] (CPU), int8 sdot panels [N/16, K/4, 16, 4] with per-column scales
-(`--int8`: tools/compiler/int8.py), or the plain transpose [K, N] (CUDA). The weights are
+(`--int8`: tools/compiler/int8.py), or the plain transpose [K, N] in float16 (CUDA: the operands
+in fp16, the products summed in fp32, everything between the matmuls in fp32). The weights are
 parameters of the traced module, so the offline and streaming decoders share them by name.
 """
 
@@ -30,6 +31,10 @@ import numpy as np
 GRANULE_T = 8  # frames: a multiple of the 4-row tiles and of the 8-column attention tiles
 GRANULE_N = 4  # tokens: a multiple of the 4-row tiles
 PANEL = 16  # packed weight panel width (2 AVX2 / 4 NEON float32 vectors)
+# CUDA bundles hold each graph twice: captured in CUDA graphs (one per length pair, replayed on the
+# next call at those lengths) up to this many frames and tokens, whose buffers TVM plans statically
+# at that bound; and uncaptured ("<name>_long") for longer inputs. 1024 frames = 61 s of audio.
+GRAPH_MAX_FRAMES = 1024
 
 
 def pad_to(n: int, granule: int) -> int:
@@ -82,16 +87,18 @@ def panel_linear_class():
     import torch
 
     class PanelLinear(torch.nn.Module):
-        """y = x @ w + b with w [K, N] stored as its kernel reads it (mode "fp32", "int8" or "plain").
-        Panel modes pad N to a multiple of 16 with zero columns (the vocabulary) and slice them off."""
+        """y = x @ w + b with w [K, N] stored as its kernel reads it (mode "fp32", "int8", "plain"
+        or "fp16"). Panel modes pad N to a multiple of 16 with zero columns (the vocabulary) and
+        slice them off. "fp16" casts x to float16 and imports as one matmul with fp32 output (TVM
+        sums the products in fp32): half the weight bytes of "plain", the bias added in fp32."""
 
         def __init__(self, w_kn: np.ndarray, bias, mode: str):
             super().__init__()
             k, n = w_kn.shape
             self.k, self.n, self.mode = k, n, mode
             self.in_features, self.out_features = k, n  # as nn.Linear: the model code reads them
-            if mode == "plain":
-                self.w = frozen(np.ascontiguousarray(w_kn, np.float32))
+            if mode in ("plain", "fp16"):
+                self.w = frozen(np.ascontiguousarray(w_kn, np.float16 if mode == "fp16" else np.float32))
             else:
                 npad = pad_to(n, PANEL)
                 wp = np.zeros((k, npad), np.float32)
@@ -109,6 +116,8 @@ def panel_linear_class():
         def forward(self, x):
             if self.mode == "plain":
                 y = torch.matmul(x, self.w)
+            elif self.mode == "fp16":
+                y = torch.matmul(x.to(torch.float16), self.w).float()
             else:
                 x3 = x.reshape(1, -1, self.k)
                 if self.mode == "int8":
@@ -126,7 +135,7 @@ def panel_linear_class():
 
 
 def linear_mode(cuda: bool, int8: bool) -> str:
-    return "plain" if cuda else "int8" if int8 else "fp32"
+    return "fp16" if cuda else "int8" if int8 else "fp32"
 
 
 def replace_linears(model, mode: str) -> int:
@@ -154,7 +163,11 @@ def wrappers(model, streaming: bool, mode: str):
     p = model.predictor
     k = p.pad[0] + p.pad[1] + 1
     conv_w = p.cif_conv1d.weight.detach().numpy()  # [d_out, d_in, k]
-    cif = PanelLinear(conv_w.transpose(2, 1, 0).reshape(k * conv_w.shape[1], -1), p.cif_conv1d.bias.detach(), mode)
+    # CUDA keeps the CIF Conv1d, in fp32: the alphas' running sum places every token boundary, and
+    # the im2col below slices at symbolic offsets, whose shapes TVM writes with an if_then_else
+    # that CUDA-graph capture cannot type
+    cif = None if mode == "fp16" else PanelLinear(conv_w.transpose(2, 1, 0).reshape(k * conv_w.shape[1], -1),
+                                                  p.cif_conv1d.bias.detach(), mode)
 
     class Enc(torch.nn.Module):
         def __init__(self):
@@ -171,9 +184,13 @@ def wrappers(model, streaming: bool, mode: str):
             the same sums, and the matmul kernel instead of a naive conv loop."""
             t = hidden.shape[1]
             left, right = self.predictor.pad
-            h = torch.nn.functional.pad(hidden, (0, 0, left, right))
-            cols = torch.cat([h[:, i : i + t] for i in range(left + right + 1)], dim=-1)  # [B, T, k*d]
-            h = torch.relu(self.cif(cols))
+            if self.cif is None:
+                h = torch.nn.functional.pad(hidden.transpose(1, 2), (left, right))
+                h = torch.relu(self.predictor.cif_conv1d(h)).transpose(1, 2)
+            else:
+                h = torch.nn.functional.pad(hidden, (0, 0, left, right))
+                cols = torch.cat([h[:, i : i + t] for i in range(left + right + 1)], dim=-1)  # [B, T, k*d]
+                h = torch.relu(self.cif(cols))
             a = torch.sigmoid(self.predictor.cif_output(h))[:, :, 0]
             return torch.relu(a * self.predictor.smooth_factor - self.predictor.noise_threshold) * mask
 
@@ -247,9 +264,11 @@ class ModuleBuilder:
 
         self.retrace = Retrace(tvm.IRModule({}))
 
-    def add(self, name: str, module, inputs: dict, lengths: dict) -> tuple[dict, list]:
+    def add(self, name: str, module, inputs: dict, lengths: dict, graph_frames: int = 0) -> tuple[dict, list]:
         """Trace `module` on zero inputs of the shapes `inputs` ({name: shape}) as the function
-        `name`; returns ({param name: array}, the weight names in parameter order)."""
+        `name`; returns ({param name: array}, the weight names in parameter order). With
+        `graph_frames`, `name` is captured in CUDA graphs for up to that many frames and tokens,
+        and `<name>_long` is the same graph uncaptured."""
         import torch
         from torch.export import Dim, export
         from tvm import relax, tirx
@@ -285,7 +304,18 @@ class ModuleBuilder:
         shape = relax.Var("lengths", relax.ShapeType(list(units.values())))
         f = relax.Function([shape, *main.params], main.body, main.ret_ty, main.is_pure)
         f = f.bind_symbolic_vars({found[s]: u * granule[s] for s, u in units.items()})
-        f = self.retrace.visit_expr(f).with_attr("num_input", n_in + 1).with_attr("global_symbol", name)
+        f = self.retrace.visit_expr(f).with_attr("num_input", n_in + 1)
+        if graph_frames:
+            from tvm.relax.utils import copy_with_new_vars
+
+            long = copy_with_new_vars(f).with_attr("global_symbol", f"{name}_long")
+            self.retrace.builder_.add_func(long, f"{name}_long")
+            # the weights (after num_input) stay put between calls, so kernels reading only them and
+            # the statically planned buffers are captured; those reading the inputs run outside
+            bound = {u.name: graph_frames // granule[s] for s, u in units.items()}
+            f = f.with_attr("relax.rewrite_cuda_graph.capture_symbolic_vars", [u.name for u in units.values()])
+            f = f.with_attr("tir_var_upper_bound", bound)
+        f = f.with_attr("global_symbol", name)
         self.retrace.builder_.add_func(f, name)
         return params, [v.name for v in main.params[n_in:]]
 
