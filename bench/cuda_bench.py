@@ -163,11 +163,9 @@ def main(argv=None) -> int:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)
     text = table(report)
-    print(text)
-    if args.write_readme:
-        from paraedge_tools.docblock import write_between
+    from paraedge_tools.docblock import publish
 
-        write_between(os.path.join(ROOT, "README.md"), BEGIN, END, text)
+    publish(text, os.path.join(ROOT, "README.md") if args.write_readme else None, BEGIN, END)
     return 0
 
 

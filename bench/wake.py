@@ -498,11 +498,9 @@ def main(argv=None) -> int:
                                                    for kw in kws) + ". Targets (P50 <= 150 ms, <= 0.5 false accepts/h): "
             + "; ".join(f"{kw}: latency {yes(met[kw][0])}, false accepts {yes(met[kw][1])}" for kw in kws) + ".")
     table = head + "\n\n" + "\n".join(lines) + "\n\n" + tail
-    print(table)
-    if args.readme:
-        from paraedge_tools.docblock import write_between
+    from paraedge_tools.docblock import publish
 
-        write_between(os.path.join(ROOT, "README.md"), "<!-- wake:begin -->", "<!-- wake:end -->", table, heading=None)
+    publish(table, os.path.join(ROOT, "README.md") if args.readme else None, "<!-- wake:begin -->", "<!-- wake:end -->")
     print(f"done in {time.time() - t0:.0f} s", file=sys.stderr)
     return 0
 

@@ -19,3 +19,11 @@ def write_between(path: str, begin: str, end: str, body: str, heading: str | Non
         text = text.rstrip("\n") + "\n\n" + (f"{heading}\n\n" if heading else "") + block + "\n"
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+def publish(text: str, readme: str | None, begin: str, end: str) -> None:
+    """A bench's table: printed, and written between its markers in `readme` when one is given
+    (the markers must be there: a bench's table has its place in the README)."""
+    print(text)
+    if readme:
+        write_between(readme, begin, end, text, heading=None)
