@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("tvm.relax", reason="apache-tvm (host extra) is not installed")
 
 from edge.boards import BoardError, all_boards, load_board  # noqa: E402
+from edge.platform import cpu_features  # noqa: E402
 from edge.errors import ModelError, ParaEdgeError  # noqa: E402
 from edge.asr.audio import load_audio  # noqa: E402
 from edge.asr.recognizer import Recognizer  # noqa: E402
@@ -186,22 +187,14 @@ def test_profile_runs_on_a_bundle(tvm_offline, speech_dir, exported_offline):
     assert e["text"]["zh.wav"] == Recognizer(exported_offline, "ref").transcribe(load_audio(wav)[0]).text
 
 
-@pytest.mark.parametrize("shape,symbolic", [((14, 96), False), ((7, 96), False), ((6, 40), False), ((8, 96), True),
-                                            ((168, 96), True)],
-                         ids=["vpmaddwd", "vpmaddwd-1row", "untensorized", "symbolic-8", "symbolic-168"])
-def test_int8_ops_equal_numpy_reference(tmp_path, shape, symbolic):
-    """The row quantizer + panel matmul, x86 AVX2 schedule: int8 rows and int32 products exact,
-    for tiles tensorized into `vpmaddwd` (several rows, one row: a prime M), for K % 16 != 0, and
-    with symbolic rows as bundles compile them (8 * q rows, one module run at its length)."""
-    import subprocess
-    import sys
-
+def _int8_ops_run(board: str, tmp_path, shape, symbolic) -> str:
+    """The two INT8 ops built for `board` (tests/tvm_int8_ops.py), run at `shape` in a runtime-only
+    process and checked exact against numpy; returns the module's disassembly."""
     from tests import tvm_int8_ops
 
     so = str(tmp_path / "ops.so")
-    tvm_int8_ops.build("x86-host", so, shape, symbolic)
+    tvm_int8_ops.build(board, so, shape, symbolic)
     dis = subprocess.run(["objdump", "-d", so], capture_output=True, text=True).stdout
-    assert ("vpmaddwd" in dis) == (shape[1] % 16 == 0)
     x, _ = tvm_int8_ops.inputs(shape=shape)
     np.savez(tmp_path / "in.npz", x=x, **({"0_lengths": np.array([shape[0] // 8])} if symbolic else {}))
     script = tmp_path / "run.py"
@@ -210,6 +203,31 @@ def test_int8_ops_equal_numpy_reference(tmp_path, shape, symbolic):
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     tvm_int8_ops.check(np.load(tmp_path / "out.npz"), shape)
+    return dis
+
+
+@pytest.mark.parametrize("shape,symbolic", [((14, 96), False), ((7, 96), False), ((6, 40), False), ((8, 96), True),
+                                            ((168, 96), True)],
+                         ids=["vpmaddwd", "vpmaddwd-1row", "untensorized", "symbolic-8", "symbolic-168"])
+def test_int8_ops_equal_numpy_reference(tmp_path, shape, symbolic):
+    """The row quantizer + panel matmul, x86 AVX2 schedule: int8 rows and int32 products exact,
+    for tiles tensorized into `vpmaddwd` (several rows, one row: a prime M), for K % 16 != 0, and
+    with symbolic rows as bundles compile them (8 * q rows, one module run at its length)."""
+    dis = _int8_ops_run("x86-host", tmp_path, shape, symbolic)
+    assert ("vpmaddwd" in dis) == (shape[1] % 16 == 0)
+
+
+VNNI = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
+
+
+@pytest.mark.skipif(not set(VNNI) <= cpu_features(), reason="this CPU has no AVX-512 VNNI (x86-avx512 bundles)")
+@pytest.mark.parametrize("shape,symbolic", [((14, 96), False), ((7, 96), False), ((6, 40), False), ((168, 96), True)],
+                         ids=["vpdpbusd", "1row-untensorized", "k40-untensorized", "symbolic-168"])
+def test_int8_ops_vnni_equal_numpy_reference(tmp_path, shape, symbolic):
+    """The same ops on the x86-avx512 profile: activations as q + 128 (uint8) into `vpdpbusd`, the
+    weights' column sums taken off after; exact wherever the tile is tensorized or not."""
+    dis = _int8_ops_run("x86-avx512", tmp_path, shape, symbolic)
+    assert ("vpdpbusd" in dis) == (shape[0] % 2 == 0 and shape[1] % 16 == 0)
 
 
 def test_traced_int8_ops_equal_numpy_reference():
@@ -293,17 +311,13 @@ def test_row_ops_equal_numpy_reference(rows, width):
         np.testing.assert_allclose(y, ref, rtol=2e-5, atol=2e-6, err_msg=name)
 
 
-def test_int8_bundle_agrees_with_reference(tvm_demo_int8):
-    """Real INT8 (int8 weights and activations, int32 accumulation) on the trained demo model:
-    >= 99 % of the reference's tokens over its samples, at a quarter of the weight bytes."""
+def _agrees_with_reference(bundle: str) -> None:
+    """An INT8 demo bundle: >= 99 % of the numpy reference's tokens over the demo's samples."""
     import difflib
     import glob
 
-    demo, out = os.path.join(ROOT, "models", "demo"), tvm_demo_int8
-    assert json.load(open(os.path.join(out, "manifest.json")))["model"]["int8"]
-    with np.load(os.path.join(out, "params.npz")) as z:
-        assert sum(z[k].size for k in z.files if z[k].dtype == np.int8) > 0.9 * sum(z[k].size for k in z.files)
-    ref, q = Recognizer(demo, "ref"), Recognizer(out, "tvm", int8=True)
+    demo = os.path.join(ROOT, "models", "demo")
+    ref, q = Recognizer(demo, "ref"), Recognizer(bundle, "tvm", int8=True)
     matched = total = 0
     for wav in sorted(glob.glob(os.path.join(demo, "samples", "*.wav"))):
         x = load_audio(wav)[0]
@@ -311,6 +325,31 @@ def test_int8_bundle_agrees_with_reference(tvm_demo_int8):
         matched += sum(blk.size for blk in difflib.SequenceMatcher(a=a, b=b).get_matching_blocks())
         total += max(len(a), len(b))
     assert total > 20 and matched / total >= 0.99, (matched, total)
+
+
+def test_int8_bundle_agrees_with_reference(tvm_demo_int8):
+    """Real INT8 (int8 weights and activations, int32 accumulation) on the trained demo model:
+    >= 99 % of the reference's tokens over its samples, at a quarter of the weight bytes."""
+    out = tvm_demo_int8
+    assert json.load(open(os.path.join(out, "manifest.json")))["model"]["int8"]
+    with np.load(os.path.join(out, "params.npz")) as z:
+        assert sum(z[k].size for k in z.files if z[k].dtype == np.int8) > 0.9 * sum(z[k].size for k in z.files)
+    _agrees_with_reference(out)
+
+
+@pytest.mark.skipif(not set(VNNI) <= cpu_features(), reason="this CPU has no AVX-512 VNNI (x86-avx512 bundles)")
+def test_vnni_bundle_agrees_with_reference(tmp_path):
+    """The demo's INT8 bundle for x86-avx512 (`vpdpbusd` on q + 128, column sums taken off): its
+    matmuls are tensorized and it keeps the reference's tokens as the AVX2 one does. (Not bit-equal
+    to the AVX2 bundle: its fp32 kernels sum 16 lanes at a time, not 8, and a last-bit difference
+    can move a row quantizer's rounding: log-probs 0.07 apart at most on the samples.)"""
+    from paraedge_tools.compiler.compile import compile_bundle
+
+    out = str(tmp_path / "vnni")
+    compile_bundle(os.path.join(ROOT, "models", "demo"), "x86-avx512", out, int8=True)
+    assert "vpdpbusd" in subprocess.run(["objdump", "-d", os.path.join(out, "model.so")],
+                                        capture_output=True, text=True).stdout
+    _agrees_with_reference(out)
 
 
 MAX_DEMO_BUNDLE_MB = 15.0  # the mission's artefact: a 15 MB INT8 Paraformer, everything in the bundle included

@@ -60,12 +60,20 @@ _AVX2_CPUS = ("haswell", "broadwell", "skylake", "skylake-avx512", "cascadelake"
               "x86-64-v3", "x86-64-v4")
 
 
+_VNNI_CPUS = ("cascadelake", "cooperlake", "icelake-client", "icelake-server", "tigerlake", "sapphirerapids",
+              "emeraldrapids", "graniterapids", "znver4", "znver5")
+
+
 def int8_kernel(target) -> str:
     """The instruction the INT8 panel matmul is built on for an llvm target: "sdot" (aarch64 with
-    the dot-product extension), "pmaddwd" (x86 with AVX2) or "plain" (vectorised int32 multiply-adds)."""
+    the dot-product extension), "vnni" (x86 with AVX-512 VNNI: `vpdpbusd`), "pmaddwd" (x86 with
+    AVX2) or "plain" (vectorised int32 multiply-adds)."""
     if has_dotprod(target):
         return "sdot"
     attrs = " ".join(str(a) for a in (target.attrs.get("mattr") or []))
+    if str(target.attrs.get("mtriple", "")).startswith("x86_64") and (
+            "+avx512vnni" in attrs or str(target.attrs.get("mcpu", "")) in _VNNI_CPUS):
+        return "vnni"
     if str(target.attrs.get("mtriple", "")).startswith("x86_64") and (
             "+avx2" in attrs or str(target.attrs.get("mcpu", "")) in _AVX2_CPUS):
         return "pmaddwd"
@@ -226,14 +234,18 @@ def rules():
             sch, (block,) = found
             if len(sch.get_loops(block)) == 6:
                 return _matmul_s8_pairs(sch, block)
-            from paraedge_tools.compiler.int8 import SDOT_K, sdot_intrin
+            from paraedge_tools.compiler.int8 import SDOT_K, sdot_intrin, vnni_intrin
 
+            vnni = int8_kernel(target) == "vnni"
+            if vnni:
+                _column_sums(sch)
             p, m, j, k = sch.get_loops(block)
-            mi = _divisor(sch.get(m).extent, (6, 5, 4, 3, 2))
+            # VNNI: one zmm accumulator a row, 32 registers; NEON sdot: 4 a row, 32 registers
+            mi = _divisor(sch.get(m).extent, (8, 6, 4, 5, 3, 2) if vnni else (6, 5, 4, 3, 2))
             io, ii = sch.split(m, [None, mi])
             # (a 1-row tile: its unit loop vanishes before tensorize can match; bundles' row counts
             # are multiples of 4 or 8, so only odd static shapes take the plain path)
-            dot = (has_dotprod(target) and mi > 1 and _divides(sch.get(k).extent, SDOT_K)
+            dot = ((has_dotprod(target) or vnni) and mi > 1 and _divides(sch.get(k).extent, SDOT_K)
                    and _const(sch.get(j).extent) == 16)
             ko, kv = sch.split(k, [None, SDOT_K if dot else 4])
             if dot:
@@ -253,7 +265,7 @@ def rules():
             init = sch.decompose_reduction(block, ko)
             sch.vectorize(sch.get_loops(init)[-1])
             if dot:  # after the init is split off: the intrinsic accumulates into C
-                sch.tensorize(ii, sdot_intrin(mi))
+                sch.tensorize(ii, vnni_intrin(mi) if vnni else sdot_intrin(mi))
             sch.vectorize(sch.get_loops(local)[-1])
             return sch
 
@@ -387,6 +399,16 @@ def rules():
 
     return [Matmul(), MatmulS8(), QuantizeRows(), RowNorm(), DepthwiseConv(), dl.cpu.GEMV(), dl.cpu.Reduction(),
             Elementwise()]
+
+
+def _column_sums(sch) -> None:
+    """panels_u8s8_te's weight column sums: 16 int32 lanes along the columns, k outside."""
+    block = sch.get_sblock("s8_colsum")
+    p, j, k = sch.get_loops(block)
+    sch.reorder(p, k, j)
+    sch.vectorize(j)  # before the init is split off: then the update is no longer the only writer
+    init = sch.decompose_reduction(block, k)
+    sch.vectorize(sch.get_loops(init)[-1])
 
 
 def _matmul_s8_pairs(sch, block):

@@ -224,10 +224,11 @@ def wrappers(model, streaming: bool, mode: str):
 def int8_computes(kernel: str) -> dict:
     """The INT8 ops' TE computes (tools/compiler/int8.py) for a target's int8 kernel, by op name:
     (compute, extra arguments)."""
-    from paraedge_tools.compiler.int8 import panels_s8_pairs_te, panels_s8_te, quantize_rows_te
+    from paraedge_tools.compiler.int8 import panels_s8_pairs_te, panels_s8_te, panels_u8s8_te, quantize_rows_te
 
-    return {"quantize_rows_s8": (quantize_rows_te, ("int16" if kernel == "pmaddwd" else "int8",)),
-            "matmul_s8_panels": (panels_s8_pairs_te if kernel == "pmaddwd" else panels_s8_te, ())}
+    operand = {"pmaddwd": "int16", "vnni": "uint8"}.get(kernel, "int8")
+    matmul = {"pmaddwd": panels_s8_pairs_te, "vnni": panels_u8s8_te}.get(kernel, panels_s8_te)
+    return {"quantize_rows_s8": (quantize_rows_te, (operand,)), "matmul_s8_panels": (matmul, ())}
 
 
 class ModuleBuilder:

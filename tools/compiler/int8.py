@@ -81,9 +81,31 @@ def panels_s8_pairs_te(x, w):
                       name="matmul_s8_fold")
 
 
+def panels_u8s8_te(x, w):
+    """The panel matmul for x86 AVX-512 VNNI: `vpdpbusd` multiplies unsigned by signed bytes
+    (4 products summed into each int32 lane, no int16 stage to saturate), so the activations
+    arrive as q + 128 (quantize_rows_te(.., "uint8")) and each column's 128 * sum(w) comes off
+    after the sum: exactly panels_s8_te's int32. The column sums cost one pass over the weights
+    per call, about 1/M of the matmul."""
+    from tvm import te, tirx
+
+    kk = te.reduce_axis((0, int(x.shape[-1])), name="k")
+    kw = te.reduce_axis((0, int(x.shape[-1])), name="kw")
+    p, _, j, _ = w.shape
+    acc = te.compute((p, x.shape[-2], j),
+                     lambda pi, m, ji: te.sum(x[0, m, kk].astype("int32")
+                                              * w[pi, kk // PANEL_K, ji, kk % PANEL_K].astype("int32"), axis=kk),
+                     name="matmul_s8")
+    colsum = te.compute((p, j), lambda pi, ji: te.sum(w[pi, kw // PANEL_K, ji, kw % PANEL_K].astype("int32"), axis=kw),
+                        name="s8_colsum")
+    return te.compute((p, x.shape[-2], j),
+                      lambda pi, m, ji: acc[pi, m, ji] - tirx.const(128, "int32") * colsum[pi, ji], name="u8_offset")
+
+
 def quantize_rows_te(x, dtype: str = "int8"):
     """TE compute of the row quantizer: per row amax, inv = 127 / amax, q = int8(clamp(rint(x * inv))).
-    `dtype` int16 stores the same values widened, the operand `vpmaddwd` multiplies."""
+    `dtype` int16 stores the same values widened, the operand `vpmaddwd` multiplies; uint8 stores
+    q + 128, the unsigned operand of `vpdpbusd`."""
     from tvm import te, tirx
 
     rows, k = x.shape[:-1], int(x.shape[-1])
@@ -91,8 +113,9 @@ def quantize_rows_te(x, dtype: str = "int8"):
     amax = te.compute(rows, lambda *i: te.max(te.abs(x[(*i, kk)]), axis=kk), name="q8_amax")
     inv = te.compute(rows, lambda *i: tirx.const(127.0, "float32") / te.max(amax[i], tirx.const(EPS, "float32")),
                      name="q8_inv")
-    q = te.compute(x.shape, lambda *i: te.min(te.max(tirx.nearbyint(x[i] * inv[i[:-1]]), tirx.const(-127.0, "float32")),
-                                              tirx.const(127.0, "float32")).astype(dtype), name="q8_quant")
+    offset = tirx.const(128.0 if dtype == "uint8" else 0.0, "float32")
+    q = te.compute(x.shape, lambda *i: (te.min(te.max(tirx.nearbyint(x[i] * inv[i[:-1]]), tirx.const(-127.0, "float32")),
+                                               tirx.const(127.0, "float32")) + offset).astype(dtype), name="q8_quant")
     scale = te.compute((*rows, 1), lambda *i: te.max(amax[i[:-1]], tirx.const(EPS, "float32")) / tirx.const(127.0, "float32"),
                        name="q8_scale")
     return [q, scale]
@@ -222,5 +245,55 @@ def pmaddwd_intrin(rows: int) -> str:
                             T.Cast("int16x16", B.vload([g, q * 4, 0], "int8x16"))))
 
     name = f"paraedge_pmaddwd_{rows}x8x16"
+    s_tir.TensorIntrin.register(name, desc, impl, override=True)
+    return name
+
+
+@functools.lru_cache(maxsize=None)
+def vnni_intrin(rows: int) -> str:
+    """Register (once) and name the x86 AVX-512 VNNI tensor intrinsic of one register tile:
+    C[rows, 16] (int32) += A[rows, 16 k] (uint8) . B[4 groups, 16 columns, 4 k] (int8).
+
+    A weight panel's 4-k group is 64 bytes, one zmm: 16 columns x 4 k, the operand layout of
+    `vpdpbusd` (16 int32 lanes, each += 4 u8 x s8 products), so per group one load of B feeds
+    `rows` `vpdpbusd`s against each row's 4 k broadcast: 64 multiply-adds an instruction, where
+    AVX2's `vpmaddwd` does 16 and needs an add. `rows` accumulators + B fit the 32 zmm registers."""
+    from tvm import s_tir
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sa, sc = T.int64(), T.int64()
+        A = T.match_buffer(a, (rows, 16), "uint8", offset_factor=1, strides=[sa, 1])
+        B = T.match_buffer(b, (4, 16, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (rows, 16), "int32", offset_factor=1, strides=[sc, 1])
+        with T.sblock("root"):
+            T.reads(C[0:rows, 0:16], A[0:rows, 0:16], B[0:4, 0:16, 0:4])
+            T.writes(C[0:rows, 0:16])
+            for r, j, k in T.grid(rows, 16, 16):
+                with T.sblock("update"):
+                    vr, vj, vk = T.axis.remap("SSR", [r, j, k])
+                    C[vr, vj] = C[vr, vj] + T.cast(A[vr, vk], "int32") * T.cast(B[vk // 4, vj, vk % 4], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sa, sc = T.int64(), T.int64()
+        A = T.match_buffer(a, (rows, 16), "uint8", offset_factor=1, strides=[sa, 1])
+        B = T.match_buffer(b, (4, 16, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (rows, 16), "int32", offset_factor=1, strides=[sc, 1])
+        with T.sblock("root"):
+            T.reads(C[0:rows, 0:16], A[0:rows, 0:16], B[0:4, 0:16, 0:4])
+            T.writes(C[0:rows, 0:16])
+            for grp in T.unroll(4):
+                for r in T.unroll(rows):
+                    C[r, T.ramp(0, 1, 16)] = T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                        C.vload([r, 0], "int32x16"),
+                        T.reinterpret(T.broadcast(T.reinterpret(A.vload([r, grp * 4], "uint8x4"), dtype="int32"), 16),
+                                      dtype="int8x64"),
+                        B.vload([grp, 0, 0], "int8x64"),  # (LLVM 20 types the operands as 64 bytes)
+                        dtype="int32x16")
+
+    name = f"paraedge_vnni_{rows}x16x16"
     s_tir.TensorIntrin.register(name, desc, impl, override=True)
     return name
