@@ -92,14 +92,15 @@ def panels_u8s8_te(x, w):
     kk = te.reduce_axis((0, int(x.shape[-1])), name="k")
     kw = te.reduce_axis((0, int(x.shape[-1])), name="kw")
     p, _, j, _ = w.shape
+    # the column sums are defined and read first, so their block precedes the matmul's
+    colsum = te.compute((p, j), lambda pi, ji: te.sum(w[pi, kw // PANEL_K, ji, kw % PANEL_K].astype("int32"), axis=kw),
+                        name="s8_colsum")
     acc = te.compute((p, x.shape[-2], j),
                      lambda pi, m, ji: te.sum(x[0, m, kk].astype("int32")
                                               * w[pi, kk // PANEL_K, ji, kk % PANEL_K].astype("int32"), axis=kk),
                      name="matmul_s8")
-    colsum = te.compute((p, j), lambda pi, ji: te.sum(w[pi, kw // PANEL_K, ji, kw % PANEL_K].astype("int32"), axis=kw),
-                        name="s8_colsum")
     return te.compute((p, x.shape[-2], j),
-                      lambda pi, m, ji: acc[pi, m, ji] - tirx.const(128, "int32") * colsum[pi, ji], name="u8_offset")
+                      lambda pi, m, ji: tirx.const(-128, "int32") * colsum[pi, ji] + acc[pi, m, ji], name="u8_offset")
 
 
 def quantize_rows_te(x, dtype: str = "int8"):
