@@ -125,6 +125,28 @@ def quantize_rows_te(x, dtype: str = "int8"):
 SDOT_K = 16  # k per tensorized step: 4 groups of 4, one 16-byte load of A per row
 
 
+def _panel_tile_desc(rows: int, a_dtype: str):
+    """What a panel tile intrinsic computes: C[rows, 16] (int32) += A[rows, 16 k] (`a_dtype`) .
+    B[4 groups, 16 columns, 4 k] (int8): the description sdot and vpdpbusd tiles share."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sa, sc = T.int64(), T.int64()
+        A = T.match_buffer(a, (rows, 16), a_dtype, offset_factor=1, strides=[sa, 1])
+        B = T.match_buffer(b, (4, 16, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (rows, 16), "int32", offset_factor=1, strides=[sc, 1])
+        with T.sblock("root"):
+            T.reads(C[0:rows, 0:16], A[0:rows, 0:16], B[0:4, 0:16, 0:4])
+            T.writes(C[0:rows, 0:16])
+            for r, j, k in T.grid(rows, 16, 16):
+                with T.sblock("update"):
+                    vr, vj, vk = T.axis.remap("SSR", [r, j, k])
+                    C[vr, vj] = C[vr, vj] + T.cast(A[vr, vk], "int32") * T.cast(B[vk // 4, vj, vk % 4], "int32")
+
+    return desc
+
+
 @functools.lru_cache(maxsize=None)
 def sdot_intrin(rows: int) -> str:
     """Register (once) and name the tensor intrinsic of one register tile:
@@ -140,19 +162,7 @@ def sdot_intrin(rows: int) -> str:
     from tvm import s_tir
     from tvm.script import tirx as T
 
-    @T.prim_func(s_tir=True)
-    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        sa, sc = T.int64(), T.int64()
-        A = T.match_buffer(a, (rows, 16), "int8", offset_factor=1, strides=[sa, 1])
-        B = T.match_buffer(b, (4, 16, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (rows, 16), "int32", offset_factor=1, strides=[sc, 1])
-        with T.sblock("root"):
-            T.reads(C[0:rows, 0:16], A[0:rows, 0:16], B[0:4, 0:16, 0:4])
-            T.writes(C[0:rows, 0:16])
-            for r, j, k in T.grid(rows, 16, 16):
-                with T.sblock("update"):
-                    vr, vj, vk = T.axis.remap("SSR", [r, j, k])
-                    C[vr, vj] = C[vr, vj] + T.cast(A[vr, vk], "int32") * T.cast(B[vk // 4, vj, vk % 4], "int32")
+    desc = _panel_tile_desc(rows, "int8")
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -262,19 +272,7 @@ def vnni_intrin(rows: int) -> str:
     from tvm import s_tir
     from tvm.script import tirx as T
 
-    @T.prim_func(s_tir=True)
-    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        sa, sc = T.int64(), T.int64()
-        A = T.match_buffer(a, (rows, 16), "uint8", offset_factor=1, strides=[sa, 1])
-        B = T.match_buffer(b, (4, 16, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (rows, 16), "int32", offset_factor=1, strides=[sc, 1])
-        with T.sblock("root"):
-            T.reads(C[0:rows, 0:16], A[0:rows, 0:16], B[0:4, 0:16, 0:4])
-            T.writes(C[0:rows, 0:16])
-            for r, j, k in T.grid(rows, 16, 16):
-                with T.sblock("update"):
-                    vr, vj, vk = T.axis.remap("SSR", [r, j, k])
-                    C[vr, vj] = C[vr, vj] + T.cast(A[vr, vk], "int32") * T.cast(B[vk // 4, vj, vk % 4], "int32")
+    desc = _panel_tile_desc(rows, "uint8")
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
