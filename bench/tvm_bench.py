@@ -156,7 +156,7 @@ def markdown(report: dict) -> str:
                          f"{r['model_so_mb']:.2f} | {r['params_mb']:.2f} | {r['total_mb']:.1f} | {r['seconds']:.0f} |")
     for name, x86 in report["x86"].items():
         lines += ["", f"x86 wall time, {name} model, whole decode from samples to text, 1 thread, best of "
-                  f"{report['runs']} ({cpu_model()}; the TVM bundle for {report.get('x86_board', 'x86-host')}):", "",
+                  f"{report['runs']} ({cpu_model()}; the TVM bundle for {X86}):", "",
                   "| LFR frames | mode | onnxruntime INT8 RTF | TVM INT8 RTF | TVM / onnxruntime | same text |",
                   "|---|---|---|---|---|---|"]
         for key, r in x86.items():
@@ -198,17 +198,15 @@ def main(argv=None) -> int:
             report.update({k: v for k, v in old.items() if isinstance(v, dict)})
     for name in args.models.split(","):
         model = models[name] or anchor_model(args.out)
-        x86 = X86
-        boards = SIZE_BOARDS if name == "demo" else (x86, "qemu-a76")
+        boards = SIZE_BOARDS if name == "demo" else (X86, "qemu-a76")
         dirs = {b: os.path.join(args.out, f"{name}-{b}") for b in boards}
         for part in ("bundles", "x86", "cold") + (("arm",) if args.arm else ()):
             report[part].pop(name, None)
         report["bundles"][name] = [compile_timed(model, b, d) for b, d in dirs.items()]
         print(json.dumps(report["bundles"][name]), file=sys.stderr)
-        rows = x86_table(model, dirs[x86], args.threads, args.runs)
+        rows = x86_table(model, dirs[X86], args.threads, args.runs)
         report["x86"][name] = {f"{f}/{m}": r for (f, m), r in rows.items()}
-        report["cold"][name] = cold_start(model, dirs[x86])
-        report["x86_board"] = x86
+        report["cold"][name] = cold_start(model, dirs[X86])
         if args.arm:
             from edge.asr.audio import write_wav
 

@@ -131,8 +131,8 @@ def test_cuda_bundle_on_gpu_equals_reference(exported_offline, speech, tmp_path)
 def test_demo_on_gpu_every_function_and_sample(tmp_path):
     """The shipped demo model on the GPU present: every function against the numpy reference at
     odd lengths (1, 7, 167, 513 frames; 1, 3, 37 tokens), the samples decoded to the reference's tokens
-    offline and streaming, and the latency printed next to onnxruntime fp32 (ParaEdge's onnxruntime
-    backend, which runs the CPU provider: a CUDA-provider row is not wired up yet)."""
+    offline and streaming, and the latency printed by bench/cuda_bench.py (next to onnxruntime fp32:
+    ParaEdge's onnxruntime backend, which runs the CPU provider)."""
     from edge.asr.audio import load_audio
     from tests.conftest import ROOT, assert_seam_matches
 
@@ -145,20 +145,10 @@ def test_demo_on_gpu_every_function_and_sample(tmp_path):
     for x in clips:
         assert gpu.transcribe(x).token_ids == ref.transcribe(x).token_ids
         assert gpu.transcribe_streaming(x).token_ids == ref.transcribe_streaming(x).token_ids
-    from paraedge_models.export import fp32_copy
+    # the latency: bench/cuda_bench.py on this bundle (per call, and whole decode next to onnxruntime)
+    import sys
 
-    peer = Recognizer(fp32_copy(demo, str(tmp_path / "fp32")), "onnxruntime")
-    seconds = sum(len(x) for x in clips) / 16000
-    for label, rec in (("TVM CUDA fp16", gpu), ("onnxruntime fp32 (CPU)", peer)):
-        rec.transcribe(clips[0])  # warm-up
-        best = min(_timed(rec, clips) for _ in range(3))
-        print(f"[gpu-check] {label}: RTF {best / seconds:.5f} ({len(clips)} samples, {seconds:.1f} s of audio)")
-
-
-def _timed(rec, clips) -> float:
-    import time
-
-    t0 = time.perf_counter()
-    for x in clips:
-        rec.transcribe(x)
-    return time.perf_counter() - t0
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "cuda_bench.py"), "--bundle", out,
+                        "--out", str(tmp_path / "cuda_report.json")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    print("[gpu-check]\n" + r.stdout)

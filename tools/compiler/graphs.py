@@ -87,18 +87,18 @@ def panel_linear_class():
     import torch
 
     class PanelLinear(torch.nn.Module):
-        """y = x @ w + b with w [K, N] stored as its kernel reads it (mode "fp32", "int8", "plain"
-        or "fp16"). Panel modes pad N to a multiple of 16 with zero columns (the vocabulary) and
-        slice them off. "fp16" casts x to float16 and imports as one matmul with fp32 output (TVM
-        sums the products in fp32): half the weight bytes of "plain", the bias added in fp32."""
+        """y = x @ w + b with w [K, N] stored as its kernel reads it (mode "fp32", "int8" or "fp16").
+        Panel modes pad N to a multiple of 16 with zero columns (the vocabulary) and slice them off.
+        "fp16" (CUDA) stores w [K, N] in float16 and casts x to it; the product imports as one
+        matmul with fp32 output (TVM sums the products in fp32), the bias added in fp32."""
 
         def __init__(self, w_kn: np.ndarray, bias, mode: str):
             super().__init__()
             k, n = w_kn.shape
             self.k, self.n, self.mode = k, n, mode
             self.in_features, self.out_features = k, n  # as nn.Linear: the model code reads them
-            if mode in ("plain", "fp16"):
-                self.w = frozen(np.ascontiguousarray(w_kn, np.float16 if mode == "fp16" else np.float32))
+            if mode == "fp16":
+                self.w = frozen(np.ascontiguousarray(w_kn, np.float16))
             else:
                 npad = pad_to(n, PANEL)
                 wp = np.zeros((k, npad), np.float32)
@@ -114,9 +114,7 @@ def panel_linear_class():
             self.bias = None if bias is None else frozen(np.asarray(bias, np.float32))
 
         def forward(self, x):
-            if self.mode == "plain":
-                y = torch.matmul(x, self.w)
-            elif self.mode == "fp16":
+            if self.mode == "fp16":
                 y = torch.matmul(x.to(torch.float16), self.w).float()
             else:
                 x3 = x.reshape(1, -1, self.k)
@@ -247,7 +245,8 @@ class ModuleBuilder:
         # decompose: torch's decomposition before import. It turns the panel matmuls' batch broadcast
         # ([1, M, K] x [P, K, 16]) into a materialised broadcast_to, P copies of the activations:
         # 17 of the demo fp32 encoder's 78 ms at 168 frames on x86 (28 ms without). The CUDA graphs
-        # (plain weights) import only with it: without, a slice's shape gets an if_then_else.
+        # keep it, as they were checked on the GPU (with fp32 weights and the CIF im2col, they did not
+        # import without it: a slice's shape got an if_then_else).
         self.te, self.max_frames, self.decompose = int8_computes(kernel), max_frames, decompose
         te = self.te
 
