@@ -237,16 +237,21 @@ def test_traced_int8_ops_equal_numpy_reference():
 
     from edge.backends import ops
     from paraedge_tools.compiler.graphs import int8_ops
+    from paraedge_tools.compiler.int8 import column_sums
     from tests import tvm_int8_ops
 
-    quantize, matmul = int8_ops()
+    quantize, matmul, matmul_u8 = int8_ops()
     x, w_nk = tvm_int8_ops.inputs()
     q, s = quantize(torch.from_numpy(x))
     q_ref, s_ref = ops.quantize_rows_s8(x[0])
     np.testing.assert_array_equal(q.numpy()[0], q_ref)
     np.testing.assert_allclose(s.numpy()[0, :, 0], np.maximum(s_ref, np.float32(1e-12 / 127)), rtol=1e-6)
-    acc = matmul(q, torch.from_numpy(tvm_int8_ops.panels(w_nk))).numpy()
+    w4 = tvm_int8_ops.panels(w_nk)
+    acc = matmul(q, torch.from_numpy(w4)).numpy()
     np.testing.assert_array_equal(acc.transpose(1, 0, 2).reshape(x.shape[1], -1), ops.gemm_s8s32(q_ref, w_nk))
+    colsum = torch.from_numpy(column_sums(w4))  # (VNNI's offset term; the eager op needs no offset)
+    np.testing.assert_array_equal(matmul_u8(q, torch.from_numpy(w4), colsum).numpy(), acc)
+    np.testing.assert_array_equal(colsum.numpy(), w_nk.astype(np.int64).sum(axis=1).reshape(-1, 16))
 
 
 @pytest.mark.parametrize("lanes", [1, 8])
@@ -339,10 +344,9 @@ def test_int8_bundle_agrees_with_reference(tvm_demo_int8):
 
 @pytest.mark.skipif(not set(VNNI) <= cpu_features(), reason="this CPU has no AVX-512 VNNI (x86-avx512 bundles)")
 def test_vnni_bundle_agrees_with_reference(tmp_path):
-    """The demo's INT8 bundle for x86-avx512 (`vpdpbusd` on q + 128, column sums taken off): its
-    matmuls are tensorized and it keeps the reference's tokens as the AVX2 one does. (Not bit-equal
-    to the AVX2 bundle: its fp32 kernels sum 16 lanes at a time, not 8, and a last-bit difference
-    can move a row quantizer's rounding: log-probs 0.07 apart at most on the samples.)"""
+    """The demo's INT8 bundle for x86-avx512 (`vpdpbusd` on q + 128, the column sums stored with the
+    weights and taken off in the tile): its matmuls are tensorized and it keeps the reference's
+    tokens as the AVX2 one does."""
     from paraedge_tools.compiler.compile import compile_bundle
 
     out = str(tmp_path / "vnni")

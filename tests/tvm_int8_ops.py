@@ -39,13 +39,15 @@ def build(board: str, path: str, shape=(M, K), symbolic: bool = False) -> None:
     from paraedge_tools.compiler.compile import tvm_target
     from paraedge_tools.compiler.cpu import int8_kernel
     from paraedge_tools.compiler.graphs import int8_computes
+    from paraedge_tools.compiler.int8 import column_sums
     from paraedge_tools.compiler.pipeline import relax_pipeline
 
     m, k = shape
     _, w_nk = inputs(shape=shape)
     b = load_board(board)
     target = tvm_target(b)
-    te = int8_computes(int8_kernel(target))
+    kernel = int8_kernel(target)
+    te = int8_computes(kernel)
     params = []
     if symbolic:
         q = tirx.Var("q", "int64")
@@ -58,8 +60,13 @@ def build(board: str, path: str, shape=(M, K), symbolic: bool = False) -> None:
             fn, extra = te["quantize_rows_s8"]
             quant = bb.emit_te(fn, x, *extra, primfunc_name_hint="quantize_rows_s8")
             xq, sx = bb.emit(relax.TupleGetItem(quant, 0)), bb.emit(relax.TupleGetItem(quant, 1))
-            fn, extra = te["matmul_s8_panels"]
-            acc = bb.emit_te(fn, xq, relax.const(panels(w_nk)), *extra, primfunc_name_hint="matmul_s8_panels")
+            w4 = panels(w_nk)
+            if kernel == "vnni":  # its column sums: a weight of their own
+                fn, _ = te["matmul_u8s8_panels"]
+                acc = bb.emit_te(fn, xq, relax.const(w4), relax.const(column_sums(w4)), primfunc_name_hint="matmul_s8_panels")
+            else:
+                fn, extra = te["matmul_s8_panels"]
+                acc = bb.emit_te(fn, xq, relax.const(w4), *extra, primfunc_name_hint="matmul_s8_panels")
             out = bb.emit_output(relax.Tuple([xq, sx, acc]))
         bb.emit_func_output(out)
     with tvm.transform.PassContext(opt_level=3):

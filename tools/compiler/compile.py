@@ -141,7 +141,7 @@ def build_irmodule(model, board: Board, streaming: bool | None, int8: bool, bar=
 
         kernel = int8_kernel(tvm_target(board))
     modules = dict(zip(("encoder", "decoder", "stream_decoder"),
-                       graphs.wrappers(load_torch_model(md), streaming, graphs.linear_mode(board.cuda, int8))))
+                       graphs.wrappers(load_torch_model(md), streaming, graphs.linear_mode(board.cuda, int8, kernel))))
     builder = graphs.ModuleBuilder(kernel, decompose=board.cuda)
     params, long_fns = {}, []
     for fn in fns:

@@ -36,10 +36,6 @@ import functools
 
 def simd_lanes(target) -> int:
     """float32 lanes per vector register for an llvm target."""
-    attrs = " ".join(str(a) for a in (target.attrs.get("mattr") or []))
-    mcpu = str(target.attrs.get("mcpu", ""))
-    if "avx512" in attrs or mcpu in ("skylake-avx512", "icelake-server", "sapphirerapids", "znver4"):
-        return 16
     triple = str(target.attrs.get("mtriple", ""))
     if triple.startswith("aarch64") or triple.startswith("arm"):
         return 4
@@ -181,6 +177,7 @@ def rules():
             if found is None:
                 return None
             sch, (block,) = found
+            _inline_side_inputs(sch, block)
             stmt = sch.get(block)
             kinds = [iv.iter_type for iv in stmt.iter_vars]
             if kinds.count(tirx.IterVar.CommReduce) != 1 or kinds[-1] != tirx.IterVar.CommReduce or len(kinds) < 3:
@@ -193,7 +190,7 @@ def rules():
             # 16 columns: 2 AVX2 or 4 NEON vectors; x mi rows = 12 (of 16 ymm) / 24 (of 32 q) accumulators
             nj = _divisor(n, (16, 8, 4, 2))
             # fmla tiles also hold each row's 4 k in a register: at 16 columns 6 rows would spill
-            mi = _divisor(m, (5, 4, 6, 3, 2) if fmla and nj == 16 else (6, 5, 4, 3, 2))
+            mi = _divisor(m, (5, 4, 6, 3, 2) if fmla and nj == 16 else (8, 6, 5, 4, 3, 2) if nj == 8 else (6, 5, 4, 3, 2))
             batch, (i, j, k) = loops[:-3], loops[-3:]
             io, ii = sch.split(i, [None, mi])
             jo, ji = sch.split(j, [None, nj])
@@ -237,8 +234,6 @@ def rules():
             from paraedge_tools.compiler.int8 import SDOT_K, sdot_intrin, vnni_intrin
 
             vnni = int8_kernel(target) == "vnni"
-            if vnni:
-                _column_sums(sch)
             p, m, j, k = sch.get_loops(block)
             # VNNI: one zmm accumulator a row, 32 registers; NEON sdot: 4 a row, 32 registers
             mi = _divisor(sch.get(m).extent, (8, 6, 4, 5, 3, 2) if vnni else (6, 5, 4, 3, 2))
@@ -254,10 +249,10 @@ def rules():
                 sch.reorder(p, io, ko, kv, ii, j)
             local = sch.cache_write(block, 0, "global")
             sch.reverse_compute_at(local, io, preserve_unit_loops=True)
-            # the dequant (cast, * s_x, * s_w) at the tile. (VNNI: the offset block before it reads a
-            # second buffer, which TVM's reverse inlining refuses, so its chain stays passes of their
-            # own: the open lever, about half that kernel's time on the anchor model, 0.94 ms a call at
-            # 168 x 256 x 1024 against 0.44 ms for the bare matmul)
+            # the dequant (cast, * s_x, * s_w; VNNI: the column-sum offset first) at the tile. (The
+            # column sums are an input: computed in this function, they were a second producer of
+            # the offset block, which reverse inlining refuses, and the chain ran as scalar passes
+            # of its own: half of the kernel's time)
             _inline_epilogue(sch, local)
             outer = sch.fuse(p, io)
             if _more_than_one(sch.get(outer).extent):
@@ -301,25 +296,37 @@ def rules():
             return sch
 
     class QuantizeRows(dl.ScheduleRule):
-        """paraedge_tools.compiler.int8.quantize_rows_te: the row maxima (vectorised partial maxima), then the
-        quantized rows (vectorised); two passes over an x that fits in L1."""
+        """paraedge_tools.compiler.int8.quantize_rows_te, row by row: the row's maximum as vector
+        partial maxima, then its 1/scale, the quantized row (vectorised) and the scale, all in one
+        loop over rows (the row stays in L1). Each block follows the maxima's row loop (reverse
+        compute-at: every block after the maxima has them as its only computed input). With the
+        maxima as a pass of their own over every row, the rfactored partials lived in a [lanes,
+        rows] buffer, stored and reloaded lane by lane each step: 6 aarch64 instructions an element,
+        the INT8 anchor's fifth-largest kernel."""
 
         def apply(self, func, target, tunable):
-            found = _llvm_schedule(func, target, "q8_quant", "q8_amax")
+            found = _llvm_schedule(func, target, "q8_quant", "q8_amax", "q8_inv", "q8_scale")
             if found is None:
                 return None
-            sch, (quant, amax) = found
+            sch, (quant, amax, inv, scale) = found
             lanes = simd_lanes(target)
-            *rows, k = sch.get_loops(quant)
-            row = sch.fuse(*rows) if len(rows) > 1 else rows[0]
-            if _divides(sch.get(k).extent, lanes):
-                _, ki = sch.split(k, [None, lanes])
-                sch.vectorize(ki)
+            first, width = amax, None
+            if _divides(sch.get(sch.get_loops(quant)[-1]).extent, lanes):
                 _, ai = sch.split(sch.get_loops(amax)[-1], [None, lanes])
-                partial = sch.rfactor(ai, 0)
-                sch.vectorize(sch.get_loops(partial)[-1])
+                first = sch.rfactor(ai, 0)  # loops (rows.., k chunk, lane): partials [lane, rows..]
+                width = lanes
+            *rows, _, _ = sch.get_loops(first) if width else (*sch.get_loops(first), None)
+            row = sch.fuse(*rows) if len(rows) > 1 else rows[0]
+            for b in (amax, inv, quant, scale) if width else (inv, quant, scale):
+                sch.reverse_compute_at(b, row, preserve_unit_loops=True)
             if _more_than_one(sch.get(row).extent):
                 sch.parallel(row)
+            if width:
+                sch.vectorize(sch.get_loops(first)[-1])
+                init = sch.decompose_reduction(first, sch.get_loops(first)[-2])  # (not a branch per step)
+                sch.vectorize(sch.get_loops(init)[-1])
+                _, ki = sch.split(sch.get_loops(quant)[-1], [None, width])
+                sch.vectorize(ki)
             return sch
 
     class RowNorm(dl.ScheduleRule):
@@ -405,16 +412,6 @@ def rules():
             Elementwise()]
 
 
-def _column_sums(sch) -> None:
-    """panels_u8s8_te's weight column sums: 16 int32 lanes along the columns, k outside."""
-    block = sch.get_sblock("s8_colsum")
-    p, j, k = sch.get_loops(block)
-    sch.reorder(p, k, j)
-    sch.vectorize(j)  # before the init is split off: then the update is no longer the only writer
-    init = sch.decompose_reduction(block, k)
-    sch.vectorize(sch.get_loops(init)[-1])
-
-
 def _matmul_s8_pairs(sch, block):
     """paraedge_tools.compiler.int8.panels_s8_pairs_te (x86 AVX2): C2[p, m, j, h] tiles of mi rows x 8 columns
     x 2 pairs (2 mi ymm accumulators) in a stack buffer, each (mi x 8 x 16 k) step one
@@ -464,6 +461,26 @@ def _epilogue_at(sch, block, loop) -> None:
         last = chain[-1]
         sch.reverse_compute_at(last, loop, preserve_unit_loops=True)
         sch.vectorize(sch.get_loops(last)[-1])
+
+
+def _inline_side_inputs(sch, block) -> None:
+    """Inline the spatial blocks after the matmul `block` into their consumers: the epilogue's
+    side inputs (the attention mask's expand_dims -> equal, the -10000 `full`) are then read in
+    place and the chain can join the tile. Left as blocks, they blocked _inline_epilogue, so the
+    scores went to memory and came back through scalar passes over [heads, T, T] (the masked
+    attention scores of the anchor encoder: 4.44 M instructions per audio second on the A76 against
+    2.70 for the context product of the same size)."""
+    from tvm import tirx
+
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    names = [sch.get(b).name_hint for b in blocks]
+    after = blocks[names.index(sch.get(block).name_hint) + 1:-1]
+    for b in after:
+        if all(iv.iter_type == tirx.IterVar.DataPar for iv in sch.get(b).iter_vars):
+            try:
+                sch.compute_inline(b)
+            except Exception:  # noqa: BLE001 (read by more than the epilogue, ...): leave it a block
+                pass
 
 
 def _inline_epilogue(sch, block) -> None:

@@ -43,7 +43,7 @@ def pad_to(n: int, granule: int) -> int:
 
 @functools.lru_cache(maxsize=None)
 def int8_ops():
-    """Register (once) the two INT8 ops the traced graphs call, with eager implementations (the
+    """Register (once) the INT8 ops the traced graphs call, with eager implementations (the
     arithmetic of edge.backends.ops) and shape functions for torch.export; the Relax importer maps
     them to the TE computes of tools/compiler/int8.py."""
     import torch
@@ -71,7 +71,18 @@ def int8_ops():
     def _(xq, w4):
         return xq.new_empty((w4.shape[0], xq.shape[1], w4.shape[2]), dtype=torch.int32)
 
-    return torch.ops.paraedge.quantize_rows_s8, torch.ops.paraedge.matmul_s8_panels
+    # the same product for kernels that take the weights' column sums too (VNNI's unsigned operand)
+    @torch.library.custom_op("paraedge::matmul_u8s8_panels", mutates_args=(),
+                             schema="(Tensor xq, Tensor w4, Tensor colsum) -> Tensor")
+    def matmul_u8s8_panels(xq, w4, colsum):
+        return matmul_s8_panels(xq, w4)
+
+    @matmul_u8s8_panels.register_fake
+    def _(xq, w4, colsum):
+        return xq.new_empty((w4.shape[0], xq.shape[1], w4.shape[2]), dtype=torch.int32)
+
+    return (torch.ops.paraedge.quantize_rows_s8, torch.ops.paraedge.matmul_s8_panels,
+            torch.ops.paraedge.matmul_u8s8_panels)
 
 
 def frozen(array: np.ndarray):
@@ -87,7 +98,8 @@ def panel_linear_class():
     import torch
 
     class PanelLinear(torch.nn.Module):
-        """y = x @ w + b with w [K, N] stored as its kernel reads it (mode "fp32", "int8" or "fp16").
+        """y = x @ w + b with w [K, N] stored as its kernel reads it (mode "fp32", "int8", "int8-vnni"
+        (the int8 panels and their column sums) or "fp16").
         Panel modes pad N to a multiple of 16 with zero columns (the vocabulary) and slice them off.
         "fp16" (CUDA) stores w [K, N] in float16 and casts x to it; the product imports as one
         matmul with fp32 output (TVM sums the products in fp32), the bias added in fp32."""
@@ -104,11 +116,13 @@ def panel_linear_class():
                 wp = np.zeros((k, npad), np.float32)
                 wp[:, :n] = w_kn
                 panels = np.ascontiguousarray(wp.reshape(k, npad // PANEL, PANEL).transpose(1, 0, 2))  # [P, K, 16]
-                if mode == "int8":
-                    from paraedge_tools.compiler.int8 import pack_panels_s8, quantize_weight
+                if mode.startswith("int8"):
+                    from paraedge_tools.compiler.int8 import column_sums, pack_panels_s8, quantize_weight
 
                     wq, sw = quantize_weight(panels)
                     self.w, self.sw = frozen(pack_panels_s8(wq)), frozen(sw)
+                    if mode == "int8-vnni":
+                        self.colsum = frozen(column_sums(self.w.numpy()))
                 else:
                     self.w = frozen(panels)
             self.bias = None if bias is None else frozen(np.asarray(bias, np.float32))
@@ -118,10 +132,11 @@ def panel_linear_class():
                 y = torch.matmul(x.to(torch.float16), self.w).float()
             else:
                 x3 = x.reshape(1, -1, self.k)
-                if self.mode == "int8":
-                    quantize, matmul = int8_ops()
+                if self.mode.startswith("int8"):
+                    quantize, matmul, matmul_u8 = int8_ops()
                     xq, sx = quantize(x3)
-                    y = matmul(xq, self.w).float() * sx * self.sw  # [P, M, 16]
+                    acc = matmul_u8(xq, self.w, self.colsum) if self.mode == "int8-vnni" else matmul(xq, self.w)
+                    y = acc.float() * sx * self.sw  # [P, M, 16]
                 else:
                     y = torch.matmul(x3, self.w)
                 y = y.permute(1, 0, 2).reshape(*x.shape[:-1], -1)
@@ -132,8 +147,9 @@ def panel_linear_class():
     return PanelLinear
 
 
-def linear_mode(cuda: bool, int8: bool) -> str:
-    return "fp16" if cuda else "int8" if int8 else "fp32"
+def linear_mode(cuda: bool, int8: bool, kernel: str = "") -> str:
+    """PanelLinear's mode for a board: "fp16" (CUDA), "int8" ("int8-vnni": with column sums) or "fp32"."""
+    return "fp16" if cuda else ("int8-vnni" if kernel == "vnni" else "int8") if int8 else "fp32"
 
 
 def replace_linears(model, mode: str) -> int:
@@ -225,8 +241,9 @@ def int8_computes(kernel: str) -> dict:
     from paraedge_tools.compiler.int8 import panels_s8_pairs_te, panels_s8_te, panels_u8s8_te, quantize_rows_te
 
     operand = {"pmaddwd": "int16", "vnni": "uint8"}.get(kernel, "int8")
-    matmul = {"pmaddwd": panels_s8_pairs_te, "vnni": panels_u8s8_te}.get(kernel, panels_s8_te)
-    return {"quantize_rows_s8": (quantize_rows_te, (operand,)), "matmul_s8_panels": (matmul, ())}
+    matmul = {"pmaddwd": panels_s8_pairs_te}.get(kernel, panels_s8_te)
+    return {"quantize_rows_s8": (quantize_rows_te, (operand,)), "matmul_s8_panels": (matmul, ()),
+            "matmul_u8s8_panels": (panels_u8s8_te, ())}
 
 
 class ModuleBuilder:
