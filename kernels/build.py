@@ -29,7 +29,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 MODULE = "edge._kernels"
-SOURCES = ["cpu.c", "gemm_s8.c", "gemm_s8_dot.c", "fsmn.c", "cif.c", "norm.c", "attention.c",
+SOURCES = ["cpu.c", "gemm_s8.c", "gemm_s8_dot.c", "fsmn.c", "cif.c", "norm.c", "attention.c", "fbank.c",
            "ref_scalar.c"]
 SIMDE_HEADER = "/usr/include/simde/arm/neon.h"
 # no FMA contraction: FSMN/CIF stay bit-exact with numpy and x86 (SIMDe) equals aarch64

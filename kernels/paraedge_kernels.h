@@ -75,6 +75,19 @@ void pe_layernorm_f32(const float *x, int M, int D, const float *gamma, const fl
 void pe_attention_f32(const float *q, int T1, const float *k, const float *v, int T2, int D, int heads, float scale,
                       float *y, float *scratch);
 
+/* Kaldi log-mel fbank (fbank.c), float64 inside, of the frames of `samples` (int16 range): frame f
+ * starts at f * shift, `length` samples, zero-padded to `padded` (a power of 2) for the FFT.
+ * Tables from the caller: window [length], bitrev [padded/2] (bit reversal of the padded/2-point
+ * complex FFT), tw [padded/2 - 1]: stage `half` (2, 4, ..) at tw + half - 1, exp(-2 pi i j /
+ * (2 half)) for j < half; split [padded/2] = exp(-2 pi i k / padded); mel band b covers bins
+ * band_start[b] .. + band_len[b], its weights consecutive in band_w. out [frames, n_mels];
+ * scratch: 2.5 * padded doubles. Returns the number of frames (0 on bad sizes). Its result is
+ * defined by edge/asr/frontend.py KaldiFbank (numpy), not by a scalar twin. */
+int pe_fbank_f64(const float *samples, int n_samples, int length, int shift, int padded, const double *window,
+                 const int *bitrev, const double *tw_re, const double *tw_im, const double *split_re,
+                 const double *split_im, int n_mels, const int *band_start, const int *band_len,
+                 const double *band_w, double eps, double *scratch, float *out);
+
 /* scalar references (ref_scalar.c): the definition of each kernel's result */
 void pe_ref_gemm_s8s32(const int8_t *a, const int8_t *w, int M, int K, int N, int32_t *c);
 void pe_ref_quantize_rows_s8(const float *x, int M, int K, int8_t *q, float *scale);

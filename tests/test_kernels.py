@@ -224,3 +224,40 @@ def test_fused_attention_matches_reference(paths):
         np.testing.assert_allclose(kernels.attention(q, k, v, heads), ops.attention(q, k, v, heads), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="heads"):
         kernels.attention(np.zeros((2, 6), F32), np.zeros((3, 6), F32), np.zeros((3, 6), F32), 4)
+
+
+@pytest.mark.parametrize("window", ["hamming", "hanning", "povey", "rectangular", "blackman"])
+@pytest.mark.parametrize("frame_ms", [25.0, 10.0, 2.5])
+def test_fbank_equals_the_numpy_frontend(paths, speech, window, frame_ms):
+    """kernels/fbank.c (float64 frame by frame) against KaldiFbank's numpy code: equal float32
+    frames on speech, digital silence, a DC offset, full-scale clipping and noise at lengths around
+    a frame, for every window and the short windows FunASR uses on sub-frame clips (FFT 512, 256,
+    64). The frontend takes the C path whenever the extension is loaded."""
+    from edge.asr.frontend import FrontendConfig, KaldiFbank
+
+    cfg = FrontendConfig(window=window)
+    c_fb, np_fb = KaldiFbank(cfg, frame_ms), KaldiFbank(cfg, frame_ms)
+    assert c_fb._kernels is kernels
+    np_fb._kernels = None
+    rng = np.random.default_rng(7)
+    signals = {name: x * F32(32768) for name, x in speech.items()}
+    signals.update(silence=np.zeros(4000, F32), dc=np.full(3000, 1234.5, F32),
+                   clipped=np.where(np.arange(5000) % 40 < 20, F32(32767), F32(-32768)))
+    for n in (np_fb.length, np_fb.length + 1, 559, 16000):
+        signals[f"noise{n}"] = (rng.standard_normal(n) * 3000).astype(F32)
+    for name, x in signals.items():
+        ours, ref = c_fb(x), np_fb(x)
+        assert ours.shape == ref.shape and ours.shape[0] > 0, name
+        np.testing.assert_array_equal(ours, ref, err_msg=name)
+    assert c_fb(np.zeros(np_fb.length - 1, F32)).shape == (0, 80)
+
+
+def test_fbank_wrapper_refuses_bands_that_do_not_fit(paths):
+    from edge.asr.frontend import FrontendConfig, KaldiFbank
+
+    fb = KaldiFbank(FrontendConfig(), 25.0)
+    x = np.zeros(1000, F32)
+    with pytest.raises(ValueError, match="mel bands"):
+        kernels.fbank(x, fb.length, fb.shift, fb.padded, fb.window, fb.band_start, fb.band_len, fb.band_w[:-1], fb.eps)
+    with pytest.raises(ValueError, match="mel bands"):
+        kernels.fbank(x, fb.length, fb.shift, fb.padded, fb.window, fb.band_start + 200, fb.band_len, fb.band_w, fb.eps)

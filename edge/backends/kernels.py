@@ -11,6 +11,7 @@ extension. On x86 the extension is the same code through SIMDe: correct, not fas
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -226,6 +227,51 @@ def fsmn(x: np.ndarray, w_kd: np.ndarray, left: int, hist: np.ndarray | None = N
     lib.pe_fsmn_f32(_p(x, "float"), t, d, _p(h, "float"), 0 if h is None else h.shape[0], _p(w, "float"), w.shape[0],
                     int(left), _p(y, "float"))
     return y
+
+
+@functools.lru_cache(maxsize=8)
+def _fft_tables(padded: int):
+    """fbank.c's FFT tables for a `padded`-point real FFT: the bit reversal of the padded/2-point
+    complex FFT, its stages' twiddles (stage `half` at half - 1: exp(-2 pi i j / (2 half)),
+    j < half) and the real split's exp(-2 pi i k / padded)."""
+    m = padded // 2
+    bits = m.bit_length() - 1
+    bitrev = np.array([int(format(k, f"0{bits}b")[::-1], 2) if bits else 0 for k in range(m)], np.intc)
+    tw = np.ones(max(m, 1), np.complex128)
+    half = 2
+    while half < m:
+        tw[half - 1 : 2 * half - 1] = np.exp(-2j * np.pi * np.arange(half) / (2 * half))
+        half *= 2
+    split = np.exp(-2j * np.pi * np.arange(m) / padded)
+    return bitrev, tw.real.copy(), tw.imag.copy(), split.real.copy(), split.imag.copy()
+
+
+def fbank(x: np.ndarray, length: int, shift: int, padded: int, window: np.ndarray, band_start: np.ndarray,
+          band_len: np.ndarray, band_w: np.ndarray, eps: float) -> np.ndarray:
+    """Kaldi log-mel fbank of float32 samples (int16 range) in C (kernels/fbank.c): the frames
+    edge.asr.frontend.KaldiFbank computes in numpy, to float64 round-off (equal float32 output
+    on every signal tested). Mel band b: bins band_start[b] .. + band_len[b], weights
+    consecutive in band_w."""
+    lib = require()
+    x = _c(x, F32, 1, "samples")
+    frames = 1 + (x.size - length) // shift if x.size >= length else 0
+    n_mels = band_start.size
+    out = np.empty((frames, n_mels), F32)
+    if frames == 0:
+        return out
+    bitrev, tw_re, tw_im, sp_re, sp_im = _fft_tables(padded)
+    start, count = _c(band_start, np.intc, 1, "band_start"), _c(band_len, np.intc, 1, "band_len")
+    w, win = _c(band_w, np.float64, 1, "band_w"), _c(window, np.float64, 1, "window")
+    if count.size != n_mels or int(count.sum()) != w.size or (count.size and int((start + count).max()) > padded // 2):
+        raise ValueError("fbank: mel bands do not match their weights or the FFT size")
+    scratch = np.empty(padded * 5 // 2, np.float64)
+    n = lib.pe_fbank_f64(_p(x, "float"), x.size, int(length), int(shift), int(padded), _p(win, "double"),
+                         _p(bitrev, "int"), _p(tw_re, "double"), _p(tw_im, "double"), _p(sp_re, "double"),
+                         _p(sp_im, "double"), n_mels, _p(start, "int"), _p(count, "int"), _p(w, "double"),
+                         float(eps), _p(scratch, "double"), _p(out, "float"))
+    if n != frames:
+        raise ValueError(f"fbank: sizes the kernel refuses (length {length}, shift {shift}, FFT {padded})")
+    return out
 
 
 def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = 1e-12) -> np.ndarray:

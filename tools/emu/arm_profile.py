@@ -108,11 +108,11 @@ def emulated_profile(model: str, audio: list[str], backends: list[str], streamin
         if kernels:
             plugin_args += f",blocks={blocks_file},block_stage={MARKED.index('total')}"
         plugin = ["-plugin", plugin_args]
-        extra = []
-        if any(b.split(":")[0] in ("neon", "auto") for b in backends):
-            from kernels.build import build_for_armroot  # the NEON kernels, cross-built for this root
+        # the C kernels, cross-built for this root, as `pip install` builds them on a board: the neon
+        # backend needs them, and every backend's frontend uses their fbank
+        from kernels.build import build_for_armroot
 
-            extra.append(build_for_armroot(root)[1])
+        extra = [build_for_armroot(root)[1]]
         env = armroot.env_for(root, extra)
         env.update(PARAEDGE_INSN_MARKERS="1", OPENBLAS_NUM_THREADS="1", MPLBACKEND="Agg")
         if kernels:
