@@ -205,7 +205,8 @@ class KaldiFbank:
         self.band_len = np.array([len(i) for i, _ in bands], np.intc)
         self.band_w = np.concatenate([w for _, w in bands] + [np.zeros(0)]).astype(np.float64)
         contiguous = all(len(i) < 2 or np.all(np.diff(i) == 1) for i, _ in bands)
-        self._kernels = _fbank_kernel() if self.length >= 2 and self.padded >= 4 and contiguous else None
+        # (a flag, not the module: streams holding this object are deep-copied, and modules are not)
+        self.use_c = self.length >= 2 and self.padded >= 4 and contiguous and _fbank_kernel() is not None
 
     def num_frames(self, n: int) -> int:
         return 1 + (n - self.length) // self.shift if n >= self.length else 0
@@ -215,8 +216,10 @@ class KaldiFbank:
         t = self.num_frames(len(x))
         if t == 0:
             return np.zeros((0, self.mel_idx.shape[1]), np.float32)
-        if self._kernels is not None and getattr(x, "dtype", None) == np.float32:
-            return self._kernels.fbank(x, self.length, self.shift, self.padded, self.window, self.band_start,
+        if self.use_c and getattr(x, "dtype", None) == np.float32:
+            from edge.backends import kernels
+
+            return kernels.fbank(x, self.length, self.shift, self.padded, self.window, self.band_start,
                                        self.band_len, self.band_w, self.eps)
         x = np.asarray(x, np.float64)
         frames = np.lib.stride_tricks.sliding_window_view(x, self.length)[:: self.shift][:t]
