@@ -34,8 +34,6 @@ SIZE_BOARDS = ("raspberry-pi-5", "raspberry-pi-4", "snapdragon-rb5", "qemu-a76",
                "jetson-orin-nano")
 
 
-
-
 def x86_board() -> str:
     """The x86 profile the x86 rows run: x86-avx512 (`vpdpbusd`) where this CPU has AVX-512 VNNI,
     else x86-host (AVX2 `vpmaddwd`). Measured on this host's AMD EPYC (anchor, whole decode,

@@ -205,8 +205,8 @@ class KaldiFbank:
         self.band_len = np.array([len(i) for i, _ in bands], np.intc)
         self.band_w = np.concatenate([w for _, w in bands] + [np.zeros(0)]).astype(np.float64)
         contiguous = all(len(i) < 2 or np.all(np.diff(i) == 1) for i, _ in bands)
-        # (a flag, not the module: streams holding this object are deep-copied, and modules are not)
-        self.use_c = self.length >= 2 and self.padded >= 4 and contiguous and _fbank_kernel() is not None
+        # (a flag, not the kernels module: streams holding this object are deep-copied, modules are not)
+        self.use_c = self.length >= 2 and self.padded >= 4 and contiguous and _c_fbank_loaded()
 
     def num_frames(self, n: int) -> int:
         return 1 + (n - self.length) // self.shift if n >= self.length else 0
@@ -220,7 +220,7 @@ class KaldiFbank:
             from edge.backends import kernels
 
             return kernels.fbank(x, self.length, self.shift, self.padded, self.window, self.band_start,
-                                       self.band_len, self.band_w, self.eps)
+                                 self.band_len, self.band_w, self.eps)
         x = np.asarray(x, np.float64)
         frames = np.lib.stride_tricks.sliding_window_view(x, self.length)[:: self.shift][:t]
         frames = frames - frames.mean(axis=1, keepdims=True)
@@ -239,17 +239,16 @@ class KaldiFbank:
         return np.log(np.maximum(energy, self.eps)).astype(np.float32)
 
 
-def _fbank_kernel():
-    """edge.backends.kernels when its C extension loaded (kernels/fbank.c computes the frames
-    below frame by frame, equal to this numpy code's float32 output on every test signal), else
-    None. Measured on 10 s: x86 3.0 against 13 ms; the emulated A76 3.9 against 4.8 M
+def _c_fbank_loaded() -> bool:
+    """Whether the C extension with kernels/fbank.c loaded (it computes KaldiFbank's frames frame
+    by frame, equal to this numpy code's float32 output on every test signal). Measured on 10 s: x86 3.0 against 13 ms; the emulated A76 3.9 against 4.8 M
     instructions per audio second offline, 5.7 against 7.9 streaming (numpy's per-chunk calls).
     In the C code, the 256-point float64 FFT is 40 % of its 38.6 k instructions a frame, the
     real-spectrum split 19 %, pre-emphasis + window 13 %, log 10 %. PARAEDGE_KERNELS=off keeps numpy."""
     from edge.backends import kernels
 
     # (an extension built before fbank.c existed lacks the function: numpy then)
-    return kernels if kernels.available() and hasattr(kernels.require(), "pe_fbank_f64") else None
+    return kernels.available() and hasattr(kernels.require(), "pe_fbank_f64")
 
 
 def fbank(samples: np.ndarray, cfg: FrontendConfig) -> np.ndarray:

@@ -27,6 +27,7 @@ from edge.errors import BackendUnavailable, ModelError
 
 F32 = np.float32
 ALIGN = 64  # bytes: TVM's CPU kernels use aligned vector loads
+BUNDLE_FORMAT = "paraedge-tvm-bundle/2"  # /1: shape buckets (ParaEdge <= 0.x), refused with "recompile"
 
 
 def aligned_zeros(shape) -> np.ndarray:
@@ -41,7 +42,6 @@ def aligned_copy(a: np.ndarray) -> np.ndarray:
     out = aligned_zeros(a.shape)
     out[...] = a
     return out
-BUNDLE_FORMAT = "paraedge-tvm-bundle/2"  # /1: shape buckets (ParaEdge <= 0.x), refused with "recompile"
 
 
 def import_tvm_runtime(threads: int | None = None):
