@@ -236,7 +236,9 @@ def rules():
             from paraedge_tools.compiler.int8 import SDOT_K, sdot_intrin, vnni_intrin
 
             vnni = int8_kernel(target) == "vnni"
-            p, m, j, k = sch.get_loops(block)
+            _inline_side_inputs(sch, block)
+            b, m, n, k = sch.get_loops(block)
+            p, j = sch.split(n, [None, 16])  # the weight panels: 16 columns each
             # VNNI: one zmm accumulator a row, 32 registers; NEON sdot: 4 a row, 32 registers
             mi = _divisor(sch.get(m).extent, (8, 6, 4, 5, 3, 2) if vnni else (6, 5, 4, 3, 2))
             io, ii = sch.split(m, [None, mi])
@@ -246,9 +248,9 @@ def rules():
                    and _const(sch.get(j).extent) == 16)
             ko, kv = sch.split(k, [None, SDOT_K if dot else 4])
             if dot:
-                sch.reorder(p, io, ko, ii, j, kv)
+                sch.reorder(b, p, io, ko, ii, j, kv)
             else:
-                sch.reorder(p, io, ko, kv, ii, j)
+                sch.reorder(b, p, io, ko, kv, ii, j)
             local = sch.cache_write(block, 0, "global")
             sch.reverse_compute_at(local, io, preserve_unit_loops=True)
             # the dequant (cast, * s_x, * s_w; VNNI: the column-sum offset first) at the tile. (The
@@ -256,7 +258,7 @@ def rules():
             # the offset block, which reverse inlining refuses, and the chain ran as scalar passes
             # of its own: half of the kernel's time)
             _inline_epilogue(sch, local)
-            outer = sch.fuse(p, io)
+            outer = sch.fuse(b, p, io)
             if _more_than_one(sch.get(outer).extent):
                 sch.parallel(outer)
             if not dot:
@@ -416,23 +418,25 @@ def rules():
 
 
 def _matmul_s8_pairs(sch, block):
-    """paraedge_tools.compiler.int8.panels_s8_pairs_te (x86 AVX2): C2[p, m, j, h] tiles of mi rows x 8 columns
+    """paraedge_tools.compiler.int8.panels_s8_pairs_te (x86 AVX2): C2[0, m, n, h] tiles of mi rows x 8 columns
     x 2 pairs (2 mi ymm accumulators) in a stack buffer, each (mi x 8 x 16 k) step one
     `vpmaddwd` intrinsic (any row count: mi = 1 when nothing else divides M); the fold to C and
     the dequant epilogue follow at the tile."""
     from paraedge_tools.compiler.int8 import pmaddwd_intrin
 
+    _inline_side_inputs(sch, block)
     fold = sch.get_consumers(block)[0]
-    p, m, j, h, kg, kk = sch.get_loops(block)
+    b, m, n, h, kg, kk = sch.get_loops(block)
+    p, j = sch.split(n, [None, 16])  # the weight panels
     mi = _divisor(sch.get(m).extent, (4, 3, 5, 2, 6))
     io, ii = sch.split(m, [None, mi])
     jo, ji = sch.split(j, [None, 8])
     tensor = _divides(sch.get(kg).extent, 4)
     kgo, kgi = sch.split(kg, [None, 4 if tensor else 1])
-    sch.reorder(p, jo, io, kgo, ii, kgi, ji, h, kk)
+    sch.reorder(b, p, jo, io, kgo, ii, kgi, ji, h, kk)
     sch.reverse_compute_at(fold, io, preserve_unit_loops=True)
     _epilogue_at(sch, fold, io)
-    sch.parallel(sch.fuse(p, jo, io))
+    sch.parallel(sch.fuse(b, p, jo, io))
     if not tensor:  # K % 16 != 0: (j, h) as one 16-lane int32 vector
         sch.reorder(kk, ji, h)
         sch.unroll(kk)
@@ -475,10 +479,17 @@ def _inline_side_inputs(sch, block) -> None:
     2.70 for the context product of the same size)."""
     from tvm import tirx
 
-    blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    names = [sch.get(b).name_hint for b in blocks]
-    after = blocks[names.index(sch.get(block).name_hint) + 1:-1]
-    for b in after:
+    # (also the blocks fused in before the matmul that only its epilogue reads, such as the FSMN
+    # memory added after an INT8 Linear; never the matmul's own inputs)
+    skip, todo = set(), [block]
+    while todo:
+        b = todo.pop()
+        if sch.get(b).name_hint not in skip:
+            skip.add(sch.get(b).name_hint)
+            todo += sch.get_producers(b)
+    for b in sch.get_child_blocks(sch.get_sblock("root"))[:-1]:
+        if sch.get(b).name_hint in skip:
+            continue
         if all(iv.iter_type == tirx.IterVar.DataPar for iv in sch.get(b).iter_vars):
             try:
                 sch.compute_inline(b)

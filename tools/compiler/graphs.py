@@ -65,11 +65,12 @@ def int8_ops():
     def matmul_s8_panels(xq, w4):
         p, kb, j, kv = w4.shape
         w = w4.permute(0, 1, 3, 2).reshape(p, kb * kv, j).double()  # float64 sums of int8 products are exact
-        return torch.matmul(xq[0].double()[None], w).round().to(torch.int32)
+        acc = torch.matmul(xq[0].double()[None], w).round().to(torch.int32)  # [P, M, 16]
+        return acc.permute(1, 0, 2).reshape(1, xq.shape[1], p * j)  # row-major [1, M, N], as the kernel
 
     @matmul_s8_panels.register_fake
     def _(xq, w4):
-        return xq.new_empty((w4.shape[0], xq.shape[1], w4.shape[2]), dtype=torch.int32)
+        return xq.new_empty((1, xq.shape[1], w4.shape[0] * w4.shape[2]), dtype=torch.int32)
 
     # the same product for kernels that take the weights' column sums too (VNNI's unsigned operand)
     @torch.library.custom_op("paraedge::matmul_u8s8_panels", mutates_args=(),
@@ -79,7 +80,7 @@ def int8_ops():
 
     @matmul_u8s8_panels.register_fake
     def _(xq, w4, colsum):
-        return xq.new_empty((w4.shape[0], xq.shape[1], w4.shape[2]), dtype=torch.int32)
+        return xq.new_empty((1, xq.shape[1], w4.shape[0] * w4.shape[2]), dtype=torch.int32)
 
     return (torch.ops.paraedge.quantize_rows_s8, torch.ops.paraedge.matmul_s8_panels,
             torch.ops.paraedge.matmul_u8s8_panels)
@@ -119,8 +120,8 @@ def panel_linear_class():
                 if mode.startswith("int8"):
                     from paraedge_tools.compiler.int8 import column_sums, pack_panels_s8, quantize_weight
 
-                    wq, sw = quantize_weight(panels)
-                    self.w, self.sw = frozen(pack_panels_s8(wq)), frozen(sw)
+                    wq, sw = quantize_weight(panels)  # sw [P, 1, 16]: one scale a column
+                    self.w, self.sw = frozen(pack_panels_s8(wq)), frozen(sw.reshape(-1))
                     if mode == "int8-vnni":
                         self.colsum = frozen(column_sums(self.w.numpy()))
                 else:
@@ -131,15 +132,18 @@ def panel_linear_class():
             if self.mode == "fp16":
                 y = torch.matmul(x.to(torch.float16), self.w).float()
             else:
-                x3 = x.reshape(1, -1, self.k)
+                # (no reshape where x is [1, M, K] already: Relax runs a reshape as a VM call of its
+                # own, which ends the fused kernel before the bias and ReLU)
+                flat = x.dim() == 3 and x.shape[0] == 1
+                x3 = x if flat else x.reshape(1, -1, self.k)
                 if self.mode.startswith("int8"):
                     quantize, matmul, matmul_u8 = int8_ops()
                     xq, sx = quantize(x3)
                     acc = matmul_u8(xq, self.w, self.colsum) if self.mode == "int8-vnni" else matmul(xq, self.w)
-                    y = acc.float() * sx * self.sw  # [P, M, 16]
+                    y = acc.float() * sx * self.sw  # acc: [1, M, N]
+                    y = y if flat else y.reshape(*x.shape[:-1], -1)
                 else:
-                    y = torch.matmul(x3, self.w)
-                y = y.permute(1, 0, 2).reshape(*x.shape[:-1], -1)
+                    y = torch.matmul(x3, self.w).permute(1, 0, 2).reshape(*x.shape[:-1], -1)  # [P, M, 16] ->
                 if y.shape[-1] != self.n:
                     y = y[..., : self.n]
             return y if self.bias is None else y + self.bias

@@ -34,10 +34,12 @@ def pack_panels_s8(wq: np.ndarray) -> np.ndarray:
 
 
 def panels_s8_reference(xq: np.ndarray, w4: np.ndarray) -> np.ndarray:
-    """What the panel matmul computes: int8 x [1, M, K] and w [P, K/4, 16, 4] -> exact int32 [P, M, 16]."""
+    """What the panel matmul computes: int8 x [1, M, K] and w [P, K/4, 16, 4] -> exact int32
+    [1, M, P * 16] (row-major: column n is panel n // 16, lane n % 16)."""
     p, kb, j, kv = w4.shape
     w = w4.transpose(0, 1, 3, 2).reshape(p, kb * kv, j).astype(np.int32)  # back to [P, K, 16]
-    return np.matmul(xq[0].astype(np.int32)[None], w)
+    acc = np.matmul(xq[0].astype(np.int32)[None], w)  # [P, M, 16]
+    return acc.transpose(1, 0, 2).reshape(1, xq.shape[1], p * j)
 
 
 def column_sums(w4: np.ndarray) -> np.ndarray:
@@ -54,14 +56,17 @@ def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def panels_s8_te(x, w):
-    """TE compute of the panel matmul: C[p, m, j] = sum_k x[0, m, k] * w[p, k/4, j, k%4] (int32)."""
+    """TE compute of the panel matmul: C[0, m, n] = sum_k x[0, m, k] * w[n/16, k/4, n%16, k%4] (int32),
+    row-major, so that the bias, ReLU and residual after it fuse into the tile (tools/compiler/cpu.py
+    splits n back into panels). With a panel-major [P, M, 16] result, a transpose to [M, N] ended
+    the fused kernel, and every Linear's bias / ReLU ran as a kernel of its own after it."""
     from tvm import te
 
     kk = te.reduce_axis((0, int(x.shape[-1])), name="k")
     p, _, j, _ = w.shape  # int64 extents, as the (symbolic) rows of x
-    return te.compute((p, x.shape[-2], j),
-                      lambda pi, m, ji: te.sum(x[0, m, kk].astype("int32")
-                                               * w[pi, kk // PANEL_K, ji, kk % PANEL_K].astype("int32"), axis=kk),
+    return te.compute((1, x.shape[-2], p * j),
+                      lambda b, m, n: te.sum(x[b, m, kk].astype("int32")
+                                             * w[n // j, kk // PANEL_K, n % j, kk % PANEL_K].astype("int32"), axis=kk),
                       name="matmul_s8")
 
 
@@ -78,12 +83,12 @@ def panels_s8_pairs_te(x, w):
     kg = te.reduce_axis((0, int(x.shape[-1]) // PANEL_K), name="kg")
     kk = te.reduce_axis((0, 2), name="kk")
     p, _, j, _ = w.shape  # int64 extents, as the (symbolic) rows of x
-    pairs = te.compute((p, x.shape[-2], j, 2),
-                       lambda pi, m, ji, h: te.sum(x[0, m, kg * PANEL_K + h * 2 + kk].astype("int32")
-                                                   * w[pi, kg, ji, h * 2 + kk].astype("int32"), axis=[kg, kk]),
+    pairs = te.compute((1, x.shape[-2], p * j, 2),
+                       lambda b, m, n, h: te.sum(x[b, m, kg * PANEL_K + h * 2 + kk].astype("int32")
+                                                 * w[n // j, kg, n % j, h * 2 + kk].astype("int32"), axis=[kg, kk]),
                        name="matmul_s8")
     rh = te.reduce_axis((0, 2), name="h")
-    return te.compute((p, x.shape[-2], j), lambda pi, m, ji: te.sum(pairs[pi, m, ji, rh], axis=rh),
+    return te.compute((1, x.shape[-2], p * j), lambda b, m, n: te.sum(pairs[b, m, n, rh], axis=rh),
                       name="matmul_s8_fold")
 
 
@@ -97,14 +102,10 @@ def panels_u8s8_te(x, w, colsum):
     offset + dequant chain out of the tile (TVM's reverse inlining takes one producer)."""
     from tvm import te, tirx
 
-    kk = te.reduce_axis((0, int(x.shape[-1])), name="k")
-    p, _, j, _ = w.shape
-    acc = te.compute((p, x.shape[-2], j),
-                     lambda pi, m, ji: te.sum(x[0, m, kk].astype("int32")
-                                              * w[pi, kk // PANEL_K, ji, kk % PANEL_K].astype("int32"), axis=kk),
-                     name="matmul_s8")
-    return te.compute((p, x.shape[-2], j),
-                      lambda pi, m, ji: acc[pi, m, ji] - tirx.const(128, "int32") * colsum[pi, ji], name="u8_offset")
+    acc = panels_s8_te(x, w)
+    j = w.shape[2]
+    return te.compute(acc.shape, lambda b, m, n: acc[b, m, n] - tirx.const(128, "int32") * colsum[n // j, n % j],
+                      name="u8_offset")
 
 
 def quantize_rows_te(x, dtype: str = "int8"):
