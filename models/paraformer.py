@@ -90,9 +90,12 @@ class MultiHeadedAttentionSANM(nn.Module):
         d = self.linear_out.in_features
         q, k, v = torch.split(self.linear_q_k_v(x), d, dim=-1)
         vm = v * mask[:, :, None]
-        mem = self.fsmn_block(nn.functional.pad(vm.transpose(1, 2), self.pad)).transpose(1, 2)
-        mem = (mem + vm) * mask[:, :, None]
+        mem = (self.fsmn(vm) + vm) * mask[:, :, None]
         return self.linear_out(attend(q, k, v, self.h, mask)) + mem
+
+    def fsmn(self, xm):
+        """The FSMN memory block: the depthwise conv over time of xm [B, T, D], zero-padded."""
+        return self.fsmn_block(nn.functional.pad(xm.transpose(1, 2), self.pad)).transpose(1, 2)
 
 
 class EncoderLayerSANM(nn.Module):
@@ -206,8 +209,9 @@ class MultiHeadedAttentionSANMDecoder(nn.Module):
 
     def forward(self, x, mask):
         xm = x * mask[:, :, None]
-        y = self.fsmn_block(nn.functional.pad(xm.transpose(1, 2), self.pad)).transpose(1, 2)
-        return (y + xm) * mask[:, :, None]
+        return (self.fsmn(xm) + xm) * mask[:, :, None]
+
+    fsmn = MultiHeadedAttentionSANM.fsmn
 
     def forward_cached(self, x, cache):
         """Streaming: cache [B, D, K-1] holds the previous inputs (causal FSMN only)."""

@@ -381,6 +381,42 @@ def rules():
                     sch.vectorize(sch.split(sch.get_loops(b)[-1], [None, lanes])[1])
             return sch
 
+    class FsmnRows(dl.ScheduleRule):
+        """paraedge_tools.compiler.graphs.fsmn_rows_te, the FSMN memory in rows [T, D]: a vector of
+        channels at a time, the K taps unrolled around it, channel chunks outermost so that the
+        chunk's taps stay in registers over every frame; the residual and mask after it at the
+        frame."""
+
+        def apply(self, func, target, tunable):
+            found = _llvm_schedule(func, target, "fsmn_rows")
+            if found is None:
+                return None
+            sch, (block,) = found
+            loops = sch.get_loops(block)
+            lanes = simd_lanes(target)
+            if len(loops) != 4 or not _divides(sch.get(loops[2]).extent, lanes):
+                return None
+            # the padded rows stay a block (inlined, every tap would test the bounds); the masked
+            # input before them is inlined, read in place by the pad and by the residual after
+            keep = {sch.get(b).name_hint for b in (block, *sch.get_producers(block))}
+            for other in sch.get_child_blocks(sch.get_sblock("root"))[:-1]:
+                if sch.get(other).name_hint not in keep and all(
+                        iv.iter_type == tirx.IterVar.DataPar for iv in sch.get(other).iter_vars):
+                    try:
+                        sch.compute_inline(other)
+                    except Exception:  # noqa: BLE001 (not inlinable: leave it a block)
+                        pass
+            b, t, c, i = loops
+            co, ci = sch.split(c, [None, lanes])
+            sch.reorder(b, co, t, i, ci)
+            sch.parallel(sch.fuse(b, co))
+            sch.unroll(i)
+            sch.vectorize(ci)  # (before the init is split off: after it, TVM refuses the loop)
+            init = sch.decompose_reduction(block, i)
+            sch.vectorize(sch.get_loops(init)[-1])
+            _epilogue_at(sch, block, t)
+            return sch
+
     class DepthwiseConv(dl.ScheduleRule):
         """The FSMN memory blocks: depthwise Conv1d over [1, d, T + k - 1] (block group_conv1d_ncw).
         Each channel's row of outputs in vectors along T, the k taps unrolled around them, the
@@ -413,7 +449,7 @@ def rules():
             sch.vectorize(sch.get_loops(init)[-1])
             return sch
 
-    return [Matmul(), MatmulS8(), QuantizeRows(), RowNorm(), DepthwiseConv(), dl.cpu.GEMV(), dl.cpu.Reduction(),
+    return [Matmul(), MatmulS8(), QuantizeRows(), RowNorm(), FsmnRows(), DepthwiseConv(), dl.cpu.GEMV(), dl.cpu.Reduction(),
             Elementwise()]
 
 

@@ -86,6 +86,45 @@ def int8_ops():
             torch.ops.paraedge.matmul_u8s8_panels)
 
 
+@functools.lru_cache(maxsize=None)
+def fsmn_rows_op():
+    """Register (once) the FSMN memory op the CPU graphs call: the depthwise conv over time of
+    x [1, T + K - 1, D] (zero-padded rows) with taps [K, D] -> [1, T, D], rows in and rows out
+    (fsmn_rows_te). FunASR's transpose -> pad -> Conv1d -> transpose ran as three kernels around
+    the conv, two of them transposes (A76, anchor: 0.9 M instructions per audio second)."""
+    import torch
+
+    @torch.library.custom_op("paraedge::fsmn_rows", mutates_args=(), schema="(Tensor x, Tensor taps) -> Tensor")
+    def fsmn_rows(x, taps):
+        w = taps.t().unsqueeze(1)  # the Conv1d weight [D, 1, K]
+        return torch.nn.functional.conv1d(x.transpose(1, 2), w, groups=w.shape[0]).transpose(1, 2).contiguous()
+
+    @fsmn_rows.register_fake
+    def _(x, taps):
+        return x.new_empty((x.shape[0], x.shape[1] - taps.shape[0] + 1, x.shape[2]))
+
+    return torch.ops.paraedge.fsmn_rows
+
+
+def fsmn_rows_te(x, taps):
+    """TE compute of fsmn_rows: out[0, t, c] = sum_i x[0, t + i, c] * taps[i, c] (the taps in
+    order, as the Conv1d sums them); scheduled by tools/compiler/cpu.py (rule FsmnRows)."""
+    from tvm import te
+
+    k = int(taps.shape[0])
+    i = te.reduce_axis((0, k), name="i")
+    return te.compute((x.shape[0], x.shape[1] - (k - 1), x.shape[2]),
+                      lambda b, t, c: te.sum(x[b, t + i, c] * taps[i, c], axis=i), name="fsmn_rows")
+
+
+def fsmn_by_rows(self, xm):
+    """The FSMN memory block (paraedge_models.paraformer ... .fsmn) through fsmn_rows: the zero
+    padding along T in the rows layout, the conv reading and writing rows."""
+    import torch
+
+    return fsmn_rows_op()(torch.nn.functional.pad(xm, (0, 0, *self.pad)), self.fsmn_taps)
+
+
 def frozen(array: np.ndarray):
     """A weight as a (non-trainable) parameter: the Relax importer keeps parameters as function
     inputs (stored once in params.npz), where it would bake buffers into model.so as constants."""
@@ -187,6 +226,19 @@ def wrappers(model, streaming: bool, mode: str):
     cif = None if mode == "fp16" else PanelLinear(conv_w.transpose(2, 1, 0).reshape(k * conv_w.shape[1], -1),
                                                   p.cif_conv1d.bias.detach(), mode)
 
+    if mode != "fp16":  # (CUDA keeps FunASR's Conv1d, as it was checked on the GPU)
+        for block in list(model.modules()):
+            if hasattr(block, "fsmn_block") and hasattr(block, "fsmn"):
+                # the taps as [K, D]: a tap's channels are one vector load (stored instead of the
+                # Conv1d weight, which the graph no longer reads)
+                block.fsmn_taps = frozen(block.fsmn_block.weight.detach().numpy()[:, 0, :].T)
+                block.fsmn = types.MethodType(fsmn_by_rows, block)
+                if not hasattr(block, "forward_cached"):  # (the streaming decoder's cached window keeps the
+                    # Conv1d: fused with the window's concat, fsmn_rows' [1, K - 1 + N, D] input
+                    # fails TVM's FuseTIR shape matching); elsewhere the weight is unread, and
+                    # an unread parameter would still be stored with the bundle
+                    block.fsmn_block = None
+
     class Enc(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -268,7 +320,8 @@ class ModuleBuilder:
         # 17 of the demo fp32 encoder's 78 ms at 168 frames on x86 (28 ms without). The CUDA graphs
         # keep it, as they were checked on the GPU (with fp32 weights and the CIF im2col, they did not
         # import without it: a slice's shape got an if_then_else).
-        self.te, self.max_frames, self.decompose = int8_computes(kernel), max_frames, decompose
+        self.te = {**int8_computes(kernel), "fsmn_rows": (fsmn_rows_te, ())}
+        self.max_frames, self.decompose = max_frames, decompose
         te = self.te
 
         @relax.expr_functor.mutator
@@ -281,7 +334,10 @@ class ModuleBuilder:
                 if name is None:
                     return call
                 fn, extra = te[name]
-                return self.builder_.call_te(fn, *call.args[1].fields, *extra, primfunc_name_hint=name)
+                # (tensors only: a symbolic length the importer passed alongside, as for the FSMN's
+                # padded T + K - 1 rows, is derived again from the bound shapes)
+                args = [a for a in call.args[1].fields if isinstance(a.ty, relax.TensorType)]
+                return self.builder_.call_te(fn, *args, *extra, primfunc_name_hint=name)
 
         self.retrace = Retrace(tvm.IRModule({}))
 
