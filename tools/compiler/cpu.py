@@ -418,10 +418,11 @@ def rules():
             return sch
 
     class DepthwiseConv(dl.ScheduleRule):
-        """The FSMN memory blocks: depthwise Conv1d over [1, d, T + k - 1] (block group_conv1d_ncw).
-        Each channel's row of outputs in vectors along T, the k taps unrolled around them, the
-        padding read in place. dlight's Reduction ran them as scalar loops once T is symbolic:
-        29 of the anchor encoder's 97 ms at 168 frames on x86."""
+        """Depthwise Conv1d over [1, d, T + k - 1] (block group_conv1d_ncw): the streaming decoder's
+        cached FSMN window (the other FSMN blocks run in rows, FsmnRows). Each channel's row of
+        outputs in vectors along T, the k taps unrolled around them, the padding read in place.
+        dlight's Reduction ran them as scalar loops once T is symbolic: 29 of the anchor encoder's
+        97 ms at 168 frames on x86, when every FSMN block was a Conv1d."""
 
         def apply(self, func, target, tunable):
             found = _llvm_schedule(func, target, "group_conv1d_ncw")
