@@ -15,6 +15,7 @@ belong to real tokens.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 
@@ -32,7 +33,7 @@ BUNDLE_FORMAT = "paraedge-tvm-bundle/2"  # /1: shape buckets (ParaEdge <= 0.x), 
 
 def aligned_zeros(shape) -> np.ndarray:
     """float32 zeros whose data starts on an ALIGN-byte boundary."""
-    n = int(np.prod(shape))
+    n = math.prod(shape)  # (np.prod: 3 of the 5.6 us a call took)
     raw = np.zeros(n + ALIGN // 4, F32)
     start = (-raw.ctypes.data % ALIGN) // 4
     return raw[start:start + n].reshape(shape)

@@ -398,14 +398,7 @@ def rules():
                 return None
             # the padded rows stay a block (inlined, every tap would test the bounds); the masked
             # input before them is inlined, read in place by the pad and by the residual after
-            keep = {sch.get(b).name_hint for b in (block, *sch.get_producers(block))}
-            for other in sch.get_child_blocks(sch.get_sblock("root"))[:-1]:
-                if sch.get(other).name_hint not in keep and all(
-                        iv.iter_type == tirx.IterVar.DataPar for iv in sch.get(other).iter_vars):
-                    try:
-                        sch.compute_inline(other)
-                    except Exception:  # noqa: BLE001 (not inlinable: leave it a block)
-                        pass
+            _inline_spatial_but(sch, {sch.get(b).name_hint for b in (block, *sch.get_producers(block))})
             b, t, c, i = loops
             co, ci = sch.split(c, [None, lanes])
             sch.reorder(b, co, t, i, ci)
@@ -508,30 +501,34 @@ def _epilogue_at(sch, block, loop) -> None:
 
 
 def _inline_side_inputs(sch, block) -> None:
-    """Inline the spatial blocks after the matmul `block` into their consumers: the epilogue's
-    side inputs (the attention mask's expand_dims -> equal, the -10000 `full`) are then read in
-    place and the chain can join the tile. Left as blocks, they blocked _inline_epilogue, so the
-    scores went to memory and came back through scalar passes over [heads, T, T] (the masked
-    attention scores of the anchor encoder: 4.44 M instructions per audio second on the A76 against
-    2.70 for the context product of the same size)."""
-    from tvm import tirx
-
-    # (also the blocks fused in before the matmul that only its epilogue reads, such as the FSMN
-    # memory added after an INT8 Linear; never the matmul's own inputs)
-    skip, todo = set(), [block]
+    """Inline the spatial blocks around the matmul `block` into their consumers, all but the
+    matmul's own inputs: the epilogue's side inputs (the attention mask's expand_dims -> equal, the
+    -10000 `full`; the FSMN memory added after an INT8 Linear) are then read in place and the chain
+    can join the tile. Left as blocks, they blocked _inline_epilogue, so the scores went to memory
+    and came back through scalar passes over [heads, T, T] (the masked attention scores of the
+    anchor encoder: 4.44 M instructions per audio second on the A76 against 2.70 for the context
+    product of the same size)."""
+    inputs, todo = set(), [block]
     while todo:
         b = todo.pop()
-        if sch.get(b).name_hint not in skip:
-            skip.add(sch.get(b).name_hint)
+        if sch.get(b).name_hint not in inputs:
+            inputs.add(sch.get(b).name_hint)
             todo += sch.get_producers(b)
+    _inline_spatial_but(sch, inputs)
+
+
+def _inline_spatial_but(sch, keep: set) -> None:
+    """compute_inline every spatial block of the function but the last and those named in `keep`
+    (where TVM refuses, the block stays)."""
+    from tvm import tirx
+
     for b in sch.get_child_blocks(sch.get_sblock("root"))[:-1]:
-        if sch.get(b).name_hint in skip:
+        if sch.get(b).name_hint in keep or any(iv.iter_type != tirx.IterVar.DataPar for iv in sch.get(b).iter_vars):
             continue
-        if all(iv.iter_type == tirx.IterVar.DataPar for iv in sch.get(b).iter_vars):
-            try:
-                sch.compute_inline(b)
-            except Exception:  # noqa: BLE001 (read by more than the epilogue, ...): leave it a block
-                pass
+        try:
+            sch.compute_inline(b)
+        except Exception:  # noqa: BLE001 (read by more than the epilogue, ...): leave it a block
+            pass
 
 
 def _inline_epilogue(sch, block) -> None:

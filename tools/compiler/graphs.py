@@ -182,7 +182,8 @@ def panel_linear_class():
                     y = acc.float() * sx * self.sw  # acc: [1, M, N]
                     y = y if flat else y.reshape(*x.shape[:-1], -1)
                 else:
-                    y = torch.matmul(x3, self.w).permute(1, 0, 2).reshape(*x.shape[:-1], -1)  # [P, M, 16] ->
+                    y = torch.matmul(x3, self.w)  # [P, M, 16]
+                    y = y.permute(1, 0, 2).reshape(*x.shape[:-1], -1)
                 if y.shape[-1] != self.n:
                     y = y[..., : self.n]
             return y if self.bias is None else y + self.bias
@@ -233,10 +234,11 @@ def wrappers(model, streaming: bool, mode: str):
                 # Conv1d weight, which the graph no longer reads)
                 block.fsmn_taps = frozen(block.fsmn_block.weight.detach().numpy()[:, 0, :].T)
                 block.fsmn = types.MethodType(fsmn_by_rows, block)
-                if not hasattr(block, "forward_cached"):  # (the streaming decoder's cached window keeps the
-                    # Conv1d: fused with the window's concat, fsmn_rows' [1, K - 1 + N, D] input
-                    # fails TVM's FuseTIR shape matching); elsewhere the weight is unread, and
-                    # an unread parameter would still be stored with the bundle
+                # the streaming decoder's cached window still runs the Conv1d (fused with the
+                # window's concat, fsmn_rows' [1, K - 1 + N, D] input fails TVM's FuseTIR shape
+                # matching); elsewhere the weight is no longer read, and dropped, as the bundle
+                # would store it all the same
+                if not hasattr(block, "forward_cached"):
                     block.fsmn_block = None
 
     class Enc(torch.nn.Module):
