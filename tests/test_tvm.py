@@ -217,6 +217,25 @@ def test_int8_ops_equal_numpy_reference(tmp_path, shape, symbolic):
     assert ("vpmaddwd" in dis) == (shape[1] % 16 == 0)
 
 
+@pytest.mark.parametrize("frames,symbolic", [(7, False), (1, False), (8, True), (168, True)],
+                         ids=["static-7", "static-1", "symbolic-8", "symbolic-168"])
+def test_fsmn_rows_equals_numpy_reference(tmp_path, frames, symbolic):
+    """The FSMN memory in rows (channel vectors, taps unrolled, x86 schedule) against numpy's depthwise
+    conv, at odd static lengths (the padding wider than the clip at 1 frame) and symbolic ones."""
+    from tests import tvm_int8_ops
+
+    so = str(tmp_path / "fsmn.so")
+    tvm_int8_ops.build_fsmn("x86-host", so, frames, symbolic)
+    x, _ = tvm_int8_ops.fsmn_inputs(frames)
+    np.savez(tmp_path / "in.npz", x=x, **({"0_lengths": np.array([frames // 8])} if symbolic else {}))
+    script = tmp_path / "run.py"
+    script.write_text(tvm_int8_ops.RUN)
+    r = subprocess.run([sys.executable, str(script), so, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    tvm_int8_ops.check_fsmn(np.load(tmp_path / "out.npz"), frames)
+
+
 VNNI = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
 
 

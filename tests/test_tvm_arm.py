@@ -28,6 +28,23 @@ def test_arm_bundle_is_aarch64_and_refused_here(arm_bundle):
         Recognizer(arm_bundle, "tvm")
 
 
+def test_fsmn_rows_on_emulated_board_equals_numpy_reference(armroot, tmp_path):
+    """The FSMN memory in rows, NEON schedule, symbolic rows (8 * q) as bundles compile them, run on
+    the emulated A76 against numpy's depthwise conv."""
+    from tests import tvm_int8_ops
+    from paraedge_tools.emu.armroot import run_python
+
+    so = str(tmp_path / "fsmn.so")
+    tvm_int8_ops.build_fsmn("qemu-a76", so, 56, symbolic=True)
+    x, _ = tvm_int8_ops.fsmn_inputs(56)
+    np.savez(tmp_path / "in.npz", x=x, **{"0_lengths": np.array([7])})
+    script = tmp_path / "run.py"
+    script.write_text(tvm_int8_ops.RUN)
+    r = run_python([str(script), so, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")], root=armroot, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    tvm_int8_ops.check_fsmn(np.load(tmp_path / "out.npz"), 56)
+
+
 @pytest.mark.parametrize("shape,symbolic", [((14, 96), False), ((168, 96), True)], ids=["static-14", "symbolic-168"])
 def test_int8_sdot_ops_on_emulated_board_equal_numpy_reference(armroot, tmp_path, shape, symbolic):
     """The dotprod schedule: the panel matmul tensorized into `sdot`, run on the emulated A76,

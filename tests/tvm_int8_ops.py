@@ -1,5 +1,5 @@
-"""The INT8 ops of TVM bundles (tools/compiler/int8.py) as a standalone module, op by op against the
-numpy reference (edge/backends/ops.py): the row quantizer and the panel matmul, built from the
+"""The INT8 ops of TVM bundles (tools/compiler/int8.py), and the FSMN rows op, as standalone modules,
+op by op against the numpy reference (edge/backends/ops.py): the row quantizer and the panel matmul, built from the
 same TE computes `paraedge compile --int8` uses and scheduled by the same CPU rules (tensorized
 `sdot` on dotprod boards). The rows are static, or symbolic as in a bundle (`8 * q`, passed
 as a leading shape). Shared by the x86 test and the emulated-board test."""
@@ -75,6 +75,61 @@ def build(board: str, path: str, shape=(M, K), symbolic: bool = False) -> None:
         ex.export_library(path, fcompile=tvm.support.cc.cross_compiler(b.cc))
     else:
         ex.export_library(path)
+
+
+def fsmn_inputs(frames: int, d: int = 32, k: int = 11, seed: int = 1):
+    """FSMN rows x [1, frames, d] and taps [k, d] (k odd: FunASR's symmetric padding; the same
+    taps at every length, as the module is built with them)."""
+    x = np.random.default_rng(seed).standard_normal((1, frames, d)).astype(np.float32)
+    return x, np.random.default_rng(seed + 1).standard_normal((k, d)).astype(np.float32) * np.float32(0.3)
+
+
+def build_fsmn(board: str, path: str, frames: int, symbolic: bool = False, d: int = 32) -> None:
+    """The FSMN memory in rows (paraedge_tools.compiler.graphs.fsmn_rows_te after the zero
+    padding along T, as the CPU graphs call it) as a module for `board`, scheduled by the CPU rules;
+    symbolic: frames = 8 * q, q given by a leading R.Shape([q])."""
+    import tvm
+    from tvm import relax, tirx, topi
+
+    from edge.boards import load_board
+    from paraedge_tools.compiler.compile import tvm_target
+    from paraedge_tools.compiler.graphs import fsmn_rows_te
+    from paraedge_tools.compiler.pipeline import relax_pipeline
+
+    _, taps = fsmn_inputs(8, d)
+    left = (taps.shape[0] - 1) // 2
+    b = load_board(board)
+    target = tvm_target(b)
+    params, t = [], frames
+    if symbolic:
+        q = tirx.Var("q", "int64")
+        params.append(relax.Var("lengths", relax.ShapeType([q])))
+        t = q * 8
+    x = relax.Var("x", relax.TensorType([1, t, d], "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [*params, x]):
+        with bb.dataflow():
+            xp = bb.emit_te(topi.nn.pad, x, [0, left, 0], [0, left, 0], primfunc_name_hint="pad")
+            y = bb.emit_te(fsmn_rows_te, xp, relax.const(taps), primfunc_name_hint="fsmn_rows")
+            out = bb.emit_output(relax.Tuple([y]))
+        bb.emit_func_output(out)
+    with tvm.transform.PassContext(opt_level=3):
+        ex = tvm.compile(bb.get(), target, relax_pipeline=relax_pipeline(b, target))
+    if b.arch == "aarch64":
+        ex.export_library(path, fcompile=tvm.support.cc.cross_compiler(b.cc))
+    else:
+        ex.export_library(path)
+
+
+def check_fsmn(out, frames: int, d: int = 32) -> None:
+    """fsmn_rows against edge/backends/ops.py's depthwise conv over the zero-padded rows (float32
+    sums; TVM's fused multiply-adds round once where numpy rounds twice)."""
+    from edge.backends import ops
+
+    x, taps = fsmn_inputs(frames, d)
+    left = (taps.shape[0] - 1) // 2
+    ref = ops.depthwise_conv1d(np.pad(x[0], ((left, left), (0, 0))), taps, frames)
+    np.testing.assert_allclose(out["arr_0"][0], ref, rtol=1e-5, atol=1e-5)
 
 
 # run.py MODULE IN.npz OUT.npz: main() of a module on the npz's arrays (in name order; an int64
