@@ -196,14 +196,22 @@ def _int8_ops_run(board: str, tmp_path, shape, symbolic) -> str:
     tvm_int8_ops.build(board, so, shape, symbolic)
     dis = subprocess.run(["objdump", "-d", so], capture_output=True, text=True).stdout
     x, _ = tvm_int8_ops.inputs(shape=shape)
-    np.savez(tmp_path / "in.npz", x=x, **({"0_lengths": np.array([shape[0] // 8])} if symbolic else {}))
+    tvm_int8_ops.check(_run_module(tmp_path, so, x, shape[0] // 8 if symbolic else None), shape)
+    return dis
+
+
+def _run_module(tmp_path, so: str, x: np.ndarray, q: int | None):
+    """main(x) of the module `so` (after the lengths R.Shape([q]) when q is given), run in a
+    runtime-only process (tests/tvm_int8_ops.py RUN): its outputs, arr_0, arr_1, ..."""
+    from tests import tvm_int8_ops
+
+    np.savez(tmp_path / "in.npz", x=x, **({"0_lengths": np.array([q])} if q is not None else {}))
     script = tmp_path / "run.py"
     script.write_text(tvm_int8_ops.RUN)
     r = subprocess.run([sys.executable, str(script), so, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
-    tvm_int8_ops.check(np.load(tmp_path / "out.npz"), shape)
-    return dis
+    return np.load(tmp_path / "out.npz")
 
 
 @pytest.mark.parametrize("shape,symbolic", [((14, 96), False), ((7, 96), False), ((6, 40), False), ((8, 96), True),
@@ -227,13 +235,7 @@ def test_fsmn_rows_equals_numpy_reference(tmp_path, frames, symbolic):
     so = str(tmp_path / "fsmn.so")
     tvm_int8_ops.build_fsmn("x86-host", so, frames, symbolic)
     x, _ = tvm_int8_ops.fsmn_inputs(frames)
-    np.savez(tmp_path / "in.npz", x=x, **({"0_lengths": np.array([frames // 8])} if symbolic else {}))
-    script = tmp_path / "run.py"
-    script.write_text(tvm_int8_ops.RUN)
-    r = subprocess.run([sys.executable, str(script), so, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
-                       capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 0, r.stderr[-3000:]
-    tvm_int8_ops.check_fsmn(np.load(tmp_path / "out.npz"), frames)
+    tvm_int8_ops.check_fsmn(_run_module(tmp_path, so, x, frames // 8 if symbolic else None), frames)
 
 
 VNNI = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")

@@ -29,31 +29,52 @@ def panels(w_nk: np.ndarray) -> np.ndarray:
     return pack_panels_s8(np.ascontiguousarray(w_nk.T.reshape(k, n // 16, 16).transpose(1, 0, 2)))
 
 
+def _main_input(rows, cols: int, symbolic: bool):
+    """main's parameters: x [1, rows, cols], after a leading R.Shape([q]) where rows = 8 * q
+    (symbolic, as bundles bind their lengths)."""
+    from tvm import relax, tirx
+
+    params = []
+    if symbolic:
+        q = tirx.Var("q", "int64")
+        params.append(relax.Var("lengths", relax.ShapeType([q])))
+        rows = q * 8
+    return params, relax.Var("x", relax.TensorType([1, rows, cols], "float32"))
+
+
+def _export(mod, board, path: str) -> None:
+    """Compile `mod` with the board's CPU pipeline (what `paraedge compile` uses) and export it."""
+    import tvm
+
+    from paraedge_tools.compiler.compile import tvm_target
+    from paraedge_tools.compiler.pipeline import relax_pipeline
+
+    target = tvm_target(board)
+    with tvm.transform.PassContext(opt_level=3):
+        ex = tvm.compile(mod, target, relax_pipeline=relax_pipeline(board, target))
+    if board.arch == "aarch64":
+        ex.export_library(path, fcompile=tvm.support.cc.cross_compiler(board.cc))
+    else:
+        ex.export_library(path)
+
+
 def build(board: str, path: str, shape=(M, K), symbolic: bool = False) -> None:
     """Compile the two-op module of x [1, M, K] for `board` and export it to `path`; symbolic:
     M is `8 * q` (M a multiple of 8), q given by a leading R.Shape([q]) argument."""
-    import tvm
-    from tvm import relax, tirx
+    from tvm import relax
 
     from edge.boards import load_board
     from paraedge_tools.compiler.compile import tvm_target
     from paraedge_tools.compiler.cpu import int8_kernel
     from paraedge_tools.compiler.graphs import int8_computes
     from paraedge_tools.compiler.int8 import column_sums
-    from paraedge_tools.compiler.pipeline import relax_pipeline
 
     m, k = shape
     _, w_nk = inputs(shape=shape)
     b = load_board(board)
-    target = tvm_target(b)
-    kernel = int8_kernel(target)
+    kernel = int8_kernel(tvm_target(b))
     te = int8_computes(kernel)
-    params = []
-    if symbolic:
-        q = tirx.Var("q", "int64")
-        params.append(relax.Var("lengths", relax.ShapeType([q])))
-        m = q * 8
-    x = relax.Var("x", relax.TensorType([1, m, k], "float32"))
+    params, x = _main_input(m, k, symbolic)
     bb = relax.BlockBuilder()
     with bb.function("main", [*params, x]):
         with bb.dataflow():
@@ -69,12 +90,7 @@ def build(board: str, path: str, shape=(M, K), symbolic: bool = False) -> None:
                 acc = bb.emit_te(fn, xq, relax.const(w4), *extra, primfunc_name_hint="matmul_s8_panels")
             out = bb.emit_output(relax.Tuple([xq, sx, acc]))
         bb.emit_func_output(out)
-    with tvm.transform.PassContext(opt_level=3):
-        ex = tvm.compile(bb.get(), target, relax_pipeline=relax_pipeline(b, target))
-    if b.arch == "aarch64":
-        ex.export_library(path, fcompile=tvm.support.cc.cross_compiler(b.cc))
-    else:
-        ex.export_library(path)
+    _export(bb.get(), b, path)
 
 
 def fsmn_inputs(frames: int, d: int = 32, k: int = 11, seed: int = 1):
@@ -88,24 +104,14 @@ def build_fsmn(board: str, path: str, frames: int, symbolic: bool = False, d: in
     """The FSMN memory in rows (paraedge_tools.compiler.graphs.fsmn_rows_te after the zero
     padding along T, as the CPU graphs call it) as a module for `board`, scheduled by the CPU rules;
     symbolic: frames = 8 * q, q given by a leading R.Shape([q])."""
-    import tvm
-    from tvm import relax, tirx, topi
+    from tvm import relax, topi
 
     from edge.boards import load_board
-    from paraedge_tools.compiler.compile import tvm_target
     from paraedge_tools.compiler.graphs import fsmn_rows_te
-    from paraedge_tools.compiler.pipeline import relax_pipeline
 
     _, taps = fsmn_inputs(8, d)
     left = (taps.shape[0] - 1) // 2
-    b = load_board(board)
-    target = tvm_target(b)
-    params, t = [], frames
-    if symbolic:
-        q = tirx.Var("q", "int64")
-        params.append(relax.Var("lengths", relax.ShapeType([q])))
-        t = q * 8
-    x = relax.Var("x", relax.TensorType([1, t, d], "float32"))
+    params, x = _main_input(frames, d, symbolic)
     bb = relax.BlockBuilder()
     with bb.function("main", [*params, x]):
         with bb.dataflow():
@@ -113,12 +119,7 @@ def build_fsmn(board: str, path: str, frames: int, symbolic: bool = False, d: in
             y = bb.emit_te(fsmn_rows_te, xp, relax.const(taps), primfunc_name_hint="fsmn_rows")
             out = bb.emit_output(relax.Tuple([y]))
         bb.emit_func_output(out)
-    with tvm.transform.PassContext(opt_level=3):
-        ex = tvm.compile(bb.get(), target, relax_pipeline=relax_pipeline(b, target))
-    if b.arch == "aarch64":
-        ex.export_library(path, fcompile=tvm.support.cc.cross_compiler(b.cc))
-    else:
-        ex.export_library(path)
+    _export(bb.get(), load_board(board), path)
 
 
 def check_fsmn(out, frames: int, d: int = 32) -> None:
