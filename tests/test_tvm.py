@@ -234,7 +234,7 @@ def test_fsmn_rows_equals_numpy_reference(tmp_path, frames, symbolic):
 
     so = str(tmp_path / "fsmn.so")
     tvm_int8_ops.build_fsmn("x86-host", so, frames, symbolic)
-    x, _ = tvm_int8_ops.fsmn_inputs(frames)
+    x = tvm_int8_ops.fsmn_rows(frames)
     tvm_int8_ops.check_fsmn(_run_module(tmp_path, so, x, frames // 8 if symbolic else None), frames)
 
 

@@ -32,17 +32,24 @@ def test_fsmn_rows_on_emulated_board_equals_numpy_reference(armroot, tmp_path):
     """The FSMN memory in rows, NEON schedule, symbolic rows (8 * q) as bundles compile them, run on
     the emulated A76 against numpy's depthwise conv."""
     from tests import tvm_int8_ops
-    from paraedge_tools.emu.armroot import run_python
 
     so = str(tmp_path / "fsmn.so")
     tvm_int8_ops.build_fsmn("qemu-a76", so, 56, symbolic=True)
-    x, _ = tvm_int8_ops.fsmn_inputs(56)
-    np.savez(tmp_path / "in.npz", x=x, **{"0_lengths": np.array([7])})
+    tvm_int8_ops.check_fsmn(_run_emulated(armroot, tmp_path, so, tvm_int8_ops.fsmn_rows(56), 7), 56)
+
+
+def _run_emulated(armroot, tmp_path, so: str, x: np.ndarray, q: int | None):
+    """main(x) of the aarch64 module `so` (after the lengths R.Shape([q]) when q is given), run by
+    the emulated board's runtime-only CPython (tests/tvm_int8_ops.py RUN): arr_0, arr_1, ..."""
+    from tests import tvm_int8_ops
+    from paraedge_tools.emu.armroot import run_python
+
+    np.savez(tmp_path / "in.npz", x=x, **({"0_lengths": np.array([q])} if q is not None else {}))
     script = tmp_path / "run.py"
     script.write_text(tvm_int8_ops.RUN)
     r = run_python([str(script), so, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")], root=armroot, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    tvm_int8_ops.check_fsmn(np.load(tmp_path / "out.npz"), 56)
+    return np.load(tmp_path / "out.npz")
 
 
 @pytest.mark.parametrize("shape,symbolic", [((14, 96), False), ((168, 96), True)], ids=["static-14", "symbolic-168"])
@@ -53,19 +60,13 @@ def test_int8_sdot_ops_on_emulated_board_equal_numpy_reference(armroot, tmp_path
     import subprocess
 
     from tests import tvm_int8_ops
-    from paraedge_tools.emu.armroot import run_python
 
     so = str(tmp_path / "ops.so")
     tvm_int8_ops.build("qemu-a76", so, shape, symbolic)
     dis = subprocess.run(["aarch64-linux-gnu-objdump", "-d", so], capture_output=True, text=True).stdout
     assert "sdot\t" in dis
     x, _ = tvm_int8_ops.inputs(shape=shape)
-    np.savez(tmp_path / "in.npz", x=x, **({"0_lengths": np.array([shape[0] // 8])} if symbolic else {}))
-    script = tmp_path / "run.py"
-    script.write_text(tvm_int8_ops.RUN)
-    r = run_python([str(script), so, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")], root=armroot, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    tvm_int8_ops.check(np.load(tmp_path / "out.npz"), shape)
+    tvm_int8_ops.check(_run_emulated(armroot, tmp_path, so, x, shape[0] // 8 if symbolic else None), shape)
 
 
 def test_fp32_fmla_matmuls_on_emulated_board_equal_numpy(armroot, tmp_path):

@@ -1,7 +1,7 @@
-"""The INT8 ops of TVM bundles (tools/compiler/int8.py), and the FSMN rows op, as standalone modules,
-op by op against the numpy reference (edge/backends/ops.py): the row quantizer and the panel matmul, built from the
-same TE computes `paraedge compile --int8` uses and scheduled by the same CPU rules (tensorized
-`sdot` on dotprod boards). The rows are static, or symbolic as in a bundle (`8 * q`, passed
+"""The INT8 ops of TVM bundles (tools/compiler/int8.py), and the FSMN rows op, as standalone
+modules, op by op against the numpy reference (edge/backends/ops.py): the row quantizer and the
+panel matmul, built from the same TE computes `paraedge compile --int8` uses and scheduled by the
+same CPU rules (tensorized `sdot` on dotprod boards). The rows are static, or symbolic as in a bundle (`8 * q`, passed
 as a leading shape). Shared by the x86 test and the emulated-board test."""
 
 from __future__ import annotations
@@ -93,11 +93,14 @@ def build(board: str, path: str, shape=(M, K), symbolic: bool = False) -> None:
     _export(bb.get(), b, path)
 
 
-def fsmn_inputs(frames: int, d: int = 32, k: int = 11, seed: int = 1):
-    """FSMN rows x [1, frames, d] and taps [k, d] (k odd: FunASR's symmetric padding; the same
-    taps at every length, as the module is built with them)."""
-    x = np.random.default_rng(seed).standard_normal((1, frames, d)).astype(np.float32)
-    return x, np.random.default_rng(seed + 1).standard_normal((k, d)).astype(np.float32) * np.float32(0.3)
+def fsmn_rows(frames: int, d: int = 32) -> np.ndarray:
+    """FSMN input rows x [1, frames, d]."""
+    return np.random.default_rng(1).standard_normal((1, frames, d)).astype(np.float32)
+
+
+def fsmn_taps(d: int = 32, k: int = 11) -> np.ndarray:
+    """FSMN taps [k, d] (k odd: FunASR's symmetric padding), baked into the module as a constant."""
+    return np.random.default_rng(2).standard_normal((k, d)).astype(np.float32) * np.float32(0.3)
 
 
 def build_fsmn(board: str, path: str, frames: int, symbolic: bool = False, d: int = 32) -> None:
@@ -109,7 +112,7 @@ def build_fsmn(board: str, path: str, frames: int, symbolic: bool = False, d: in
     from edge.boards import load_board
     from paraedge_tools.compiler.graphs import fsmn_rows_te
 
-    _, taps = fsmn_inputs(8, d)
+    taps = fsmn_taps(d)
     left = (taps.shape[0] - 1) // 2
     params, x = _main_input(frames, d, symbolic)
     bb = relax.BlockBuilder()
@@ -127,7 +130,7 @@ def check_fsmn(out, frames: int, d: int = 32) -> None:
     sums; TVM's fused multiply-adds round once where numpy rounds twice)."""
     from edge.backends import ops
 
-    x, taps = fsmn_inputs(frames, d)
+    x, taps = fsmn_rows(frames, d), fsmn_taps(d)
     left = (taps.shape[0] - 1) // 2
     ref = ops.depthwise_conv1d(np.pad(x[0], ((left, left), (0, 0))), taps, frames)
     np.testing.assert_allclose(out["arr_0"][0], ref, rtol=1e-5, atol=1e-5)

@@ -241,8 +241,9 @@ class KaldiFbank:
 
 def _c_fbank_loaded() -> bool:
     """Whether the C extension with kernels/fbank.c loaded (it computes KaldiFbank's frames frame
-    by frame, equal to this numpy code's float32 output on every test signal). Measured on 10 s: x86 3.0 against 13 ms; the emulated A76 3.9 against 4.8 M
-    instructions per audio second offline, 5.7 against 7.9 streaming (numpy's per-chunk calls).
+    by frame, equal to this numpy code's float32 output on every test signal). Measured on 10 s:
+    x86 3.0 against 13 ms; the emulated A76 3.9 against 4.8 M instructions per audio second
+    offline, 5.7 against 7.9 streaming (numpy's per-chunk calls).
     In the C code, the 256-point float64 FFT is 40 % of its 38.6 k instructions a frame, the
     real-spectrum split 19 %, pre-emphasis + window 13 %, log 10 %. PARAEDGE_KERNELS=off keeps numpy."""
     from edge.backends import kernels
