@@ -97,3 +97,23 @@ def test_cif_stream_matches_forward_chunk():
         assert emb.shape[0] == int(n_ref[0])
         if emb.shape[0]:
             np.testing.assert_allclose(emb, emb_ref[0].numpy(), atol=1e-5)
+
+
+def test_matmul_f16_sums_in_half_precision_with_one_rounding_a_step():
+    """ops.matmul_f16 (the float16 attention products of INT8 bundles on half-precision boards):
+    sums in float16, k in order, each step a fused multiply-add. 2048 + 1 + 1: each +1 is a tie
+    at float16's spacing of 2 and rounds to even (2048), where a float32 sum gives 2050. And
+    (1 - u) + (1 + u)^2 with u = 2^-10 is 2 + u + u^2: fused, it rounds up to 2 + 2u; with the
+    product rounded first (to 1 + 2u) the sum is the tie 2 + u, which rounds to even (2)."""
+    a = np.array([[2048.0, 1.0, 1.0]], np.float16)
+    b = np.ones((3, 1), np.float16)
+    assert ops.matmul_f16(a, b)[0, 0] == 2048
+    assert np.float16(np.matmul(a.astype(np.float32), b.astype(np.float32))[0, 0]) == 2050
+    u = 2.0**-10
+    fused = ops.matmul_f16(np.array([[1 - u, 1 + u]], np.float16), np.array([[1.0], [1 + u]], np.float16))[0, 0]
+    assert fused == 2 + 2 * u
+    q, k = rng.standard_normal((2, 3, 9, 16)), rng.standard_normal((2, 3, 16, 11))
+    got = ops.matmul_f16(q, k)
+    assert got.dtype == np.float16 and got.shape == (2, 3, 9, 11)
+    np.testing.assert_allclose(got, np.matmul(q.astype(np.float16).astype(np.float64), k.astype(np.float16)),
+                               rtol=1e-2, atol=2e-2)

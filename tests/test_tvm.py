@@ -275,6 +275,29 @@ def test_traced_int8_ops_equal_numpy_reference():
     np.testing.assert_array_equal(colsum.numpy(), w_nk.astype(np.int64).sum(axis=1).reshape(-1, 16))
 
 
+def test_traced_fp16_attention_op_equals_numpy_reference():
+    """The float16 attention products' torch op (its eager side, which tracing sees) is the numpy
+    reference's matmul_f16; asking for them where the board has no half-precision arithmetic (or
+    on an fp32 bundle) is a one-line error naming the board."""
+    import torch
+
+    from edge.backends import ops
+    from edge.boards import load_board
+    from paraedge_tools.compiler.compile import attention_dtype
+    from paraedge_tools.compiler.graphs import matmul_f16_op
+    from tests import tvm_int8_ops
+
+    x = {k: v.astype(np.float16) for k, v in tvm_int8_ops.f16_operands(12).items()}
+    got = matmul_f16_op()(torch.from_numpy(x["c_p"]), torch.from_numpy(x["d_v"])).numpy()
+    np.testing.assert_array_equal(got, ops.matmul_f16(x["c_p"], x["d_v"]))
+    a76 = load_board("qemu-a76")
+    assert attention_dtype(a76, int8=True) == "float16" and attention_dtype(a76, True, False) == "float32"
+    assert attention_dtype(load_board("raspberry-pi-4"), int8=True) == "float32"  # Cortex-A72: no fp16 arithmetic
+    for board, int8 in (("x86-host", True), ("qemu-a76", False)):
+        with pytest.raises(ParaEdgeError, match=f"float16 attention .* {board}"):
+            attention_dtype(load_board(board), int8, True)
+
+
 @pytest.mark.parametrize("lanes", [1, 8])
 def test_exp_lowering_equals_numpy(tmp_path, lanes):
     """The CPU pipeline's exp (paraedge_tools.compiler.cpu._exp_f32, scalar and vectorised) against float64
@@ -398,6 +421,14 @@ def test_demo_int8_bundles_fit_the_size_budget(tvm_demo_int8, tmp_path):
     print(f"raspberry-pi-5 demo INT8 bundle: {time.perf_counter() - t0:.0f} s to compile, {_bundle_mb(out):.1f} MB")
     for bundle in (tvm_demo_int8, out):
         assert _bundle_mb(bundle) <= MAX_DEMO_BUNDLE_MB, (bundle, _bundle_mb(bundle))
+    # the A76 has half-precision arithmetic: the attention products run in float16 there, not on x86
+    assert m["model"]["attention"] == "float16"
+    # a board of 4 threads gets parallel loops (the emulated board's bundle, of one thread, none:
+    # tests/test_tvm_arm.py)
+    from tests.tvm_int8_ops import dynamic_symbols
+
+    assert "TVMBackendParallelLaunch" in dynamic_symbols(os.path.join(out, "model.so"))
+    assert json.load(open(os.path.join(tvm_demo_int8, "manifest.json")))["model"]["attention"] == "float32"
     names = [p for f in m["functions"] for p in f["params"]]
     dec = {f["name"]: set(f["params"]) for f in m["functions"]}
     assert dec["decoder"] & dec["stream_decoder"] and len(np.load(os.path.join(out, "params.npz")).files) == len(set(names))

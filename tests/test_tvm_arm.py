@@ -22,6 +22,10 @@ def test_arm_bundle_is_aarch64_and_refused_here(arm_bundle):
     assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 183  # EM_AARCH64
     m = json.load(open(os.path.join(arm_bundle, "manifest.json")))
     assert m["target"]["mcpu"] == "cortex-a76" and "+dotprod" in m["target"]["mattr"]
+    # a board of one thread: no parallel loops, so no call into TVM's thread pool per kernel
+    from tests.tvm_int8_ops import dynamic_symbols
+
+    assert "TVMBackendParallelLaunch" not in dynamic_symbols(os.path.join(arm_bundle, "model.so"))
     from edge.errors import ParaEdgeError
 
     with pytest.raises(ParaEdgeError, match="bundle is for board 'qemu-a76' \\(aarch64\\); this machine is x86_64"):
@@ -38,13 +42,33 @@ def test_fsmn_rows_on_emulated_board_equals_numpy_reference(armroot, tmp_path):
     tvm_int8_ops.check_fsmn(_run_emulated(armroot, tmp_path, so, tvm_int8_ops.fsmn_rows(56), 7), 56)
 
 
-def _run_emulated(armroot, tmp_path, so: str, x: np.ndarray, q: int | None):
-    """main(x) of the aarch64 module `so` (after the lengths R.Shape([q]) when q is given), run by
-    the emulated board's runtime-only CPython (tests/tvm_int8_ops.py RUN): arr_0, arr_1, ..."""
+@pytest.mark.parametrize("frames,symbolic", [(56, True), (7, False)], ids=["symbolic-56", "static-7"])
+def test_fp16_attention_products_on_emulated_board_equal_numpy_reference(armroot, tmp_path, frames, symbolic):
+    """The float16 attention products of INT8 bundles (half-precision `fmla v.8h` tiles, lane-indexed)
+    on the emulated A76 against numpy's float16 reference: symbolic rows (8 * q) as bundles compile
+    them, and an odd static shape that the tiles cannot take (the plain schedule)."""
+    import subprocess
+
+    from tests import tvm_int8_ops
+
+    so = str(tmp_path / "f16.so")
+    tvm_int8_ops.build_matmul_f16("qemu-a76", so, frames, symbolic)
+    if symbolic:
+        dis = subprocess.run(["aarch64-linux-gnu-objdump", "-d", so], capture_output=True, text=True).stdout
+        assert "fmla\tv" in dis and ".8h" in dis and ".h[7]" in dis  # lane-indexed half-precision multiply-adds
+    x = {k: v.astype(np.float16) for k, v in tvm_int8_ops.f16_operands(frames).items()}
+    tvm_int8_ops.check_matmul_f16(_run_emulated(armroot, tmp_path, so, x, frames // 8 if symbolic else None), frames)
+
+
+def _run_emulated(armroot, tmp_path, so: str, x, q: int | None):
+    """main(x) of the aarch64 module `so` (after the lengths R.Shape([q]) when q is given; x an
+    array, or {name: array} passed in name order), run by the emulated board's runtime-only
+    CPython (tests/tvm_int8_ops.py RUN): arr_0, arr_1, ..."""
     from tests import tvm_int8_ops
     from paraedge_tools.emu.armroot import run_python
 
-    np.savez(tmp_path / "in.npz", x=x, **({"0_lengths": np.array([q])} if q is not None else {}))
+    arrays = x if isinstance(x, dict) else {"x": x}
+    np.savez(tmp_path / "in.npz", **arrays, **({"0_lengths": np.array([q])} if q is not None else {}))
     script = tmp_path / "run.py"
     script.write_text(tvm_int8_ops.RUN)
     r = run_python([str(script), so, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")], root=armroot, timeout=300)

@@ -136,6 +136,65 @@ def check_fsmn(out, frames: int, d: int = 32) -> None:
     np.testing.assert_allclose(out["arr_0"][0], ref, rtol=1e-5, atol=1e-5)
 
 
+def f16_operands(frames: int, d: int = 32, heads: int = 2) -> dict:
+    """The two attention products' operands in float16, shaped as attend() passes them: queries
+    [1, h, T, d] and keys transposed [1, h, d, T] (scores), probabilities [1, h, T, T] (rows
+    summing to 1) and values [1, h, T, d] (context)."""
+    rng = np.random.default_rng(3)
+    p = rng.random((1, heads, frames, frames)) ** 4
+    return {"a_q": rng.standard_normal((1, heads, frames, d)), "b_kt": rng.standard_normal((1, heads, d, frames)) * 2,
+            "c_p": p / p.sum(-1, keepdims=True), "d_v": rng.standard_normal((1, heads, frames, d)) * 3}
+
+
+def build_matmul_f16(board: str, path: str, frames: int, symbolic: bool = False, d: int = 32, heads: int = 2) -> None:
+    """The float16 attention products (paraedge_tools.compiler.graphs.matmul_f16_te) as a module for
+    `board`: main(q, kT, p, v) -> (q @ kT, p @ v), scheduled by the CPU rules; symbolic: frames =
+    8 * q, q given by a leading R.Shape([q])."""
+    from tvm import relax, tirx
+
+    from edge.boards import load_board
+    from paraedge_tools.compiler.graphs import matmul_f16_te
+
+    params = []
+    if symbolic:
+        q = tirx.Var("q", "int64")
+        params.append(relax.Var("lengths", relax.ShapeType([q])))
+        frames = q * 8
+    shapes = {"a_q": [1, heads, frames, d], "b_kt": [1, heads, d, frames], "c_p": [1, heads, frames, frames],
+              "d_v": [1, heads, frames, d]}
+    args = {k: relax.Var(k, relax.TensorType(v, "float16")) for k, v in shapes.items()}
+    bb = relax.BlockBuilder()
+    with bb.function("main", [*params, *args.values()]):
+        with bb.dataflow():
+            scores = bb.emit_te(matmul_f16_te, args["a_q"], args["b_kt"], primfunc_name_hint="matmul_f16")
+            context = bb.emit_te(matmul_f16_te, args["c_p"], args["d_v"], primfunc_name_hint="matmul_f16")
+            out = bb.emit_output(relax.Tuple([scores, context]))
+        bb.emit_func_output(out)
+    _export(bb.get(), load_board(board), path)
+
+
+def check_matmul_f16(out, frames: int) -> None:
+    """Both products bit-exact against edge/backends/ops.py's matmul_f16 (float16 sums, k in order,
+    one rounding a step: the tiles' fused multiply-adds), and within float16's precision of the
+    float64 product."""
+    from edge.backends import ops
+
+    x = {k: v.astype(np.float16) for k, v in f16_operands(frames).items()}
+    for i, (a, b) in enumerate((("a_q", "b_kt"), ("c_p", "d_v"))):
+        got, ref = out[f"arr_{i}"], ops.matmul_f16(x[a], x[b])
+        assert got.dtype == np.float16
+        np.testing.assert_array_equal(got, ref)
+        exact = np.matmul(x[a].astype(np.float64), x[b].astype(np.float64))
+        np.testing.assert_allclose(got, exact, rtol=2e-2, atol=2e-2 * np.abs(exact).max())
+
+
+def dynamic_symbols(so: str) -> str:
+    """The dynamic symbol table of a shared object (binutils' objdump reads any arch), as text."""
+    import subprocess
+
+    return subprocess.run(["objdump", "-T", so], capture_output=True, text=True, check=True).stdout
+
+
 # run.py MODULE IN.npz OUT.npz: main() of a module on the npz's arrays (in name order; an int64
 # array named "0_lengths" is passed as a shape), runtime only; its outputs saved as arr_0, arr_1,
 # ... (also used by the emulated board's fp32 op test)

@@ -93,6 +93,18 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, heads: int) -> np.nda
     return (p @ vh).transpose(1, 0, 2).reshape(t1, d)
 
 
+def matmul_f16(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a [.., M, K] x b [.., K, N] in float16, summed in float16 over k in order, each step one
+    rounding (a fused multiply-add: the products of float16 values are exact in float64): the
+    attention products of INT8 TVM bundles on aarch64 boards with half-precision arithmetic."""
+    a, b = np.asarray(a, np.float16), np.asarray(b, np.float16)
+    acc = np.zeros((*np.broadcast_shapes(a.shape[:-2], b.shape[:-2]), a.shape[-2], b.shape[-1]), np.float16)
+    for k in range(a.shape[-1]):
+        step = acc.astype(np.float64) + a[..., k:k + 1].astype(np.float64) * b[..., k:k + 1, :].astype(np.float64)
+        acc = step.astype(np.float16)
+    return acc
+
+
 # -- INT8 (the NEON backend's arithmetic; edge/backends/kernels.py must match these exactly) ------------
 def quantize_rows_s8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric per-row int8: scale = max|row| / 127, q = round-half-even(x * 127 / max|row|),

@@ -13,7 +13,8 @@ directly, the way dlight does for GPUs:
   workspace allocation and free per loop iteration: a quarter of the INT8 decode's
   instructions on the A76); the epilogue chain (bias, ReLU, residual, mask, dequant) is
   computed at the tile; outer loops parallel. On aarch64 each (rows x nj x 4 k) step is one
-  tensor intrinsic of lane-indexed `fmla`s (fmla_intrin) where the shapes allow.
+  tensor intrinsic of lane-indexed `fmla`s (fmla_intrin) where the shapes allow; float16 products
+  (the attention of INT8 bundles on `+fullfp16` boards, graphs.matmul_f16_op) take 8 k a step.
 - `Elementwise`: spatial functions (transposes, adds, masks): chains of blocks inlined into the
   last one (no intermediate buffers), innermost loop vectorised when its extent allows, outer
   loops fused and parallel.
@@ -62,6 +63,11 @@ _VNNI_CPUS = ("cascadelake", "cooperlake", "icelake-client", "icelake-server", "
               "emeraldrapids", "graniterapids", "znver4", "znver5")
 
 
+def has_fp16(target) -> bool:
+    """aarch64 with half-precision vector arithmetic (`+fullfp16`: Cortex-A76/A77/A78 and later)."""
+    return _is_aarch64(target) and "+fullfp16" in [str(a) for a in (target.attrs.get("mattr") or [])]
+
+
 def int8_kernel(target) -> str:
     """The instruction the INT8 panel matmul is built on for an llvm target: "sdot" (aarch64 with
     the dot-product extension), "vnni" (x86 with AVX-512 VNNI: `vpdpbusd`), "pmaddwd" (x86 with
@@ -79,26 +85,30 @@ def int8_kernel(target) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def fmla_intrin(rows: int, cols: int) -> str:
-    """Register (once) and name the aarch64 float32 tensor intrinsic of one register tile:
-    C[rows, cols] += A[rows, 4 k] . B[4 k, cols]. Each row's 4 k are one 16-byte load feeding
-    `fmla v.4s, b.4s, a.s[k]` (the lane-indexed form), where the plain schedule loaded every
-    A value alone: 16 A loads per 64 fmla of a 4 x 16 tile become 4 (the fp32 decode on the A76:
-    -13 % instructions in its matmuls). C is a small "global" buffer, kept in registers (see
+def fmla_intrin(rows: int, cols: int, dtype: str = "float32") -> str:
+    """Register (once) and name the aarch64 tensor intrinsic of one register tile:
+    C[rows, cols] += A[rows, kl k] . B[kl k, cols], kl = 4 for float32, 8 for float16. Each row's
+    kl k are one 16-byte load feeding `fmla v.4s, b.4s, a.s[k]` (float16: `v.8h`, `a.h[k]`; the
+    lane-indexed form), where the plain schedule loaded every A value alone: 16 A loads per 64
+    fmla of a 4 x 16 tile become 4 (the fp32 decode on the A76: -13 % instructions in its
+    matmuls). C is a small "global" buffer, kept in registers (see
     paraedge_tools.compiler.int8.sdot_intrin)."""
     from tvm import s_tir
     from tvm.script import tirx as T
 
+    kl = 16 // (4 if dtype == "float32" else 2)  # k per 16-byte row load = lanes per vector
+    vec = f"{dtype}x{kl}"
+
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
         sa, sb, sc = T.int64(), T.int64(), T.int64()
-        A = T.match_buffer(a, (rows, 4), "float32", offset_factor=1, strides=[sa, 1])
-        B = T.match_buffer(b, (4, cols), "float32", offset_factor=1, strides=[sb, 1])
-        C = T.match_buffer(c, (rows, cols), "float32", offset_factor=1, strides=[sc, 1])
+        A = T.match_buffer(a, (rows, kl), dtype, offset_factor=1, strides=[sa, 1])
+        B = T.match_buffer(b, (kl, cols), dtype, offset_factor=1, strides=[sb, 1])
+        C = T.match_buffer(c, (rows, cols), dtype, offset_factor=1, strides=[sc, 1])
         with T.sblock("root"):
-            T.reads(C[0:rows, 0:cols], A[0:rows, 0:4], B[0:4, 0:cols])
+            T.reads(C[0:rows, 0:cols], A[0:rows, 0:kl], B[0:kl, 0:cols])
             T.writes(C[0:rows, 0:cols])
-            for r, k, j in T.grid(rows, 4, cols):
+            for r, k, j in T.grid(rows, kl, cols):
                 with T.sblock("update"):
                     vr, vj, vk = T.axis.remap("SSR", [r, j, k])
                     C[vr, vj] = C[vr, vj] + A[vr, vk] * B[vk, vj]
@@ -106,19 +116,19 @@ def fmla_intrin(rows: int, cols: int) -> str:
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         sa, sb, sc = T.int64(), T.int64(), T.int64()
-        A = T.match_buffer(a, (rows, 4), "float32", offset_factor=1, strides=[sa, 1])
-        B = T.match_buffer(b, (4, cols), "float32", offset_factor=1, strides=[sb, 1])
-        C = T.match_buffer(c, (rows, cols), "float32", offset_factor=1, strides=[sc, 1])
+        A = T.match_buffer(a, (rows, kl), dtype, offset_factor=1, strides=[sa, 1])
+        B = T.match_buffer(b, (kl, cols), dtype, offset_factor=1, strides=[sb, 1])
+        C = T.match_buffer(c, (rows, cols), dtype, offset_factor=1, strides=[sc, 1])
         with T.sblock("root"):
-            T.reads(C[0:rows, 0:cols], A[0:rows, 0:4], B[0:4, 0:cols])
+            T.reads(C[0:rows, 0:cols], A[0:rows, 0:kl], B[0:kl, 0:cols])
             T.writes(C[0:rows, 0:cols])
-            for k in T.unroll(4):
-                for q in T.unroll(cols // 4):
+            for k in T.unroll(kl):
+                for q in T.unroll(cols // kl):
                     for r in T.unroll(rows):
-                        C[r, T.ramp(q * 4, 1, 4)] = C.vload([r, q * 4], "float32x4") + B.vload(
-                            [k, q * 4], "float32x4") * T.Shuffle([A.vload([r, 0], "float32x4")], [k, k, k, k])
+                        C[r, T.ramp(q * kl, 1, kl)] = C.vload([r, q * kl], vec) + B.vload(
+                            [k, q * kl], vec) * T.Shuffle([A.vload([r, 0], vec)], [k] * kl)
 
-    name = f"paraedge_fmla_{rows}x{cols}x4"
+    name = f"paraedge_fmla_{rows}x{cols}x{kl}_{dtype}"
     s_tir.TensorIntrin.register(name, desc, impl, override=True)
     return name
 
@@ -160,7 +170,8 @@ def _same(a, b) -> bool:
     return Analyzer().can_prove_equal(a, b)
 
 
-def rules():
+def rules(parallel: bool = True):
+    """The schedule rules; `parallel` False: no parallel loops (a single-core board, see cpu_pipeline)."""
     from tvm import s_tir, tirx
     from tvm.s_tir import dlight as dl
 
@@ -198,8 +209,10 @@ def rules():
             jo, ji = sch.split(j, [None, nj])
             # aarch64: 4 k steps per iteration (-14 % instructions on an A76: loop overhead, A loads);
             # on x86 the same unroll measured slower, so k stays rolled there
-            kd = _divisor(sch.get(k).extent, (4, 2)) if simd_lanes(target) == 4 else 1
-            if fmla and (kd != 4 or nj < 4 or mi < 2):
+            dtype = str(stmt.writes[0].source.dtype)
+            kl = 8 if dtype == "float16" else 4  # k per 16-byte load of a row
+            kd = _divisor(sch.get(k).extent, (kl, 4, 2)) if simd_lanes(target) == 4 else 1
+            if fmla and (kd != kl or nj < kl or mi < 2):
                 raise s_tir.ScheduleError("no fmla tile for this shape")
             ko, ki = sch.split(k, [None, kd])
             if fmla:
@@ -211,7 +224,7 @@ def rules():
             _inline_epilogue(sch, local)  # at the tile: bias, ReLU, residual, mask
             outer = sch.fuse(*batch, jo) if batch else jo
             if _more_than_one(sch.get(outer).extent):
-                sch.parallel(outer)
+                _parallel(sch, outer, parallel)
             if not fmla:
                 if kd > 1:
                     sch.unroll(ki)
@@ -222,7 +235,7 @@ def rules():
             init = sch.decompose_reduction(block, ko)
             sch.vectorize(sch.get_loops(init)[-1])
             if fmla:  # after the init is split off: the intrinsic accumulates into C
-                sch.tensorize(ii, fmla_intrin(mi, nj))
+                sch.tensorize(ii, fmla_intrin(mi, nj, dtype))
             return sch
 
     class MatmulS8(dl.ScheduleRule):
@@ -232,7 +245,7 @@ def rules():
                 return None
             sch, (block,) = found
             if len(sch.get_loops(block)) == 6:
-                return _matmul_s8_pairs(sch, block)
+                return _matmul_s8_pairs(sch, block, parallel)
             from paraedge_tools.compiler.int8 import SDOT_K, sdot_intrin, vnni_intrin
 
             vnni = int8_kernel(target) == "vnni"
@@ -260,7 +273,7 @@ def rules():
             _inline_epilogue(sch, local)
             outer = sch.fuse(b, p, io)
             if _more_than_one(sch.get(outer).extent):
-                sch.parallel(outer)
+                _parallel(sch, outer, parallel)
             if not dot:
                 sch.unroll(ii)
                 sch.unroll(kv)
@@ -296,7 +309,7 @@ def rules():
             if len(loops) > 1:
                 outer = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
                 if _more_than_one(sch.get(outer).extent):
-                    sch.parallel(outer)
+                    _parallel(sch, outer, parallel)
             return sch
 
     class QuantizeRows(dl.ScheduleRule):
@@ -325,7 +338,7 @@ def rules():
             for b in (amax, inv, quant, scale) if width else (inv, quant, scale):
                 sch.reverse_compute_at(b, row, preserve_unit_loops=True)
             if _more_than_one(sch.get(row).extent):
-                sch.parallel(row)
+                _parallel(sch, row, parallel)
             if width:
                 sch.vectorize(sch.get_loops(first)[-1])
                 init = sch.decompose_reduction(first, sch.get_loops(first)[-2])  # (not a branch per step)
@@ -369,7 +382,7 @@ def rules():
                     partial.append(sch.rfactor(ki, rows))  # partials in a [.., width] buffer
             row = sch.fuse(*sch.get_loops(blocks[-1])[:rows]) if rows > 1 else sch.get_loops(blocks[-1])[0]
             if _more_than_one(sch.get(row).extent):
-                sch.parallel(row)
+                _parallel(sch, row, parallel)
             for b in reversed(sch.get_child_blocks(sch.get_sblock("root"))[:-1]):
                 sch.compute_at(b, row, preserve_unit_loops=True)
             for p in partial:  # compute_at made its loops (partial index, unit row loops.., k chunk)
@@ -402,7 +415,7 @@ def rules():
             b, t, c, i = loops
             co, ci = sch.split(c, [None, lanes])
             sch.reorder(b, co, t, i, ci)
-            sch.parallel(sch.fuse(b, co))
+            _parallel(sch, sch.fuse(b, co), parallel)
             sch.unroll(i)
             sch.vectorize(ci)  # (before the init is split off: after it, TVM refuses the loop)
             init = sch.decompose_reduction(block, i)
@@ -436,7 +449,7 @@ def rules():
                 return None
             to, ti = sch.split(t, [None, width])
             sch.reorder(n, c, to, rc, rk, ti)
-            sch.parallel(sch.fuse(n, c))
+            _parallel(sch, sch.fuse(n, c), parallel)
             sch.unroll(rk)
             sch.vectorize(ti)  # (before the init is split off: after it, TVM refuses the loop)
             init = sch.decompose_reduction(block, rc)
@@ -447,7 +460,7 @@ def rules():
             Elementwise()]
 
 
-def _matmul_s8_pairs(sch, block):
+def _matmul_s8_pairs(sch, block, parallel: bool = True):
     """paraedge_tools.compiler.int8.panels_s8_pairs_te (x86 AVX2): C2[0, m, n, h] tiles of mi rows x 8 columns
     x 2 pairs (2 mi ymm accumulators) in a stack buffer, each (mi x 8 x 16 k) step one
     `vpmaddwd` intrinsic (any row count: mi = 1 when nothing else divides M); the fold to C and
@@ -466,7 +479,7 @@ def _matmul_s8_pairs(sch, block):
     sch.reorder(b, p, jo, io, kgo, ii, kgi, ji, h, kk)
     sch.reverse_compute_at(fold, io, preserve_unit_loops=True)
     _epilogue_at(sch, fold, io)
-    sch.parallel(sch.fuse(b, p, jo, io))
+    _parallel(sch, sch.fuse(b, p, jo, io), parallel)
     if not tensor:  # K % 16 != 0: (j, h) as one 16-lane int32 vector
         sch.reorder(kk, ji, h)
         sch.unroll(kk)
@@ -480,6 +493,15 @@ def _matmul_s8_pairs(sch, block):
     sch.unroll(fh)
     sch.vectorize(fj)
     return sch
+
+
+def _parallel(sch, loop, on: bool) -> None:
+    """Mark `loop` parallel, unless the bundle is for one thread: with one thread TVM still enters
+    its thread pool for every parallel loop (TVMBackendParallelLaunch, an environment lookup each
+    time); the anchor model's streaming decode on the emulated A76 spent 1.2 of its 52.6 M
+    instructions per audio second there."""
+    if on:
+        sch.parallel(loop)
 
 
 def _epilogue_at(sch, block, loop) -> None:
@@ -614,12 +636,14 @@ def _exp_f32(call):
     return tirx.Select(x < c(_EXP_LO), c(0.0), p * two_n)
 
 
-def cpu_pipeline(target):
+def cpu_pipeline(target, parallel: bool = True):
     """TVM's CPU pipeline with the schedules above applied after operator fusion, and exp
     lowered to vector arithmetic (_exp_f32; registered for every llvm target of this process,
-    which compiles ParaEdge bundles only)."""
+    which compiles ParaEdge bundles only). Before fusion, identical calls are computed once
+    (EliminateCommonSubexpr: every decoder layer quantized the same encoder output for its
+    keys and values). `parallel` False (a board that runs one thread): no parallel loops."""
     import tvm
-    from tvm import tirx
+    from tvm import relax, tirx
     from tvm.relax.backend.cpu_generic import pipeline as cpu
     from tvm.s_tir import dlight as dl
 
@@ -631,8 +655,9 @@ def cpu_pipeline(target):
     @tvm.transform.module_pass(opt_level=0)
     def _pipeline(mod, _ctx):
         with target:
-            seq = tvm.transform.Sequential(cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
-                                           + [dl.ApplyDefaultSchedule(*rules())]
+            seq = tvm.transform.Sequential([relax.transform.EliminateCommonSubexpr()]
+                                           + cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
+                                           + [dl.ApplyDefaultSchedule(*rules(parallel))]
                                            + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))
             return seq(mod)
 

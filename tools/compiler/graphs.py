@@ -19,6 +19,8 @@ fp32 panels [N/16, K, 16] (CPU), int8 sdot panels [N/16, K/4, 16, 4] with per-co
 (`--int8`: tools/compiler/int8.py), or the plain transpose [K, N] in float16 (CUDA: the operands
 in fp16, the products summed in fp32, everything between the matmuls in fp32). The weights are
 parameters of the traced module, so the offline and streaming decoders share them by name.
+INT8 bundles for boards with half-precision arithmetic run the attention products in float16
+(matmul_f16_op, through the `product` seam of paraedge_models.paraformer's attention modules).
 """
 
 from __future__ import annotations
@@ -117,6 +119,44 @@ def fsmn_rows_te(x, taps):
                       lambda b, t, c: te.sum(x[b, t + i, c] * taps[i, c], axis=i), name="fsmn_rows")
 
 
+@functools.lru_cache(maxsize=None)
+def matmul_f16_op():
+    """Register (once) the attention products of INT8 bundles on aarch64 boards with half-precision
+    arithmetic (`+fullfp16`: Cortex-A76 and later): a [.., M, K] x b [.., K, N] in float16, the
+    products summed in float16, k in order (matmul_f16_te; tools/compiler/cpu.py tiles it with
+    lane-indexed `fmla v.8h`, twice the lanes of float32). TVM's own import of a float16 matmul
+    sums in float32, which gains nothing here. The reference is edge.backends.ops.matmul_f16."""
+    import torch
+
+    @torch.library.custom_op("paraedge::matmul_f16", mutates_args=(), schema="(Tensor a, Tensor b) -> Tensor")
+    def matmul_f16(a, b):
+        from edge.backends.ops import matmul_f16 as reference
+
+        return torch.from_numpy(reference(a.numpy(), b.numpy()))
+
+    @matmul_f16.register_fake
+    def _(a, b):
+        return a.new_empty((*a.shape[:-1], b.shape[-1]))
+
+    return torch.ops.paraedge.matmul_f16
+
+
+def matmul_f16_te(a, b):
+    """TE compute of matmul_f16 (block "matmul", which the CPU Matmul rule schedules)."""
+    from tvm import te
+
+    k = te.reduce_axis((0, a.shape[-1]), name="k")
+    return te.compute((*a.shape[:-1], b.shape[-1]),
+                      lambda *i: te.sum(a[(*i[:-1], k)] * b[(*i[:-2], k, i[-1])], axis=k), name="matmul")
+
+
+def product_f16(a, b):
+    """The attention products (paraedge_models.paraformer.attend's seam) in float16, back to float32."""
+    import torch
+
+    return matmul_f16_op()(a.to(torch.float16), b.to(torch.float16)).float()
+
+
 def fsmn_by_rows(self, xm):
     """The FSMN memory block (paraedge_models.paraformer ... .fsmn) through fsmn_rows: the zero
     padding along T in the rows layout, the conv reading and writing rows."""
@@ -212,8 +252,9 @@ def replace_linears(model, mode: str) -> int:
     return count
 
 
-def wrappers(model, streaming: bool, mode: str):
-    """(encoder, decoder, streaming decoder or None) modules over the FunASR torch model."""
+def wrappers(model, streaming: bool, mode: str, attention_f16: bool = False):
+    """(encoder, decoder, streaming decoder or None) modules over the FunASR torch model;
+    `attention_f16`: the attention products in float16 (matmul_f16_op)."""
     import torch
 
     PanelLinear = panel_linear_class()
@@ -227,6 +268,10 @@ def wrappers(model, streaming: bool, mode: str):
     cif = None if mode == "fp16" else PanelLinear(conv_w.transpose(2, 1, 0).reshape(k * conv_w.shape[1], -1),
                                                   p.cif_conv1d.bias.detach(), mode)
 
+    if attention_f16:
+        for block in model.modules():
+            if hasattr(block, "product"):
+                block.product = product_f16
     if mode != "fp16":  # (CUDA keeps FunASR's Conv1d, as it was checked on the GPU)
         for block in list(model.modules()):
             if hasattr(block, "fsmn_block") and hasattr(block, "fsmn"):
@@ -322,7 +367,7 @@ class ModuleBuilder:
         # 17 of the demo fp32 encoder's 78 ms at 168 frames on x86 (28 ms without). The CUDA graphs
         # keep it, as they were checked on the GPU (with fp32 weights and the CIF im2col, they did not
         # import without it: a slice's shape got an if_then_else).
-        self.te = {**int8_computes(kernel), "fsmn_rows": (fsmn_rows_te, ())}
+        self.te = {**int8_computes(kernel), "fsmn_rows": (fsmn_rows_te, ()), "matmul_f16": (matmul_f16_te, ())}
         self.max_frames, self.decompose = max_frames, decompose
         te = self.te
 

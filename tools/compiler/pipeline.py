@@ -5,7 +5,8 @@ projection's [T,d]x[d,1] shape; Matmul/Reduction/GeneralReduction/Fallback sched
 The Matmul rule runs without its tensor-core branch: TVM 0.27's MatmulTensorization fails on the
 symbolic row counts of every fp16 matmul here ("The scope ... is not a stage pipeline", either
 weight layout), so the fp16 operands go through the SIMT tiles, summed in fp32.
-CPU: TVM's default pipeline plus the deterministic schedules of tools/compiler/cpu.py.
+CPU: TVM's default pipeline plus the deterministic schedules of tools/compiler/cpu.py, without
+parallel loops for a board profile of one thread (`[runtime] threads = 1`, as the emulated board).
 """
 
 from __future__ import annotations
@@ -56,4 +57,4 @@ def relax_pipeline(board, target):
         return cuda_pipeline(target)
     from paraedge_tools.compiler.cpu import cpu_pipeline
 
-    return cpu_pipeline(target)
+    return cpu_pipeline(target, parallel=board.threads > 1)
