@@ -76,21 +76,24 @@ def _run_emulated(armroot, tmp_path, so: str, x, q: int | None):
     return np.load(tmp_path / "out.npz")
 
 
-@pytest.mark.parametrize("shape,symbolic", [((14, 96), False), ((168, 96), True)], ids=["static-14", "symbolic-168"])
-def test_int8_sdot_ops_on_emulated_board_equal_numpy_reference(armroot, tmp_path, shape, symbolic):
+@pytest.mark.parametrize("shape,symbolic,granule", [((14, 96), False, 8), ((168, 96), True, 8), ((7, 96), True, 1),
+                                                     ((13, 96), True, 1)],
+                         ids=["static-14", "symbolic-168", "any-rows-7", "any-rows-13"])
+def test_int8_sdot_ops_on_emulated_board_equal_numpy_reference(armroot, tmp_path, shape, symbolic, granule):
     """The dotprod schedule: the panel matmul tensorized into `sdot`, run on the emulated A76,
     exact against the numpy reference (and the instruction really is in the code), with static
-    rows and with symbolic ones (8 * q) as bundles compile them."""
+    rows, symbolic ones (8 * q) as bundles compile frames, and any count, as the streaming decoder
+    takes its tokens (4-row tiles, then 1-row tiles for the last M % 4: int8.panels_s8_rows_te)."""
     import subprocess
 
     from tests import tvm_int8_ops
 
     so = str(tmp_path / "ops.so")
-    tvm_int8_ops.build("qemu-a76", so, shape, symbolic)
+    tvm_int8_ops.build("qemu-a76", so, shape, symbolic, granule)
     dis = subprocess.run(["aarch64-linux-gnu-objdump", "-d", so], capture_output=True, text=True).stdout
     assert "sdot\t" in dis
     x, _ = tvm_int8_ops.inputs(shape=shape)
-    tvm_int8_ops.check(_run_emulated(armroot, tmp_path, so, x, shape[0] // 8 if symbolic else None), shape)
+    tvm_int8_ops.check(_run_emulated(armroot, tmp_path, so, x, shape[0] // granule if symbolic else None), shape)
 
 
 def test_fp32_fmla_matmuls_on_emulated_board_equal_numpy(armroot, tmp_path):

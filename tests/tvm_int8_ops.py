@@ -29,16 +29,17 @@ def panels(w_nk: np.ndarray) -> np.ndarray:
     return pack_panels_s8(np.ascontiguousarray(w_nk.T.reshape(k, n // 16, 16).transpose(1, 0, 2)))
 
 
-def _main_input(rows, cols: int, symbolic: bool):
-    """main's parameters: x [1, rows, cols], after a leading R.Shape([q]) where rows = 8 * q
-    (symbolic, as bundles bind their lengths)."""
+def _main_input(rows, cols: int, symbolic: bool, granule: int = 8):
+    """main's parameters: x [1, rows, cols], after a leading R.Shape([q]) where rows = granule * q
+    (symbolic, as bundles bind their lengths: frames 8 * q; a streaming chunk's tokens any count
+    on dotprod boards, granule 1)."""
     from tvm import relax, tirx
 
     params = []
     if symbolic:
         q = tirx.Var("q", "int64")
         params.append(relax.Var("lengths", relax.ShapeType([q])))
-        rows = q * 8
+        rows = q * granule if granule > 1 else q
     return params, relax.Var("x", relax.TensorType([1, rows, cols], "float32"))
 
 
@@ -58,9 +59,9 @@ def _export(mod, board, path: str) -> None:
         ex.export_library(path)
 
 
-def build(board: str, path: str, shape=(M, K), symbolic: bool = False) -> None:
+def build(board: str, path: str, shape=(M, K), symbolic: bool = False, granule: int = 8) -> None:
     """Compile the two-op module of x [1, M, K] for `board` and export it to `path`; symbolic:
-    M is `8 * q` (M a multiple of 8), q given by a leading R.Shape([q]) argument."""
+    M is `granule * q` (8: a multiple of 8; 1: any count), q given by a leading R.Shape([q])."""
     from tvm import relax
 
     from edge.boards import load_board
@@ -74,7 +75,7 @@ def build(board: str, path: str, shape=(M, K), symbolic: bool = False) -> None:
     b = load_board(board)
     kernel = int8_kernel(tvm_target(b))
     te = int8_computes(kernel)
-    params, x = _main_input(m, k, symbolic)
+    params, x = _main_input(m, k, symbolic, granule)
     bb = relax.BlockBuilder()
     with bb.function("main", [*params, x]):
         with bb.dataflow():

@@ -37,9 +37,10 @@ from edge.boards import Board, load_board
 from edge.errors import ParaEdgeError
 from paraedge_tools.output import OutputDir, digests
 
-def plan(md: ModelDir, streaming: bool | None = None) -> list[dict]:
+def plan(md: ModelDir, streaming: bool | None = None, stream_granule_n: int | None = None) -> list[dict]:
     """Every function the bundle will hold: name, kind, inputs (shapes over the symbols T, N),
-    the multiples the runtime pads T and N to."""
+    the multiples the runtime pads T and N to (the streaming decoder's N: graphs.stream_granule_n
+    of the board's int8 kernel)."""
     from paraedge_tools.compiler.graphs import GRANULE_N, GRANULE_T
 
     cfg = md.config
@@ -56,7 +57,7 @@ def plan(md: ModelDir, streaming: bool | None = None) -> list[dict]:
         n_caches = _stream_cache_count(md)
         ins = dict(dec_in, **{f"cache{i}": [1, d, k - 1] for i in range(n_caches)})
         fns.append({"name": "stream_decoder", "kind": "stream_decoder", "inputs": ins,
-                    "lengths": {"T": GRANULE_T, "N": GRANULE_N}, "kernel": k, "caches": n_caches})
+                    "lengths": {"T": GRANULE_T, "N": stream_granule_n or GRANULE_N}, "kernel": k, "caches": n_caches})
     return fns
 
 
@@ -149,12 +150,12 @@ def build_irmodule(model, board: Board, streaming: bool | None, int8: bool, bar=
 
     md = model if isinstance(model, ModelDir) else ModelDir(model)
     streaming = md.config.streaming if streaming is None else streaming
-    fns = plan(md, streaming)
     kernel = "plain"
     if int8:
         from paraedge_tools.compiler.cpu import int8_kernel
 
         kernel = int8_kernel(tvm_target(board))
+    fns = plan(md, streaming, graphs.stream_granule_n(kernel))
     modules = dict(zip(("encoder", "decoder", "stream_decoder"),
                        graphs.wrappers(load_torch_model(md), streaming, graphs.linear_mode(board.cuda, int8, kernel),
                                        attention == "float16")))
@@ -164,11 +165,12 @@ def build_irmodule(model, board: Board, streaming: bool | None, int8: bool, bar=
         if bar is not None:
             bar.set_postfix_str(f"trace {fn['name']}")
         # trace at lengths that are multiples of the granules, distinct so torch.export keeps T and N apart
-        sizes = {"T": 3 * graphs.GRANULE_T, "N": 2 * graphs.GRANULE_N}
+        sizes = {"T": 3 * graphs.GRANULE_T, "N": 2 * max(2, fn["lengths"].get("N", graphs.GRANULE_N))}
         shapes = {k: [sizes.get(v, v) for v in s] for k, s in fn["inputs"].items()}
         lengths = {k: {i: v for i, v in enumerate(s) if v in sizes} for k, s in fn["inputs"].items()}
         graph_frames = graphs.GRAPH_MAX_FRAMES if board.cuda else 0
-        fn_params, fn["params"] = builder.add(fn["name"], modules[fn["kind"]], shapes, lengths, graph_frames)
+        fn_params, fn["params"] = builder.add(fn["name"], modules[fn["kind"]], shapes, lengths, graph_frames,
+                                              fn["lengths"])
         if graph_frames:
             long_fns.append(dict(fn, name=f"{fn['name']}_long"))
             fn["graph_frames"] = graph_frames

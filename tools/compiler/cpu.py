@@ -246,6 +246,8 @@ def rules(parallel: bool = True):
             sch, (block,) = found
             if len(sch.get_loops(block)) == 6:
                 return _matmul_s8_pairs(sch, block, parallel)
+            if any(sch.get(b).name_hint == "matmul_s8_tail" for b in sch.get_child_blocks(sch.get_sblock("root"))):
+                return _matmul_s8_rows(sch, block, parallel)
             from paraedge_tools.compiler.int8 import SDOT_K, sdot_intrin, vnni_intrin
 
             vnni = int8_kernel(target) == "vnni"
@@ -444,16 +446,18 @@ def rules(parallel: bool = True):
             if len(loops) != 5 or sch.get_consumers(block):
                 return None
             n, c, t, rc, rk = loops
+            # (no vector width divides a count of tokens that is not a multiple of 4 (graphs.granule_n):
+            # then scalar, the taps unrolled; dlight's fallback took 32 M instructions per audio second)
             width = _divisor(sch.get(t).extent, (16, 8, 4))
-            if width == 1:  # no vector width divides T
-                return None
             to, ti = sch.split(t, [None, width])
             sch.reorder(n, c, to, rc, rk, ti)
             _parallel(sch, sch.fuse(n, c), parallel)
             sch.unroll(rk)
-            sch.vectorize(ti)  # (before the init is split off: after it, TVM refuses the loop)
+            if width > 1:
+                sch.vectorize(ti)  # (before the init is split off: after it, TVM refuses the loop)
             init = sch.decompose_reduction(block, rc)
-            sch.vectorize(sch.get_loops(init)[-1])
+            if width > 1:
+                sch.vectorize(sch.get_loops(init)[-1])
             return sch
 
     return [Matmul(), MatmulS8(), QuantizeRows(), RowNorm(), FsmnRows(), DepthwiseConv(), dl.cpu.GEMV(), dl.cpu.Reduction(),
@@ -492,6 +496,50 @@ def _matmul_s8_pairs(sch, block, parallel: bool = True):
     sch.reorder(fh, fj)
     sch.unroll(fh)
     sch.vectorize(fj)
+    return sch
+
+
+def _matmul_s8_rows(sch, body, parallel: bool = True):
+    """paraedge_tools.compiler.int8.panels_s8_rows_te on dotprod targets: the 4-row `sdot` tiles over
+    the first 4 * (M // 4) rows, 1-row `sdot` tiles over the rest, each into a buffer of its own
+    (the tiles' accumulators in registers); the epilogue (the dequant, bias, ReLU, residual) then
+    runs over the joined rows as one vectorised pass."""
+    from paraedge_tools.compiler.int8 import SDOT_K, sdot_intrin
+
+    tail = sch.get_sblock("matmul_s8_tail")
+    # the joined rows and the epilogue after them become one elementwise block (the last one)
+    keep, todo = set(), [body, tail]
+    while todo:
+        b = todo.pop()
+        if sch.get(b).name_hint not in keep:
+            keep.add(sch.get(b).name_hint)
+            todo += sch.get_producers(b)
+    _inline_spatial_but(sch, keep)
+    last = sch.get_child_blocks(sch.get_sblock("root"))[-1]
+    for block, rows in ((body, 4), (tail, 1)):
+        b, m, n, k = sch.get_loops(block)
+        p, j = sch.split(n, [None, 16])  # the weight panels
+        ko, kv = sch.split(k, [None, SDOT_K])
+        if rows > 1:
+            io, ii = sch.split(m, [None, rows])
+            sch.reorder(b, p, io, ko, ii, j, kv)
+        else:
+            io, ii = m, j
+            sch.reorder(b, p, m, ko, j, kv)
+        local = sch.cache_write(block, 0, "global")
+        sch.reverse_compute_at(local, io, preserve_unit_loops=True)
+        outer = sch.fuse(b, p, io)
+        if _more_than_one(sch.get(outer).extent):
+            _parallel(sch, outer, parallel)
+        init = sch.decompose_reduction(block, ko)
+        sch.vectorize(sch.get_loops(init)[-1])
+        sch.tensorize(ii, sdot_intrin(rows))
+        sch.vectorize(sch.get_loops(local)[-1])
+    _, li = sch.split(sch.get_loops(last)[-1], [None, 4])
+    sch.vectorize(li)
+    outer = sch.fuse(*sch.get_loops(last)[:-2])
+    if _more_than_one(sch.get(outer).extent):
+        _parallel(sch, outer, parallel)
     return sch
 
 

@@ -12,7 +12,8 @@ runtime pads T to a multiple of GRANULE_T and N to a multiple of GRANULE_N (padd
 exact), and each function takes those multiples as a leading shape argument `R.Shape([T/8, N/4])`:
 every kernel then sees extents like `8 * q`, which TVM can prove divisible by the register
 tiles (4 or 8 rows, 8 or 16 columns), so the tensorized tiles need no tail. The cost is at most
-7 masked frames (0.42 s) and 3 masked tokens.
+7 masked frames (0.42 s) and 3 masked tokens. On dotprod boards the streaming decoder takes any
+number of tokens (stream_granule_n): its INT8 matmuls have a tail of 1-row tiles.
 
 Every Linear becomes a `PanelLinear`, its weight precomputed once in the layout its kernel reads:
 fp32 panels [N/16, K, 16] (CPU), int8 sdot panels [N/16, K/4, 16, 4] with per-column scales
@@ -31,12 +32,22 @@ import types
 import numpy as np
 
 GRANULE_T = 8  # frames: a multiple of the 4-row tiles and of the 8-column attention tiles
-GRANULE_N = 4  # tokens: a multiple of the 4-row tiles
+GRANULE_N = 4  # tokens: a multiple of the 4-row tiles (the streaming decoder's: stream_granule_n)
 PANEL = 16  # packed weight panel width (2 AVX2 / 4 NEON float32 vectors)
 # CUDA bundles hold each graph twice: captured in CUDA graphs (one per length pair, replayed on the
 # next call at those lengths) up to this many frames and tokens, whose buffers TVM plans statically
 # at that bound; and uncaptured ("<name>_long") for longer inputs. 1024 frames = 61 s of audio.
 GRAPH_MAX_FRAMES = 1024
+
+
+def stream_granule_n(kernel: str) -> int:
+    """The streaming decoder's multiple of tokens for a board's int8 kernel: any count (1) where
+    the panel matmuls take a tail of rows (`sdot`: int8.panels_s8_rows_te), else GRANULE_N. A
+    chunk decodes a handful of tokens (the anchor model: mostly 5), which padding made 8; the
+    emulated A76's streaming decode went 51.4 -> 49.9 M instructions per audio second. The offline
+    decoder keeps GRANULE_N: its padding is a few rows of a hundred, and its attention products
+    keep their row tiles."""
+    return 1 if kernel == "sdot" else GRANULE_N
 
 
 def pad_to(n: int, granule: int) -> int:
@@ -341,10 +352,11 @@ def wrappers(model, streaming: bool, mode: str, attention_f16: bool = False):
 def int8_computes(kernel: str) -> dict:
     """The INT8 ops' TE computes (tools/compiler/int8.py) for a target's int8 kernel, by op name:
     (compute, extra arguments)."""
-    from paraedge_tools.compiler.int8 import panels_s8_pairs_te, panels_s8_te, panels_u8s8_te, quantize_rows_te
+    from paraedge_tools.compiler.int8 import (panels_s8_pairs_te, panels_s8_te, panels_s8_tiles_te, panels_u8s8_te,
+                                              quantize_rows_te)
 
     operand = {"pmaddwd": "int16", "vnni": "uint8"}.get(kernel, "int8")
-    matmul = {"pmaddwd": panels_s8_pairs_te}.get(kernel, panels_s8_te)
+    matmul = {"pmaddwd": panels_s8_pairs_te, "sdot": panels_s8_tiles_te}.get(kernel, panels_s8_te)
     return {"quantize_rows_s8": (quantize_rows_te, (operand,)), "matmul_s8_panels": (matmul, ()),
             "matmul_u8s8_panels": (panels_u8s8_te, ())}
 
@@ -388,7 +400,8 @@ class ModuleBuilder:
 
         self.retrace = Retrace(tvm.IRModule({}))
 
-    def add(self, name: str, module, inputs: dict, lengths: dict, graph_frames: int = 0) -> tuple[dict, list]:
+    def add(self, name: str, module, inputs: dict, lengths: dict, graph_frames: int = 0,
+            granules: dict | None = None) -> tuple[dict, list]:
         """Trace `module` on zero inputs of the shapes `inputs` ({name: shape}) as the function
         `name`; returns ({param name: array}, the weight names in parameter order). With
         `graph_frames`, `name` is captured in CUDA graphs for up to that many frames and tokens,
@@ -399,7 +412,7 @@ class ModuleBuilder:
         from tvm.relax.frontend.torch import from_exported_program
 
         dims = {"T": Dim("T", min=GRANULE_T, max=self.max_frames),
-                "N": Dim("N", min=GRANULE_N, max=self.max_frames + GRANULE_N)}
+                "N": Dim("N", min=2, max=self.max_frames + GRANULE_N)}  # (min 1: torch would specialise)
         args = tuple(torch.ones(s) if k.endswith("mask") else torch.zeros(s) for k, s in inputs.items())
         dynamic = [{axis: dims[sym] for axis, sym in lengths.get(k, {}).items()} or None for k in inputs]
         n_fixed = sum(not k.startswith("cache") for k in inputs)  # the caches (last) are forward's *caches: one tuple
@@ -424,7 +437,7 @@ class ModuleBuilder:
             for axis, sym in lengths.get(key, {}).items():
                 found[sym] = var.ty.shape[axis]
         units = {sym: tirx.Var(sym.lower(), "int64") for sym in ("T", "N") if sym in found}
-        granule = {"T": GRANULE_T, "N": GRANULE_N}
+        granule = {"T": GRANULE_T, "N": GRANULE_N, **(granules or {})}
         shape = relax.Var("lengths", relax.ShapeType(list(units.values())))
         f = relax.Function([shape, *main.params], main.body, main.ret_ty, main.is_pure)
         f = f.bind_symbolic_vars({found[s]: u * granule[s] for s, u in units.items()})

@@ -70,6 +70,42 @@ def panels_s8_te(x, w):
                       name="matmul_s8")
 
 
+def panels_s8_rows_te(x, w):
+    """The panel matmul for rows that are not a multiple of the 4-row tile (a streaming chunk's
+    tokens, any count): the first 4 * (M // 4) rows as panels_s8_te, the last M % 4 one at a time
+    (1-row `sdot` tiles), and the result row-major [1, M, N] as one. Padding the tokens to a multiple
+    of 4 instead computed 8 rows for a chunk's 5 tokens (the anchor model: the streaming decoder's
+    matmuls were 5.3 of its 12 M instructions per audio second on the A76)."""
+    from tvm import te, tirx
+
+    rows = x.shape[-2]
+    body_rows = rows // 4 * 4
+    kk = te.reduce_axis((0, int(x.shape[-1])), name="k")
+    kt = te.reduce_axis((0, int(x.shape[-1])), name="k")
+    p, _, j, _ = w.shape
+
+    def product(r, n, k):
+        return x[0, r, k].astype("int32") * w[n // j, k // PANEL_K, n % j, k % PANEL_K].astype("int32")
+
+    body = te.compute((1, body_rows, p * j), lambda b, m, n: te.sum(product(m, n, kk), axis=kk), name="matmul_s8")
+    tail = te.compute((1, rows - body_rows, p * j), lambda b, m, n: te.sum(product(body_rows + m, n, kt), axis=kt),
+                      name="matmul_s8_tail")
+    return te.compute((1, rows, p * j), lambda b, m, n: tirx.if_then_else(
+        m < body_rows, body[b, te.min(m, body_rows - 1), n], tail[b, te.max(m - body_rows, 0), n]), name="matmul_s8_rows")
+
+
+def panels_s8_tiles_te(x, w):
+    """The panel matmul on dotprod targets: panels_s8_te where the rows are a multiple of the 4-row
+    tile (frames, bound to 8 * q), panels_s8_rows_te for any other count (tokens)."""
+    from tvm import tirx
+    from tvm.sym.analyzer import Analyzer
+
+    rows = x.shape[-2]
+    if Analyzer().can_prove_equal(tirx.floormod(rows, 4), 0):
+        return panels_s8_te(x, w)
+    return panels_s8_rows_te(x, w)
+
+
 def panels_s8_pairs_te(x, w):
     """The panel matmul for x86 AVX2 (no int8 dot product): the same sum, split by k pairs.
 
@@ -132,8 +168,26 @@ SDOT_K = 16  # k per tensorized step: 4 groups of 4, one 16-byte load of A per r
 
 def _panel_tile_desc(rows: int, a_dtype: str):
     """What a panel tile intrinsic computes: C[rows, 16] (int32) += A[rows, 16 k] (`a_dtype`) .
-    B[4 groups, 16 columns, 4 k] (int8): the description sdot and vpdpbusd tiles share."""
+    B[4 groups, 16 columns, 4 k] (int8): the description sdot and vpdpbusd tiles share. One row:
+    the tile's row loop is gone (a unit loop), so the description has none either."""
     from tvm.script import tirx as T
+
+    if rows == 1:
+        @T.prim_func(s_tir=True)
+        def desc1(a: T.handle, b: T.handle, c: T.handle) -> None:
+            sa, sc = T.int64(), T.int64()
+            A = T.match_buffer(a, (1, 16), a_dtype, offset_factor=1, strides=[sa, 1])
+            B = T.match_buffer(b, (4, 16, 4), "int8", offset_factor=1)
+            C = T.match_buffer(c, (1, 16), "int32", offset_factor=1, strides=[sc, 1])
+            with T.sblock("root"):
+                T.reads(C[0, 0:16], A[0, 0:16], B[0:4, 0:16, 0:4])
+                T.writes(C[0, 0:16])
+                for j, k in T.grid(16, 16):
+                    with T.sblock("update"):
+                        vj, vk = T.axis.remap("SR", [j, k])
+                        C[0, vj] = C[0, vj] + T.cast(A[0, vk], "int32") * T.cast(B[vk // 4, vj, vk % 4], "int32")
+
+        return desc1
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
