@@ -10,7 +10,10 @@
 
 `run_python(code_or_args, ...)` runs ROOT's python3.11 under `qemu-aarch64 -cpu cortex-a76 -L ROOT`
 with this repo on PYTHONPATH, so ParaEdge's own runtime runs as on a board. Float math is
-160-340x slower than native: keep emulated inputs short.
+160-340x slower than native: keep emulated inputs short. With other emulated processes running
+beside it, a guest sometimes dies of SIGSEGV at exit, after all its output (seen alike with the
+tvm and onnxruntime backends, after ~270 decodes, and never with one emulated process at a time
+in 5 runs): the tests run their emulated processes one at a time.
 
     python -m paraedge_tools.emu.armroot build                # build (or reuse) the root, print its path
     python -m paraedge_tools.emu.armroot run -- -c "import edge; print(edge)"
