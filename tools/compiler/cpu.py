@@ -507,14 +507,7 @@ def _matmul_s8_rows(sch, body, parallel: bool = True):
     from paraedge_tools.compiler.int8 import SDOT_K, sdot_intrin
 
     tail = sch.get_sblock("matmul_s8_tail")
-    # the joined rows and the epilogue after them become one elementwise block (the last one)
-    keep, todo = set(), [body, tail]
-    while todo:
-        b = todo.pop()
-        if sch.get(b).name_hint not in keep:
-            keep.add(sch.get(b).name_hint)
-            todo += sch.get_producers(b)
-    _inline_spatial_but(sch, keep)
+    _inline_side_inputs(sch, body, tail)  # the joined rows and the epilogue: one elementwise block, the last
     last = sch.get_child_blocks(sch.get_sblock("root"))[-1]
     for block, rows in ((body, 4), (tail, 1)):
         b, m, n, k = sch.get_loops(block)
@@ -570,15 +563,15 @@ def _epilogue_at(sch, block, loop) -> None:
         sch.vectorize(sch.get_loops(last)[-1])
 
 
-def _inline_side_inputs(sch, block) -> None:
-    """Inline the spatial blocks around the matmul `block` into their consumers, all but the
-    matmul's own inputs: the epilogue's side inputs (the attention mask's expand_dims -> equal, the
+def _inline_side_inputs(sch, *blocks) -> None:
+    """Inline the spatial blocks around the matmul `blocks` into their consumers, all but the
+    matmuls' own inputs: the epilogue's side inputs (the attention mask's expand_dims -> equal, the
     -10000 `full`; the FSMN memory added after an INT8 Linear) are then read in place and the chain
     can join the tile. Left as blocks, they blocked _inline_epilogue, so the scores went to memory
     and came back through scalar passes over [heads, T, T] (the masked attention scores of the
     anchor encoder: 4.44 M instructions per audio second on the A76 against 2.70 for the context
     product of the same size)."""
-    inputs, todo = set(), [block]
+    inputs, todo = set(), list(blocks)
     while todo:
         b = todo.pop()
         if sch.get(b).name_hint not in inputs:
