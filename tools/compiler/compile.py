@@ -131,8 +131,9 @@ def attention_dtype(board: Board, int8: bool, attention_f16: bool | None = None)
     """The attention products' dtype: "float16" for INT8 bundles on boards with half-precision
     arithmetic (graphs.matmul_f16_op; `attention_f16` False keeps float32), else "float32".
 
-    Measured on the emulated A76 (anchor model, 10 s, offline): the products 6.5 -> 3.5 M
-    instructions per audio second, the whole decode 36.4 -> 33.3 M."""
+    Measured on the emulated A76 (anchor model, 10 s, offline): the attention products 7.2 -> 3.9 M
+    instructions per audio second, the whole decode 36.4 -> 33.3 M; on the demo's held-out sets the
+    tokens stay the fp32 reference's (bench/arm_int8_agreement.py)."""
     from paraedge_tools.compiler.cpu import has_fp16
 
     f16 = int8 and not board.cuda and has_fp16(tvm_target(board)) and attention_f16 is not False
@@ -187,7 +188,7 @@ def build_irmodule(model, board: Board, streaming: bool | None, int8: bool, bar=
 def compile_bundle(model: str, board: str | Board, out: str, streaming: bool | None = None,
                    int8: bool = False, log=None, attention_f16: bool | None = None) -> dict:
     """Compile `model` for `board` into the bundle dir `out`; returns the manifest. `attention_f16`:
-    see build_irmodule (False keeps an INT8 bundle's attention products in float32)."""
+    see attention_dtype (False keeps an INT8 bundle's attention products in float32)."""
     board = board if isinstance(board, Board) else load_board(board)  # bad profiles fail before heavy imports
     md = ModelDir(model)
     output = OutputDir(out, "manifest.json", BUNDLE_FORMAT, "TVM bundle")  # refuses a folder that is not ours

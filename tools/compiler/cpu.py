@@ -446,7 +446,7 @@ def rules(parallel: bool = True):
             if len(loops) != 5 or sch.get_consumers(block):
                 return None
             n, c, t, rc, rk = loops
-            # (no vector width divides a count of tokens that is not a multiple of 4 (graphs.granule_n):
+            # (no vector width divides a count of tokens that is not a multiple of 4 (graphs.stream_granule_n):
             # then scalar, the taps unrolled; dlight's fallback took 32 M instructions per audio second)
             width = _divisor(sch.get(t).extent, (16, 8, 4))
             to, ti = sch.split(t, [None, width])
