@@ -76,9 +76,9 @@ def _run_emulated(armroot, tmp_path, so: str, x, q: int | None):
     return np.load(tmp_path / "out.npz")
 
 
-@pytest.mark.parametrize("shape,symbolic,granule", [((14, 96), False, 8), ((168, 96), True, 8), ((7, 96), True, 1),
-                                                     ((13, 96), True, 1)],
-                         ids=["static-14", "symbolic-168", "any-rows-7", "any-rows-13"])
+@pytest.mark.parametrize("shape,symbolic,granule", [((14, 96), False, 8), ((168, 96), True, 8), ((3, 96), True, 1),
+                                                     ((7, 96), True, 1), ((13, 96), True, 1)],
+                         ids=["static-14", "symbolic-168", "any-rows-3", "any-rows-7", "any-rows-13"])
 def test_int8_sdot_ops_on_emulated_board_equal_numpy_reference(armroot, tmp_path, shape, symbolic, granule):
     """The dotprod schedule: the panel matmul tensorized into `sdot`, run on the emulated A76,
     exact against the numpy reference (and the instruction really is in the code), with static

@@ -15,8 +15,8 @@ def inputs(seed: int = 0, shape=(M, K)):
     m, k = shape
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((1, m, k)).astype(np.float32) * np.linspace(0.01, 30, m, dtype=np.float32)[None, :, None]
-    x[0, 3] = 0.0  # an all-zero row
-    x[0, 5, :4] = [0.5, -0.5, 1.5, 127.0]  # exact halves after scaling: round half to even
+    x[0, min(3, m - 1)] = 0.0  # an all-zero row
+    x[0, min(5, m - 1), :4] = [0.5, -0.5, 1.5, 127.0]  # exact halves after scaling: round half to even
     w_nk = rng.integers(-127, 128, (P * 16, k), dtype=np.int8)  # torch layout [N, K]
     return x, w_nk
 
