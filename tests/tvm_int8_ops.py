@@ -1,8 +1,9 @@
-"""The INT8 ops of TVM bundles (tools/compiler/int8.py), and the FSMN rows op, as standalone
-modules, op by op against the numpy reference (edge/backends/ops.py): the row quantizer and the
-panel matmul, built from the same TE computes `paraedge compile --int8` uses and scheduled by the
-same CPU rules (tensorized `sdot` on dotprod boards). The rows are static, or symbolic as in a bundle (`8 * q`, passed
-as a leading shape). Shared by the x86 test and the emulated-board test."""
+"""The INT8 ops of TVM bundles (tools/compiler/int8.py), the FSMN rows op and the float16
+attention products, as standalone modules, op by op against the numpy reference
+(edge/backends/ops.py): the row quantizer and the panel matmul, built from the same TE computes
+`paraedge compile --int8` uses and scheduled by the same CPU rules (tensorized `sdot` on dotprod
+boards). The rows are static, or symbolic as in a bundle (`8 * q` frames, or any count of tokens,
+passed as a leading shape). Shared by the x86 test and the emulated-board test."""
 
 from __future__ import annotations
 
