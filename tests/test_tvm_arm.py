@@ -139,3 +139,57 @@ def test_fp32_fmla_matmuls_on_emulated_board_equal_numpy(armroot, tmp_path):
     for i in range(3):
         ref = np.matmul(ins[f"a{i}"].astype(np.float64), ins[f"b{i}"].astype(np.float64))
         np.testing.assert_allclose(got[f"arr_{i}"], ref, rtol=1e-5, atol=1e-5)
+
+
+DECODE_RUN = """
+import sys, numpy as np
+from edge.asr.recognizer import Recognizer
+backend = Recognizer(sys.argv[1], "tvm", int8=True).backend
+z = np.load(sys.argv[2])
+out = {}
+for n in (1, 3, 5, 37):
+    lp, caches = backend.decode(z["enc"], z["embeds"][:n], None, streaming=True)
+    lp2, _ = backend.decode(z["enc"], z["embeds"][:n], caches, streaming=True)  # through the kept caches
+    out[f"lp{n}"], out[f"again{n}"] = lp, lp2
+np.savez(sys.argv[3], **out)
+"""
+
+
+def test_int8_stream_decoder_takes_any_token_count_on_emulated_board(armroot, tvm_demo_int8, tmp_path):
+    """The streaming decoder of an A76 INT8 bundle takes its tokens unpadded (4-row `sdot` tiles,
+    then 1-row ones: 1, 3, 5 and 37 tokens, fresh and through the FSMN caches it returns) and
+    decodes what the x86 INT8 bundle, which pads them to 4, decodes: the same int32 products and
+    quantizers (attention kept in float32 here, as on x86), so the log-probabilities agree to float
+    rounding and every token is the same."""
+    from edge.asr.audio import SAMPLE_RATE, load_audio
+    from edge.asr.cif import cif_offline
+    from paraedge_tools.compiler.compile import compile_bundle
+    from paraedge_tools.emu.armroot import run_python
+    from tests.conftest import ROOT
+
+    a76 = str(tmp_path / "a76")
+    m = compile_bundle(os.path.join(ROOT, "models", "demo"), "qemu-a76", a76, int8=True, attention_f16=False,
+                       log=lambda *_: None)
+    assert {f["name"]: f["lengths"]["N"] for f in m["functions"] if "N" in f["lengths"]} == {"decoder": 4, "stream_decoder": 1}
+    x86 = Recognizer(tvm_demo_int8, "tvm", int8=True)
+    samples = os.path.join(ROOT, "models", "demo", "samples")
+    with open(os.path.join(samples, "samples.json"), encoding="utf-8") as f:
+        s = json.load(f)[0]
+    x = load_audio(os.path.join(samples, s["file"]))[0][int(s["command_start_s"] * SAMPLE_RATE):]
+    feats = x86.frontend(x)
+    enc, _ = x86.backend.encode(x86.prepare(feats[:15]))  # a streaming window: 15 frames
+    embeds = cif_offline(*x86.backend.encode(x86.prepare(feats)), x86.cif)  # the command's tokens
+    embeds = np.concatenate([embeds] * (-(-37 // len(embeds))))[:37]
+    np.savez(tmp_path / "in.npz", enc=enc, embeds=embeds)
+    (tmp_path / "run.py").write_text(DECODE_RUN)
+    r = run_python([str(tmp_path / "run.py"), a76, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")], root=armroot,
+                   timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = np.load(tmp_path / "out.npz")
+    for n in (1, 3, 5, 37):
+        lp, caches = x86.backend.decode(enc, embeds[:n], None, streaming=True)
+        lp2, _ = x86.backend.decode(enc, embeds[:n], caches, streaming=True)
+        for name, want in ((f"lp{n}", lp), (f"again{n}", lp2)):
+            assert got[name].shape == want.shape == (n, x86.config.vocab_size)
+            np.testing.assert_allclose(got[name], want, atol=2e-3)
+            assert (got[name].argmax(-1) == want.argmax(-1)).all()
