@@ -54,11 +54,10 @@ def on_board(bundle: str, paths: list[str], work: str) -> dict:
 
 
 def main(argv=None) -> int:
-    from edge.asr.audio import load_audio
     from edge.asr.recognizer import Recognizer
     from paraedge_tools.compiler.compile import compile_bundle
     from paraedge_tools.recipe.corpus import read_manifest
-    from paraedge_tools.recipe.evaluate import score, token_agreement
+    from paraedge_tools.recipe.evaluate import decode_all, score, token_agreement
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=os.path.join(ROOT, "models", "demo"))
@@ -85,9 +84,8 @@ def main(argv=None) -> int:
              "|---|---|---|---|---|---|"]
     report = {}
     for name, rs in rows.items():
-        xs = [load_audio(r["path"])[0] for r in rs]
-        hyps = {"reference fp32": {m: [(rec_run(ref, x, m)) for x in xs] for m in ("offline", "streaming")},
-                "onnxruntime int8": {m: [(rec_run(ort, x, m)) for x in xs] for m in ("offline", "streaming")}}
+        hyps = {label: {m: decode_all(rec, rs, m == "streaming") for m in ("offline", "streaming")}
+                for label, rec in (("reference fp32", ref), ("onnxruntime int8", ort))}
         with tempfile.TemporaryDirectory() as work:
             for label, bundle in bundles.items():
                 hyps[label] = on_board(bundle, [r["path"] for r in rs], work)
@@ -102,10 +100,6 @@ def main(argv=None) -> int:
     with open(os.path.join(args.out, "report.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=1)
     return 0
-
-
-def rec_run(rec, x, mode: str) -> list[int]:
-    return (rec.transcribe_streaming(x) if mode == "streaming" else rec.transcribe(x)).token_ids
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def test_fp16_attention_products_on_emulated_board_equal_numpy_reference(armroot
     if symbolic:
         dis = subprocess.run(["aarch64-linux-gnu-objdump", "-d", so], capture_output=True, text=True).stdout
         assert "fmla\tv" in dis and ".8h" in dis and ".h[7]" in dis  # lane-indexed half-precision multiply-adds
-    x = {k: v.astype(np.float16) for k, v in tvm_int8_ops.f16_operands(frames).items()}
+    x = tvm_int8_ops.f16_operands(frames)
     tvm_int8_ops.check_matmul_f16(_run_emulated(armroot, tmp_path, so, x, frames // 8 if symbolic else None), frames)
 
 

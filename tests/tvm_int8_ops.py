@@ -30,17 +30,23 @@ def panels(w_nk: np.ndarray) -> np.ndarray:
     return pack_panels_s8(np.ascontiguousarray(w_nk.T.reshape(k, n // 16, 16).transpose(1, 0, 2)))
 
 
-def _main_input(rows, cols: int, symbolic: bool, granule: int = 8):
-    """main's parameters: x [1, rows, cols], after a leading R.Shape([q]) where rows = granule * q
-    (symbolic, as bundles bind their lengths: frames 8 * q; a streaming chunk's tokens any count
-    on dotprod boards, granule 1)."""
+def _lengths(rows, symbolic: bool, granule: int = 8):
+    """(main's leading parameters, the row count): symbolic, R.Shape([q]) and rows = granule * q,
+    as bundles bind their lengths (frames 8 * q; a streaming chunk's tokens any count on dotprod
+    boards, granule 1); static, none and `rows`."""
     from tvm import relax, tirx
 
-    params = []
-    if symbolic:
-        q = tirx.Var("q", "int64")
-        params.append(relax.Var("lengths", relax.ShapeType([q])))
-        rows = q * granule if granule > 1 else q
+    if not symbolic:
+        return [], rows
+    q = tirx.Var("q", "int64")
+    return [relax.Var("lengths", relax.ShapeType([q]))], q * granule if granule > 1 else q
+
+
+def _main_input(rows, cols: int, symbolic: bool, granule: int = 8):
+    """main's parameters (_lengths), then x [1, rows, cols]."""
+    from tvm import relax
+
+    params, rows = _lengths(rows, symbolic, granule)
     return params, relax.Var("x", relax.TensorType([1, rows, cols], "float32"))
 
 
@@ -144,24 +150,21 @@ def f16_operands(frames: int, d: int = 32, heads: int = 2) -> dict:
     summing to 1) and values [1, h, T, d] (context)."""
     rng = np.random.default_rng(3)
     p = rng.random((1, heads, frames, frames)) ** 4
-    return {"a_q": rng.standard_normal((1, heads, frames, d)), "b_kt": rng.standard_normal((1, heads, d, frames)) * 2,
-            "c_p": p / p.sum(-1, keepdims=True), "d_v": rng.standard_normal((1, heads, frames, d)) * 3}
+    x = {"a_q": rng.standard_normal((1, heads, frames, d)), "b_kt": rng.standard_normal((1, heads, d, frames)) * 2,
+         "c_p": p / p.sum(-1, keepdims=True), "d_v": rng.standard_normal((1, heads, frames, d)) * 3}
+    return {k: v.astype(np.float16) for k, v in x.items()}
 
 
 def build_matmul_f16(board: str, path: str, frames: int, symbolic: bool = False, d: int = 32, heads: int = 2) -> None:
     """The float16 attention products (paraedge_tools.compiler.graphs.matmul_f16_te) as a module for
     `board`: main(q, kT, p, v) -> (q @ kT, p @ v), scheduled by the CPU rules; symbolic: frames =
     8 * q, q given by a leading R.Shape([q])."""
-    from tvm import relax, tirx
+    from tvm import relax
 
     from edge.boards import load_board
     from paraedge_tools.compiler.graphs import matmul_f16_te
 
-    params = []
-    if symbolic:
-        q = tirx.Var("q", "int64")
-        params.append(relax.Var("lengths", relax.ShapeType([q])))
-        frames = q * 8
+    params, frames = _lengths(frames, symbolic)
     shapes = {"a_q": [1, heads, frames, d], "b_kt": [1, heads, d, frames], "c_p": [1, heads, frames, frames],
               "d_v": [1, heads, frames, d]}
     args = {k: relax.Var(k, relax.TensorType(v, "float16")) for k, v in shapes.items()}
@@ -181,7 +184,7 @@ def check_matmul_f16(out, frames: int) -> None:
     float64 product."""
     from edge.backends import ops
 
-    x = {k: v.astype(np.float16) for k, v in f16_operands(frames).items()}
+    x = f16_operands(frames)
     for i, (a, b) in enumerate((("a_q", "b_kt"), ("c_p", "d_v"))):
         got, ref = out[f"arr_{i}"], ops.matmul_f16(x[a], x[b])
         assert got.dtype == np.float16

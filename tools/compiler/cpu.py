@@ -84,6 +84,11 @@ def int8_kernel(target) -> str:
     return "plain"
 
 
+def fmla_k(dtype: str) -> int:
+    """k values per 16-byte load of a row (= lanes of a vector) in an fmla tile of `dtype`."""
+    return {"float32": 4, "float16": 8}[dtype]
+
+
 @functools.lru_cache(maxsize=None)
 def fmla_intrin(rows: int, cols: int, dtype: str = "float32") -> str:
     """Register (once) and name the aarch64 tensor intrinsic of one register tile:
@@ -96,7 +101,7 @@ def fmla_intrin(rows: int, cols: int, dtype: str = "float32") -> str:
     from tvm import s_tir
     from tvm.script import tirx as T
 
-    kl = 16 // (4 if dtype == "float32" else 2)  # k per 16-byte row load = lanes per vector
+    kl = fmla_k(dtype)
     vec = f"{dtype}x{kl}"
 
     @T.prim_func(s_tir=True)
@@ -210,7 +215,7 @@ def rules(parallel: bool = True):
             # aarch64: 4 k steps per iteration (-14 % instructions on an A76: loop overhead, A loads);
             # on x86 the same unroll measured slower, so k stays rolled there
             dtype = str(stmt.writes[0].source.dtype)
-            kl = 8 if dtype == "float16" else 4  # k per 16-byte load of a row
+            kl = fmla_k(dtype)
             kd = _divisor(sch.get(k).extent, (kl, 4, 2)) if simd_lanes(target) == 4 else 1
             if fmla and (kd != kl or nj < kl or mi < 2):
                 raise s_tir.ScheduleError("no fmla tile for this shape")

@@ -64,10 +64,14 @@ def panels_s8_te(x, w):
 
     kk = te.reduce_axis((0, int(x.shape[-1])), name="k")
     p, _, j, _ = w.shape  # int64 extents, as the (symbolic) rows of x
-    return te.compute((1, x.shape[-2], p * j),
-                      lambda b, m, n: te.sum(x[b, m, kk].astype("int32")
-                                             * w[n // j, kk // PANEL_K, n % j, kk % PANEL_K].astype("int32"), axis=kk),
+    return te.compute((1, x.shape[-2], p * j), lambda b, m, n: te.sum(_panel_product(x, w, b, m, n, kk), axis=kk),
                       name="matmul_s8")
+
+
+def _panel_product(x, w, b, m, n, k):
+    """x[b, m, k] * w[k, n] in int32, with w in panels [P, K/4, 16, 4]."""
+    j = w.shape[2]
+    return x[b, m, k].astype("int32") * w[n // j, k // PANEL_K, n % j, k % PANEL_K].astype("int32")
 
 
 def panels_s8_rows_te(x, w):
@@ -83,12 +87,10 @@ def panels_s8_rows_te(x, w):
     kk = te.reduce_axis((0, int(x.shape[-1])), name="k")
     kt = te.reduce_axis((0, int(x.shape[-1])), name="k")
     p, _, j, _ = w.shape
-
-    def product(r, n, k):
-        return x[0, r, k].astype("int32") * w[n // j, k // PANEL_K, n % j, k % PANEL_K].astype("int32")
-
-    body = te.compute((1, body_rows, p * j), lambda b, m, n: te.sum(product(m, n, kk), axis=kk), name="matmul_s8")
-    tail = te.compute((1, rows - body_rows, p * j), lambda b, m, n: te.sum(product(body_rows + m, n, kt), axis=kt),
+    body = te.compute((1, body_rows, p * j), lambda b, m, n: te.sum(_panel_product(x, w, b, m, n, kk), axis=kk),
+                      name="matmul_s8")
+    tail = te.compute((1, rows - body_rows, p * j),
+                      lambda b, m, n: te.sum(_panel_product(x, w, b, body_rows + m, n, kt), axis=kt),
                       name="matmul_s8_tail")
     return te.compute((1, rows, p * j), lambda b, m, n: tirx.if_then_else(
         m < body_rows, body[b, te.min(m, body_rows - 1), n], tail[b, te.max(m - body_rows, 0), n]), name="matmul_s8_rows")
