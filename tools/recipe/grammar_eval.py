@@ -8,13 +8,18 @@ speech; and how well the confidence is calibrated. Writes the tables into docs/G
 - In-grammar: the corpus's held-out voices (`test_clean`, `test_snr20/10/5`); each reference text is
   an expansion of the grammar, which gives its reference intent and slots.
 - Out of grammar: `tools/data/non_commands.tsv` (everyday English and Mandarin sentences, near misses
-  included), each rendered by 4 of the corpus's held-out espeak voices (never trained on).
-- The calibration is fitted on a dev half (even sentences, even utterances) and everything reported
-  on the test half (odd ones), at the grammar file's threshold (0.5: a calibrated probability, equal
-  costs). Choosing the threshold on the dev half instead (the highest rejecting <= 1 % of each set's
-  dev commands) was tried on the 7-family weights: streaming 0.85, 98.1 % of non-commands rejected
-  but 2.4-2.8 % of test-half commands too (the dev half promised 1 %), so the file keeps 0.5
-  (94.6 % rejected, <= 0.9 % of commands).
+  included), each rendered by all 8 of the corpus's held-out espeak voices (never trained on), at a random
+  speed and pitch: 1,040 utterances, 520 in each half.
+- The calibration and the threshold are chosen on a dev half (even sentences, even utterances) of
+  the daemon's streaming decode, and everything is reported on the test half (odd ones), offline
+  included, at that one calibration and threshold (what the grammar file ships). The threshold is
+  the lowest calibrated confidence, from 0.5 in steps of 0.01, at which the dev half rejects >= 95 %
+  of its non-commands while rejecting <= 1 % of every dev command set. The 7-family weights had
+  been reported at a plain 0.5 (the equal-cost point of a calibrated probability): 94.6 % of the
+  test half's non-commands rejected. Choosing instead the highest threshold that keeps dev
+  rejections of commands <= 1 % picked 0.85, 98.1 % of non-commands but 2.4-2.8 % of test-half
+  commands rejected (the dev half had promised 1 %): the false-rejection side of the curve is the
+  noisy one, so the rule aims at the rejection target and treats 1 % as a bound.
 - Decoding is the daemon's: onnxruntime INT8, streaming with the model's chunk size, the grammar
   matched on the final. Offline is reported too.
 """
@@ -32,8 +37,10 @@ from paraedge_tools.recipe.evaluate import SET_LABEL, decode_results
 HERE = os.path.dirname(os.path.abspath(__file__))
 NON_COMMANDS = os.path.join(os.path.dirname(HERE), "data", "non_commands.tsv")
 SETS = ("test_clean", "test_snr20", "test_snr10", "test_snr5")
-VOICES_PER_SENTENCE = 4
+VOICES_PER_SENTENCE = 8  # every held-out voice: 520 test-half utterances, the issue's >= 500
 BINS = np.linspace(0.0, 1.0, 11)
+OOG_TARGET = 0.95  # the issue's out-of-grammar rejection target
+FALSE_REJECTION_LIMIT = 0.01  # ... at <= 1 % of commands rejected
 
 
 def render_non_commands(corpus: str) -> list[dict]:
@@ -43,14 +50,17 @@ def render_non_commands(corpus: str) -> list[dict]:
 
     out = os.path.join(corpus, "non_commands")
     manifest = os.path.join(out, "manifest.jsonl")
+    phrases = read_phrases(NON_COMMANDS)
     if os.path.exists(manifest):
-        return read_manifest(manifest)
+        rows = read_manifest(manifest)
+        if len(rows) == len(phrases) * VOICES_PER_SENTENCE:  # else rendered by an older recipe: again
+            return rows
     os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(0)
     rows = []
-    for k, (lang, text) in enumerate(read_phrases(NON_COMMANDS)):
+    for k, (lang, text) in enumerate(phrases):
         for v in range(VOICES_PER_SENTENCE):
-            voice = HELD_OUT_VOICES[(k + 2 * v) % len(HELD_OUT_VOICES)]
+            voice = HELD_OUT_VOICES[(k + v) % len(HELD_OUT_VOICES)]
             speed, pitch = int(rng.integers(130, 201)), int(rng.integers(35, 66))
             name = f"oog_{k:03d}_{v}.wav"
             write_wav(os.path.join(out, name), render(text, lang, voice, speed, pitch))
@@ -88,6 +98,21 @@ def accept_score(m) -> float:
     """What the grammar's threshold is compared with: the utterance confidence; a prefix, no match
     or an edit in a slot's words is never accepted."""
     return m.confidence if m.complete and not m.slot_edits else -1.0
+
+
+def operating_threshold(commands: list[np.ndarray], oog: np.ndarray, floor: float = 0.5) -> float:
+    """The lowest calibrated threshold (floor, floor + 0.01, ...) at which >= OOG_TARGET of the non-commands
+    `oog` are rejected and <= FALSE_REJECTION_LIMIT of every command set in `commands` (accept scores, a
+    dev half); if none reaches the target, the one rejecting the most non-commands within the limit."""
+    best = (-1.0, -floor)
+    for t in np.round(np.arange(floor, 1.0, 0.01), 2):
+        if max(float(np.mean(c < t)) for c in commands) > FALSE_REJECTION_LIMIT:
+            break  # higher thresholds only reject more commands
+        rejected = float(np.mean(oog < t))
+        if rejected >= OOG_TARGET:
+            return float(t)
+        best = max(best, (rejected, -float(t)))  # ties: the lower threshold
+    return -best[1]
 
 
 def split_of(i: int) -> str:
@@ -145,19 +170,25 @@ def run(model: str, grammar_path: str, corpus: str, limit: int | None = None) ->
         oog = decode_results(rec, oog_rows, streaming)
         oog_conf = np.array([accept_score(res.match) for res in oog])
         oog_split = np.array([r["split"] for r in oog_rows])
-        # calibration, fitted on the dev half: commands read right are 1, everything else (misread
-        # commands, every non-command) 0; a reading is accepted at calibrated >= the grammar's threshold
-        dev_x = np.concatenate([c[s == "dev"] for c, _, _, s, _ in scored.values()] + [oog_conf[oog_split == "dev"]])
-        dev_y = np.concatenate([r[s == "dev"] for _, r, _, s, _ in scored.values()]
-                               + [np.zeros((oog_split == "dev").sum())]).astype(float)
-        cal = fit_calibration(np.clip(dev_x, 0, 1), dev_y)
-        threshold = g.threshold
+        if streaming:  # the daemon's decode: calibration and threshold fitted on its dev half
+            # commands read right are 1, everything else (misread commands, every non-command) 0
+            dev_x = np.concatenate([c[s == "dev"] for c, _, _, s, _ in scored.values()] + [oog_conf[oog_split == "dev"]])
+            dev_y = np.concatenate([r[s == "dev"] for _, r, _, s, _ in scored.values()]
+                                   + [np.zeros((oog_split == "dev").sum())]).astype(float)
+            cal = fit_calibration(np.clip(dev_x, 0, 1), dev_y)
+            threshold = operating_threshold([calibrate(c[s == "dev"], cal) for c, _, _, s, _ in scored.values()],
+                                            calibrate(oog_conf[oog_split == "dev"], cal))
+            dev_fr = max(float(np.mean(calibrate(c[s == "dev"], cal) < threshold)) for c, _, _, s, _ in scored.values())
+            dev_oog = float(np.mean(calibrate(oog_conf[oog_split == "dev"], cal) < threshold))
         scored = {k: (calibrate(c, cal), r, f, sp, calibrate(rep, cal)) for k, (c, r, f, sp, rep) in scored.items()}
         oog_conf = calibrate(oog_conf, cal)
         entry = {"threshold": threshold, "calibration": {"scale": cal[0], "shift": cal[1]}, "sets": {}}
+        fitted = "fitted on the dev half" if streaming else "the streaming decode's, as the grammar file ships"
         lines += [f"### {mode} (onnxruntime INT8{', the daemon' if streaming else ''}): calibration scale "
-                  f"{cal[0]:.3f}, shift {cal[1]:.3f} (fitted on the dev half), accepted at calibrated confidence "
-                  f">= {threshold:g}", "",
+                  f"{cal[0]:.3f}, shift {cal[1]:.3f}, threshold {threshold:g} ({fitted}): accepted at calibrated "
+                  f"confidence >= {threshold:g}", "",
+                  *([f"The threshold's dev half: {dev_oog:.3f} of non-commands rejected, at most {dev_fr:.3f} of a "
+                     "command set.", ""] if streaming else []),
                   "| set (test half) | utterances | intent + slots right | rejected (false rejection) | "
                   "free decoding: whole command right |", "|---|---|---|---|---|"]
         for name, (conf, right, free, split, _) in scored.items():
@@ -193,12 +224,20 @@ def write_doc(path: str, lines: list[str]) -> None:
                   heading="## Measured on the demo model")
 
 
-def write_calibration(grammar_path: str, cal: dict) -> None:
-    """Put the fitted calibration into the grammar file (one `calibration:` line, after `threshold:`)."""
+def write_calibration(grammar_path: str, entry: dict) -> None:
+    """Put the fitted calibration and the chosen threshold into the grammar file (its `threshold:` line's
+    value, and one `calibration:` line after it)."""
     import re
 
-    line = f"calibration: {{scale: {cal['scale']:.4f}, shift: {cal['shift']:.4f}}}   # fitted by grammar_eval.py\n"
     text = open(grammar_path, encoding="utf-8").read()
+    if not re.search(r"^threshold:", text, re.M):
+        text = re.sub(r"^(version:.*\n)?", lambda m: (m.group(0) or "") + "threshold: 0.5\n", text, count=1, flags=re.M)
+    def threshold(m):  # the new value, the comment after it kept in its column
+        value = f"threshold: {entry['threshold']:g}"
+        return value + " " * max(len(m.group(0)) - len(m.group(2)) - len(value), 1 if m.group(2) else 0)
+    text = re.sub(r"^threshold:[ \t]*[^ \t#\n]+([ \t]*)(#?)", lambda m: threshold(m) + m.group(2), text, count=1, flags=re.M)
+    cal = entry["calibration"]
+    line = f"calibration: {{scale: {cal['scale']:.4f}, shift: {cal['shift']:.4f}}}   # fitted by grammar_eval.py\n"
     if re.search(r"^calibration:.*\n", text, re.M):
         text = re.sub(r"^calibration:.*\n", line, text, count=1, flags=re.M)
     else:
@@ -216,7 +255,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="also write the report here")
     ap.add_argument("--write-doc", action="store_true", help="put the tables into docs/GRAMMAR.md")
     ap.add_argument("--write-calibration", action="store_true",
-                    help="put the streaming calibration (the daemon's) into the grammar file")
+                    help="put the streaming (the daemon's) calibration and threshold into the grammar file")
     args = ap.parse_args(argv)
     lines, report = run(args.model, args.grammar, args.corpus, args.limit)
     print("\n".join(lines))
@@ -224,7 +263,7 @@ def main(argv=None) -> int:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=1)
     if args.write_calibration:
-        write_calibration(args.grammar, report["sets"]["streaming"]["calibration"])
+        write_calibration(args.grammar, report["sets"]["streaming"])
     if args.write_doc:
         write_doc(os.path.join(os.path.dirname(os.path.dirname(HERE)), "docs", "GRAMMAR.md"), lines)
     return 0
