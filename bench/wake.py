@@ -46,7 +46,7 @@ EN_VOICES = ["en-us", "en-gb", "en-gb-scotland", "en-029", "en-gb-x-rp", "en-us-
 SNRS = (20, 10, 5)
 HIT_AFTER_S = 1.0  # a detection up to this long after the wake word ends still counts as a hit
 WINDOWS = (1, 2, 3, 4, 5)
-CUTOFFS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
+CUTOFFS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.86, 0.87, 0.88, 0.89, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
 
 # -- text ----------------------------------------------------------------------------------------
 NEAR_MISS = ["okay", "ok then", "okay, now", "oh okay", "okay, let's go", "ok fine", "nab it", "grab a cab",

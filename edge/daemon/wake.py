@@ -14,18 +14,23 @@ accepts <= 0.5/h with the lowest latency among recalls within 2 standard errors 
 (the sweep, replayed from raw probabilities; README's table is the exact WakeGate run):
 
     model      window cutoff  recall  P50    P99    FA/h (all near-miss phrases)
-    okay_nabu  5      0.85    49.0 %  217 ms 461 ms 0.25   manifest
-    okay_nabu  5      0.80    56.0 %  210 ms 428 ms 0.50   best recall at <= 0.5 FA/h
-    okay_nabu  1      0.85    52.3 %  132 ms 437 ms 0.50   chosen
-    alexa      5      0.90    86.7 %  248 ms 363 ms 1.50   manifest
-    alexa      5      0.98    74.0 %  272 ms 374 ms 0.50   best recall at <= 0.5 FA/h
-    alexa      1      0.98    77.3 %  173 ms 288 ms 0.75
-    alexa      1      0.99    71.3 %  182 ms 315 ms 0.50   chosen
+    okay_nabu  5      0.85    51.0 %  213 ms 506 ms 0.50   manifest; also the best recall at <= 0.5 FA/h
+    okay_nabu  1      0.85    52.3 %  139 ms 373 ms 1.00
+    okay_nabu  1      0.88    49.7 %  148 ms 510 ms 0.50   chosen
+    okay_nabu  1      0.90    45.3 %  153 ms 461 ms 0.25
+    alexa      5      0.90    88.0 %  248 ms 355 ms 1.25   manifest
+    alexa      1      0.97    82.7 %  168 ms 299 ms 0.75
+    alexa      1      0.98    79.7 %  173 ms 317 ms 0.50   chosen, and the best recall at <= 0.5 FA/h
 
-Every false accept at these cutoffs was a near-miss phrase (alexa: "a lexus", "perplexa", "election",
-"selection"; okay_nabu: "okay, now", "okay boomer"); none fired on the plain sentences, commands or
-noise. No setting of alexa reaches P50 <= 150 ms at <= 0.5 FA/h: at window 1 its probability passes
-0.5 ~125 ms after the word ends, 0.99 only ~180 ms after.
+Every false accept at these cutoffs was a near-miss phrase (alexa: "a lexus", "perplexa",
+"election"; okay_nabu: "okay, now", "okay boomer") or, for okay_nabu below 0.9, an in-car command;
+none fired on the plain sentences or noise. Re-measured once the Mandarin talk was rendered as
+Mandarin (espeak-ng `cmn-latn-pinyin`; Debian's `cmn` had read pinyin tone digits as English):
+okay_nabu at 0.85 then fired on two Mandarin commands in 4 h, so its cutoff went to 0.88 (the
+model's output is a byte: 0.86-0.87 and 0.88-0.89 decide alike), and alexa's went from 0.99 to
+0.98 (recall 71 -> 80 %). okay_nabu meets P50 <= 150 ms at <= 0.5 FA/h, narrowly; no setting of
+alexa does: at window 1 its probability passes 0.5 ~125 ms after the word ends and 0.98 ~175 ms
+after. That latency is the pretrained model's own; a lower cutoff trades it for false accepts.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ HOP = 160  # samples per feature frame (10 ms at 16 kHz)
 
 # Per-keyword (cutoff, window) for the wheel's own models, measured by bench/wake.py (module
 # docstring). Any other model keeps its manifest's values; wake.cutoff / wake.window override both.
-TUNED: dict[str, tuple[float, int]] = {"okay_nabu": (0.85, 1), "alexa": (0.99, 1)}
+TUNED: dict[str, tuple[float, int]] = {"okay_nabu": (0.88, 1), "alexa": (0.98, 1)}
 # Longer than the longest wake word bench/wake.py rendered (1.36 s) and than the one repeat a gate
 # without it made there (0.92 s after the first detection, at the manifests' settings; none at TUNED's).
 REFRACTORY_S = 1.5
