@@ -99,7 +99,8 @@ def test_auto_picks_neon_only_where_it_is_native(ref):
 @pytest.mark.arm
 def test_aarch64_extension_decodes_on_emulated_boards():
     """The extension cross-built for aarch64 CPython (tools/emu/armroot.py's root) under qemu: real
-    NEON, sdot picked on a Cortex-A76, smull on a Cortex-A72, the sample's exact text on both."""
+    NEON, sdot picked on a Cortex-A76, smull on a Cortex-A72, the sample's exact text on both; its
+    fbank equal to the numpy frontend."""
     import json
 
     from kernels.build import build_for_armroot
@@ -114,3 +115,21 @@ def test_aarch64_extension_decodes_on_emulated_boards():
         assert r.returncode == 0, r.stderr[-2000:]
         out = json.loads(r.stdout.strip().splitlines()[-1])
         assert out["backend"] == f"neon int8 ({path})" and out["text"] == out["expected"], (cpu, out)
+    # the fbank's two-lane float64 FFT and split compiled for aarch64: equal float32 frames to the numpy
+    # frontend at FFT 512, 256 and 64 (an even and two odd numbers of radix-2 stages), as on the host
+    check = """
+import numpy as np
+from edge.asr.frontend import FrontendConfig, KaldiFbank
+from edge.asr.audio import load_audio
+x = load_audio("models/demo/samples/02_alexa_en.wav")[0] * np.float32(32768)
+noise = (np.random.default_rng(3).standard_normal(5000) * 3000).astype(np.float32)
+for ms in (25.0, 10.0, 2.5):
+    c, ref = KaldiFbank(FrontendConfig(), ms), KaldiFbank(FrontendConfig(), ms)
+    assert c.use_c, "the C fbank did not load"
+    ref.use_c = False
+    for sig in (x, noise):
+        np.testing.assert_array_equal(c(sig), ref(sig))
+print("fbank equal")
+"""
+    r = armroot.run_python(check, root=root, cpu="cortex-a76", extra_path=[site], timeout=300)
+    assert r.returncode == 0 and "fbank equal" in r.stdout, r.stderr[-2000:]
