@@ -499,3 +499,7 @@ def test_operating_threshold_meets_the_rejection_target_within_the_false_rejecti
     g = Grammar.load(str(f), DEMO_TOKENS)
     assert (g.threshold, g.calibration) == (0.58, (2.0, -0.25))
     assert "threshold: 0.58         # reject below this\ncalibration:" in f.read_text(encoding="utf-8")
+    f.write_text("# a grammar\nversion: 1\nintents:\n  ac:\n    - 打开空调\n", encoding="utf-8")  # no threshold yet
+    write_calibration(str(f), {"threshold": 0.6, "calibration": {"scale": 1.5, "shift": 0.0}})
+    assert f.read_text(encoding="utf-8").startswith("# a grammar\nversion: 1\nthreshold: 0.6\ncalibration: {scale: 1.5")
+    assert Grammar.load(str(f), DEMO_TOKENS).threshold == 0.6

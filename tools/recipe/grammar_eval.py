@@ -230,12 +230,15 @@ def write_calibration(grammar_path: str, entry: dict) -> None:
     import re
 
     text = open(grammar_path, encoding="utf-8").read()
-    if not re.search(r"^threshold:", text, re.M):
-        text = re.sub(r"^(version:.*\n)?", lambda m: (m.group(0) or "") + "threshold: 0.5\n", text, count=1, flags=re.M)
-    def threshold(m):  # the new value, the comment after it kept in its column
-        value = f"threshold: {entry['threshold']:g}"
-        return value + " " * max(len(m.group(0)) - len(m.group(2)) - len(value), 1 if m.group(2) else 0)
-    text = re.sub(r"^threshold:[ \t]*[^ \t#\n]+([ \t]*)(#?)", lambda m: threshold(m) + m.group(2), text, count=1, flags=re.M)
+    value = f"threshold: {entry['threshold']:g}"
+    m = re.search(r"^threshold:[ \t]*[^ \t#\n]+([ \t]*)(#?)", text, re.M)
+    if m:  # the new value; a comment after it stays in its column
+        pad = max(len(m.group(0)) - len(m.group(2)) - len(value), 1 if m.group(2) else 0)
+        text = text[: m.start()] + value + " " * pad + text[m.end() - len(m.group(2)) :]
+    else:  # after the version line, else first
+        v = re.search(r"^version:.*\n", text, re.M)
+        at = v.end() if v else 0
+        text = text[:at] + value + "\n" + text[at:]
     cal = entry["calibration"]
     line = f"calibration: {{scale: {cal['scale']:.4f}, shift: {cal['shift']:.4f}}}   # fitted by grammar_eval.py\n"
     if re.search(r"^calibration:.*\n", text, re.M):
