@@ -82,15 +82,16 @@ def conv1d(x: np.ndarray, w_kio: np.ndarray, bias: np.ndarray, left: int, right:
     return y
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, heads: int) -> np.ndarray:
-    """Scaled dot-product attention, no mask (batch 1 has no padding): [T1,D],[T2,D],[T2,D] -> [T1,D]."""
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, heads: int, product=np.matmul) -> np.ndarray:
+    """Scaled dot-product attention, no mask (batch 1 has no padding): [T1,D],[T2,D],[T2,D] -> [T1,D].
+    `product` computes the two batched products (scores, context), as paraformer.attend's seam."""
     t1, d = q.shape
     dk = d // heads
     qh = q.reshape(t1, heads, dk).transpose(1, 0, 2) * F32(dk**-0.5)
     kh = k.reshape(-1, heads, dk).transpose(1, 2, 0)
     vh = v.reshape(-1, heads, dk).transpose(1, 0, 2)
-    p = softmax(qh @ kh)
-    return (p @ vh).transpose(1, 0, 2).reshape(t1, d)
+    p = softmax(product(qh, kh))
+    return product(p, vh).transpose(1, 0, 2).reshape(t1, d)
 
 
 def matmul_f16(a: np.ndarray, b: np.ndarray) -> np.ndarray:
