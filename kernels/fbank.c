@@ -98,17 +98,8 @@ static void fft_complex(double *restrict re, double *restrict im, int m, const d
     }
 }
 
-static inline double split_power(double zr, double zi, double cr, double ci, double sr, double si) {
-    /* |X|^2 for Z = (zr, zi) and its mirror Z[m-k] = (cr, ci), twiddle (sr, si) */
-    const double er = 0.5 * (zr + cr), ei = 0.5 * (zi - ci);
-    const double orr = 0.5 * (zi + ci), oi = -0.5 * (zr - cr);
-    const double xr = er + orr * sr - oi * si;
-    const double xi = ei + orr * si + oi * sr;
-    return xr * xr + xi * xi;
-}
-
 static inline v2d split_power2(v2d zr, v2d zi, v2d cr, v2d ci, v2d sr, v2d si) {
-    /* split_power() on two bins at once, the same operations lane by lane */
+    /* |X|^2 of two bins: Z = (zr, zi), its mirror Z[m-k] = (cr, ci), twiddle (sr, si) */
     const v2d half = {0.5, 0.5}, mhalf = {-0.5, -0.5};
     const v2d er = half * (zr + cr), ei = half * (zi - ci);
     const v2d orr = half * (zi + ci), oi = mhalf * (zr - cr);
@@ -147,14 +138,17 @@ int pe_fbank_f64(const float *restrict samples, int n_samples, int length, int s
         fft_complex(re, im, m, tw_re, tw_im);
         /* X[k] = (Z[k] + conj Z[m-k]) / 2 - i/2 exp(-2 pi i k / padded) (Z[k] - conj Z[m-k]); bins k
          * and m - k from the same pair */
-        power[0] = split_power(re[0], im[0], re[0], im[0], split_re[0], split_im[0]);
-        int k = 1;
-        for (; k + 1 < m; k += 2) { /* bins k, k + 1 and their mirrors m - k, m - k - 1 */
+        for (int k = 1; k + 1 < m; k += 2) { /* bins k, k + 1 and their mirrors m - k, m - k - 1 */
             const v2d cr = swap2(ld2(re + m - k - 1)), ci = swap2(ld2(im + m - k - 1));
             st2(power + k, split_power2(ld2(re + k), ld2(im + k), cr, ci, ld2(split_re + k), ld2(split_im + k)));
         }
-        for (; k < m; k++)
-            power[k] = split_power(re[k], im[k], re[m - k], im[m - k], split_re[k], split_im[k]);
+        { /* the two bins left (m is even): 0, its own mirror, and m - 1, mirrored by 1 */
+            const v2d two = split_power2((v2d){re[0], re[m - 1]}, (v2d){im[0], im[m - 1]}, (v2d){re[0], re[1]},
+                                         (v2d){im[0], im[1]}, (v2d){split_re[0], split_re[m - 1]},
+                                         (v2d){split_im[0], split_im[m - 1]});
+            power[0] = two[0];
+            power[m - 1] = two[1];
+        }
         /* each band: its bins in order, as the numpy twin sums them (its zero-weight padding adds
          * exact zeros) */
         float *restrict o = out + (size_t)f * n_mels;
