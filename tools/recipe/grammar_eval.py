@@ -176,10 +176,11 @@ def run(model: str, grammar_path: str, corpus: str, limit: int | None = None) ->
             dev_y = np.concatenate([r[s == "dev"] for _, r, _, s, _ in scored.values()]
                                    + [np.zeros((oog_split == "dev").sum())]).astype(float)
             cal = fit_calibration(np.clip(dev_x, 0, 1), dev_y)
-            threshold = operating_threshold([calibrate(c[s == "dev"], cal) for c, _, _, s, _ in scored.values()],
-                                            calibrate(oog_conf[oog_split == "dev"], cal))
-            dev_fr = max(float(np.mean(calibrate(c[s == "dev"], cal) < threshold)) for c, _, _, s, _ in scored.values())
-            dev_oog = float(np.mean(calibrate(oog_conf[oog_split == "dev"], cal) < threshold))
+            dev_commands = [calibrate(c[s == "dev"], cal) for c, _, _, s, _ in scored.values()]
+            dev_non_commands = calibrate(oog_conf[oog_split == "dev"], cal)
+            threshold = operating_threshold(dev_commands, dev_non_commands)
+            dev_fr = max(float(np.mean(c < threshold)) for c in dev_commands)
+            dev_oog = float(np.mean(dev_non_commands < threshold))
         scored = {k: (calibrate(c, cal), r, f, sp, calibrate(rep, cal)) for k, (c, r, f, sp, rep) in scored.items()}
         oog_conf = calibrate(oog_conf, cal)
         entry = {"threshold": threshold, "calibration": {"scale": cal[0], "shift": cal[1]}, "sets": {}}
