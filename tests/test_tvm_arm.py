@@ -77,13 +77,14 @@ def _run_emulated(armroot, tmp_path, so: str, x, q: int | None):
 
 
 @pytest.mark.parametrize("shape,symbolic,granule", [((14, 96), False, 8), ((168, 96), True, 8), ((3, 96), True, 1),
-                                                     ((7, 96), True, 1), ((13, 96), True, 1)],
-                         ids=["static-14", "symbolic-168", "any-rows-3", "any-rows-7", "any-rows-13"])
+                                                     ((7, 96), True, 1), ((13, 96), True, 1), ((13, 80), True, 1)],
+                         ids=["static-14", "symbolic-168", "any-rows-3", "any-rows-7", "any-rows-13", "k16-rows-13"])
 def test_int8_sdot_ops_on_emulated_board_equal_numpy_reference(armroot, tmp_path, shape, symbolic, granule):
     """The dotprod schedule: the panel matmul tensorized into `sdot`, run on the emulated A76,
     exact against the numpy reference (and the instruction really is in the code), with static
     rows, symbolic ones (8 * q) as bundles compile frames, and any count, as the streaming decoder
-    takes its tokens (4-row tiles, then 1-row tiles for the last M % 4: int8.panels_s8_rows_te)."""
+    takes its tokens (4-row tiles, then 1-row tiles for the last M % 4: int8.panels_s8_rows_te).
+    K 96 takes 32-k steps (int8.sdot_k), K 80 the 16-k ones."""
     import subprocess
 
     from tests import tvm_int8_ops

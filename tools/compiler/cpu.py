@@ -253,7 +253,7 @@ def rules(parallel: bool = True):
                 return _matmul_s8_pairs(sch, block, parallel)
             if any(sch.get(b).name_hint == "matmul_s8_tail" for b in sch.get_child_blocks(sch.get_sblock("root"))):
                 return _matmul_s8_rows(sch, block, parallel)
-            from paraedge_tools.compiler.int8 import SDOT_K, sdot_intrin, vnni_intrin
+            from paraedge_tools.compiler.int8 import SDOT_K, sdot_intrin, sdot_k, vnni_intrin
 
             vnni = int8_kernel(target) == "vnni"
             _inline_side_inputs(sch, block)
@@ -266,7 +266,8 @@ def rules(parallel: bool = True):
             # are multiples of 4 or 8, so only odd static shapes take the plain path)
             dot = ((has_dotprod(target) or vnni) and mi > 1 and _divides(sch.get(k).extent, SDOT_K)
                    and _const(sch.get(j).extent) == 16)
-            ko, kv = sch.split(k, [None, SDOT_K if dot else 4])
+            step = (SDOT_K if vnni else sdot_k(mi, sch.get(k).extent)) if dot else 4
+            ko, kv = sch.split(k, [None, step])
             if dot:
                 sch.reorder(b, p, io, ko, ii, j, kv)
             else:
@@ -288,7 +289,7 @@ def rules(parallel: bool = True):
             init = sch.decompose_reduction(block, ko)
             sch.vectorize(sch.get_loops(init)[-1])
             if dot:  # after the init is split off: the intrinsic accumulates into C
-                sch.tensorize(ii, vnni_intrin(mi) if vnni else sdot_intrin(mi))
+                sch.tensorize(ii, vnni_intrin(mi) if vnni else sdot_intrin(mi, step))
             sch.vectorize(sch.get_loops(local)[-1])
             return sch
 
@@ -509,7 +510,7 @@ def _matmul_s8_rows(sch, body, parallel: bool = True):
     the first 4 * (M // 4) rows, 1-row `sdot` tiles over the rest, each into a buffer of its own
     (the tiles' accumulators in registers); the epilogue (the dequant, bias, ReLU, residual) then
     runs over the joined rows as one vectorised pass."""
-    from paraedge_tools.compiler.int8 import SDOT_K, sdot_intrin
+    from paraedge_tools.compiler.int8 import sdot_intrin, sdot_k
 
     tail = sch.get_sblock("matmul_s8_tail")
     _inline_side_inputs(sch, body, tail)  # the joined rows and the epilogue: one elementwise block, the last
@@ -517,7 +518,8 @@ def _matmul_s8_rows(sch, body, parallel: bool = True):
     for block, rows in ((body, 4), (tail, 1)):
         b, m, n, k = sch.get_loops(block)
         p, j = sch.split(n, [None, 16])  # the weight panels
-        ko, kv = sch.split(k, [None, SDOT_K])
+        step = sdot_k(rows, sch.get(k).extent)
+        ko, kv = sch.split(k, [None, step])
         if rows > 1:
             io, ii = sch.split(m, [None, rows])
             sch.reorder(b, p, io, ko, ii, j, kv)
@@ -531,7 +533,7 @@ def _matmul_s8_rows(sch, body, parallel: bool = True):
             _parallel(sch, outer, parallel)
         init = sch.decompose_reduction(block, ko)
         sch.vectorize(sch.get_loops(init)[-1])
-        sch.tensorize(ii, sdot_intrin(rows))
+        sch.tensorize(ii, sdot_intrin(rows, step))
         sch.vectorize(sch.get_loops(local)[-1])
     _, li = sch.split(sch.get_loops(last)[-1], [None, 4])
     sch.vectorize(li)
