@@ -117,3 +117,17 @@ def test_matmul_f16_sums_in_half_precision_with_one_rounding_a_step():
     assert got.dtype == np.float16 and got.shape == (2, 3, 9, 11)
     np.testing.assert_allclose(got, np.matmul(q.astype(np.float16).astype(np.float64), k.astype(np.float16)),
                                rtol=1e-2, atol=2e-2)
+
+
+def test_recognizer_positions_are_the_encoding_bit_for_bit():
+    """Recognizer.positions slices a table computed once: the rows it returns equal
+    ops.sinusoidal_position_encoding exactly, as the table grows, at streaming offsets, and past
+    its cap (computed per call there)."""
+    from edge.asr.recognizer import Recognizer
+    from tests.conftest import DEMO
+
+    rec = Recognizer(DEMO, "ref")
+    depth = 560
+    for n, start in [(5, 0), (167, 0), (40, 300), (1, 1023), (600, 0), (8, rec.POSITION_ROWS - 3), (7, 5000)]:
+        np.testing.assert_array_equal(rec.positions(n, depth, start), ops.sinusoidal_position_encoding(n, depth, start))
+    assert rec._positions.shape == (rec.POSITION_ROWS, depth)

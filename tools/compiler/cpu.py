@@ -650,16 +650,20 @@ def _llvm_schedule(func, target, *blocks):
 
 
 _exp_registered = False
-_EXP_HI, _EXP_LO = 88.3762626647949, -87.3365478515625  # 2^n stays a normal float32 in between
+# exp(x) is computed for x in [_EXP_LO, _EXP_HI] (0 below, the clamp above): 2^n (n = round(x /
+# ln2) in -125..128) times exp(r) in [0.70, 1.42] then stays a normal float32 (up to 2.4e38)
+_EXP_HI, _EXP_LO = 88.3762626647949, -86.6
 
 
 def _exp_f32(call):
     """float32 exp(x) (scalar or vector) as TIR arithmetic, in place of LLVM's `llvm.exp`, which
     both targets lower to one scalar libm `expf` call per lane: softmax, sigmoid and log-softmax
     stay vectorised. Cephes' expf: x = n ln2 + r (n = round(x / ln2), ln2 in two parts),
-    exp(r) a degree-7 polynomial on |r| <= ln2/2, 2^n built in the exponent bits. Measured
-    against float64 numpy: relative error <= 8e-8 up to the clamp at 88.38 (where float32 exp
-    is 2.4e38); below -87.34 it returns 0, as float32 exp underflows there."""
+    exp(r) = 1 + r + r^2 p(r), p of degree 5, on |r| <= ln2/2; then 2^n is added into the result's
+    exponent bits (an integer add: no 2^n to build and multiply). Measured against float64 numpy:
+    relative error <= 8e-8 up to the clamp at 88.38 (2.4e38); below -86.6 it returns 0 (float32
+    exp is below 2.2e-38 there). The A76 anchor's attention softmax: 34 -> 23 instructions per 4
+    lanes in its exp loop (no lower clamp, and no 2^n multiply)."""
     from tvm import tirx
 
     x = call.args[0]
@@ -667,21 +671,21 @@ def _exp_f32(call):
     if not dtype.startswith("float32"):
         return call
     lanes = int(dtype.split("x")[1]) if "x" in dtype else 1
+    int_t = "int32" if lanes == 1 else f"int32x{lanes}"
 
     def c(v, t="float32"):
         k = tirx.const(v, t)
         return k if lanes == 1 else tirx.Broadcast(k, lanes)
 
-    xc = tirx.Max(tirx.Min(x, c(_EXP_HI)), c(_EXP_LO))
-    n = tirx.floor(xc * c(1.44269504088896341) + c(0.5))
+    xc = tirx.Min(x, c(_EXP_HI))
+    n = tirx.nearbyint(xc * c(1.44269504088896341))
     r = xc - n * c(0.693359375) + n * c(2.12194440e-4)
     p = c(1.9875691500e-4)
     for k in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
         p = p * r + c(k)
     p = p * (r * r) + r + c(1.0)
-    int_t = "int32" if lanes == 1 else f"int32x{lanes}"
-    two_n = tirx.reinterpret(dtype, tirx.shift_left(tirx.Cast(int_t, n) + c(127, "int32"), c(23, "int32")))
-    return tirx.Select(x < c(_EXP_LO), c(0.0), p * two_n)
+    bits = tirx.reinterpret(int_t, p) + tirx.shift_left(tirx.Cast(int_t, n), c(23, "int32"))
+    return tirx.Select(x < c(_EXP_LO), c(0.0), tirx.reinterpret(dtype, bits))
 
 
 def cpu_pipeline(target, parallel: bool = True):
