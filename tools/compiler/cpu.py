@@ -207,14 +207,20 @@ def rules(parallel: bool = True):
             m, n = extents[-3], extents[-2]
             # 16 columns: 2 AVX2 or 4 NEON vectors; x mi rows = 12 (of 16 ymm) / 24 (of 32 q) accumulators
             nj = _divisor(n, (16, 8, 4, 2))
-            # fmla tiles also hold each row's 4 k in a register: at 16 columns 6 rows would spill
-            mi = _divisor(m, (5, 4, 6, 3, 2) if fmla and nj == 16 else (8, 6, 5, 4, 3, 2) if nj == 8 else (6, 5, 4, 3, 2))
+            # fmla tiles also hold each row's 4 k in a register: at 16 float32 columns 6 rows would
+            # spill; 16 float16 columns are 2 registers a row, so 8 rows fit (16 accumulators, 8 A,
+            # B): each B load then feeds 16 fmla, not 8 (the A76 anchor's attention products: 93 ->
+            # 75 instructions per 64 fmla)
+            dtype = str(stmt.writes[0].source.dtype)
+            if fmla and nj == 16:
+                mi = _divisor(m, (8, 6, 5, 4, 3, 2) if dtype == "float16" else (5, 4, 6, 3, 2))
+            else:
+                mi = _divisor(m, (8, 6, 5, 4, 3, 2) if nj == 8 else (6, 5, 4, 3, 2))
             batch, (i, j, k) = loops[:-3], loops[-3:]
             io, ii = sch.split(i, [None, mi])
             jo, ji = sch.split(j, [None, nj])
             # aarch64: 4 k steps per iteration (-14 % instructions on an A76: loop overhead, A loads);
             # on x86 the same unroll measured slower, so k stays rolled there
-            dtype = str(stmt.writes[0].source.dtype)
             kl = fmla_k(dtype)
             kd = _divisor(sch.get(k).extent, (kl, 4, 2)) if simd_lanes(target) == 4 else 1
             if fmla and (kd != kl or nj < kl or mi < 2):

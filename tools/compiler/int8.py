@@ -147,9 +147,12 @@ def panels_u8s8_te(x, w, colsum):
 
 
 def quantize_rows_te(x, dtype: str = "int8"):
-    """TE compute of the row quantizer: per row amax, inv = 127 / amax, q = int8(clamp(rint(x * inv))).
+    """TE compute of the row quantizer: per row amax, inv = 127 / amax, q = int8(rint(x * inv)).
     `dtype` int16 stores the same values widened, the operand `vpmaddwd` multiplies; uint8 stores
-    q + 128, the unsigned operand of `vpdpbusd`."""
+    q + 128, the unsigned operand of `vpdpbusd`. No clamp to [-127, 127] (the reference's clip):
+    |x| <= amax, so |x * inv| <= 127 (1 + 2^-23)^2 rounds to 127 at most, and a NaN or infinite
+    row (inv 0 or NaN) converts to 0 either way; the clamp's max, compare and select were 3 of 8
+    aarch64 instructions a vector in the quantizer (A76 anchor: 1.5 -> 1.1 M per audio second)."""
     from tvm import te, tirx
 
     rows, k = x.shape[:-1], int(x.shape[-1])
@@ -158,8 +161,7 @@ def quantize_rows_te(x, dtype: str = "int8"):
     inv = te.compute(rows, lambda *i: tirx.const(127.0, "float32") / te.max(amax[i], tirx.const(EPS, "float32")),
                      name="q8_inv")
     offset = tirx.const(128.0 if dtype == "uint8" else 0.0, "float32")
-    q = te.compute(x.shape, lambda *i: (te.min(te.max(tirx.nearbyint(x[i] * inv[i[:-1]]), tirx.const(-127.0, "float32")),
-                                               tirx.const(127.0, "float32")) + offset).astype(dtype), name="q8_quant")
+    q = te.compute(x.shape, lambda *i: (tirx.nearbyint(x[i] * inv[i[:-1]]) + offset).astype(dtype), name="q8_quant")
     scale = te.compute((*rows, 1), lambda *i: te.max(amax[i[:-1]], tirx.const(EPS, "float32")) / tirx.const(127.0, "float32"),
                        name="q8_scale")
     return [q, scale]
