@@ -1,7 +1,8 @@
 """What the INT8 TVM bundle of the emulated Cortex-A76 decodes, against the fp32 numpy reference, on
-the demo model's held-out test sets: the bundle as compiled by default (attention products in
-float16, the A76 having half-precision arithmetic) and with `--fp32-attention`, offline and
-streaming, next to onnxruntime INT8 on this host. Token agreement (1 - token edits / reference
+the demo model's held-out test sets: the bundle as compiled by default (attention scores in int8,
+the context in float16: the A76 has the dot product and half-precision arithmetic), with
+`--attention float16` and with `--attention float32`, offline and streaming, next to onnxruntime
+INT8 on this host. Token agreement (1 - token edits / reference
 tokens) and whole-command accuracy.
 
     python -m paraedge_tools.recipe.corpus out/corpus --families espeak --test-only   # the sets, once
@@ -74,10 +75,10 @@ def main(argv=None) -> int:
                              "`python -m paraedge_tools.recipe.corpus out/corpus --families espeak --test-only`")
         rows[name] = read_manifest(path)[:: max(1, args.every)]
     bundles = {}
-    for label, f16 in (("tvm int8, fp16 attention", None), ("tvm int8, fp32 attention", False)):
-        out = os.path.join(args.out, "fp16" if f16 is None else "fp32")
-        compile_bundle(args.model, "qemu-a76", out, int8=True, attention_f16=f16)
-        bundles[label] = out
+    for attention in ("int8", "float16", "float32"):
+        out = os.path.join(args.out, attention)
+        compile_bundle(args.model, "qemu-a76", out, int8=True, attention=attention)
+        bundles[f"tvm int8, {attention} attention"] = out
     ref = Recognizer(args.model, "ref")
     ort = Recognizer(args.model, "onnxruntime", int8=True, threads=1)
     lines = ["| set | decoder | agreement offline | agreement streaming | commands offline | commands streaming |",

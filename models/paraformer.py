@@ -40,15 +40,19 @@ def position_encoding(num_frames, depth: int, start=0, device=None) -> torch.Ten
     return torch.cat([torch.sin(scaled), torch.cos(scaled)], dim=1)
 
 
-def attend(q, k, v, heads: int, key_mask=None, product=torch.matmul):
+def attend(q, k, v, heads: int, key_mask=None, product=torch.matmul, scores=None):
     """q [B,T1,D], k/v [B,T2,D], key_mask [B,T2] or per query [B,T1,T2] (1 = valid) -> [B,T1,D].
-    `product` computes the two batched products (scores, context): a compiler's seam."""
+    `product` computes the two batched products (scores, context), `scores` (q, k, heads) ->
+    [B,H,T1,T2] the scaled scores in place of the first: a compiler's seams."""
     b, t1, d = q.shape
     dk = d // heads
-    qh = q.reshape(b, t1, heads, dk).transpose(1, 2) * dk**-0.5
-    kh = k.reshape(b, -1, heads, dk).transpose(1, 2)
     vh = v.reshape(b, -1, heads, dk).transpose(1, 2)
-    scores = product(qh, kh.transpose(-2, -1))
+    if scores is not None:
+        scores = scores(q, k, heads)
+    else:
+        qh = q.reshape(b, t1, heads, dk).transpose(1, 2) * dk**-0.5
+        kh = k.reshape(b, -1, heads, dk).transpose(1, 2)
+        scores = product(qh, kh.transpose(-2, -1))
     if key_mask is not None:
         m = key_mask[:, None, None, :] if key_mask.dim() == 2 else key_mask[:, None, :, :]
         scores = scores.masked_fill(m == 0, -1e4)
@@ -79,6 +83,7 @@ class PositionwiseFeedForwardDecoderSANM(nn.Module):
 
 class MultiHeadedAttentionSANM(nn.Module):
     product = staticmethod(torch.matmul)  # the attention products (attend)
+    scores = None  # the scores in place of the first product (attend)
 
     def __init__(self, heads: int, in_feat: int, n_feat: int, kernel_size: int, sanm_shfit: int = 0):
         super().__init__()
@@ -94,7 +99,7 @@ class MultiHeadedAttentionSANM(nn.Module):
         q, k, v = torch.split(self.linear_q_k_v(x), d, dim=-1)
         vm = v * mask[:, :, None]
         mem = (self.fsmn(vm) + vm) * mask[:, :, None]
-        return self.linear_out(attend(q, k, v, self.h, mask, self.product)) + mem
+        return self.linear_out(attend(q, k, v, self.h, mask, self.product, self.scores)) + mem
 
     def fsmn(self, xm):
         """The FSMN memory block: the depthwise conv over time of xm [B, T, D], zero-padded."""
@@ -225,6 +230,7 @@ class MultiHeadedAttentionSANMDecoder(nn.Module):
 
 class MultiHeadedAttentionCrossAtt(nn.Module):
     product = staticmethod(torch.matmul)  # the attention products (attend)
+    scores = None  # the scores in place of the first product (attend)
 
     def __init__(self, heads, n_feat):
         super().__init__()
@@ -235,7 +241,7 @@ class MultiHeadedAttentionCrossAtt(nn.Module):
 
     def forward(self, x, memory, memory_mask):
         k, v = torch.split(self.linear_k_v(memory), self.linear_q.out_features, dim=-1)
-        return self.linear_out(attend(self.linear_q(x), k, v, self.h, memory_mask, self.product))
+        return self.linear_out(attend(self.linear_q(x), k, v, self.h, memory_mask, self.product, self.scores))
 
 
 class DecoderLayerSANM(nn.Module):

@@ -275,27 +275,34 @@ def test_traced_int8_ops_equal_numpy_reference():
     np.testing.assert_array_equal(colsum.numpy(), w_nk.astype(np.int64).sum(axis=1).reshape(-1, 16))
 
 
-def test_traced_fp16_attention_op_equals_numpy_reference():
-    """The float16 attention products' torch op (its eager side, which tracing sees) is the numpy
-    reference's matmul_f16; asking for them where the board has no half-precision arithmetic (or
-    on an fp32 bundle) is a one-line error naming the board."""
+def test_traced_attention_ops_equal_numpy_reference():
+    """The attention products' torch ops (their eager side, which tracing sees) are the numpy
+    reference's: float16 products (matmul_f16) and int8 scores (scores_s8). Each board gets the
+    best its arithmetic allows; asking for more (or on an fp32 bundle) is a one-line error naming
+    the board."""
     import torch
 
     from edge.backends import ops
     from edge.boards import load_board
     from paraedge_tools.compiler.compile import attention_dtype
-    from paraedge_tools.compiler.graphs import matmul_f16_op
+    from paraedge_tools.compiler.graphs import matmul_f16_op, scores_s8
     from tests import tvm_int8_ops
 
     x = tvm_int8_ops.f16_operands(12)
     got = matmul_f16_op()(torch.from_numpy(x["c_p"]), torch.from_numpy(x["d_v"])).numpy()
     np.testing.assert_array_equal(got, ops.matmul_f16(x["c_p"], x["d_v"]))
+    x = tvm_int8_ops.scores_operands(5, 16)
+    got = scores_s8(torch.from_numpy(x["a_q"]), torch.from_numpy(x["b_k"]), 2).numpy()
+    np.testing.assert_array_equal(got[0], ops.scores_s8(x["a_q"][0], x["b_k"][0], 2))
     a76 = load_board("qemu-a76")
-    assert attention_dtype(a76, int8=True) == "float16" and attention_dtype(a76, True, False) == "float32"
+    assert attention_dtype(a76, int8=True) == "int8" and attention_dtype(a76, True, "float16") == "float16"
+    assert attention_dtype(a76, True, "float32") == "float32"
     assert attention_dtype(load_board("raspberry-pi-4"), int8=True) == "float32"  # Cortex-A72: no fp16 arithmetic
-    for board, int8 in (("x86-host", True), ("qemu-a76", False)):
-        with pytest.raises(ParaEdgeError, match=f"float16 attention .* {board}"):
-            attention_dtype(load_board(board), int8, True)
+    for board, int8, ask in (("x86-host", True, "float16"), ("qemu-a76", False, "float16"), ("x86-host", True, "int8")):
+        with pytest.raises(ParaEdgeError, match=f"{ask} attention .* {board}"):
+            attention_dtype(load_board(board), int8, ask)
+    with pytest.raises(ParaEdgeError, match="attention 'int4': choose one of int8, float16, float32"):
+        attention_dtype(a76, True, "int4")
 
 
 @pytest.mark.parametrize("lanes", [1, 8])
@@ -421,8 +428,9 @@ def test_demo_int8_bundles_fit_the_size_budget(tvm_demo_int8, tmp_path):
     print(f"raspberry-pi-5 demo INT8 bundle: {time.perf_counter() - t0:.0f} s to compile, {_bundle_mb(out):.1f} MB")
     for bundle in (tvm_demo_int8, out):
         assert _bundle_mb(bundle) <= MAX_DEMO_BUNDLE_MB, (bundle, _bundle_mb(bundle))
-    # the A76 has half-precision arithmetic: the attention products run in float16 there, not on x86
-    assert m["model"]["attention"] == "float16"
+    # the A76 has the dot product and half-precision arithmetic: the attention scores run in int8
+    # there and the context in float16; on x86, float32
+    assert m["model"]["attention"] == "int8"
     # a board of 4 threads gets parallel loops (the emulated board's bundle, of one thread, none:
     # tests/test_tvm_arm.py)
     from tests.tvm_int8_ops import dynamic_symbols

@@ -60,6 +60,27 @@ def test_fp16_attention_products_on_emulated_board_equal_numpy_reference(armroot
     tvm_int8_ops.check_matmul_f16(_run_emulated(armroot, tmp_path, so, x, frames // 8 if symbolic else None), frames)
 
 
+@pytest.mark.parametrize("t1,t2,any_rows", [(24, 40, False), (12, 16, False), (5, 24, True)],
+                         ids=["8-row-tiles", "4-row-tiles", "any-rows-plain"])
+def test_int8_scores_on_emulated_board_equal_numpy_reference(armroot, tmp_path, t1, t2, any_rows):
+    """The int8 attention scores of A76-class bundles (graphs.scores_s8: per-row int8 queries and
+    keys, `sdot` tiles of 8 or 4 query rows x 8 keys) on the emulated A76, bit-exact against
+    ops.scores_s8: as the encoder (rows 8 * q), the offline decoder (tokens 4 * n) and the
+    streaming decoder (any count of tokens: no tile, the plain schedule) compile them."""
+    import subprocess
+
+    from tests import tvm_int8_ops
+
+    so = str(tmp_path / "scores.so")
+    tvm_int8_ops.build_scores_s8("qemu-a76", so, t1, t2, any_rows=any_rows)
+    dis = subprocess.run(["aarch64-linux-gnu-objdump", "-d", so], capture_output=True, text=True).stdout
+    assert ("sdot\t" in dis) != any_rows
+    x = tvm_int8_ops.scores_operands(t1, t2)
+    lengths = np.array([t2 // 8, t1 if any_rows else t1 // 4])
+    arrays = {"0_lengths": lengths, **x}
+    tvm_int8_ops.check_scores_s8(_run_emulated(armroot, tmp_path, so, arrays, None), t1, t2)
+
+
 def _run_emulated(armroot, tmp_path, so: str, x, q: int | None):
     """main(x) of the aarch64 module `so` (after the lengths R.Shape([q]) when q is given; x an
     array, or {name: array} passed in name order), run by the emulated board's runtime-only
@@ -169,7 +190,7 @@ def test_int8_stream_decoder_takes_any_token_count_on_emulated_board(armroot, tv
     from tests.conftest import ROOT
 
     a76 = str(tmp_path / "a76")
-    m = compile_bundle(os.path.join(ROOT, "models", "demo"), "qemu-a76", a76, int8=True, attention_f16=False,
+    m = compile_bundle(os.path.join(ROOT, "models", "demo"), "qemu-a76", a76, int8=True, attention="float32",
                        log=lambda *_: None)
     assert {f["name"]: f["lengths"]["N"] for f in m["functions"] if "N" in f["lengths"]} == {"decoder": 4, "stream_decoder": 1}
     x86 = Recognizer(tvm_demo_int8, "tvm", int8=True)

@@ -232,3 +232,42 @@ def check(out, shape=(M, K)) -> None:
     acc_ref = ops.gemm_s8s32(xq[0], w_nk)  # [M, N]
     np.testing.assert_array_equal(acc[0], acc_ref)
     np.testing.assert_array_equal(acc, panels_s8_reference(xq, panels(w_nk)))
+
+
+def scores_operands(t1: int, t2: int, d: int = 64) -> dict:
+    """Queries [1, t1, d] and keys [1, t2, d] for the int8 scores: rows of very different scales,
+    an all-zero key row."""
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((1, t1, d)).astype(np.float32) * np.linspace(0.05, 9, t1, dtype=np.float32)[None, :, None]
+    k = rng.standard_normal((1, t2, d)).astype(np.float32) * np.linspace(3, 0.02, t2, dtype=np.float32)[None, :, None]
+    k[0, min(2, t2 - 1)] = 0.0
+    return {"a_q": q, "b_k": k}
+
+
+def build_scores_s8(board: str, path: str, t1: int, t2: int, heads: int = 2, any_rows: bool = False) -> None:
+    """The int8 attention scores (paraedge_tools.compiler.graphs.scores_s8) traced from torch and
+    imported as a bundle's graphs are (ModuleBuilder: the quantizers, the key packing, the `sdot`
+    product and its dequant fused by TVM), for `board`: main(R.Shape([t2 / 8, t1 / g]), q, k) ->
+    (scores,), g = 1 with `any_rows` (the streaming decoder's tokens: the plain schedule), else 4."""
+    import torch
+
+    from edge.boards import load_board
+    from paraedge_tools.compiler import graphs
+
+    class Scores(torch.nn.Module):
+        def forward(self, q, k):
+            return (graphs.scores_s8(q, k, heads),)
+
+    x = scores_operands(t1, t2)
+    builder = graphs.ModuleBuilder("sdot")
+    builder.add("main", Scores(), {k: list(v.shape) for k, v in x.items()}, {"a_q": {1: "N"}, "b_k": {1: "T"}},
+                granules={"N": 1 if any_rows else graphs.GRANULE_N})
+    _export(builder.get(), load_board(board), path)
+
+
+def check_scores_s8(out, t1: int, t2: int, heads: int = 2) -> None:
+    """The scores bit-exact against edge/backends/ops.py's scores_s8."""
+    from edge.backends import ops
+
+    x = scores_operands(t1, t2)
+    np.testing.assert_array_equal(out["arr_0"][0], ops.scores_s8(x["a_q"][0], x["b_k"][0], heads))

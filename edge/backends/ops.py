@@ -118,6 +118,19 @@ def quantize_rows_s8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, (amax / F32(127)).astype(F32)
 
 
+def scores_s8(q: np.ndarray, k: np.ndarray, heads: int) -> np.ndarray:
+    """The attention scores of INT8 TVM bundles on boards with the dot product and half-precision
+    arithmetic: q [T1, D], k [T2, D] -> [H, T1, T2] = (int32 sums of each head's int8 query and key
+    rows, quantized per row) x query scale x (key scale x dk^-0.5), in float32 in that order."""
+    t1, d = q.shape
+    dk = d // heads
+    qq, sq = quantize_rows_s8(np.asarray(q, F32).reshape(-1, dk))
+    kq, sk = quantize_rows_s8(np.asarray(k, F32).reshape(-1, dk))
+    acc = qq.reshape(t1, heads, dk).transpose(1, 0, 2).astype(np.int32) @ kq.reshape(-1, heads, dk).transpose(1, 2, 0).astype(np.int32)
+    key_scale = (sk.reshape(-1, heads).T * F32(dk**-0.5)).astype(F32)
+    return (acc.astype(F32) * sq.reshape(t1, heads).T[:, :, None]) * key_scale[:, None, :]
+
+
 def gemm_s8s32(a: np.ndarray, w_nk: np.ndarray) -> np.ndarray:
     """int8 [M, K] x int8 [N, K] (one row per output channel) -> exact int32 [M, N]."""
     return a.astype(np.int32) @ w_nk.astype(np.int32).T

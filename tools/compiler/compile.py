@@ -127,20 +127,36 @@ def _progress(total: int, desc: str, stream):
         return _Quiet()
 
 
-def attention_dtype(board: Board, int8: bool, attention_f16: bool | None = None) -> str:
-    """The attention products' dtype: "float16" for INT8 bundles on boards with half-precision
-    arithmetic (graphs.matmul_f16_op; `attention_f16` False keeps float32), else "float32".
+ATTENTION = ("int8", "float16", "float32")
 
-    Measured on the emulated A76 (anchor model, 10 s, offline): the attention products 7.2 -> 3.9 M
-    instructions per audio second, the whole decode 36.4 -> 33.3 M; on the demo's held-out sets the
-    tokens stay the fp32 reference's (bench/arm_int8_agreement.py)."""
-    from paraedge_tools.compiler.cpu import has_fp16
 
-    f16 = int8 and not board.cuda and has_fp16(tvm_target(board)) and attention_f16 is not False
-    if attention_f16 and not f16:
-        raise ParaEdgeError(f"float16 attention is for INT8 bundles on boards with half-precision arithmetic "
-                            f"(+fullfp16); {board.name}{'' if int8 else ' without --int8'} has none")
-    return "float16" if f16 else "float32"
+def attention_dtype(board: Board, int8: bool, attention: str | None = None) -> str:
+    """How an INT8 bundle computes the attention products (`attention`; None: the board's best):
+    "int8", the scores from int8 queries and keys (graphs.scores_s8, `sdot`) and the context in
+    float16, on boards with both the dot product and half-precision arithmetic; "float16", both
+    products in float16 (graphs.matmul_f16_op), on boards with half-precision arithmetic;
+    "float32" anywhere (and always without --int8).
+
+    Measured on the emulated A76 (anchor model, 10 s, offline), M instructions per audio second:
+    the attention products 7.2 (float32) -> 3.9 (float16); the whole decode 36.4 -> 33.3 with
+    float16. On the demo's held-out sets the tokens stay the fp32 reference's
+    (bench/arm_int8_agreement.py)."""
+    from paraedge_tools.compiler.cpu import has_dotprod, has_fp16
+
+    if attention not in (None, *ATTENTION):
+        raise ParaEdgeError(f"attention {attention!r}: choose one of {', '.join(ATTENTION)}")
+    target = None if board.cuda else tvm_target(board)
+    f16 = int8 and target is not None and has_fp16(target)
+    s8 = f16 and has_dotprod(target)
+    best = "int8" if s8 else "float16" if f16 else "float32"
+    if attention is None:
+        return best
+    if ATTENTION.index(attention) < ATTENTION.index(best):
+        need = "the dot product (+dotprod) and half-precision arithmetic" if attention == "int8" else \
+            "half-precision arithmetic (+fullfp16)"
+        raise ParaEdgeError(f"{attention} attention is for INT8 bundles on boards with {need}; "
+                            f"{board.name}{'' if int8 else ' without --int8'} has {best} at best")
+    return attention
 
 
 def build_irmodule(model, board: Board, streaming: bool | None, int8: bool, bar=None, attention: str = "float32"):
@@ -159,7 +175,7 @@ def build_irmodule(model, board: Board, streaming: bool | None, int8: bool, bar=
     fns = plan(md, streaming, graphs.stream_granule_n(kernel))
     modules = dict(zip(("encoder", "decoder", "stream_decoder"),
                        graphs.wrappers(load_torch_model(md), streaming, graphs.linear_mode(board.cuda, int8, kernel),
-                                       attention == "float16")))
+                                       attention)))
     builder = graphs.ModuleBuilder(kernel, decompose=board.cuda)
     params, long_fns = {}, []
     for fn in fns:
@@ -186,9 +202,9 @@ def build_irmodule(model, board: Board, streaming: bool | None, int8: bool, bar=
 
 
 def compile_bundle(model: str, board: str | Board, out: str, streaming: bool | None = None,
-                   int8: bool = False, log=None, attention_f16: bool | None = None) -> dict:
-    """Compile `model` for `board` into the bundle dir `out`; returns the manifest. `attention_f16`:
-    see attention_dtype (False keeps an INT8 bundle's attention products in float32)."""
+                   int8: bool = False, log=None, attention: str | None = None) -> dict:
+    """Compile `model` for `board` into the bundle dir `out`; returns the manifest. `attention`:
+    see attention_dtype (None: the board's best)."""
     board = board if isinstance(board, Board) else load_board(board)  # bad profiles fail before heavy imports
     md = ModelDir(model)
     output = OutputDir(out, "manifest.json", BUNDLE_FORMAT, "TVM bundle")  # refuses a folder that is not ours
@@ -208,19 +224,19 @@ def compile_bundle(model: str, board: str | Board, out: str, streaming: bool | N
     if int8 and board.cuda:
         raise ParaEdgeError(f"--int8 is for CPU boards; {board.name} is a CUDA board (compile it fp32)")
     with toolchain_output() as stderr:
-        manifest, size_mb = _compile_into(output, md, board, streaming, int8, stderr, attention_f16)
+        manifest, size_mb = _compile_into(output, md, board, streaming, int8, stderr, attention)
     log(f"wrote {out} ({board.name}, {len(manifest['functions'])} functions, {size_mb:.1f} MB)")
     return manifest
 
 
 def _compile_into(output: OutputDir, md: ModelDir, board: Board, streaming: bool, int8: bool, stderr,
-                  attention_f16: bool | None = None):
+                  attention: str | None = None):
     """compile_bundle's work, its progress bar on `stderr`: (manifest, bundle MB)."""
     import tvm
 
     cfg = md.config
     bar = _progress(len(plan(md, streaming)) + 3, f"compile {board.name}", stderr)
-    attention = attention_dtype(board, int8, attention_f16)
+    attention = attention_dtype(board, int8, attention)
     irmod, params, fns = build_irmodule(md, board, streaming, int8, bar, attention)
     target = tvm_target(board)
     bar.set_postfix_str(f"tvm.compile {target.kind.name}")
@@ -281,9 +297,10 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", "-m", required=True, help="model dir (FunASR layout)")
     ap.add_argument("-o", "--output", required=True, help="bundle dir to write")
     ap.add_argument("--int8", action="store_true", help="INT8 weights and activations for the matmuls")
-    ap.add_argument("--fp32-attention", action="store_true",
-                    help="with --int8: keep the attention products in float32 (on boards with half-precision "
-                         "arithmetic, e.g. Cortex-A76, they run in float16 by default)")
+    ap.add_argument("--attention", choices=ATTENTION,
+                    help="with --int8: how the attention products run (default: the board's best; on a "
+                         "Cortex-A76 the scores in int8 and the context in float16)")
+    ap.add_argument("--fp32-attention", action="store_true", help="the same as --attention float32")
     ap.add_argument("--verbose", "-v", action="store_true", help="show the toolchain's own warnings (torch, TVM)")
     ap.add_argument("--streaming", action="store_true", help="add the streaming decoder (default for ParaformerStreaming)")
 
@@ -293,7 +310,7 @@ def run(args) -> int:
         logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
         LOG.setLevel(logging.DEBUG)
     compile_bundle(args.model, args.board, args.output, streaming=args.streaming or None,
-                   int8=args.int8, attention_f16=False if args.fp32_attention else None)
+                   int8=args.int8, attention="float32" if args.fp32_attention else args.attention)
     return 0
 
 

@@ -168,6 +168,41 @@ def product_f16(a, b):
     return matmul_f16_op()(a.to(torch.float16), b.to(torch.float16)).float()
 
 
+@functools.lru_cache(maxsize=None)
+def matmul_s8_keys_op():
+    """Register (once) the int8 product of the attention scores (scores_s8): queries q [B, T1, H,
+    dk] x keys packed kp [B, H, dk/4, T2, 4] -> int32 [B, H, T1, T2] (int8.keys_s8_te, tiled with
+    int8.sdot_keys_intrin). Eager: float64 sums of int8 products, exact."""
+    import torch
+
+    @torch.library.custom_op("paraedge::matmul_s8_keys", mutates_args=(), schema="(Tensor q, Tensor kp) -> Tensor")
+    def matmul_s8_keys(q, kp):
+        b, h, g, t2, r = kp.shape
+        k = kp.permute(0, 1, 2, 4, 3).reshape(b, h, g * r, t2).double()  # [B, H, dk, T2]
+        return torch.matmul(q.permute(0, 2, 1, 3).double(), k).round().to(torch.int32)
+
+    @matmul_s8_keys.register_fake
+    def _(q, kp):
+        return q.new_empty((q.shape[0], q.shape[2], q.shape[1], kp.shape[3]), dtype=torch.int32)
+
+    return torch.ops.paraedge.matmul_s8_keys
+
+
+def scores_s8(q, k, heads: int):
+    """The attention scores (paraedge_models.paraformer.attend's `scores` seam) in int8 on `sdot`
+    boards: each head's query and key rows quantized per row (int8.quantize_rows_te, as the
+    Linear layers' activations), the keys packed for `sdot`, the int32 sums dequantized, x dk^-0.5.
+    The reference is edge.backends.ops.scores_s8."""
+    quantize, _, _ = int8_ops()
+    b, t1, d = q.shape
+    dk = d // heads
+    qq, sq = quantize(q.reshape(b, t1, heads, dk))
+    kq, sk = quantize(k.reshape(b, -1, heads, dk))
+    kp = kq.unflatten(-1, (dk // 4, 4)).permute(0, 2, 3, 1, 4)  # [B, H, dk/4, T2, 4]
+    acc = matmul_s8_keys_op()(qq, kp)
+    return acc.float() * sq.permute(0, 2, 1, 3) * (sk.permute(0, 2, 3, 1) * dk**-0.5)
+
+
 def fsmn_by_rows(self, xm):
     """The FSMN memory block (paraedge_models.paraformer ... .fsmn) through fsmn_rows: the zero
     padding along T in the rows layout, the conv reading and writing rows."""
@@ -263,9 +298,10 @@ def replace_linears(model, mode: str) -> int:
     return count
 
 
-def wrappers(model, streaming: bool, mode: str, attention_f16: bool = False):
+def wrappers(model, streaming: bool, mode: str, attention: str = "float32"):
     """(encoder, decoder, streaming decoder or None) modules over the FunASR torch model;
-    `attention_f16`: the attention products in float16 (matmul_f16_op)."""
+    `attention` (compile.attention_dtype): "float16", the attention products in float16
+    (matmul_f16_op); "int8", the scores in int8 (scores_s8) and the context in float16."""
     import torch
 
     PanelLinear = panel_linear_class()
@@ -279,10 +315,12 @@ def wrappers(model, streaming: bool, mode: str, attention_f16: bool = False):
     cif = None if mode == "fp16" else PanelLinear(conv_w.transpose(2, 1, 0).reshape(k * conv_w.shape[1], -1),
                                                   p.cif_conv1d.bias.detach(), mode)
 
-    if attention_f16:
+    if attention in ("float16", "int8"):
         for block in model.modules():
             if hasattr(block, "product"):
                 block.product = product_f16
+                if attention == "int8":
+                    block.scores = scores_s8
     if mode != "fp16":  # (CUDA keeps FunASR's Conv1d, as it was checked on the GPU)
         for block in list(model.modules()):
             if hasattr(block, "fsmn_block") and hasattr(block, "fsmn"):
@@ -379,7 +417,10 @@ class ModuleBuilder:
         # 17 of the demo fp32 encoder's 78 ms at 168 frames on x86 (28 ms without). The CUDA graphs
         # keep it, as they were checked on the GPU (with fp32 weights and the CIF im2col, they did not
         # import without it: a slice's shape got an if_then_else).
-        self.te = {**int8_computes(kernel), "fsmn_rows": (fsmn_rows_te, ()), "matmul_f16": (matmul_f16_te, ())}
+        from paraedge_tools.compiler.int8 import keys_s8_te
+
+        self.te = {**int8_computes(kernel), "fsmn_rows": (fsmn_rows_te, ()), "matmul_f16": (matmul_f16_te, ()),
+                   "matmul_s8_keys": (keys_s8_te, ())}
         self.max_frames, self.decompose = max_frames, decompose
         te = self.te
 

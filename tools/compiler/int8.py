@@ -270,6 +270,72 @@ def sdot_intrin(rows: int, k: int = SDOT_K) -> str:
     return name
 
 
+def keys_s8_te(q, kp):
+    """TE compute of the attention scores in int8 (graphs.scores_s8): C[b, h, m, n] = sum_k
+    q[b, m, h, k] * kp[b, h, k/4, n, k%4] (int32). q is the quantized queries in the projection's
+    own layout [B, T1, H, dk] (a row of A is 64 bytes at a constant stride: no transpose), kp the
+    quantized keys packed for `sdot` [B, H, dk/4, T2, 4]: 4 dims of 4 keys are one 16-byte load,
+    the B operand of sdot_keys_intrin."""
+    from tvm import te
+
+    b, t1, h, dk = q.shape
+    t2 = kp.shape[3]
+    kk = te.reduce_axis((0, int(dk)), name="k")
+    return te.compute((b, h, t1, t2), lambda bi, hi, m, n: te.sum(
+        q[bi, m, hi, kk].astype("int32") * kp[bi, hi, kk // PANEL_K, n, kk % PANEL_K].astype("int32"), axis=kk),
+        name="matmul_s8_keys")
+
+
+@functools.lru_cache(maxsize=None)
+def sdot_keys_intrin(rows: int) -> str:
+    """Register (once) and name the tensor intrinsic of one tile of the int8 attention scores
+    (keys_s8_te): C[rows, 8 keys] (int32) += A[rows, 16 k] (int8) . B[4 groups, 8 keys, 4 k] (int8),
+    B's groups a (symbolic) row of keys apart. Per 4-k group one 32-byte load of B feeds rows x 2
+    indexed `sdot`s; 8 rows hold 16 accumulators, 8 A registers and B's 2. Eight keys, not 16: the
+    keys are frames, a multiple of 8 (graphs.GRANULE_T). A keeps its head axis (a unit one): the
+    queries stay in the projection's layout [T1, H, dk]."""
+    from tvm import s_tir
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sa, sh, sb, sc = T.int64(), T.int64(), T.int64(), T.int64()
+        A = T.match_buffer(a, (rows, 1, 16), "int8", offset_factor=1, strides=[sa, sh, 1])
+        B = T.match_buffer(b, (4, 8, 4), "int8", offset_factor=1, strides=[sb, 4, 1])
+        C = T.match_buffer(c, (rows, 8), "int32", offset_factor=1, strides=[sc, 1])
+        with T.sblock("root"):
+            T.reads(C[0:rows, 0:8], A[0:rows, 0, 0:16], B[0:4, 0:8, 0:4])
+            T.writes(C[0:rows, 0:8])
+            for r, j, k in T.grid(rows, 8, 16):
+                with T.sblock("update"):
+                    vr, vj, vk = T.axis.remap("SSR", [r, j, k])
+                    C[vr, vj] = C[vr, vj] + T.cast(A[vr, 0, vk], "int32") * T.cast(B[vk // 4, vj, vk % 4], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sa, sh, sb, sc = T.int64(), T.int64(), T.int64(), T.int64()
+        A = T.match_buffer(a, (rows, 1, 16), "int8", offset_factor=1, strides=[sa, sh, 1])
+        B = T.match_buffer(b, (4, 8, 4), "int8", offset_factor=1, strides=[sb, 4, 1])
+        C = T.match_buffer(c, (rows, 8), "int32", offset_factor=1, strides=[sc, 1])
+        with T.sblock("root"):
+            T.reads(C[0:rows, 0:8], A[0:rows, 0, 0:16], B[0:4, 0:8, 0:4])
+            T.writes(C[0:rows, 0:8])
+            for grp in T.unroll(4):
+                for q in T.unroll(2):
+                    for r in T.unroll(rows):
+                        C[r, T.ramp(q * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+                            C.vload([r, q * 4], "int32x4"),
+                            B.vload([grp, q * 4, 0], "int8x16"),
+                            T.reinterpret(T.Shuffle([T.reinterpret(A.vload([r, 0, 0], "int8x16"), dtype="int32x4")],
+                                                    [grp, grp, grp, grp]), dtype="int8x16"),
+                            dtype="int32x4")
+
+    name = f"paraedge_sdot_keys_{rows}x8x16"
+    s_tir.TensorIntrin.register(name, desc, impl, override=True)
+    return name
+
+
 @functools.lru_cache(maxsize=None)
 def pmaddwd_intrin(rows: int) -> str:
     """Register (once) and name the x86 AVX2 tensor intrinsic of one register tile of

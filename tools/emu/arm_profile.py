@@ -88,9 +88,11 @@ def hot_functions(blocks_file: str, maps_file: str, root: str) -> dict[str, int]
 
 
 def emulated_profile(model: str, audio: list[str], backends: list[str], streaming: bool, cpu: str = "cortex-a76",
-                     warmup: int = 1, timeout: float = 3600, kernels: bool = False, streams=(1,)) -> dict:
+                     warmup: int = 1, timeout: float = 3600, kernels: bool = False, streams=(1,),
+                     kernel_stage: str = "total") -> dict:
     """Per-stage instruction counts of each backend; `kernels` adds the instructions of the measured
-    runs ("total" stage, summed over the backends) per library function, under "functions".
+    runs (stage `kernel_stage`, "total" by default, summed over the backends) per library function,
+    under "functions".
     streams (with streaming), e.g. (1, 2, 4): a row per count of concurrent streams decoded together,
     counted per stream, with `per_stream_vs_first` (the batching bench)."""
     from edge.diag.profile import MARKED
@@ -106,7 +108,7 @@ def emulated_profile(model: str, audio: list[str], backends: list[str], streamin
             args += ["--streaming", "--streams", ",".join(str(n) for n in streams)]
         plugin_args = f"{qemu_insn.plugin()},out={total_file},stages={stages_file}"
         if kernels:
-            plugin_args += f",blocks={blocks_file},block_stage={MARKED.index('total')}"
+            plugin_args += f",blocks={blocks_file},block_stage={MARKED.index(kernel_stage)}"
         plugin = ["-plugin", plugin_args]
         # the C kernels, cross-built for this root, as `pip install` builds them on a board: the neon
         # backend needs them, and every backend's frontend uses their fbank
@@ -188,14 +190,16 @@ def main(argv=None) -> int:
     ap.add_argument("--kernels", type=int, default=0, metavar="N",
                     help="also list the N functions (TVM kernels, library routines) that executed the most "
                          "instructions in the measured runs, summed over the backends")
+    ap.add_argument("--kernel-stage", default="total", choices=["total", "fbank", "lfr_cmvn", "encoder", "cif", "decoder"],
+                    help="with --kernels: count the functions within this stage only (default: the whole decode)")
     ap.add_argument("-o", "--output", help="directory for arm_report.json")
     a = ap.parse_args(argv)
     streams = [int(n) for n in a.streams.split(",")]
     rep = emulated_profile(a.model, a.audio, a.backend.split(","), a.streaming, a.cpu, a.warmup, kernels=a.kernels > 0,
-                           streams=streams)
+                           streams=streams, kernel_stage=a.kernel_stage)
     print(table(rep))
     if a.kernels:
-        print(f"\ntop {a.kernels} functions (M insn per audio s, all backends):")
+        print(f"\ntop {a.kernels} functions (M insn per audio s, all backends; stage {a.kernel_stage}):")
         for name, v in list(rep["functions_minsns_per_audio_s"].items())[: a.kernels]:
             print(f"{v:10.2f}  {name}")
     if a.output:
