@@ -107,6 +107,22 @@ def test_one_function_per_graph_serves_every_length(exported_streaming):
     assert [f["name"] for f in plan(ModelDir(exported_streaming), streaming=False)] == ["encoder", "decoder"]
 
 
+def test_int8_attention_encoder_is_two_functions_picked_by_length(exported_streaming):
+    """With int8 attention the encoder is "encoder" (float16 scores) up to 64 frames and
+    "encoder_long" (int8 scores) past them; the runtime picks by the frames it is given."""
+    from edge.asr.modeldir import ModelDir
+    from edge.backends.tvm import pick_function
+    from paraedge_tools.compiler.compile import plan
+    from paraedge_tools.compiler.graphs import INT8_SCORES_MIN_FRAMES
+
+    fns = plan(ModelDir(exported_streaming), attention="int8")
+    assert [f["name"] for f in fns] == ["encoder", "encoder_long", "decoder", "stream_decoder"]
+    assert fns[0]["max_frames"] == INT8_SCORES_MIN_FRAMES == 64 and "max_frames" not in fns[1]
+    assert fns[0]["inputs"] == fns[1]["inputs"] and fns[0]["lengths"] == fns[1]["lengths"]
+    for frames, name in ((1, "encoder"), (64, "encoder"), (65, "encoder_long"), (5000, "encoder_long")):
+        assert pick_function(fns, "encoder", frames, "b")["name"] == name
+
+
 def test_manifest_describes_bundle(tvm_offline):
     m = json.load(open(os.path.join(tvm_offline, "manifest.json")))
     assert m["board"]["name"] == "x86-host" and m["tvm_version"].startswith("0.27")

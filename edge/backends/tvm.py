@@ -147,22 +147,26 @@ def _function_ok(f) -> bool:
     if not all(isinstance(lengths.get(k), int) and not isinstance(lengths[k], bool) and 1 <= lengths[k] <= 64
                for k in (("T",) if f["kind"] == "encoder" else ("T", "N"))):
         return False
-    if "graph_frames" in f and not count("graph_frames"):
+    if any(k in f and not count(k) for k in ("graph_frames", "max_frames")):
         return False
     return f["kind"] != "stream_decoder" or (count("kernel") and count("caches", lo=0))
 
 
 def pick_function(functions, kind: str, rows: int, bundle: str) -> dict:
-    """The bundle's function of `kind` for `rows` frames or tokens: on CUDA, the one captured in
-    CUDA graphs while the rows fit its bound (`graph_frames`), else the uncaptured `<name>_long`;
-    on CPU, the only one."""
+    """The bundle's function of `kind` for `rows` frames or tokens: the one with the smallest bound
+    that the rows fit, else the unbounded one. Bounds: on CUDA, the functions captured in CUDA
+    graphs (`graph_frames`; the uncaptured `<name>_long` takes longer inputs); on boards with int8
+    attention, the encoder with float16 scores (`max_frames`; `encoder_long` past it)."""
+    def bound(f):
+        return min(f.get("graph_frames", 1 << 30), f.get("max_frames", 1 << 30))
+
     fns = [f for f in functions if f["kind"] == kind]
-    fits = [f for f in fns if rows <= f.get("graph_frames", rows)]
+    fits = [f for f in fns if rows <= bound(f)]
     if fits:
-        return min(fits, key=lambda f: f.get("graph_frames", 1 << 30))  # a captured one first
+        return min(fits, key=bound)
     if fns:
         raise ModelError(f"{bundle}: {rows} frames is more than the bundle's {kind} takes "
-                         f"({max(f['graph_frames'] for f in fns)}); recompile it with `paraedge compile`")
+                         f"({max(bound(f) for f in fns)}); recompile it with `paraedge compile`")
     raise ModelError(f"{bundle}: the bundle has no {kind} function; recompile it with `paraedge compile`")
 
 

@@ -37,11 +37,14 @@ from edge.boards import Board, load_board
 from edge.errors import ParaEdgeError
 from paraedge_tools.output import OutputDir, digests
 
-def plan(md: ModelDir, streaming: bool | None = None, stream_granule_n: int | None = None) -> list[dict]:
+def plan(md: ModelDir, streaming: bool | None = None, stream_granule_n: int | None = None,
+         attention: str = "float32") -> list[dict]:
     """Every function the bundle will hold: name, kind, inputs (shapes over the symbols T, N),
     the multiples the runtime pads T and N to (the streaming decoder's N: graphs.stream_granule_n
-    of the board's int8 kernel)."""
-    from paraedge_tools.compiler.graphs import GRANULE_N, GRANULE_T
+    of the board's int8 kernel). With int8 attention the encoder is two functions: "encoder" up
+    to graphs.INT8_SCORES_MIN_FRAMES frames (`max_frames`; float16 scores), "encoder_long" past
+    them (int8 scores)."""
+    from paraedge_tools.compiler.graphs import GRANULE_N, GRANULE_T, INT8_SCORES_MIN_FRAMES
 
     cfg = md.config
     streaming = cfg.streaming if streaming is None else streaming
@@ -58,6 +61,9 @@ def plan(md: ModelDir, streaming: bool | None = None, stream_granule_n: int | No
         ins = dict(dec_in, **{f"cache{i}": [1, d, k - 1] for i in range(n_caches)})
         fns.append({"name": "stream_decoder", "kind": "stream_decoder", "inputs": ins,
                     "lengths": {"T": GRANULE_T, "N": stream_granule_n or GRANULE_N}, "kernel": k, "caches": n_caches})
+    if attention == "int8":
+        fns.insert(1, dict(fns[0], name="encoder_long"))
+        fns[0]["max_frames"] = INT8_SCORES_MIN_FRAMES
     return fns
 
 
@@ -172,7 +178,7 @@ def build_irmodule(model, board: Board, streaming: bool | None, int8: bool, bar=
         from paraedge_tools.compiler.cpu import int8_kernel
 
         kernel = int8_kernel(tvm_target(board))
-    fns = plan(md, streaming, graphs.stream_granule_n(kernel))
+    fns = plan(md, streaming, graphs.stream_granule_n(kernel), attention)
     modules = dict(zip(("encoder", "decoder", "stream_decoder"),
                        graphs.wrappers(load_torch_model(md), streaming, graphs.linear_mode(board.cuda, int8, kernel),
                                        attention)))
@@ -186,8 +192,11 @@ def build_irmodule(model, board: Board, streaming: bool | None, int8: bool, bar=
         shapes = {k: [sizes.get(v, v) for v in s] for k, s in fn["inputs"].items()}
         lengths = {k: {i: v for i, v in enumerate(s) if v in sizes} for k, s in fn["inputs"].items()}
         graph_frames = graphs.GRAPH_MAX_FRAMES if board.cuda else 0
-        fn_params, fn["params"] = builder.add(fn["name"], modules[fn["kind"]], shapes, lengths, graph_frames,
-                                              fn["lengths"])
+        # short inputs (a streaming chunk, a command) keep float16 scores: traced with the seam off
+        short = graphs.float16_scores(modules["encoder"]) if "max_frames" in fn else contextlib.nullcontext()
+        with short:
+            fn_params, fn["params"] = builder.add(fn["name"], modules[fn["kind"]], shapes, lengths, graph_frames,
+                                                  fn["lengths"])
         if graph_frames:
             long_fns.append(dict(fn, name=f"{fn['name']}_long"))
             fn["graph_frames"] = graph_frames
@@ -235,8 +244,8 @@ def _compile_into(output: OutputDir, md: ModelDir, board: Board, streaming: bool
     import tvm
 
     cfg = md.config
-    bar = _progress(len(plan(md, streaming)) + 3, f"compile {board.name}", stderr)
     attention = attention_dtype(board, int8, attention)
+    bar = _progress(len(plan(md, streaming, attention=attention)) + 3, f"compile {board.name}", stderr)
     irmod, params, fns = build_irmodule(md, board, streaming, int8, bar, attention)
     target = tvm_target(board)
     bar.set_postfix_str(f"tvm.compile {target.kind.name}")

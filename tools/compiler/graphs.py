@@ -26,6 +26,7 @@ INT8 bundles for boards with half-precision arithmetic run the attention product
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import types
 
@@ -201,6 +202,29 @@ def scores_s8(q, k, heads: int):
     kp = kq.unflatten(-1, (dk // 4, 4)).permute(0, 2, 3, 1, 4)  # [B, H, dk/4, T2, 4]
     acc = matmul_s8_keys_op()(qq, kp)
     return acc.float() * sq.permute(0, 2, 1, 3) * (sk.permute(0, 2, 3, 1) * dk**-0.5)
+
+
+# Frames from which the encoder computes its attention scores in int8 (attention "int8": below,
+# the bundle's "encoder" keeps them in float16 and "encoder_long" takes the rest). Quantizing each
+# frame's queries and keys costs ~1,600 A76 instructions a layer, which the cheaper products repay
+# only over enough keys: measured on the emulated A76, the anchor model's offline decode of 10 s
+# (168 frames) 29.73 -> 28.97 M instructions per audio second, the demo's 3 s (50 frames) alike
+# (14.96 against 14.98), and its streaming encoder's chunks 29.02 -> 29.58 when they took int8.
+INT8_SCORES_MIN_FRAMES = 64
+
+
+@contextlib.contextmanager
+def float16_scores(module):
+    """Within: the attention blocks of `module` compute their scores through `product` (float16),
+    not the int8 `scores` seam, which is restored after (a trace-time switch)."""
+    seams = [(b, b.scores) for b in module.modules() if getattr(b, "scores", None) is not None]
+    for b, _ in seams:
+        b.scores = None
+    try:
+        yield
+    finally:
+        for b, scores in seams:
+            b.scores = scores
 
 
 def fsmn_by_rows(self, xm):
@@ -381,7 +405,12 @@ def wrappers(model, streaming: bool, mode: str, attention: str = "float32"):
                 layer.self_attn.forward_cached = types.MethodType(full_window, layer.self_attn)
 
         def forward(self, enc, mask, embeds, tmask, *caches):
-            logits, windows = self.decoder(enc, mask, embeds * tmask[:, :, None], tmask, list(caches))
+            # a chunk's tokens are any count on `sdot` boards (stream_granule_n), which the int8
+            # scores' row tiles do not divide: this graph keeps the float16 scores (as plain int8
+            # loops they took the anchor's streaming decode 46.4 -> 48.0 M instructions per audio
+            # second on the emulated A76)
+            with float16_scores(self.decoder):
+                logits, windows = self.decoder(enc, mask, embeds * tmask[:, :, None], tmask, list(caches))
             return (torch.log_softmax(logits, dim=-1), *windows)
 
     return Enc().eval(), Dec().eval(), (StreamDec().eval() if streaming else None)
