@@ -301,7 +301,7 @@ def test_traced_attention_ops_equal_numpy_reference():
     from edge.backends import ops
     from edge.boards import load_board
     from paraedge_tools.compiler.compile import attention_dtype
-    from paraedge_tools.compiler.graphs import matmul_f16_op, scores_s8
+    from paraedge_tools.compiler.graphs import matmul_f16_op, scores_s8, softmax_f16_op
     from tests import tvm_int8_ops
 
     x = tvm_int8_ops.f16_operands(12)
@@ -310,6 +310,14 @@ def test_traced_attention_ops_equal_numpy_reference():
     x = tvm_int8_ops.scores_operands(5, 16)
     got = scores_s8(torch.from_numpy(x["a_q"]), torch.from_numpy(x["b_k"]), 2).numpy()
     np.testing.assert_array_equal(got[0], ops.scores_s8(x["a_q"][0], x["b_k"][0], 2))
+    x = tvm_int8_ops.softmax_scores(6, 24)
+    got = softmax_f16_op()(torch.from_numpy(x)).numpy()
+    np.testing.assert_array_equal(got, ops.softmax_f16(x))
+    # against float32's softmax: within 0.2 % where a weight is above 1e-3, 0 only below 2e-4
+    exact = ops.softmax(x.astype(np.float64))
+    big = exact > 1e-3
+    assert np.max(np.abs(got[big] - exact[big]) / exact[big]) < 2e-3
+    assert np.all(exact[got == 0] < 2e-4)
     a76 = load_board("qemu-a76")
     assert attention_dtype(a76, int8=True) == "int8" and attention_dtype(a76, True, "float16") == "float16"
     assert attention_dtype(a76, True, "float32") == "float32"

@@ -81,6 +81,21 @@ def test_int8_scores_on_emulated_board_equal_numpy_reference(armroot, tmp_path, 
     tvm_int8_ops.check_scores_s8(_run_emulated(armroot, tmp_path, so, arrays, None), t1, t2)
 
 
+def test_fp16_softmax_on_emulated_board_equals_numpy_reference(armroot, tmp_path):
+    """The attention softmax of INT8 bundles on half-precision boards (graphs.softmax_f16_te: r and
+    n in float32 lanes, the exp in 8 float16 lanes) on the emulated A76, against ops.softmax_f16."""
+    import subprocess
+
+    from tests import tvm_int8_ops
+
+    so = str(tmp_path / "softmax.so")
+    tvm_int8_ops.build_softmax_f16("qemu-a76", so, 12, 40)
+    dis = subprocess.run(["aarch64-linux-gnu-objdump", "-d", so], capture_output=True, text=True).stdout
+    assert "fmla\tv" in dis and ".8h" in dis  # the exp's polynomial in eight float16 lanes
+    x = tvm_int8_ops.softmax_scores(12, 40)
+    tvm_int8_ops.check_softmax_f16(_run_emulated(armroot, tmp_path, so, x, 5)["arr_0"], x)
+
+
 def _run_emulated(armroot, tmp_path, so: str, x, q: int | None):
     """main(x) of the aarch64 module `so` (after the lengths R.Shape([q]) when q is given; x an
     array, or {name: array} passed in name order), run by the emulated board's runtime-only

@@ -271,3 +271,44 @@ def check_scores_s8(out, t1: int, t2: int, heads: int = 2) -> None:
 
     x = scores_operands(t1, t2)
     np.testing.assert_array_equal(out["arr_0"][0], ops.scores_s8(x["a_q"][0], x["b_k"][0], heads))
+
+
+def softmax_scores(rows: int, keys: int) -> np.ndarray:
+    """Attention scores [1, 2, rows, keys] as the softmax sees them: mixed scales, the last keys
+    masked (-1e4), one row constant."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 2, rows, keys)).astype(np.float32) * np.linspace(0.1, 12, rows, dtype=np.float32)[:, None]
+    x[..., keys - 3:] = -1e4
+    x[0, 0, 1] = 0.5
+    return x
+
+
+def build_softmax_f16(board: str, path: str, rows: int, keys: int) -> None:
+    """The float16 softmax (paraedge_tools.compiler.graphs.softmax_f16_te) as a module for `board`,
+    scheduled by the CPU rules, keys symbolic (8 * q) as bundles compile them."""
+    from tvm import relax
+
+    from edge.boards import load_board
+    from paraedge_tools.compiler.graphs import softmax_f16_te
+
+    params, keys = _lengths(keys, True)
+    x = relax.Var("x", relax.TensorType([1, 2, rows, keys], "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [*params, x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.Tuple([bb.emit_te(softmax_f16_te, x, primfunc_name_hint="softmax_f16")]))
+        bb.emit_func_output(out)
+    _export(bb.get(), load_board(board), path)
+
+
+def check_softmax_f16(got: np.ndarray, x: np.ndarray) -> None:
+    """Against edge/backends/ops.py's softmax_f16: within 2 float16 units in the last place (the
+    kernels fuse multiply-adds the reference rounds twice), the same zeros; rows sum to 1."""
+    from edge.backends import ops
+
+    ref = ops.softmax_f16(x)
+    assert got.dtype == np.float16 and got.shape == ref.shape
+    np.testing.assert_array_equal(got == 0, ref == 0)
+    ulp = np.spacing(np.abs(ref).astype(np.float16)).astype(np.float32)
+    assert np.all(np.abs(got.astype(np.float32) - ref.astype(np.float32)) <= 2 * ulp)
+    np.testing.assert_allclose(got.astype(np.float32).sum(-1), 1.0, atol=5e-3)
