@@ -157,12 +157,21 @@ def quantize_rows_te(x, dtype: str = "int8"):
 
     rows, k = x.shape[:-1], int(x.shape[-1])
     kk = te.reduce_axis((0, k), name="k")
-    amax = te.compute(rows, lambda *i: te.max(te.abs(x[(*i, kk)]), axis=kk), name="q8_amax")
-    inv = te.compute(rows, lambda *i: tirx.const(127.0, "float32") / te.max(amax[i], tirx.const(EPS, "float32")),
+    # max |x| as the integer maximum of the bits with the sign cleared (non-negative floats order as
+    # their bits): an `and` and an `smax` a vector on aarch64, where a float maximum is a compare
+    # and a select (fabs, fcmgt, bif); the same value for every finite or infinite row
+    magnitude = tirx.const(0x7FFFFFFF, "int32")
+    bits = te.compute(rows, lambda *i: te.max(tirx.reinterpret("int32", x[(*i, kk)]) & magnitude, axis=kk),
+                      name="q8_amax")
+
+    def amax(i):
+        return tirx.reinterpret("float32", bits[i])
+
+    inv = te.compute(rows, lambda *i: tirx.const(127.0, "float32") / te.max(amax(i), tirx.const(EPS, "float32")),
                      name="q8_inv")
     offset = tirx.const(128.0 if dtype == "uint8" else 0.0, "float32")
     q = te.compute(x.shape, lambda *i: (tirx.nearbyint(x[i] * inv[i[:-1]]) + offset).astype(dtype), name="q8_quant")
-    scale = te.compute((*rows, 1), lambda *i: te.max(amax[i[:-1]], tirx.const(EPS, "float32")) / tirx.const(127.0, "float32"),
+    scale = te.compute((*rows, 1), lambda *i: te.max(amax(i[:-1]), tirx.const(EPS, "float32")) / tirx.const(127.0, "float32"),
                        name="q8_scale")
     return [q, scale]
 
