@@ -107,6 +107,9 @@ def matmul_f16(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 F16 = np.float16
+# exp's range reduction x = n ln2 + r, n = round(x log2(e)), ln2 in two parts (Cephes): ln2 - LN2_LO
+# is LN2_HI, exact in 9 bits. Shared by softmax_f16, its TE compute and the compiler's float32 exp.
+LOG2E, LN2_HI, LN2_LO = 1.4426950408889634, 0.693359375, 2.12194440e-4
 # softmax_f16's exp: exp(r) = 1 + r + r^2 (c0 + c1 r) on |r| <= ln2/2, fitted for the least maximum
 # relative error (1.2e-4 in exact arithmetic, about float16's own rounding); zero for n below
 # SOFTMAX_F16_MIN_N (x - max < -8.7: exp < 1.7e-4), where 2^n would soon leave float16's normal range
@@ -123,8 +126,8 @@ def softmax_f16(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, F32)
     d = (x - x.max(axis=-1, keepdims=True)).astype(F32)
     dc = np.maximum(d, F32(-10))  # (n >= -15: 2^n's bits fit an int16; below MIN_N the result is 0)
-    n = np.rint(dc * F32(1.4426950408889634)).astype(F32)
-    r = ((dc - n * F32(0.693359375)).astype(F32) + (n * F32(2.12194440e-4)).astype(F32)).astype(F16)
+    n = np.rint(dc * F32(LOG2E)).astype(F32)
+    r = ((dc - n * F32(LN2_HI)).astype(F32) + (n * F32(LN2_LO)).astype(F32)).astype(F16)
     p = (F16(SOFTMAX_F16_P[0]) + (r * F16(SOFTMAX_F16_P[1])).astype(F16)).astype(F16)
     e = ((((r * r).astype(F16) * p).astype(F16) + r).astype(F16) + F16(1)).astype(F16)
     bits = e.view(np.int16) + (n.astype(np.int16) << np.int16(10))

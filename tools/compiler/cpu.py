@@ -323,13 +323,11 @@ def rules(parallel: bool = True):
                 io, ii = sch.split(m, [None, mi])
                 ko, kv = sch.split(k, [None, SDOT_K])
                 sch.reorder(b, h, io, jo, ko, ii, ji, kv)
-                tile = jo
             else:
                 io = m
                 sch.reorder(b, h, m, jo, k, *([ji] if ji is not None else []))
-                tile = jo
             local = sch.cache_write(block, 0, "global")
-            sch.reverse_compute_at(local, tile, preserve_unit_loops=True)
+            sch.reverse_compute_at(local, jo, preserve_unit_loops=True)
             _inline_epilogue(sch, local)
             outer = sch.fuse(b, h, io)
             if _more_than_one(sch.get(outer).extent):
@@ -749,6 +747,8 @@ def _exp_f32(call):
     lower clamp, no 2^n multiply) -> 27 instructions per 4 lanes (p of degree 3, not 5)."""
     from tvm import tirx
 
+    from edge.backends.ops import LN2_HI, LN2_LO, LOG2E
+
     x = call.args[0]
     dtype = str(call.ty.dtype)
     if not dtype.startswith("float32"):
@@ -761,8 +761,8 @@ def _exp_f32(call):
         return k if lanes == 1 else tirx.Broadcast(k, lanes)
 
     xc = tirx.Min(x, c(_EXP_HI))
-    n = tirx.nearbyint(xc * c(1.44269504088896341))
-    r = xc - n * c(0.693359375) + n * c(2.12194440e-4)
+    n = tirx.nearbyint(xc * c(LOG2E))
+    r = xc - n * c(LN2_HI) + n * c(LN2_LO)
     p = c(_EXP_P[-1])
     for k in _EXP_P[-2::-1]:
         p = p * r + c(k)
