@@ -274,8 +274,9 @@ def rules(parallel: bool = True):
                    and _const(sch.get(j).extent) == 16)
             step = (SDOT_K if vnni else sdot_k(mi, sch.get(k).extent)) if dot else 4
             ko, kv = sch.split(k, [None, step])
+            ko, kpair = _k_pairs(sch, ko) if dot and not vnni else (ko, None)
             if dot:
-                sch.reorder(b, p, io, ko, ii, j, kv)
+                sch.reorder(b, p, io, ko, *([kpair] if kpair is not None else []), ii, j, kv)
             else:
                 sch.reorder(b, p, io, ko, kv, ii, j)
             local = sch.cache_write(block, 0, "global")
@@ -296,6 +297,8 @@ def rules(parallel: bool = True):
             sch.vectorize(sch.get_loops(init)[-1])
             if dot:  # after the init is split off: the intrinsic accumulates into C
                 sch.tensorize(ii, vnni_intrin(mi) if vnni else sdot_intrin(mi, step))
+                if kpair is not None:
+                    sch.unroll(kpair)
             sch.vectorize(sch.get_loops(local)[-1])
             return sch
 
@@ -597,12 +600,14 @@ def _matmul_s8_rows(sch, body, parallel: bool = True):
         p, j = sch.split(n, [None, 16])  # the weight panels
         step = sdot_k(rows, sch.get(k).extent)
         ko, kv = sch.split(k, [None, step])
+        ko, kpair = _k_pairs(sch, ko)
+        pair = [kpair] if kpair is not None else []
         if rows > 1:
             io, ii = sch.split(m, [None, rows])
-            sch.reorder(b, p, io, ko, ii, j, kv)
+            sch.reorder(b, p, io, ko, *pair, ii, j, kv)
         else:
             io, ii = m, j
-            sch.reorder(b, p, m, ko, j, kv)
+            sch.reorder(b, p, m, ko, *pair, j, kv)
         local = sch.cache_write(block, 0, "global")
         sch.reverse_compute_at(local, io, preserve_unit_loops=True)
         outer = sch.fuse(b, p, io)
@@ -611,6 +616,8 @@ def _matmul_s8_rows(sch, body, parallel: bool = True):
         init = sch.decompose_reduction(block, ko)
         sch.vectorize(sch.get_loops(init)[-1])
         sch.tensorize(ii, sdot_intrin(rows, step))
+        if kpair is not None:
+            sch.unroll(kpair)
         sch.vectorize(sch.get_loops(local)[-1])
     _, li = sch.split(sch.get_loops(last)[-1], [None, 4])
     sch.vectorize(li)
@@ -618,6 +625,17 @@ def _matmul_s8_rows(sch, body, parallel: bool = True):
     if _more_than_one(sch.get(outer).extent):
         _parallel(sch, outer, parallel)
     return sch
+
+
+def _k_pairs(sch, ko):
+    """Split a tensorized tile's k-step loop into pairs (the inner one to unroll) where 2 divides
+    it: two `sdot` steps a loop iteration, the address arithmetic and the branch paid once per 256
+    `sdot`s. Measured on the emulated A76 (anchor, 10 s): offline 28.53 -> 28.28 M instructions
+    per audio second, streaming 45.9 -> 45.5; four steps an iteration took 28.99 (LLVM split its
+    paired loads of B into single ones)."""
+    if not _divides(sch.get(ko).extent, 2):
+        return ko, None
+    return sch.split(ko, [None, 2])
 
 
 def _parallel(sch, loop, on: bool) -> None:
