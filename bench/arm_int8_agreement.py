@@ -1,6 +1,7 @@
 """What the INT8 TVM bundle of the emulated Cortex-A76 decodes, against the fp32 numpy reference, on
 the demo model's held-out test sets: the bundle as compiled by default (attention scores in int8,
-the context in float16: the A76 has the dot product and half-precision arithmetic), with
+and the encoder's softmax and context in int8 past 64 frames: the A76 has the dot product and
+half-precision arithmetic), with
 `--attention float16` and with `--attention float32`, offline and streaming, next to onnxruntime
 INT8 on this host. Token agreement (1 - token edits / reference
 tokens) and whole-command accuracy.

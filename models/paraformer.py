@@ -40,11 +40,12 @@ def position_encoding(num_frames, depth: int, start=0, device=None) -> torch.Ten
     return torch.cat([torch.sin(scaled), torch.cos(scaled)], dim=1)
 
 
-def attend(q, k, v, heads: int, key_mask=None, product=torch.matmul, scores=None, weights=None):
+def attend(q, k, v, heads: int, key_mask=None, product=torch.matmul, scores=None, weights=None, mix=None):
     """q [B,T1,D], k/v [B,T2,D], key_mask [B,T2] or per query [B,T1,T2] (1 = valid) -> [B,T1,D].
     `product` computes the two batched products (scores, context), `scores` (q, k, heads) ->
-    [B,H,T1,T2] the scaled scores in place of the first, `weights` the softmax over the keys: a
-    compiler's seams."""
+    [B,H,T1,T2] the scaled scores in place of the first, `weights` the softmax over the keys,
+    `mix` (masked scores, v, heads, key_mask [B,T2]) -> [B,T1,D] the softmax and the context in
+    place of both: a compiler's seams."""
     b, t1, d = q.shape
     dk = d // heads
     vh = v.reshape(b, -1, heads, dk).transpose(1, 2)
@@ -57,6 +58,8 @@ def attend(q, k, v, heads: int, key_mask=None, product=torch.matmul, scores=None
     if key_mask is not None:
         m = key_mask[:, None, None, :] if key_mask.dim() == 2 else key_mask[:, None, :, :]
         scores = scores.masked_fill(m == 0, -1e4)
+    if mix is not None:
+        return mix(scores, v, heads, key_mask)
     p = torch.softmax(scores, dim=-1) if weights is None else weights(scores)
     return product(p, vh).transpose(1, 2).reshape(b, t1, d)
 
@@ -86,6 +89,7 @@ class MultiHeadedAttentionSANM(nn.Module):
     product = staticmethod(torch.matmul)  # the attention products (attend)
     scores = None  # the scores in place of the first product (attend)
     weights = None  # the softmax over the keys (attend)
+    mix = None  # the softmax and the context in place of both (attend)
 
     def __init__(self, heads: int, in_feat: int, n_feat: int, kernel_size: int, sanm_shfit: int = 0):
         super().__init__()
@@ -101,7 +105,7 @@ class MultiHeadedAttentionSANM(nn.Module):
         q, k, v = torch.split(self.linear_q_k_v(x), d, dim=-1)
         vm = v * mask[:, :, None]
         mem = (self.fsmn(vm) + vm) * mask[:, :, None]
-        return self.linear_out(attend(q, k, v, self.h, mask, self.product, self.scores, self.weights)) + mem
+        return self.linear_out(attend(q, k, v, self.h, mask, self.product, self.scores, self.weights, self.mix)) + mem
 
     def fsmn(self, xm):
         """The FSMN memory block: the depthwise conv over time of xm [B, T, D], zero-padded."""

@@ -108,8 +108,9 @@ def test_one_function_per_graph_serves_every_length(exported_streaming):
 
 
 def test_int8_attention_encoder_is_two_functions_picked_by_length(exported_streaming):
-    """With int8 attention the encoder is "encoder" (float16 scores) up to 64 frames and
-    "encoder_long" (int8 scores) past them; the runtime picks by the frames it is given."""
+    """With int8 attention the encoder is "encoder" (float16 attention) up to 64 frames and
+    "encoder_long" (int8 scores, softmax and context) past them; the runtime picks by the frames
+    it is given."""
     from edge.asr.modeldir import ModelDir
     from edge.backends.tvm import pick_function
     from paraedge_tools.compiler.compile import plan
@@ -293,7 +294,8 @@ def test_traced_int8_ops_equal_numpy_reference():
 
 def test_traced_attention_ops_equal_numpy_reference():
     """The attention products' torch ops (their eager side, which tracing sees) are the numpy
-    reference's: float16 products (matmul_f16) and int8 scores (scores_s8). Each board gets the
+    reference's: float16 products (matmul_f16), int8 scores (scores_s8) and the int8 softmax and
+    context (context_s8: the packed words, the key blocks, the ones channel's row sums). Each board gets the
     best its arithmetic allows; asking for more (or on an fp32 bundle) is a one-line error naming
     the board."""
     import torch
@@ -301,7 +303,7 @@ def test_traced_attention_ops_equal_numpy_reference():
     from edge.backends import ops
     from edge.boards import load_board
     from paraedge_tools.compiler.compile import attention_dtype
-    from paraedge_tools.compiler.graphs import matmul_f16_op, scores_s8, softmax_f16_op
+    from paraedge_tools.compiler.graphs import context_s8, matmul_f16_op, scores_s8, softmax_f16_op
     from tests import tvm_int8_ops
 
     x = tvm_int8_ops.f16_operands(12)
@@ -310,6 +312,9 @@ def test_traced_attention_ops_equal_numpy_reference():
     x = tvm_int8_ops.scores_operands(5, 16)
     got = scores_s8(torch.from_numpy(x["a_q"]), torch.from_numpy(x["b_k"]), 2).numpy()
     np.testing.assert_array_equal(got[0], ops.scores_s8(x["a_q"][0], x["b_k"][0], 2))
+    x = tvm_int8_ops.context_operands(8, 24)
+    got = context_s8(*(torch.from_numpy(x[k]) for k in ("a_scores", "b_v")), 2, torch.from_numpy(x["c_mask"])).numpy()
+    np.testing.assert_array_equal(got[0], ops.context_s8(x["a_scores"][0], x["b_v"][0], 2, x["c_mask"][0]))
     x = tvm_int8_ops.softmax_scores(6, 24)
     got = softmax_f16_op()(torch.from_numpy(x)).numpy()
     np.testing.assert_array_equal(got, ops.softmax_f16(x))
@@ -453,7 +458,7 @@ def test_demo_int8_bundles_fit_the_size_budget(tvm_demo_int8, tmp_path):
     for bundle in (tvm_demo_int8, out):
         assert _bundle_mb(bundle) <= MAX_DEMO_BUNDLE_MB, (bundle, _bundle_mb(bundle))
     # the A76 has the dot product and half-precision arithmetic: the attention scores run in int8
-    # there and the context in float16; on x86, float32
+    # there (and the long encoder's softmax and context); on x86, float32
     assert m["model"]["attention"] == "int8"
     # a board of 4 threads gets parallel loops (the emulated board's bundle, of one thread, none:
     # tests/test_tvm_arm.py)

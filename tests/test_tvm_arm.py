@@ -81,6 +81,25 @@ def test_int8_scores_on_emulated_board_equal_numpy_reference(armroot, tmp_path, 
     tvm_int8_ops.check_scores_s8(_run_emulated(armroot, tmp_path, so, arrays, None), t1, t2)
 
 
+@pytest.mark.parametrize("t1,t2", [(24, 40), (16, 64), (168, 168)], ids=["odd-key-blocks", "even-key-blocks", "10-s-clip"])
+def test_int8_context_on_emulated_board_equals_numpy_reference(armroot, tmp_path, t1, t2):
+    """The int8 attention softmax and context of A76-class encoders (graphs.context_s8: int8
+    weights in 8-key blocks, per-channel int8 values over the valid keys packed four keys a word,
+    `sdot` tiles of 8 query rows x 8 channels, the row sums from the ones channel) on the emulated
+    A76, against ops.context_s8: an odd and an even number of 8-key blocks, and a 10 s clip's 168
+    frames."""
+    import subprocess
+
+    from tests import tvm_int8_ops
+
+    so = str(tmp_path / "context.so")
+    tvm_int8_ops.build_context_s8("qemu-a76", so, t1, t2)
+    dis = subprocess.run(["aarch64-linux-gnu-objdump", "-d", so], capture_output=True, text=True).stdout
+    assert "sdot\t" in dis
+    arrays = {"0_lengths": np.array([t2 // 8, t1 // 8]), **tvm_int8_ops.context_operands(t1, t2)}
+    tvm_int8_ops.check_context_s8(_run_emulated(armroot, tmp_path, so, arrays, None), t1, t2)
+
+
 def test_fp16_softmax_on_emulated_board_equals_numpy_reference(armroot, tmp_path):
     """The attention softmax of INT8 bundles on half-precision boards (graphs.softmax_f16_te: r and
     n in float32 lanes, the exp in 8 float16 lanes) on the emulated A76, against ops.softmax_f16."""

@@ -110,6 +110,7 @@ F16 = np.float16
 # exp's range reduction x = n ln2 + r, n = round(x log2(e)), ln2 in two parts (Cephes): ln2 - LN2_LO
 # is LN2_HI, exact in 9 bits. Shared by softmax_f16, its TE compute and the compiler's float32 exp.
 LOG2E, LN2_HI, LN2_LO = 1.4426950408889634, 0.693359375, 2.12194440e-4
+LN2 = 0.6931471805599453
 # softmax_f16's exp: exp(r) = 1 + r + r^2 (c0 + c1 r) on |r| <= ln2/2, fitted for the least maximum
 # relative error (1.2e-4 in exact arithmetic, about float16's own rounding); zero for n below
 # SOFTMAX_F16_MIN_N (x - max < -8.7: exp < 1.7e-4), where 2^n would soon leave float16's normal range
@@ -123,6 +124,14 @@ def softmax_f16(x: np.ndarray) -> np.ndarray:
     float32; exp(r) in float16 arithmetic (1 + r + r^2 p(r), each step rounded), 2^n through the
     float16 exponent bits, 0 for n below SOFTMAX_F16_MIN_N; summed in float32, normalised in float16
     (e x float16(1 / sum)). Against float32's softmax: within 0.2 % where p > 1e-3."""
+    e, total = _exp_f16(x)
+    inv = (F32(1) / total).astype(F16)
+    return (e * inv).astype(F16)
+
+
+def _exp_f16(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """softmax_f16's unnormalised weights exp(x - max) in float16 (the largest is exactly 1) and
+    their float32 sum over the last axis (keepdims)."""
     x = np.asarray(x, F32)
     d = (x - x.max(axis=-1, keepdims=True)).astype(F32)
     dc = np.maximum(d, F32(-10))  # (n >= -15: 2^n's bits fit an int16; below MIN_N the result is 0)
@@ -132,8 +141,7 @@ def softmax_f16(x: np.ndarray) -> np.ndarray:
     e = ((((r * r).astype(F16) * p).astype(F16) + r).astype(F16) + F16(1)).astype(F16)
     bits = e.view(np.int16) + (n.astype(np.int16) << np.int16(10))
     e = np.where(n < SOFTMAX_F16_MIN_N, F16(0), bits.view(F16))
-    inv = (F32(1) / e.astype(F32).sum(axis=-1, keepdims=True, dtype=F32)).astype(F16)
-    return (e * inv).astype(F16)
+    return e, e.astype(F32).sum(axis=-1, keepdims=True, dtype=F32)
 
 
 # -- INT8 (the NEON backend's arithmetic; edge/backends/kernels.py must match these exactly) ------------
@@ -159,6 +167,51 @@ def scores_s8(q: np.ndarray, k: np.ndarray, heads: int) -> np.ndarray:
     acc = qq.reshape(t1, heads, dk).transpose(1, 0, 2).astype(np.int32) @ kq.reshape(-1, heads, dk).transpose(1, 2, 0).astype(np.int32)
     key_scale = (sk.reshape(-1, heads).T * F32(dk**-0.5)).astype(F32)
     return (acc.astype(F32) * sq.reshape(t1, heads).T[:, :, None]) * key_scale[:, None, :]
+
+
+def softmax_s8(x: np.ndarray) -> np.ndarray:
+    """The attention weights of the int8 context (context_s8), all in float16 arithmetic (the
+    scores rounded to float16 first): d = max(x - max, -10), n = round(d / ln2) (half away from
+    zero: -trunc(0.5 - d log2 e)), r = d - n ln2, exp(r) as softmax_f16's and 2^n through the
+    exponent bits (0 for n below SOFTMAX_F16_MIN_N), so e is 1 at the row's largest; then int8
+    round-half-up(e x 127) (+ 0.5, exact, truncated): the largest of every row is 127, and the
+    normalisation is the context's (by the row's int8 sum). Float16 here costs less than the
+    int8 rounding after it (a weight's error ~0.2 % against the int8 step of 1/127)."""
+    d = np.maximum((np.asarray(x, F16) - np.asarray(x, F16).max(axis=-1, keepdims=True)).astype(F16), F16(-10))
+    n = -np.trunc((F16(0.5) - (d * F16(LOG2E)).astype(F16)).astype(F16)).astype(np.int16)
+    r = (d - (n.astype(F16) * F16(LN2)).astype(F16)).astype(F16)
+    p = (F16(SOFTMAX_F16_P[0]) + (r * F16(SOFTMAX_F16_P[1])).astype(F16)).astype(F16)
+    e = ((((r * r).astype(F16) * p).astype(F16) + r).astype(F16) + F16(1)).astype(F16)
+    bits = e.view(np.int16) + (n << np.int16(10))
+    e = np.where(n < SOFTMAX_F16_MIN_N, F16(0), bits.view(F16))
+    return np.trunc(((e * F16(127)).astype(F16) + F16(0.5)).astype(F16)).astype(np.int8)
+
+
+def quantize_cols_s8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-column int8 over the first axis (x [T, ...]): scale = max|column| / 127 (at
+    least 1e-12 / 127), q = round-half-even(x x 127 / max|column|); the values of the attention
+    context's int8 V, one scale per channel for every key."""
+    x = np.asarray(x, dtype=F32)
+    amax = np.maximum(np.abs(x).max(axis=0) if x.shape[0] else np.zeros(x.shape[1:], F32), F32(1e-12))
+    inv = (F32(127) / amax).astype(F32)
+    return np.rint(x * inv).astype(np.int8), (amax / F32(127)).astype(F32)
+
+
+def context_s8(scores: np.ndarray, v: np.ndarray, heads: int, key_mask: np.ndarray | None = None) -> np.ndarray:
+    """The attention context of INT8 TVM bundles on boards with the dot product and half-precision
+    arithmetic (after scores_s8): scores [H, T1, T2] (masked keys at -1e4), v [T2, D] -> [T1, D] =
+    (int32 sums of the int8 weights (softmax_s8) and the int8 values, each channel quantized over
+    the valid keys (quantize_cols_s8 of v x key_mask)) x (1 / the row's int8 weight sum) x the
+    channel's scale, in float32 in that order: the quantized weights of a row sum to exactly 1."""
+    t2, d = v.shape
+    dk = d // heads
+    q = softmax_s8(scores).astype(np.int32)  # [H, T1, T2]
+    vm = np.asarray(v, F32) if key_mask is None else (np.asarray(v, F32) * np.asarray(key_mask, F32)[:, None]).astype(F32)
+    vq, sv = quantize_cols_s8(vm.reshape(t2, heads, dk))  # [T2, H, dk], [H, dk]
+    acc = q @ vq.transpose(1, 0, 2).astype(np.int32)  # [H, T1, dk]
+    norm = (F32(1) / q.sum(axis=-1, keepdims=True).astype(F32)).astype(F32)
+    out = (acc.astype(F32) * norm) * sv[:, None, :]
+    return out.transpose(1, 0, 2).reshape(-1, d)
 
 
 def gemm_s8s32(a: np.ndarray, w_nk: np.ndarray) -> np.ndarray:

@@ -42,8 +42,8 @@ def plan(md: ModelDir, streaming: bool | None = None, stream_granule_n: int | No
     """Every function the bundle will hold: name, kind, inputs (shapes over the symbols T, N),
     the multiples the runtime pads T and N to (the streaming decoder's N: graphs.stream_granule_n
     of the board's int8 kernel). With int8 attention the encoder is two functions: "encoder" up
-    to graphs.INT8_SCORES_MIN_FRAMES frames (`max_frames`; float16 scores), "encoder_long" past
-    them (int8 scores)."""
+    to graphs.INT8_SCORES_MIN_FRAMES frames (`max_frames`; float16 attention), "encoder_long" past
+    them (int8 scores, softmax and context)."""
     from paraedge_tools.compiler.graphs import GRANULE_N, GRANULE_T, INT8_SCORES_MIN_FRAMES
 
     cfg = md.config
@@ -308,7 +308,7 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--int8", action="store_true", help="INT8 weights and activations for the matmuls")
     ap.add_argument("--attention", choices=ATTENTION,
                     help="with --int8: how the attention products run (default: the board's best; on a "
-                         "Cortex-A76 the scores in int8 and the context in float16)")
+                         "Cortex-A76 int8: the scores, and the encoder's softmax and context past 64 frames)")
     ap.add_argument("--fp32-attention", action="store_true", help="the same as --attention float32")
     ap.add_argument("--verbose", "-v", action="store_true", help="show the toolchain's own warnings (torch, TVM)")
     ap.add_argument("--streaming", action="store_true", help="add the streaming decoder (default for ParaformerStreaming)")

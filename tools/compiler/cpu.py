@@ -311,20 +311,28 @@ def rules(parallel: bool = True):
 
         def apply(self, func, target, tunable):
             found = _llvm_schedule(func, target, "matmul_s8_keys")
+            context = found is None
+            if context:  # the int8 context (int8.ctx_s8_te): loops (b, query, head, channel, key)
+                found = _llvm_schedule(func, target, "matmul_s8_ctx")
             if found is None:
                 return None
             from paraedge_tools.compiler.int8 import SDOT_K, sdot_keys_intrin
 
             sch, (block,) = found
             _inline_side_inputs(sch, block)
-            b, h, m, n, k = sch.get_loops(block)
+            if context:
+                b, m, h, n, k = sch.get_loops(block)
+            else:
+                b, h, m, n, k = sch.get_loops(block)
             mi = _divisor(sch.get(m).extent, (8, 4))
-            dot = (has_dotprod(target) and mi > 1 and _divides(sch.get(n).extent, 8)
-                   and _divides(sch.get(k).extent, SDOT_K))
+            # k per step: the keys' 64 dims by 16; the context's keys by 8 (its weights' blocks,
+            # graphs.context_s8)
+            step = _divisor(sch.get(k).extent, (8,) if context else (SDOT_K,))
+            dot = has_dotprod(target) and mi > 1 and _divides(sch.get(n).extent, 8) and step > 1
             jo, ji = sch.split(n, [None, 8 if dot else 4]) if _divides(sch.get(n).extent, 4) else (n, None)
             if dot:
                 io, ii = sch.split(m, [None, mi])
-                ko, kv = sch.split(k, [None, SDOT_K])
+                ko, kv = sch.split(k, [None, step])
                 sch.reorder(b, h, io, jo, ko, ii, ji, kv)
             else:
                 io = m
@@ -338,7 +346,7 @@ def rules(parallel: bool = True):
             if dot:
                 init = sch.decompose_reduction(block, ko)
                 sch.vectorize(sch.get_loops(init)[-1])
-                sch.tensorize(ii, sdot_keys_intrin(mi))
+                sch.tensorize(ii, sdot_keys_intrin(mi, context, step))
             elif ji is not None:
                 sch.vectorize(ji)  # (before the init is split off: after it, TVM refuses the loop)
                 init = sch.decompose_reduction(block, k)
@@ -410,6 +418,53 @@ def rules(parallel: bool = True):
                 sch.vectorize(ki)
             return sch
 
+    class QuantizeCols(dl.ScheduleRule):
+        """paraedge_tools.compiler.int8.quantize_cols_te, the int8 values of the attention context:
+        per head, the channels' maxima over the keys as vector maxima (keys outer, the head's
+        channels in lanes), the scales, then the packed words 4 channels a vector."""
+
+        def apply(self, func, target, tunable):
+            found = _llvm_schedule(func, target, "qc_pack", "qc_amax", "qc_inv", "qc_scale")
+            if found is None:
+                return None
+            sch, (pack, amax, inv, scale) = found
+            b, h, d, t = sch.get_loops(amax)
+            sch.reorder(t, d)
+            sch.vectorize(d)  # (before the init is split off: after it, TVM refuses the loop)
+            init = sch.decompose_reduction(amax, t)
+            sch.vectorize(sch.get_loops(init)[-1])
+            for blk in (inv, scale):
+                sch.vectorize(sch.get_loops(blk)[-1])
+            # the words 4 channels at a time, the chunks unrolled: each chunk is wholly values or
+            # wholly the sum channels, so the select and the clamped index fold away (vectorised
+            # across both, they became gathers)
+            do, di = sch.split(sch.get_loops(pack)[-1], [None, 4])
+            sch.unroll(do)
+            sch.vectorize(di)
+            return sch
+
+    class ByteBlocks(dl.ScheduleRule):
+        """Moves of int8 blocks: graphs.key_blocks_te (the int8 context's weights in blocks of 8
+        keys) and the transposes of int8 blocks of 4 (the int8 scores' packed keys): a block (the
+        last axis) a vector, 4 of the next axis an iteration, the loops unfused (Elementwise's fused
+        loop divided its index back each step: 1.5 A76 instructions a byte for the key blocks)."""
+
+        def apply(self, func, target, tunable):
+            found = _llvm_schedule(func, target, "key_blocks")
+            if found is None:
+                found = _llvm_schedule(func, target, "T_transpose")
+                if found is None or str(found[0].get(found[1][0]).writes[0].source.dtype) != "int8":
+                    return None
+            sch, (block,) = found
+            *_, m, i = sch.get_loops(block)
+            if _const(sch.get(i).extent) not in (4, 8, 16):
+                return None
+            if _divides(sch.get(m).extent, 4):
+                _, mi = sch.split(m, [None, 4])
+                sch.unroll(mi)
+            sch.vectorize(i)
+            return sch
+
     class RowNorm(dl.ScheduleRule):
         """Softmax, log-softmax, layer norm: reductions over the last axis of each row and
         elementwise blocks. As dlight's CPU `Reduction` (which these rules used before), every
@@ -459,8 +514,13 @@ def rules(parallel: bool = True):
             row = sch.fuse(*sch.get_loops(blocks[-1])[:rows]) if rows > 1 else sch.get_loops(blocks[-1])[0]
             if _more_than_one(sch.get(row).extent):
                 _parallel(sch, row, parallel)
+            # (an output besides the last block, softmax_s8's row normaliser, follows into the row)
+            outputs = [b for b in sch.get_child_blocks(sch.get_sblock("root"))[:-1] if not sch.get_consumers(b)]
             for b in reversed(sch.get_child_blocks(sch.get_sblock("root"))[:-1]):
-                sch.compute_at(b, row, preserve_unit_loops=True)
+                if not any(sch.get(b).same_as(sch.get(o)) for o in outputs):
+                    sch.compute_at(b, row, preserve_unit_loops=True)
+            for b in outputs:
+                sch.reverse_compute_at(b, row, preserve_unit_loops=True)
             for p in partial:  # compute_at made its loops (partial index, unit row loops.., k chunk)
                 loops = sch.get_loops(p)
                 sch.reorder(loops[-1], loops[1])
@@ -469,7 +529,7 @@ def rules(parallel: bool = True):
                 # float16 blocks that read no float32 rows (graphs.softmax_f16_te) in 8 lanes on
                 # aarch64, a full vector (a block mixing the widths LLVM re-vectorised into shuffles)
                 stmt = sch.get(b)
-                f16 = _is_aarch64(target) and str(stmt.writes[0].source.dtype) == "float16" and not any(
+                f16 = _is_aarch64(target) and str(stmt.writes[0].source.dtype) in ("float16", "int8") and not any(
                     str(r.source.dtype) == "float32" and len(r.region) == len(stmt.writes[0].region) for r in stmt.reads)
                 width = 2 * lanes if f16 else lanes
                 if kind == "S" * (rows + 1) and _divides(sch.get(sch.get_loops(b)[-1]).extent, width):
@@ -546,7 +606,7 @@ def rules(parallel: bool = True):
                 sch.vectorize(sch.get_loops(init)[-1])
             return sch
 
-    return [Matmul(), MatmulS8(), MatmulS8Keys(), QuantizeRows(), RowNorm(), FsmnRows(), DepthwiseConv(), dl.cpu.GEMV(), dl.cpu.Reduction(),
+    return [Matmul(), MatmulS8(), MatmulS8Keys(), QuantizeRows(), QuantizeCols(), ByteBlocks(), RowNorm(), FsmnRows(), DepthwiseConv(), dl.cpu.GEMV(), dl.cpu.Reduction(),
             Elementwise()]
 
 

@@ -191,6 +191,46 @@ def softmax_f16_te(x):
     0.29, against the float32 softmax with the float32 exp."""
     from tvm import te, tirx
 
+    e, total = _exp_f16_te(x)
+    inv = te.compute(total.shape, lambda *i: (tirx.const(1.0, "float32") / total[i]).astype("float16"), name="sm_inv")
+    return te.compute(x.shape, lambda *i: e[i] * inv[i[:-1]], name="sm_out")
+
+
+def softmax_s8_te(x):
+    """TE compute of softmax_s8 (edge.backends.ops.softmax_s8) on float16 scores: the row maximum,
+    then one float16 pass a vector of 8 keys to the int8 weights. The int8 context's A operand (no
+    sum: the context normalises by the int8 weights' own sum, which its `sdot`s compute). Rounding
+    half away from zero by truncation and to int8 through int16: LLVM scalarised a float16
+    vector's nearbyint (the softmax 1.1 -> 4.3 M A76 instructions per audio second). Against the
+    float32 range reduction and the two passes of softmax_f16_te: 1.07 -> 0.40 M."""
+    from tvm import te, tirx
+
+    from edge.backends.ops import LN2, LOG2E, SOFTMAX_F16_MIN_N, SOFTMAX_F16_P
+
+    def f16(v):
+        return tirx.const(v, "float16")
+
+    rows, width = x.shape[:-1], x.shape[-1]
+    k = te.reduce_axis((0, width), name="k")
+    mx = te.compute(rows, lambda *i: te.max(x[(*i, k)], axis=k), name="sm_max")
+
+    def q8(*i):
+        d = tirx.Max(x[i] - mx[i[:-1]], f16(-10.0))
+        n = tirx.const(0, "int16") - (f16(0.5) - d * f16(LOG2E)).astype("int16")
+        r = d - n.astype("float16") * f16(LN2)
+        p = f16(SOFTMAX_F16_P[0]) + r * f16(SOFTMAX_F16_P[1])
+        e = r * r * p + r + f16(1.0)
+        bits = tirx.reinterpret("int16", e) + tirx.shift_left(n, tirx.const(10, "int16"))
+        e = tirx.Select(n < tirx.const(SOFTMAX_F16_MIN_N, "int16"), f16(0.0), tirx.reinterpret("float16", bits))
+        return (e * f16(127.0) + f16(0.5)).astype("int16").astype("int8")
+
+    return te.compute(x.shape, q8, name="sm_q8")
+
+
+def _exp_f16_te(x):
+    """ops._exp_f16 as TE: (e float16 [.., T2], the float32 sum over the last axis [..])."""
+    from tvm import te, tirx
+
     from edge.backends.ops import LN2_HI, LN2_LO, LOG2E, SOFTMAX_F16_MIN_N, SOFTMAX_F16_P
 
     def f32(v):
@@ -221,8 +261,131 @@ def softmax_f16_te(x):
     e = te.compute(x.shape, exp16, name="sm_exp")
     k2 = te.reduce_axis((0, width), name="k2")
     total = te.compute(rows, lambda *i: te.sum(e[(*i, k2)].astype("float32"), axis=k2), name="sm_sum")
-    inv = te.compute(rows, lambda *i: (f32(1.0) / total[i]).astype("float16"), name="sm_inv")
-    return te.compute(x.shape, lambda *i: e[i] * inv[i[:-1]], name="sm_out")
+    return e, total
+
+
+@functools.lru_cache(maxsize=None)
+def softmax_s8_op():
+    """Register (once) the attention weights of the int8 context (context_s8): float32 scores ->
+    int8 weights, the largest of each row 127 (softmax_s8_te). The reference is
+    edge.backends.ops.softmax_s8."""
+    import torch
+
+    @torch.library.custom_op("paraedge::softmax_s8", mutates_args=(), schema="(Tensor x) -> Tensor")
+    def softmax_s8(x):
+        from edge.backends.ops import softmax_s8 as reference
+
+        return torch.from_numpy(reference(x.numpy()))
+
+    @softmax_s8.register_fake
+    def _(x):
+        return x.new_empty(x.shape, dtype=torch.int8)
+
+    return torch.ops.paraedge.softmax_s8
+
+
+@functools.lru_cache(maxsize=None)
+def quantize_cols_s8_op():
+    """Register (once) the int8 values of the attention context (context_s8): v [B, T2, H, dk] and
+    the key mask [B, T2] -> (v x mask quantized per channel over the keys, packed for `sdot` with
+    SUM_CHANNELS more channels, the first of them all ones (its sums are the weights' row sums)
+    [B, H, T2/4, dk + SUM_CHANNELS, 4] int8, the channel scales [B, H, dk])
+    (int8.quantize_cols_te). The reference is edge.backends.ops.quantize_cols_s8."""
+    import torch
+
+    from paraedge_tools.compiler.int8 import SUM_CHANNELS
+
+    @torch.library.custom_op("paraedge::quantize_cols_s8", mutates_args=(), schema="(Tensor v, Tensor mask) -> (Tensor, Tensor)")
+    def quantize_cols_s8(v, mask):
+        from edge.backends.ops import quantize_cols_s8 as reference
+
+        b, t2, h, dk = v.shape
+        packed = np.zeros((b, h, t2 // 4, dk + SUM_CHANNELS, 4), np.int8)  # (viewed as int32 words)
+        packed[:, :, :, dk] = 1
+        scales = []
+        for i, (vb, mb) in enumerate(zip(v.numpy(), mask.numpy())):
+            q, sv = reference((vb * mb[:, None, None]).astype(np.float32))
+            packed[i, :, :, :dk] = q.reshape(t2 // 4, 4, h, dk).transpose(2, 0, 3, 1)
+            scales.append(sv)
+        return torch.from_numpy(packed.view(np.int32)[..., 0]), torch.from_numpy(np.stack(scales))
+
+    @quantize_cols_s8.register_fake
+    def _(v, mask):
+        b, t2, h, dk = v.shape
+        return v.new_empty((b, h, t2 // 4, dk + SUM_CHANNELS), dtype=torch.int32), v.new_empty((b, h, dk))
+
+    return torch.ops.paraedge.quantize_cols_s8
+
+
+@functools.lru_cache(maxsize=None)
+def key_blocks_op():
+    """Register (once) the int8 context's weights in blocks of 8 keys, each block's query rows
+    adjacent: [B, H, T1, T2] -> [B, H x T2/8, T1, 8] (key_blocks_te; heads and blocks one axis, as
+    torch.export refuses an axis T2/8 that could be 1): a tile's 8 rows x 8 keys are 64 contiguous
+    bytes, two `ldp`s and no address arithmetic a row (with the rows T2 bytes apart, the context's
+    tile took 1.7 instructions an `sdot`)."""
+    import torch
+
+    @torch.library.custom_op("paraedge::key_blocks", mutates_args=(), schema="(Tensor p) -> Tensor")
+    def key_blocks(p):
+        b, h, t1, t2 = p.shape
+        return p.reshape(b, h, t1, t2 // 8, 8).transpose(2, 3).reshape(b, h * (t2 // 8), t1, 8).contiguous()
+
+    @key_blocks.register_fake
+    def _(p):
+        b, h, t1, t2 = p.shape
+        return p.new_empty((b, h * (t2 // 8), t1, 8))
+
+    return torch.ops.paraedge.key_blocks
+
+
+def key_blocks_te(p):
+    """TE compute of key_blocks_op."""
+    from tvm import te
+
+    b, h, t1, t2 = p.shape
+    blocks = t2 // 8
+    return te.compute((b, h * blocks, t1, 8), lambda bi, hc, m, i: p[bi, hc // blocks, m, hc % blocks * 8 + i],
+                      name="key_blocks")
+
+
+@functools.lru_cache(maxsize=None)
+def matmul_s8_ctx_op():
+    """Register (once) the int8 product of the attention context (context_s8): the weights in key
+    blocks [B, H x T2/8, T1, 8] (key_blocks_op) x the values as packed words [B, H, T2/4, dk]
+    (quantize_cols_s8_op) -> int32 [B, T1, H, dk] (int8.ctx_s8_te, tiled with
+    int8.sdot_keys_intrin's context form). Eager: float64 sums of int8 products, exact."""
+    import torch
+
+    @torch.library.custom_op("paraedge::matmul_s8_ctx", mutates_args=(), schema="(Tensor p8, Tensor words) -> Tensor")
+    def matmul_s8_ctx(p8, words):
+        b, h, g, dk = words.shape
+        p = p8.reshape(b, h, g // 2, -1, 8).transpose(2, 3).flatten(-2)  # [B, H, T1, T2]
+        vp = torch.from_numpy(words.numpy()[..., None].view(np.int8))  # [B, H, T2/4, dk, 4]
+        v = vp.permute(0, 1, 2, 4, 3).reshape(b, h, g * 4, dk).double()  # [B, H, T2, dk]
+        return torch.matmul(p.double(), v).round().to(torch.int32).permute(0, 2, 1, 3).contiguous()
+
+    @matmul_s8_ctx.register_fake
+    def _(p8, words):
+        return p8.new_empty((p8.shape[0], p8.shape[2], words.shape[1], words.shape[3]), dtype=torch.int32)
+
+    return torch.ops.paraedge.matmul_s8_ctx
+
+
+def context_s8(scores, v, heads: int, key_mask):
+    """The softmax and the attention context (paraedge_models.paraformer.attend's `mix` seam) in
+    int8 on `sdot` boards: the weights as int8 (softmax_s8_op, the largest of a row 127), the values
+    quantized per channel over the valid keys and packed for `sdot` (quantize_cols_s8_op), their
+    int32 sums (matmul_s8_ctx_op) x (1 / the row's weight sum, from the ones channel) x the
+    channel scale. The reference is edge.backends.ops.context_s8."""
+    b, t2, d = v.shape
+    dk = d // heads
+    vp, sv = quantize_cols_s8_op()(v.reshape(b, t2, heads, dk), key_mask)
+    # (the scores in float16: the cast joins the scores' epilogue, the softmax reads half the bytes)
+    weights = key_blocks_op()(softmax_s8_op()(scores.half()))
+    acc = matmul_s8_ctx_op()(weights, vp)  # [B, T1, H, dk + SUM_CHANNELS]
+    norm = 1.0 / acc[..., dk:dk + 1].float()  # (the ones channel: each row's int8 weight sum)
+    return ((acc[..., :dk].float() * norm) * sv[:, None]).reshape(b, -1, d)
 
 
 def product_f16(a, b):
@@ -267,8 +430,8 @@ def scores_s8(q, k, heads: int):
     return acc.float() * sq.permute(0, 2, 1, 3) * (sk.permute(0, 2, 3, 1) * dk**-0.5)
 
 
-# Frames from which the encoder computes its attention scores in int8 (attention "int8": below,
-# the bundle's "encoder" keeps them in float16 and "encoder_long" takes the rest). Quantizing each
+# Frames from which the encoder computes its attention scores, softmax and context in int8
+# (attention "int8": below, the bundle's "encoder" keeps float16 and "encoder_long" takes the rest). Quantizing each
 # frame's queries and keys costs ~1,600 A76 instructions a layer, which the cheaper products repay
 # only over enough keys: measured on the emulated A76, the anchor model's offline decode of 10 s
 # (168 frames) 29.73 -> 28.97 M instructions per audio second, the demo's 3 s (50 frames) alike
@@ -278,16 +441,18 @@ INT8_SCORES_MIN_FRAMES = 64
 
 @contextlib.contextmanager
 def float16_scores(module):
-    """Within: the attention blocks of `module` compute their scores through `product` (float16),
-    not the int8 `scores` seam, which is restored after (a trace-time switch)."""
-    seams = [(b, b.scores) for b in module.modules() if getattr(b, "scores", None) is not None]
-    for b, _ in seams:
-        b.scores = None
+    """Within: the attention blocks of `module` compute their scores, softmax and context in
+    float16 (`product`, `weights`), not through the int8 seams `scores` and `mix`, which are
+    restored after (a trace-time switch)."""
+    seams = [(b, name, getattr(b, name)) for b in module.modules() for name in ("scores", "mix")
+             if getattr(b, name, None) is not None]
+    for b, name, _ in seams:
+        setattr(b, name, None)
     try:
         yield
     finally:
-        for b, scores in seams:
-            b.scores = scores
+        for b, name, seam in seams:
+            setattr(b, name, seam)
 
 
 def fsmn_by_rows(self, xm):
@@ -388,7 +553,8 @@ def replace_linears(model, mode: str) -> int:
 def wrappers(model, streaming: bool, mode: str, attention: str = "float32"):
     """(encoder, decoder, streaming decoder or None) modules over the FunASR torch model;
     `attention` (compile.attention_dtype): "float16", the attention products in float16
-    (matmul_f16_op); "int8", the scores in int8 (scores_s8) and the context in float16."""
+    (matmul_f16_op); "int8", the scores in int8 (scores_s8; not the streaming decoder's:
+    float16_scores), and the encoder's softmax and context (context_s8)."""
     import torch
 
     PanelLinear = panel_linear_class()
@@ -409,6 +575,11 @@ def wrappers(model, streaming: bool, mode: str, attention: str = "float32"):
                 block.weights = softmax_f16_op()
                 if attention == "int8":
                     block.scores = scores_s8
+                if attention == "int8" and hasattr(block, "mix"):
+                    # the encoder's softmax and context too (measured on the offline decoder's
+                    # cross-attention, 4-row tiles of tokens: 6.14 against 6.13 M A76 instructions
+                    # per audio second, no gain, so it keeps float16)
+                    block.mix = context_s8
     if mode != "fp16":  # (CUDA keeps FunASR's Conv1d, as it was checked on the GPU)
         for block in list(model.modules()):
             if hasattr(block, "fsmn_block") and hasattr(block, "fsmn"):
@@ -510,10 +681,12 @@ class ModuleBuilder:
         # 17 of the demo fp32 encoder's 78 ms at 168 frames on x86 (28 ms without). The CUDA graphs
         # keep it, as they were checked on the GPU (with fp32 weights and the CIF im2col, they did not
         # import without it: a slice's shape got an if_then_else).
-        from paraedge_tools.compiler.int8 import keys_s8_te
+        from paraedge_tools.compiler.int8 import ctx_s8_te, keys_s8_te, quantize_cols_te
 
         self.te = {**int8_computes(kernel), "fsmn_rows": (fsmn_rows_te, ()), "matmul_f16": (matmul_f16_te, ()),
-                   "matmul_s8_keys": (keys_s8_te, ()), "softmax_f16": (softmax_f16_te, ())}
+                   "matmul_s8_keys": (keys_s8_te, ()), "softmax_f16": (softmax_f16_te, ()),
+                   "softmax_s8": (softmax_s8_te, ()), "quantize_cols_s8": (quantize_cols_te, ()),
+                   "key_blocks": (key_blocks_te, ()), "matmul_s8_ctx": (ctx_s8_te, ())}
         self.max_frames, self.decompose = max_frames, decompose
         te = self.te
 

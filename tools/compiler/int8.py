@@ -295,52 +295,168 @@ def keys_s8_te(q, kp):
         name="matmul_s8_keys")
 
 
+# channels after the values in the int8 context's packed V (quantize_cols_te): the first all ones,
+# so that the `sdot` tiles also sum each row's int8 weights (the normaliser) in one more 8-channel
+# tile, the rest zero
+SUM_CHANNELS = 8
+
+
+def quantize_cols_te(v, mask):
+    """TE compute of the int8 values of the attention context (graphs.quantize_cols_s8_op; the
+    arithmetic of edge.backends.ops.quantize_cols_s8): v [B, T2, H, dk] x mask [B, T2], each channel's
+    max |.| over the keys (the integer maximum of the sign-cleared bits, as quantize_rows_te), then
+    the values packed for `sdot` as int32 words [B, H, T2/4, dk + SUM_CHANNELS] (key 4g + r of a
+    channel in byte r of word g: in memory the int8 [.., dk, 4] of sdot_keys_intrin's context form;
+    channel dk all ones, the rest zero) and the scales [B, H, dk]."""
+    from tvm import te, tirx
+
+    b, t2, h, dk = v.shape
+    t = te.reduce_axis((0, t2), name="t")
+    magnitude = tirx.const(0x7FFFFFFF, "int32")
+
+    def masked(bi, ti, hi, di):
+        return v[bi, ti, hi, di] * mask[bi, ti]
+
+    bits = te.compute((b, h, dk), lambda bi, hi, di: te.max(
+        tirx.reinterpret("int32", masked(bi, t, hi, di)) & magnitude, axis=t), name="qc_amax")
+
+    def amax(bi, hi, di):
+        return te.max(tirx.reinterpret("float32", bits[bi, hi, di]), tirx.const(EPS, "float32"))
+
+    inv = te.compute((b, h, dk), lambda *i: tirx.const(127.0, "float32") / amax(*i), name="qc_inv")
+
+    def word(bi, hi, g, di):
+        # the 4 keys' int8 values of a channel as one int32 (key r in byte r): an int32 vector
+        # store a channel, where int8 [.., d, 4 keys] took a byte store an element (LLVM scalarised
+        # the whole kernel: 0.9 M A76 instructions per audio second, the anchor model)
+        ch = te.min(di, dk - 1)
+        packed = None
+        for r in range(PANEL_K):
+            q = tirx.nearbyint(masked(bi, g * PANEL_K + r, hi, ch) * inv[bi, hi, ch]).astype("int32") & tirx.const(255, "int32")
+            q = q if r == 0 else tirx.shift_left(q, tirx.const(8 * r, "int32"))
+            packed = q if packed is None else packed | q
+        ones = tirx.Select(di == dk, tirx.const(0x01010101, "int32"), tirx.const(0, "int32"))
+        return tirx.Select(di < dk, packed, ones)
+
+    packed = te.compute((b, h, t2 // PANEL_K, dk + SUM_CHANNELS), word, name="qc_pack")
+    scale = te.compute((b, h, dk), lambda *i: amax(*i) / tirx.const(127.0, "float32"), name="qc_scale")
+    return [packed, scale]
+
+
+def ctx_s8_te(p, words):
+    """TE compute of the int8 attention context (graphs.matmul_s8_ctx_op): C[b, m, h, d] = sum_n
+    p[b, h x T2/8 + n/8, m, n%8] * byte n%4 of words[b, h, n/4, d] (sign-extended: (w << 24 - 8 (n%4)) >> 24)
+    (int32), written in the heads' concatenated layout [B, T1, H, dk] (the output projection's
+    rows: no transpose after)."""
+    from tvm import te
+
+    b, _, t1, _ = p.shape
+    _, h, groups, dk = words.shape
+    blocks = groups // 2
+    n = te.reduce_axis((0, groups * PANEL_K), name="n")
+    return te.compute((b, t1, h, dk), lambda bi, m, hi, di: te.sum(
+        p[bi, hi * blocks + n // 8, m, n % 8].astype("int32") * _byte(words[bi, hi, n // PANEL_K, di], n % PANEL_K),
+        axis=n), name="matmul_s8_ctx")
+
+
+def _byte(word, r):
+    """Byte r (an int64 index expression) of an int32 word, sign-extended: ctx_s8_te's and its
+    tile's (sdot_keys_intrin) expression, the same."""
+    from tvm import tirx
+
+    shift = tirx.const(24, "int32") - (r * 8).astype("int32")
+    return tirx.shift_right(tirx.shift_left(word, shift), tirx.const(24, "int32"))
+
+
 @functools.lru_cache(maxsize=None)
-def sdot_keys_intrin(rows: int) -> str:
+def sdot_keys_intrin(rows: int, context: bool = False, k: int = SDOT_K) -> str:
     """Register (once) and name the tensor intrinsic of one tile of the int8 attention scores
     (keys_s8_te): C[rows, 8 keys] (int32) += A[rows, 16 k] (int8) . B[4 groups, 8 keys, 4 k] (int8),
     B's groups a (symbolic) row of keys apart. Per 4-k group one 32-byte load of B feeds rows x 2
     indexed `sdot`s; 8 rows hold 16 accumulators, 8 A registers and B's 2. Eight keys, not 16: the
     keys are frames, a multiple of 8 (graphs.GRANULE_T). A keeps its head axis (a unit one): the
-    queries stay in the projection's layout [T1, H, dk]."""
+    queries stay in the projection's layout [T1, H, dk].
+    `context`: the same tile of the int8 attention context (ctx_s8_te): A the weights [rows, k
+    keys] (no head axis), B 8 channels of the packed values, C in the heads' concatenated layout
+    [rows, 1 head, 8 channels]; `k` 8 where the keys (frames, 8 * q) are not a multiple of 16,
+    each row's 8 weights one 8-byte load."""
     from tvm import s_tir
     from tvm.script import tirx as T
+
+    g = k // 4
+    a_shape, c_shape = ((rows, k), (rows, 1, 8)) if context else ((rows, 1, k), (rows, 8))
+
+    def a_at(r, k):  # (TVMScript evaluates these closures on the block's variables)
+        return (r, k) if context else (r, 0, k)
+
+    def c_at(r, j):
+        return (r, 0, j) if context else (r, j)
+
+    a_reads = (slice(0, rows), slice(0, k)) if context else (slice(0, rows), 0, slice(0, k))
+
+    def lane(A, r, grp):
+        """Row r's 4 values of group grp in every 32-bit lane: a lane of the row's one load of k
+        bytes, which LLVM folds into the indexed `sdot` (8 k: the 8-byte load twice, as TVM's
+        shuffle takes no more indices than lanes; broadcasting each group's 4 bytes instead took
+        an `ld1r` and its address arithmetic a row and group, 2.2 instructions an `sdot`)."""
+        if context:  # (rows 8 bytes apart: one 16-byte load holds rows r and r + 1)
+            pair = T.reinterpret(A.vload([r // 2 * 2, 0], "int8x16"), dtype="int32x4")
+            i = r % 2 * 2 + grp
+            return T.reinterpret(T.Shuffle([pair], [i, i, i, i]), dtype="int8x16")
+        row = T.reinterpret(A.vload(list(a_at(r, 0)), f"int8x{k}"), dtype=f"int32x{g}")
+        return T.reinterpret(T.Shuffle([row] * (4 // g), [grp, grp, grp, grp]), dtype="int8x16")
+    c_region = (slice(0, rows), 0, slice(0, 8)) if context else (slice(0, rows), slice(0, 8))
+
+    # B: the keys' int8 [g, 8 keys, 4 dims]; the context's int32 words [g, 8 channels] (4 keys a
+    # word, quantize_cols_te), the same bytes in memory
+    b_shape = (g, 8) if context else (g, 8, 4)
+
+    def b_at(B, kk, j):
+        return _byte(B[kk // 4, j], kk % 4) if context else T.cast(B[kk // 4, j, kk % 4], "int32")
+
+    def b_region():
+        return (slice(0, g), slice(0, 8)) if context else (slice(0, g), slice(0, 8), slice(0, 4))
+
+    def b_vector(B, grp, q):
+        return T.reinterpret(B.vload([grp, q * 4], "int32x4"), dtype="int8x16") if context else B.vload([grp, q * 4, 0], "int8x16")
+
+    # (the context's tile in int64 variables, as its TE: the byte's shift casts the key index)
+    extents = (T.int64(rows), T.int64(8), T.int64(k)) if context else (rows, 8, k)
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
         sa, sh, sb, sc = T.int64(), T.int64(), T.int64(), T.int64()
-        A = T.match_buffer(a, (rows, 1, 16), "int8", offset_factor=1, strides=[sa, sh, 1])
-        B = T.match_buffer(b, (4, 8, 4), "int8", offset_factor=1, strides=[sb, 4, 1])
-        C = T.match_buffer(c, (rows, 8), "int32", offset_factor=1, strides=[sc, 1])
+        A = T.match_buffer(a, a_shape, "int8", offset_factor=1, strides=[8, 1] if context else [sa, sh, 1])
+        B = T.match_buffer(b, b_shape, "int32" if context else "int8", offset_factor=1, strides=[sb, 1] if context else [sb, 4, 1])
+        C = T.match_buffer(c, c_shape, "int32", offset_factor=1, strides=[sc, sh, 1] if context else [sc, 1])
         with T.sblock("root"):
-            T.reads(C[0:rows, 0:8], A[0:rows, 0, 0:16], B[0:4, 0:8, 0:4])
-            T.writes(C[0:rows, 0:8])
-            for r, j, k in T.grid(rows, 8, 16):
+            T.reads(C[c_region], A[a_reads], B[b_region()])
+            T.writes(C[c_region])
+            for r, j, kk in T.grid(*extents):
                 with T.sblock("update"):
-                    vr, vj, vk = T.axis.remap("SSR", [r, j, k])
-                    C[vr, vj] = C[vr, vj] + T.cast(A[vr, 0, vk], "int32") * T.cast(B[vk // 4, vj, vk % 4], "int32")
+                    vr, vj, vk = T.axis.remap("SSR", [r, j, kk])
+                    C[c_at(vr, vj)] = C[c_at(vr, vj)] + T.cast(A[a_at(vr, vk)], "int32") * b_at(B, vk, vj)
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         sa, sh, sb, sc = T.int64(), T.int64(), T.int64(), T.int64()
-        A = T.match_buffer(a, (rows, 1, 16), "int8", offset_factor=1, strides=[sa, sh, 1])
-        B = T.match_buffer(b, (4, 8, 4), "int8", offset_factor=1, strides=[sb, 4, 1])
-        C = T.match_buffer(c, (rows, 8), "int32", offset_factor=1, strides=[sc, 1])
+        A = T.match_buffer(a, a_shape, "int8", offset_factor=1, strides=[8, 1] if context else [sa, sh, 1])
+        B = T.match_buffer(b, b_shape, "int32" if context else "int8", offset_factor=1, strides=[sb, 1] if context else [sb, 4, 1])
+        C = T.match_buffer(c, c_shape, "int32", offset_factor=1, strides=[sc, sh, 1] if context else [sc, 1])
         with T.sblock("root"):
-            T.reads(C[0:rows, 0:8], A[0:rows, 0, 0:16], B[0:4, 0:8, 0:4])
-            T.writes(C[0:rows, 0:8])
-            for grp in T.unroll(4):
+            T.reads(C[c_region], A[a_reads], B[b_region()])
+            T.writes(C[c_region])
+            for grp in T.unroll(g):
                 for q in T.unroll(2):
                     for r in T.unroll(rows):
-                        C[r, T.ramp(q * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                        C[c_at(r, T.ramp(q * 4, 1, 4))] = T.call_llvm_pure_intrin(
                             T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
-                            C.vload([r, q * 4], "int32x4"),
-                            B.vload([grp, q * 4, 0], "int8x16"),
-                            T.reinterpret(T.Shuffle([T.reinterpret(A.vload([r, 0, 0], "int8x16"), dtype="int32x4")],
-                                                    [grp, grp, grp, grp]), dtype="int8x16"),
+                            C.vload(list(c_at(r, q * 4)), "int32x4"),
+                            b_vector(B, grp, q),
+                            lane(A, r, grp),
                             dtype="int32x4")
 
-    name = f"paraedge_sdot_keys_{rows}x8x16"
+    name = f"paraedge_sdot_{'ctx' if context else 'keys'}_{rows}x8x{k}"
     s_tir.TensorIntrin.register(name, desc, impl, override=True)
     return name
 
