@@ -319,7 +319,9 @@ def rules(parallel: bool = True):
             from paraedge_tools.compiler.int8 import SDOT_K, sdot_keys_intrin
 
             sch, (block,) = found
-            _inline_side_inputs(sch, block)
+            # (the context's row normaliser stays a block: read inlined, each output's region of
+            # the sums spanned its channel and the ones channel, which tensorize refuses)
+            _inline_side_inputs(sch, block, *([sch.get_sblock("ctx_norm")] if context else []))
             if context:
                 b, m, h, n, k = sch.get_loops(block)
             else:
@@ -337,9 +339,14 @@ def rules(parallel: bool = True):
             else:
                 io = m
                 sch.reorder(b, h, m, jo, k, *([ji] if ji is not None else []))
-            local = sch.cache_write(block, 0, "global")
-            sch.reverse_compute_at(local, jo, preserve_unit_loops=True)
-            _inline_epilogue(sch, local)
+            if context:  # the dequant reads each row's ones channel: after the row's last tile
+                local = sch.get_sblock("ctx_out")
+                sch.reverse_compute_at(sch.get_sblock("ctx_norm"), io, preserve_unit_loops=True)
+                sch.reverse_compute_at(local, io, preserve_unit_loops=True)
+            else:
+                local = sch.cache_write(block, 0, "global")
+                sch.reverse_compute_at(local, jo, preserve_unit_loops=True)
+                _inline_epilogue(sch, local)
             outer = sch.fuse(b, h, io)
             if _more_than_one(sch.get(outer).extent):
                 _parallel(sch, outer, parallel)

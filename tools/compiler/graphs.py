@@ -352,22 +352,29 @@ def key_blocks_te(p):
 @functools.lru_cache(maxsize=None)
 def matmul_s8_ctx_op():
     """Register (once) the int8 product of the attention context (context_s8): the weights in key
-    blocks [B, H x T2/8, T1, 8] (key_blocks_op) x the values as packed words [B, H, T2/4, dk]
-    (quantize_cols_s8_op) -> int32 [B, T1, H, dk] (int8.ctx_s8_te, tiled with
-    int8.sdot_keys_intrin's context form). Eager: float64 sums of int8 products, exact."""
+    blocks [B, H x T2/8, T1, 8] (key_blocks_op) x the values as packed words [B, H, T2/4, dk +
+    SUM_CHANNELS] (quantize_cols_s8_op), and the channel scales [B, H, dk] -> the context float32
+    [B, T1, H, dk]: the int32 sums x (1 / the ones channel's sum) x the scale (int8.ctx_s8_te, its
+    tiles int8.sdot_keys_intrin's context form, the dequant at the tile's rows; as an op of its
+    own after them it took 0.07 M A76 instructions per audio second). Eager: float64 sums of int8
+    products, exact, then the dequant in float32."""
     import torch
 
-    @torch.library.custom_op("paraedge::matmul_s8_ctx", mutates_args=(), schema="(Tensor p8, Tensor words) -> Tensor")
-    def matmul_s8_ctx(p8, words):
+    from paraedge_tools.compiler.int8 import SUM_CHANNELS
+
+    @torch.library.custom_op("paraedge::matmul_s8_ctx", mutates_args=(), schema="(Tensor p8, Tensor words, Tensor scales) -> Tensor")
+    def matmul_s8_ctx(p8, words, scales):
         b, h, g, dk = words.shape
         p = p8.reshape(b, h, g // 2, -1, 8).transpose(2, 3).flatten(-2)  # [B, H, T1, T2]
         vp = torch.from_numpy(words.numpy()[..., None].view(np.int8))  # [B, H, T2/4, dk, 4]
-        v = vp.permute(0, 1, 2, 4, 3).reshape(b, h, g * 4, dk).double()  # [B, H, T2, dk]
-        return torch.matmul(p.double(), v).round().to(torch.int32).permute(0, 2, 1, 3).contiguous()
+        v = vp.permute(0, 1, 2, 4, 3).reshape(b, h, g * 4, dk).double()  # [B, H, T2, dk + SUM_CHANNELS]
+        acc = torch.matmul(p.double(), v).round().to(torch.int32).permute(0, 2, 1, 3)  # [B, T1, H, ..]
+        norm = 1.0 / acc[..., dk - SUM_CHANNELS:dk - SUM_CHANNELS + 1].float()  # the ones channel: the row's weight sum
+        return ((acc[..., :dk - SUM_CHANNELS].float() * norm) * scales[:, None]).contiguous()
 
     @matmul_s8_ctx.register_fake
-    def _(p8, words):
-        return p8.new_empty((p8.shape[0], p8.shape[2], words.shape[1], words.shape[3]), dtype=torch.int32)
+    def _(p8, words, scales):
+        return p8.new_empty((p8.shape[0], p8.shape[2], words.shape[1], words.shape[3] - SUM_CHANNELS))
 
     return torch.ops.paraedge.matmul_s8_ctx
 
@@ -383,9 +390,7 @@ def context_s8(scores, v, heads: int, key_mask):
     vp, sv = quantize_cols_s8_op()(v.reshape(b, t2, heads, dk), key_mask)
     # (the scores in float16: the cast joins the scores' epilogue, the softmax reads half the bytes)
     weights = key_blocks_op()(softmax_s8_op()(scores.half()))
-    acc = matmul_s8_ctx_op()(weights, vp)  # [B, T1, H, dk + SUM_CHANNELS]
-    norm = 1.0 / acc[..., dk:dk + 1].float()  # (the ones channel: each row's int8 weight sum)
-    return ((acc[..., :dk].float() * norm) * sv[:, None]).reshape(b, -1, d)
+    return matmul_s8_ctx_op()(weights, vp, sv).reshape(b, -1, d)  # [B, T1, H, dk]
 
 
 def product_f16(a, b):

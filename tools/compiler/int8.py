@@ -343,20 +343,25 @@ def quantize_cols_te(v, mask):
     return [packed, scale]
 
 
-def ctx_s8_te(p, words):
+def ctx_s8_te(p, words, scales):
     """TE compute of the int8 attention context (graphs.matmul_s8_ctx_op): C[b, m, h, d] = sum_n
-    p[b, h x T2/8 + n/8, m, n%8] * byte n%4 of words[b, h, n/4, d] (sign-extended: (w << 24 - 8 (n%4)) >> 24)
-    (int32), written in the heads' concatenated layout [B, T1, H, dk] (the output projection's
-    rows: no transpose after)."""
-    from tvm import te
+    p[b, h x T2/8 + n/8, m, n%8] * byte n%4 of words[b, h, n/4, d] (sign-extended: (w << 24 -
+    8 (n%4)) >> 24) (int32) over the dk + SUM_CHANNELS channels, then the context (float(C) x (1 /
+    float(C at the ones channel dk))) x scales[b, h, d] for d < dk, written in the heads'
+    concatenated layout [B, T1, H, dk] (the output projection's rows: no transpose after)."""
+    from tvm import te, tirx
 
     b, _, t1, _ = p.shape
-    _, h, groups, dk = words.shape
-    blocks = groups // 2
+    _, h, groups, channels = words.shape
+    blocks, dk = groups // 2, channels - SUM_CHANNELS
     n = te.reduce_axis((0, groups * PANEL_K), name="n")
-    return te.compute((b, t1, h, dk), lambda bi, m, hi, di: te.sum(
+    acc = te.compute((b, t1, h, channels), lambda bi, m, hi, di: te.sum(
         p[bi, hi * blocks + n // 8, m, n % 8].astype("int32") * _byte(words[bi, hi, n // PANEL_K, di], n % PANEL_K),
         axis=n), name="matmul_s8_ctx")
+    norm = te.compute((b, t1, h), lambda bi, m, hi: tirx.const(1.0, "float32") / acc[bi, m, hi, dk].astype("float32"),
+                      name="ctx_norm")
+    return te.compute((b, t1, h, dk), lambda bi, m, hi, di: (acc[bi, m, hi, di].astype("float32") * norm[bi, m, hi])
+                      * scales[bi, hi, di], name="ctx_out")
 
 
 def _byte(word, r):
