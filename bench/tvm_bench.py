@@ -183,7 +183,7 @@ def markdown(report: dict) -> str:
                   "| mode | onnxruntime INT8 | TVM INT8 | TVM / onnxruntime | same text |", "|---|---|---|---|---|"]
         for mode, r in arm.items():
             ort, tvm = r["onnxruntime INT8"], r["TVM INT8"]
-            lines.append(f"| {mode} | {ort:.1f} | {tvm:.1f} | {tvm / ort:.2f} | {'yes' if r['same_text'] else 'no'} |")
+            lines.append(f"| {mode} | {ort:.1f} | {tvm:.1f} | {tvm / ort:.3f} | {'yes' if r['same_text'] else 'no'} |")
     return "\n".join(lines)
 
 
