@@ -124,24 +124,24 @@ def softmax_f16(x: np.ndarray) -> np.ndarray:
     float32; exp(r) in float16 arithmetic (1 + r + r^2 p(r), each step rounded), 2^n through the
     float16 exponent bits, 0 for n below SOFTMAX_F16_MIN_N; summed in float32, normalised in float16
     (e x float16(1 / sum)). Against float32's softmax: within 0.2 % where p > 1e-3."""
-    e, total = _exp_f16(x)
-    inv = (F32(1) / total).astype(F16)
-    return (e * inv).astype(F16)
-
-
-def _exp_f16(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """softmax_f16's unnormalised weights exp(x - max) in float16 (the largest is exactly 1) and
-    their float32 sum over the last axis (keepdims)."""
     x = np.asarray(x, F32)
     d = (x - x.max(axis=-1, keepdims=True)).astype(F32)
     dc = np.maximum(d, F32(-10))  # (n >= -15: 2^n's bits fit an int16; below MIN_N the result is 0)
     n = np.rint(dc * F32(LOG2E)).astype(F32)
     r = ((dc - n * F32(LN2_HI)).astype(F32) + (n * F32(LN2_LO)).astype(F32)).astype(F16)
+    e = _exp_f16(r, n.astype(np.int16))
+    inv = (F32(1) / e.astype(F32).sum(axis=-1, keepdims=True, dtype=F32)).astype(F16)
+    return (e * inv).astype(F16)
+
+
+def _exp_f16(r: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """exp(r) 2^n in float16 arithmetic (1 + r + r^2 p(r), each step rounded; 2^n through the
+    exponent bits, 0 for n below SOFTMAX_F16_MIN_N): r float16 on |r| <= ln2/2, n int16; the exp
+    of softmax_f16 and softmax_s8."""
     p = (F16(SOFTMAX_F16_P[0]) + (r * F16(SOFTMAX_F16_P[1])).astype(F16)).astype(F16)
     e = ((((r * r).astype(F16) * p).astype(F16) + r).astype(F16) + F16(1)).astype(F16)
-    bits = e.view(np.int16) + (n.astype(np.int16) << np.int16(10))
-    e = np.where(n < SOFTMAX_F16_MIN_N, F16(0), bits.view(F16))
-    return e, e.astype(F32).sum(axis=-1, keepdims=True, dtype=F32)
+    bits = e.view(np.int16) + (n << np.int16(10))
+    return np.where(n < SOFTMAX_F16_MIN_N, F16(0), bits.view(F16))
 
 
 # -- INT8 (the NEON backend's arithmetic; edge/backends/kernels.py must match these exactly) ------------
@@ -179,11 +179,7 @@ def softmax_s8(x: np.ndarray) -> np.ndarray:
     int8 rounding after it (a weight's error ~0.2 % against the int8 step of 1/127)."""
     d = np.maximum((np.asarray(x, F16) - np.asarray(x, F16).max(axis=-1, keepdims=True)).astype(F16), F16(-10))
     n = -np.trunc((F16(0.5) - (d * F16(LOG2E)).astype(F16)).astype(F16)).astype(np.int16)
-    r = (d - (n.astype(F16) * F16(LN2)).astype(F16)).astype(F16)
-    p = (F16(SOFTMAX_F16_P[0]) + (r * F16(SOFTMAX_F16_P[1])).astype(F16)).astype(F16)
-    e = ((((r * r).astype(F16) * p).astype(F16) + r).astype(F16) + F16(1)).astype(F16)
-    bits = e.view(np.int16) + (n << np.int16(10))
-    e = np.where(n < SOFTMAX_F16_MIN_N, F16(0), bits.view(F16))
+    e = _exp_f16((d - (n.astype(F16) * F16(LN2)).astype(F16)).astype(F16), n)
     return np.trunc(((e * F16(127)).astype(F16) + F16(0.5)).astype(F16)).astype(np.int8)
 
 

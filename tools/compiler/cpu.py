@@ -274,9 +274,9 @@ def rules(parallel: bool = True):
                    and _const(sch.get(j).extent) == 16)
             step = (SDOT_K if vnni else sdot_k(mi, sch.get(k).extent)) if dot else 4
             ko, kv = sch.split(k, [None, step])
-            ko, kpair = _k_pairs(sch, ko) if dot and not vnni else (ko, None)
+            ko, pair = _k_pairs(sch, ko) if dot and not vnni else (ko, [])
             if dot:
-                sch.reorder(b, p, io, ko, *([kpair] if kpair is not None else []), ii, j, kv)
+                sch.reorder(b, p, io, ko, *pair, ii, j, kv)
             else:
                 sch.reorder(b, p, io, ko, kv, ii, j)
             local = sch.cache_write(block, 0, "global")
@@ -297,8 +297,8 @@ def rules(parallel: bool = True):
             sch.vectorize(sch.get_loops(init)[-1])
             if dot:  # after the init is split off: the intrinsic accumulates into C
                 sch.tensorize(ii, vnni_intrin(mi) if vnni else sdot_intrin(mi, step))
-                if kpair is not None:
-                    sch.unroll(kpair)
+                for loop in pair:
+                    sch.unroll(loop)
             sch.vectorize(sch.get_loops(local)[-1])
             return sch
 
@@ -329,8 +329,9 @@ def rules(parallel: bool = True):
             mi = _divisor(sch.get(m).extent, (8, 4))
             # k per step: the keys' 64 dims by 16; the context's keys by 8 (its weights' blocks,
             # graphs.context_s8)
-            step = _divisor(sch.get(k).extent, (8,) if context else (SDOT_K,))
-            dot = has_dotprod(target) and mi > 1 and _divides(sch.get(n).extent, 8) and step > 1
+            step = 8 if context else SDOT_K
+            dot = (has_dotprod(target) and mi > 1 and _divides(sch.get(n).extent, 8)
+                   and _divides(sch.get(k).extent, step))
             jo, ji = sch.split(n, [None, 8 if dot else 4]) if _divides(sch.get(n).extent, 4) else (n, None)
             if dot:
                 io, ii = sch.split(m, [None, mi])
@@ -353,7 +354,7 @@ def rules(parallel: bool = True):
             if dot:
                 init = sch.decompose_reduction(block, ko)
                 sch.vectorize(sch.get_loops(init)[-1])
-                sch.tensorize(ii, sdot_keys_intrin(mi, context, step))
+                sch.tensorize(ii, sdot_keys_intrin(mi, context))
             elif ji is not None:
                 sch.vectorize(ji)  # (before the init is split off: after it, TVM refuses the loop)
                 init = sch.decompose_reduction(block, k)
@@ -521,20 +522,16 @@ def rules(parallel: bool = True):
             row = sch.fuse(*sch.get_loops(blocks[-1])[:rows]) if rows > 1 else sch.get_loops(blocks[-1])[0]
             if _more_than_one(sch.get(row).extent):
                 _parallel(sch, row, parallel)
-            # (an output besides the last block, softmax_s8's row normaliser, follows into the row)
-            outputs = [b for b in sch.get_child_blocks(sch.get_sblock("root"))[:-1] if not sch.get_consumers(b)]
             for b in reversed(sch.get_child_blocks(sch.get_sblock("root"))[:-1]):
-                if not any(sch.get(b).same_as(sch.get(o)) for o in outputs):
-                    sch.compute_at(b, row, preserve_unit_loops=True)
-            for b in outputs:
-                sch.reverse_compute_at(b, row, preserve_unit_loops=True)
+                sch.compute_at(b, row, preserve_unit_loops=True)
             for p in partial:  # compute_at made its loops (partial index, unit row loops.., k chunk)
                 loops = sch.get_loops(p)
                 sch.reorder(loops[-1], loops[1])
                 sch.vectorize(sch.get_loops(p)[-1])
             for b, kind in zip(blocks, kinds):
-                # float16 blocks that read no float32 rows (graphs.softmax_f16_te) in 8 lanes on
-                # aarch64, a full vector (a block mixing the widths LLVM re-vectorised into shuffles)
+                # float16 (and int8) blocks that read no float32 rows (graphs.softmax_f16_te,
+                # softmax_s8_te) in 8 lanes on aarch64, a full float16 vector (a block mixing the
+                # widths LLVM re-vectorised into shuffles)
                 stmt = sch.get(b)
                 f16 = _is_aarch64(target) and str(stmt.writes[0].source.dtype) in ("float16", "int8") and not any(
                     str(r.source.dtype) == "float32" and len(r.region) == len(stmt.writes[0].region) for r in stmt.reads)
@@ -667,8 +664,7 @@ def _matmul_s8_rows(sch, body, parallel: bool = True):
         p, j = sch.split(n, [None, 16])  # the weight panels
         step = sdot_k(rows, sch.get(k).extent)
         ko, kv = sch.split(k, [None, step])
-        ko, kpair = _k_pairs(sch, ko)
-        pair = [kpair] if kpair is not None else []
+        ko, pair = _k_pairs(sch, ko)
         if rows > 1:
             io, ii = sch.split(m, [None, rows])
             sch.reorder(b, p, io, ko, *pair, ii, j, kv)
@@ -683,8 +679,8 @@ def _matmul_s8_rows(sch, body, parallel: bool = True):
         init = sch.decompose_reduction(block, ko)
         sch.vectorize(sch.get_loops(init)[-1])
         sch.tensorize(ii, sdot_intrin(rows, step))
-        if kpair is not None:
-            sch.unroll(kpair)
+        for loop in pair:
+            sch.unroll(loop)
         sch.vectorize(sch.get_loops(local)[-1])
     _, li = sch.split(sch.get_loops(last)[-1], [None, 4])
     sch.vectorize(li)
@@ -695,14 +691,15 @@ def _matmul_s8_rows(sch, body, parallel: bool = True):
 
 
 def _k_pairs(sch, ko):
-    """Split a tensorized tile's k-step loop into pairs (the inner one to unroll) where 2 divides
-    it: two `sdot` steps a loop iteration, the address arithmetic and the branch paid once per 256
+    """(the outer loop, [the inner one to unroll] or []): a tensorized tile's k-step loop split
+    into pairs where 2 divides it: two `sdot` steps a loop iteration, the address arithmetic and the branch paid once per 256
     `sdot`s. Measured on the emulated A76 (anchor, 10 s): offline 28.53 -> 28.28 M instructions
     per audio second, streaming 45.9 -> 45.5; four steps an iteration took 28.99 (LLVM split its
     paired loads of B into single ones)."""
     if not _divides(sch.get(ko).extent, 2):
-        return ko, None
-    return sch.split(ko, [None, 2])
+        return ko, []
+    outer, inner = sch.split(ko, [None, 2])
+    return outer, [inner]
 
 
 def _parallel(sch, loop, on: bool) -> None:

@@ -191,53 +191,10 @@ def softmax_f16_te(x):
     0.29, against the float32 softmax with the float32 exp."""
     from tvm import te, tirx
 
-    e, total = _exp_f16_te(x)
-    inv = te.compute(total.shape, lambda *i: (tirx.const(1.0, "float32") / total[i]).astype("float16"), name="sm_inv")
-    return te.compute(x.shape, lambda *i: e[i] * inv[i[:-1]], name="sm_out")
-
-
-def softmax_s8_te(x):
-    """TE compute of softmax_s8 (edge.backends.ops.softmax_s8) on float16 scores: the row maximum,
-    then one float16 pass a vector of 8 keys to the int8 weights. The int8 context's A operand (no
-    sum: the context normalises by the int8 weights' own sum, which its `sdot`s compute). Rounding
-    half away from zero by truncation and to int8 through int16: LLVM scalarised a float16
-    vector's nearbyint (the softmax 1.1 -> 4.3 M A76 instructions per audio second). Against the
-    float32 range reduction and the two passes of softmax_f16_te: 1.07 -> 0.40 M."""
-    from tvm import te, tirx
-
-    from edge.backends.ops import LN2, LOG2E, SOFTMAX_F16_MIN_N, SOFTMAX_F16_P
-
-    def f16(v):
-        return tirx.const(v, "float16")
-
-    rows, width = x.shape[:-1], x.shape[-1]
-    k = te.reduce_axis((0, width), name="k")
-    mx = te.compute(rows, lambda *i: te.max(x[(*i, k)], axis=k), name="sm_max")
-
-    def q8(*i):
-        d = tirx.Max(x[i] - mx[i[:-1]], f16(-10.0))
-        n = tirx.const(0, "int16") - (f16(0.5) - d * f16(LOG2E)).astype("int16")
-        r = d - n.astype("float16") * f16(LN2)
-        p = f16(SOFTMAX_F16_P[0]) + r * f16(SOFTMAX_F16_P[1])
-        e = r * r * p + r + f16(1.0)
-        bits = tirx.reinterpret("int16", e) + tirx.shift_left(n, tirx.const(10, "int16"))
-        e = tirx.Select(n < tirx.const(SOFTMAX_F16_MIN_N, "int16"), f16(0.0), tirx.reinterpret("float16", bits))
-        return (e * f16(127.0) + f16(0.5)).astype("int16").astype("int8")
-
-    return te.compute(x.shape, q8, name="sm_q8")
-
-
-def _exp_f16_te(x):
-    """ops._exp_f16 as TE: (e float16 [.., T2], the float32 sum over the last axis [..])."""
-    from tvm import te, tirx
-
-    from edge.backends.ops import LN2_HI, LN2_LO, LOG2E, SOFTMAX_F16_MIN_N, SOFTMAX_F16_P
+    from edge.backends.ops import LN2_HI, LN2_LO, LOG2E
 
     def f32(v):
         return tirx.const(v, "float32")
-
-    def f16(v):
-        return tirx.const(v, "float16")
 
     rows, width = x.shape[:-1], x.shape[-1]
     k = te.reduce_axis((0, width), name="k")
@@ -251,22 +208,59 @@ def _exp_f16_te(x):
         return [(dc - n * f32(LN2_HI) + n * f32(LN2_LO)).astype("float16"), n.astype("int16")]
 
     r, n = te.compute(x.shape, reduce, name="sm_rn")
-
-    def exp16(*i):
-        p = f16(SOFTMAX_F16_P[0]) + r[i] * f16(SOFTMAX_F16_P[1])
-        e = r[i] * r[i] * p + r[i] + f16(1.0)
-        bits = tirx.reinterpret("int16", e) + tirx.shift_left(n[i], tirx.const(10, "int16"))
-        return tirx.Select(n[i] < tirx.const(SOFTMAX_F16_MIN_N, "int16"), f16(0.0), tirx.reinterpret("float16", bits))
-
-    e = te.compute(x.shape, exp16, name="sm_exp")
+    e = te.compute(x.shape, lambda *i: _exp_f16(r[i], n[i]), name="sm_exp")
     k2 = te.reduce_axis((0, width), name="k2")
     total = te.compute(rows, lambda *i: te.sum(e[(*i, k2)].astype("float32"), axis=k2), name="sm_sum")
-    return e, total
+    inv = te.compute(rows, lambda *i: (f32(1.0) / total[i]).astype("float16"), name="sm_inv")
+    return te.compute(x.shape, lambda *i: e[i] * inv[i[:-1]], name="sm_out")
+
+
+def softmax_s8_te(x):
+    """TE compute of softmax_s8 (edge.backends.ops.softmax_s8) on float16 scores: the row maximum,
+    then one float16 pass a vector of 8 keys to the int8 weights. The int8 context's A operand (no
+    sum: the context normalises by the int8 weights' own sum, which its `sdot`s compute). Rounding
+    half away from zero by truncation and to int8 through int16: LLVM scalarised a float16
+    vector's nearbyint (the softmax 1.1 -> 4.3 M A76 instructions per audio second). Against the
+    float32 range reduction and the two passes of softmax_f16_te: 1.07 -> 0.59 M."""
+    from tvm import te, tirx
+
+    from edge.backends.ops import LN2, LOG2E
+
+    def f16(v):
+        return tirx.const(v, "float16")
+
+    rows, width = x.shape[:-1], x.shape[-1]
+    k = te.reduce_axis((0, width), name="k")
+    mx = te.compute(rows, lambda *i: te.max(x[(*i, k)], axis=k), name="sm_max")
+
+    def q8(*i):
+        d = tirx.Max(x[i] - mx[i[:-1]], f16(-10.0))
+        n = tirx.const(0, "int16") - (f16(0.5) - d * f16(LOG2E)).astype("int16")
+        e = _exp_f16(d - n.astype("float16") * f16(LN2), n)
+        return (e * f16(127.0) + f16(0.5)).astype("int16").astype("int8")
+
+    return te.compute(x.shape, q8, name="sm_q8")
+
+
+def _exp_f16(r, n):
+    """ops._exp_f16 as an expression: exp(r) 2^n in float16 (r float16, n int16), the exp of
+    softmax_f16_te and softmax_s8_te."""
+    from tvm import tirx
+
+    from edge.backends.ops import SOFTMAX_F16_MIN_N, SOFTMAX_F16_P
+
+    def f16(v):
+        return tirx.const(v, "float16")
+
+    p = f16(SOFTMAX_F16_P[0]) + r * f16(SOFTMAX_F16_P[1])
+    e = r * r * p + r + f16(1.0)
+    bits = tirx.reinterpret("int16", e) + tirx.shift_left(n, tirx.const(10, "int16"))
+    return tirx.Select(n < tirx.const(SOFTMAX_F16_MIN_N, "int16"), f16(0.0), tirx.reinterpret("float16", bits))
 
 
 @functools.lru_cache(maxsize=None)
 def softmax_s8_op():
-    """Register (once) the attention weights of the int8 context (context_s8): float32 scores ->
+    """Register (once) the attention weights of the int8 context (context_s8): float16 scores ->
     int8 weights, the largest of each row 127 (softmax_s8_te). The reference is
     edge.backends.ops.softmax_s8."""
     import torch
@@ -288,8 +282,8 @@ def softmax_s8_op():
 def quantize_cols_s8_op():
     """Register (once) the int8 values of the attention context (context_s8): v [B, T2, H, dk] and
     the key mask [B, T2] -> (v x mask quantized per channel over the keys, packed for `sdot` with
-    SUM_CHANNELS more channels, the first of them all ones (its sums are the weights' row sums)
-    [B, H, T2/4, dk + SUM_CHANNELS, 4] int8, the channel scales [B, H, dk])
+    SUM_CHANNELS more channels, the first of them all ones (its sums are the weights' row sums):
+    int32 words [B, H, T2/4, dk + SUM_CHANNELS], 4 keys a word; the channel scales [B, H, dk])
     (int8.quantize_cols_te). The reference is edge.backends.ops.quantize_cols_s8."""
     import torch
 
@@ -364,13 +358,14 @@ def matmul_s8_ctx_op():
 
     @torch.library.custom_op("paraedge::matmul_s8_ctx", mutates_args=(), schema="(Tensor p8, Tensor words, Tensor scales) -> Tensor")
     def matmul_s8_ctx(p8, words, scales):
-        b, h, g, dk = words.shape
+        b, h, g, channels = words.shape
+        dk = channels - SUM_CHANNELS
         p = p8.reshape(b, h, g // 2, -1, 8).transpose(2, 3).flatten(-2)  # [B, H, T1, T2]
-        vp = torch.from_numpy(words.numpy()[..., None].view(np.int8))  # [B, H, T2/4, dk, 4]
-        v = vp.permute(0, 1, 2, 4, 3).reshape(b, h, g * 4, dk).double()  # [B, H, T2, dk + SUM_CHANNELS]
-        acc = torch.matmul(p.double(), v).round().to(torch.int32).permute(0, 2, 1, 3)  # [B, T1, H, ..]
-        norm = 1.0 / acc[..., dk - SUM_CHANNELS:dk - SUM_CHANNELS + 1].float()  # the ones channel: the row's weight sum
-        return ((acc[..., :dk - SUM_CHANNELS].float() * norm) * scales[:, None]).contiguous()
+        vp = torch.from_numpy(words.numpy()[..., None].view(np.int8))  # [B, H, T2/4, channels, 4]
+        v = vp.permute(0, 1, 2, 4, 3).reshape(b, h, g * 4, channels).double()  # [B, H, T2, channels]
+        acc = torch.matmul(p.double(), v).round().to(torch.int32).permute(0, 2, 1, 3)  # [B, T1, H, channels]
+        norm = 1.0 / acc[..., dk:dk + 1].float()  # the ones channel: the row's weight sum
+        return ((acc[..., :dk].float() * norm) * scales[:, None]).contiguous()
 
     @matmul_s8_ctx.register_fake
     def _(p8, words, scales):
@@ -436,8 +431,8 @@ def scores_s8(q, k, heads: int):
 
 
 # Frames from which the encoder computes its attention scores, softmax and context in int8
-# (attention "int8": below, the bundle's "encoder" keeps float16 and "encoder_long" takes the rest). Quantizing each
-# frame's queries and keys costs ~1,600 A76 instructions a layer, which the cheaper products repay
+# (attention "int8": below, the bundle's "encoder" keeps float16 and "encoder_long" takes the
+# rest). Quantizing each frame's queries and keys costs ~1,600 A76 instructions a layer, which the cheaper products repay
 # only over enough keys: measured on the emulated A76, the anchor model's offline decode of 10 s
 # (168 frames) 29.73 -> 28.97 M instructions per audio second, the demo's 3 s (50 frames) alike
 # (14.96 against 14.98), and its streaming encoder's chunks 29.02 -> 29.58 when they took int8.
@@ -580,11 +575,11 @@ def wrappers(model, streaming: bool, mode: str, attention: str = "float32"):
                 block.weights = softmax_f16_op()
                 if attention == "int8":
                     block.scores = scores_s8
-                if attention == "int8" and hasattr(block, "mix"):
-                    # the encoder's softmax and context too (measured on the offline decoder's
-                    # cross-attention, 4-row tiles of tokens: 6.14 against 6.13 M A76 instructions
-                    # per audio second, no gain, so it keeps float16)
-                    block.mix = context_s8
+                    if hasattr(block, "mix"):
+                        # the encoder's softmax and context too (measured on the offline decoder's
+                        # cross-attention, 4-row tiles of tokens: 6.14 against 6.13 M A76
+                        # instructions per audio second, no gain, so it keeps float16)
+                        block.mix = context_s8
     if mode != "fp16":  # (CUDA keeps FunASR's Conv1d, as it was checked on the GPU)
         for block in list(model.modules()):
             if hasattr(block, "fsmn_block") and hasattr(block, "fsmn"):

@@ -374,20 +374,21 @@ def _byte(word, r):
 
 
 @functools.lru_cache(maxsize=None)
-def sdot_keys_intrin(rows: int, context: bool = False, k: int = SDOT_K) -> str:
+def sdot_keys_intrin(rows: int, context: bool = False) -> str:
     """Register (once) and name the tensor intrinsic of one tile of the int8 attention scores
     (keys_s8_te): C[rows, 8 keys] (int32) += A[rows, 16 k] (int8) . B[4 groups, 8 keys, 4 k] (int8),
     B's groups a (symbolic) row of keys apart. Per 4-k group one 32-byte load of B feeds rows x 2
     indexed `sdot`s; 8 rows hold 16 accumulators, 8 A registers and B's 2. Eight keys, not 16: the
     keys are frames, a multiple of 8 (graphs.GRANULE_T). A keeps its head axis (a unit one): the
     queries stay in the projection's layout [T1, H, dk].
-    `context`: the same tile of the int8 attention context (ctx_s8_te): A the weights [rows, k
-    keys] (no head axis), B 8 channels of the packed values, C in the heads' concatenated layout
-    [rows, 1 head, 8 channels]; `k` 8 where the keys (frames, 8 * q) are not a multiple of 16,
-    each row's 8 weights one 8-byte load."""
+    `context`: the same tile of the int8 attention context (ctx_s8_te), 8 keys a step (a block
+    of the weights, graphs.key_blocks_op): A the weights [rows, 8 keys], rows 8 bytes apart (no
+    head axis), B 8 channels of the packed values' words, C in the heads' concatenated layout
+    [rows, 1 head, 8 channels]."""
     from tvm import s_tir
     from tvm.script import tirx as T
 
+    k = 8 if context else SDOT_K
     g = k // 4
     a_shape, c_shape = ((rows, k), (rows, 1, 8)) if context else ((rows, 1, k), (rows, 8))
 
@@ -400,16 +401,15 @@ def sdot_keys_intrin(rows: int, context: bool = False, k: int = SDOT_K) -> str:
     a_reads = (slice(0, rows), slice(0, k)) if context else (slice(0, rows), 0, slice(0, k))
 
     def lane(A, r, grp):
-        """Row r's 4 values of group grp in every 32-bit lane: a lane of the row's one load of k
-        bytes, which LLVM folds into the indexed `sdot` (8 k: the 8-byte load twice, as TVM's
-        shuffle takes no more indices than lanes; broadcasting each group's 4 bytes instead took
-        an `ld1r` and its address arithmetic a row and group, 2.2 instructions an `sdot`)."""
+        """Row r's 4 values of group grp in every 32-bit lane: a lane of a 16-byte load, which LLVM
+        folds into the indexed `sdot` (broadcasting each group's 4 bytes instead took an `ld1r`
+        and its address arithmetic a row and group, 2.2 instructions an `sdot`)."""
         if context:  # (rows 8 bytes apart: one 16-byte load holds rows r and r + 1)
             pair = T.reinterpret(A.vload([r // 2 * 2, 0], "int8x16"), dtype="int32x4")
             i = r % 2 * 2 + grp
             return T.reinterpret(T.Shuffle([pair], [i, i, i, i]), dtype="int8x16")
-        row = T.reinterpret(A.vload(list(a_at(r, 0)), f"int8x{k}"), dtype=f"int32x{g}")
-        return T.reinterpret(T.Shuffle([row] * (4 // g), [grp, grp, grp, grp]), dtype="int8x16")
+        row = T.reinterpret(A.vload(list(a_at(r, 0)), "int8x16"), dtype="int32x4")
+        return T.reinterpret(T.Shuffle([row], [grp, grp, grp, grp]), dtype="int8x16")
     c_region = (slice(0, rows), 0, slice(0, 8)) if context else (slice(0, rows), slice(0, 8))
 
     # B: the keys' int8 [g, 8 keys, 4 dims]; the context's int32 words [g, 8 channels] (4 keys a
