@@ -1,14 +1,22 @@
 """Measure the wake gate: detection latency and recall on noisy wake-word renders, false accepts per
 hour on non-wake speech and car noise, at the shipped cutoffs and a sweep of candidates.
 
-`python bench/wake.py [--positives 300] [--neg-minutes 240] [--out out/wake] [--readme] [--sweep]` renders
-(once; cached under --out) for each keyword N positives: espeak-ng "okay nabu" / "alexa" with many
-voices, variants, speeds and pitches, after 0.4-1.2 s of lead-in and followed by an English or
-Mandarin command or silence, mixed with generated car noise at 20/10/5 dB SNR (of the speech).
-The wake word is rendered alone first, so where it ends (last 10 ms frame within 30 dB of its loudest)
-is known. Negatives: --neg-minutes of everyday English and Mandarin sentences (templated, many
-voices), the in-car commands and near-miss words ("okay", "nab", "alexander", "election"), with
-pauses and noise-only stretches, clean or in car noise at 20/10/5 dB.
+`python bench/wake.py [--positives 300] [--neg-minutes 240] [--family-minutes 20] [--families ...]
+[--out out/wake] [--readme] [--sweep]` renders (once; cached under --out) for each keyword N positives,
+"okay nabu" / "alexa" spoken in turn by every synthesizer family the recipe trains on (espeak-ng with
+many voices, variants, speeds and pitches; MBROLA, Pico, RHVoice, Piper, Kokoro, SAM with their
+voices), after 0.4-1.2 s of lead-in and followed by an English or Mandarin command or silence, mixed
+with generated car noise at 20/10/5 dB SNR (of the speech). The wake word is rendered alone first, so
+where it ends (last 10 ms frame within 30 dB of its loudest) is known. Negatives: --neg-minutes of
+everyday English and Mandarin sentences by espeak-ng, and --family-minutes more by each other family,
+the in-car commands and near-miss words ("okay", "nab", "alexander", "election"), with pauses and
+noise-only stretches, clean or in car noise at 20/10/5 dB; the near-miss phrases alone, by every family.
+
+Why every family: one synthesizer measures that synthesizer (issue 18's lesson). On espeak-ng's
+formant voices alexa's probability passes 0.98 a median 179 ms after the word ends, on RHVoice's 82 ms
+and Piper's 131 ms; and natural voices saying "a lexus" or "election" wake alexa more often than
+espeak-ng's do (measured while making this change: 2-7 of 76 near-miss renders per family at 0.98,
+0 for espeak-ng's).
 
 Every render goes through the TFLite-Micro frontend and each model once, keeping the raw probability
 of every 30 ms inference; the decision rule (mean of the last `window` probabilities > cutoff, then a
@@ -17,8 +25,9 @@ block that fired (the daemon's block size) - end of the wake word. A hit is the 
 between the wake word's start and 1 s after its end; anything else is a false accept. The chosen
 setting (edge/daemon/wake.py TUNED, REFRACTORY_S) is finally re-run exactly through WakeGate in
 20 ms blocks, and that is the table printed (and, with --readme, written into README.md between the
-wake markers). Only espeak-ng speaks here; flite and festival are kept for held-out evaluation.
-Renders and raw probabilities are cached by count only: delete --out after editing the phrase lists.
+wake markers), with latency and false accepts by family. flite and festival never speak here: they
+are kept for held-out evaluation. Renders and raw probabilities are cached by count and family list:
+delete --out after editing the phrase lists.
 """
 
 from __future__ import annotations
@@ -164,90 +173,145 @@ def mix_noise(x: np.ndarray, speech_power: float, snr, rng) -> np.ndarray:
     return (y * (0.95 / peak) if peak > 0.95 else y).astype(np.float32)
 
 
-def make_positives(kw: str, n: int, seed: int) -> tuple[list[np.ndarray], list[dict]]:
+FAMILIES = ("espeak", "mbrola", "pico", "rhvoice", "piper", "kokoro", "sam")  # the recipe's trained families
+
+
+def speaks(family: str, lang: str) -> bool:
+    from paraedge_tools.recipe import voices
+
+    return family == "espeak" or bool(voices.get(family).voices(lang))
+
+
+def say(family: str, text: str, lang: str, rng) -> tuple[np.ndarray, str]:
+    """`text` by a random voice of `family` (float32 16 kHz, trimmed) and that voice's name. espeak-ng
+    draws from all its accents and variants with a random speed and pitch; the other families go
+    through the recipe's renderers (tools/recipe/voices.py), held-out voices included."""
+    if family == "espeak":
+        v = voice(rng, lang)
+        return espeak(text, v, int(rng.integers(120, 211)), int(rng.integers(25, 76))), v
+    from paraedge_tools.recipe import voices
+
+    synth = voices.get(family)
+    names = synth.voices(lang)
+    v = names[rng.integers(len(names))]
+    return synth.render(text, lang, v, rng)[0], f"{family}/{v}"
+
+
+def pooled(fn, args: list, jobs: int) -> list:
+    """fn(*a) for every a in args, in order, on `jobs` processes (rendering is the slow part)."""
+    if jobs <= 1:
+        return [fn(*a) for a in args]
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(jobs) as ex:
+        return list(ex.map(fn, *zip(*args), chunksize=4))
+
+
+def _positive(kw: str, i: int, seed: int, families: tuple[str, ...]) -> tuple[np.ndarray, dict]:
     from paraedge_tools.recipe.corpus import read_phrases
 
-    rng = np.random.default_rng(seed)
-    commands = read_phrases()
-    xs, meta = [], []
-    for i in range(n):
-        v, speed, pitch = voice(rng), int(rng.integers(120, 211)), int(rng.integers(25, 76))
-        wake = espeak(PHRASE[kw], v, speed, pitch) * rng.uniform(0.3, 0.9)
-        ws, we = speech_span(wake)
-        lead = np.zeros(int(rng.uniform(0.4, 1.2) * RATE), np.float32)
-        gap = np.zeros(int(rng.uniform(0.0, 0.4) * RATE), np.float32)
-        if rng.random() < 0.75:
-            lang, text = commands[rng.integers(len(commands))]
-            cmd = espeak(text, voice(rng, lang), int(rng.integers(140, 191)), int(rng.integers(35, 66)))
-            cmd *= np.abs(wake).max() / (np.abs(cmd).max() + 1e-9)
-        else:
-            text, cmd = "", np.zeros(int(0.8 * RATE), np.float32)
-        tail = np.zeros(int(0.6 * RATE), np.float32)
-        x = np.concatenate([lead, wake, gap, cmd, tail])
-        snr = SNRS[i % len(SNRS)]
-        speech = np.concatenate([wake[ws:we], cmd])
-        x = mix_noise(x, float(np.mean(speech[np.abs(speech) > 1e-3] ** 2)), snr, rng)
-        xs.append(x)
-        meta.append({"voice": v, "speed": speed, "pitch": pitch, "snr": snr, "command": text,
-                     "wake_start": len(lead) + ws, "wake_end": len(lead) + we})
-    return xs, meta
+    rng = np.random.default_rng([seed, i])
+    fam = families[i % len(families)]
+    wake, v = say(fam, PHRASE[kw], "en", rng)
+    wake = wake * (rng.uniform(0.3, 0.9) / (np.abs(wake).max() + 1e-9))
+    ws, we = speech_span(wake)
+    lead = np.zeros(int(rng.uniform(0.4, 1.2) * RATE), np.float32)
+    gap = np.zeros(int(rng.uniform(0.0, 0.4) * RATE), np.float32)
+    commands = [c for c in read_phrases() if speaks(fam, c[0])]
+    if rng.random() < 0.75:
+        lang, text = commands[rng.integers(len(commands))]
+        cmd = say(fam, text, lang, rng)[0]
+        cmd *= np.abs(wake).max() / (np.abs(cmd).max() + 1e-9)
+    else:
+        text, cmd = "", np.zeros(int(0.8 * RATE), np.float32)
+    tail = np.zeros(int(0.6 * RATE), np.float32)
+    x = np.concatenate([lead, wake, gap, cmd, tail])
+    snr = SNRS[i % len(SNRS)]
+    speech = np.concatenate([wake[ws:we], cmd])
+    x = mix_noise(x, float(np.mean(speech[np.abs(speech) > 1e-3] ** 2)), snr, rng)
+    return x, {"family": fam, "voice": v, "snr": snr, "command": text,
+               "wake_start": len(lead) + ws, "wake_end": len(lead) + we}
 
 
-def make_negatives(minutes: float, seed: int, seg_s: float = 60.0) -> tuple[list[np.ndarray], list[dict]]:
-    """Minute-long segments of everyday talk: each records its utterances (start, end, kind, text)."""
+def make_positives(kw: str, n: int, seed: int, families: tuple[str, ...], jobs: int):
+    """n renders of the wake word, the families taking turns (so each has n / len(families))."""
+    out = pooled(_positive, [(kw, i, seed, families) for i in range(n)], jobs)
+    return [x for x, _ in out], [m for _, m in out]
+
+
+def _talk_segment(rng, k: int, seg_s: float, family: str) -> tuple[np.ndarray, dict]:
+    """One segment of everyday talk by `family` (Mandarin only where it has Mandarin voices), with its
+    utterances (start, end, kind, text)."""
     from paraedge_tools.recipe.augment import car_noise
     from paraedge_tools.recipe.corpus import read_phrases
 
-    rng = np.random.default_rng(seed)
-    commands = read_phrases()
-    xs, meta = [], []
-    for k in range(int(np.ceil(minutes * 60 / seg_s))):
-        n = int(seg_s * RATE)
-        snr = [None, *SNRS][k % 4]
-        x, pos, utts = np.zeros(n, np.float32), int(rng.uniform(0.2, 1.0) * RATE), []
-        while pos < n:
-            r = rng.random()
-            if r < 0.1:  # a stretch with nobody speaking
-                pos += int(rng.uniform(2, 6) * RATE)
-                continue
-            if r < 0.15:
-                kind, lang, text = "near", "en", NEAR_MISS[rng.integers(len(NEAR_MISS))]
-            elif r < 0.3:
-                kind, (lang, text) = "command", commands[rng.integers(len(commands))]
-            elif r < 0.65:
-                kind, lang, text = "en", "en", en_sentence(rng)
-            else:
-                kind, lang, text = "zh", "zh", zh_sentence(rng)
-            s = espeak(text, voice(rng, lang), int(rng.integers(120, 211)), int(rng.integers(25, 76)))
-            s = s * rng.uniform(0.3, 0.9) / (np.abs(s).max() + 1e-9)
-            m = min(len(s), n - pos)
-            x[pos : pos + m] += s[:m]
-            utts.append({"start": pos, "end": pos + m, "kind": kind, "text": text})
-            pos += len(s) + int(rng.uniform(0.1, 1.5) * RATE)
-        voiced = x[np.abs(x) > 1e-3]
-        power = float(np.mean(voiced**2)) if voiced.size else 0.05
-        if snr is not None:
-            x = mix_noise(x, power, snr, rng)
-        elif k % 8 == 0:  # some clean segments get plain cabin noise at a low level anyway
-            x = (x + 0.003 * car_noise(n, rng)).astype(np.float32)
-        xs.append(x)
-        meta.append({"snr": snr, "utterances": utts})
-    return xs, meta
+    commands = [c for c in read_phrases() if speaks(family, c[0])]
+    zh = speaks(family, "zh")
+    n = int(seg_s * RATE)
+    snr = [None, *SNRS][k % 4]
+    x, pos, utts = np.zeros(n, np.float32), int(rng.uniform(0.2, 1.0) * RATE), []
+    while pos < n:
+        r = rng.random()
+        if r < 0.1:  # a stretch with nobody speaking
+            pos += int(rng.uniform(2, 6) * RATE)
+            continue
+        if r < 0.15:
+            kind, lang, text = "near", "en", NEAR_MISS[rng.integers(len(NEAR_MISS))]
+        elif r < 0.3:
+            kind, (lang, text) = "command", commands[rng.integers(len(commands))]
+        elif r < 0.65 or not zh:
+            kind, lang, text = "en", "en", en_sentence(rng)
+        else:
+            kind, lang, text = "zh", "zh", zh_sentence(rng)
+        s = say(family, text, lang, rng)[0]
+        s = s * rng.uniform(0.3, 0.9) / (np.abs(s).max() + 1e-9)
+        m = min(len(s), n - pos)
+        x[pos : pos + m] += s[:m]
+        utts.append({"start": pos, "end": pos + m, "kind": kind, "text": text})
+        pos += len(s) + int(rng.uniform(0.1, 1.5) * RATE)
+    voiced = x[np.abs(x) > 1e-3]
+    power = float(np.mean(voiced**2)) if voiced.size else 0.05
+    if snr is not None:
+        x = mix_noise(x, power, snr, rng)
+    elif k % 8 == 0:  # some clean segments get plain cabin noise at a low level anyway
+        x = (x + 0.003 * car_noise(n, rng)).astype(np.float32)
+    return x, {"family": family, "snr": snr, "utterances": utts}
 
 
-def make_near_misses(per_phrase: int, seed: int) -> tuple[list[np.ndarray], list[dict]]:
-    """Each near-miss phrase alone, in several voices, with the positives' layout and noise."""
+def make_negatives(minutes: float, seed: int, seg_s: float = 60.0) -> tuple[list[np.ndarray], list[dict]]:
+    """Minute-long segments of everyday talk by espeak-ng (one random stream, as first cached)."""
     rng = np.random.default_rng(seed)
-    xs, meta = [], []
-    for text in NEAR_MISS:
-        for i in range(per_phrase):
-            v = voice(rng)
-            s = espeak(text, v, int(rng.integers(120, 211)), int(rng.integers(25, 76))) * rng.uniform(0.3, 0.9)
-            x = np.concatenate([np.zeros(int(0.8 * RATE), np.float32), s, np.zeros(int(0.8 * RATE), np.float32)])
-            snr = [None, *SNRS][i % 4]
-            xs.append(mix_noise(x, float(np.mean(s[np.abs(s) > 1e-3] ** 2)), snr, rng))
-            meta.append({"text": text, "voice": v, "snr": snr})
-    return xs, meta
+    out = [_talk_segment(rng, k, seg_s, "espeak") for k in range(int(np.ceil(minutes * 60 / seg_s)))]
+    return [x for x, _ in out], [m for _, m in out]
+
+
+def _family_segment(family: str, k: int, seed: int, seg_s: float) -> tuple[np.ndarray, dict]:
+    return _talk_segment(np.random.default_rng([seed, zlib.crc32(family.encode()), k]), k, seg_s, family)
+
+
+def make_family_negatives(families, minutes: float, seed: int, jobs: int, seg_s: float = 60.0):
+    """`minutes` of everyday talk by each of `families`."""
+    n = int(np.ceil(minutes * 60 / seg_s))
+    out = pooled(_family_segment, [(f, k, seed, seg_s) for f in families for k in range(n)], jobs)
+    return [x for x, _ in out], [m for _, m in out]
+
+
+def _near_miss(text: str, i: int, seed: int, families: tuple[str, ...]) -> tuple[np.ndarray, dict]:
+    rng = np.random.default_rng([seed, zlib.crc32(text.encode()), i])
+    fam = families[i % len(families)]
+    s, v = say(fam, text, "en", rng)
+    s = s * (rng.uniform(0.3, 0.9) / (np.abs(s).max() + 1e-9))
+    x = np.concatenate([np.zeros(int(0.8 * RATE), np.float32), s, np.zeros(int(0.8 * RATE), np.float32)])
+    snr = [None, *SNRS][i % 4]
+    return mix_noise(x, float(np.mean(s[np.abs(s) > 1e-3] ** 2)), snr, rng), {"text": text, "family": fam,
+                                                                              "voice": v, "snr": snr}
+
+
+def make_near_misses(per_phrase: int, seed: int, families: tuple[str, ...], jobs: int):
+    """Each near-miss phrase alone, per_phrase times (the families taking turns), with the positives'
+    layout and noise."""
+    out = pooled(_near_miss, [(t, i, seed, families) for t in NEAR_MISS for i in range(per_phrase)], jobs)
+    return [x for x, _ in out], [m for _, m in out]
 
 
 def cached(path: str, make):
@@ -325,6 +389,12 @@ def kind_of(fired: int, utts: list[dict]) -> str:
     return utterance_at(fired, utts)["kind"]
 
 
+def says(text: str, kw: str) -> bool:
+    """True when `text` is kw's own phrase ("hey, jarvis" is a near miss for the others, not for
+    hey_jarvis): a detection there is no false accept."""
+    return "".join(c for c in text.lower() if c.isalpha()) == PHRASE.get(kw, kw).replace(" ", "")
+
+
 def score(pos_runs, neg_runs, near_runs, kw, cutoff, window, refractory, neg_hours):
     lat, hits, extra = [], 0, 0
     for (where, probs), m in pos_runs:
@@ -337,8 +407,12 @@ def score(pos_runs, neg_runs, near_runs, kw, cutoff, window, refractory, neg_hou
     kinds: dict[str, int] = {}
     for (where, probs), m in neg_runs:
         for d in replay(where, probs[kw], cutoff, window, refractory):
-            k = kind_of(d, m["utterances"])
+            u = utterance_at(d, m["utterances"])
+            if says(u["text"], kw):
+                continue
+            k = u["kind"]
             kinds[k] = kinds.get(k, 0) + 1
+    near_runs = [r for r in near_runs if not says(r[1]["text"], kw)]
     near = sum(1 for (where, probs), _ in near_runs if replay(where, probs[kw], cutoff, window, refractory))
     fa = sum(kinds.values())
     return {"cutoff": cutoff, "window": window, "recall": hits / max(1, len(pos_runs)),
@@ -348,15 +422,25 @@ def score(pos_runs, neg_runs, near_runs, kw, cutoff, window, refractory, neg_hou
             "extra": extra}
 
 
-def choose(rows: list[dict], n_pos: int, max_fa_h: float = 0.5) -> dict | None:
-    """Within max_fa_h false accepts per hour: the lowest P50 among the settings whose recall is within
-    two standard errors of the best (closer than that is noise at n_pos renders)."""
-    ok = [r for r in rows if r["fa_h"] <= max_fa_h]
+TARGET_P50, TARGET_FA_H = 150.0, 0.5  # issue 17: P50 <= 150 ms, <= 0.5 false accepts per hour
+MARGIN_MS = 20.0  # P50 moves ~5-15 ms between render sets and in the exact WakeGate run
+
+
+def choose(rows: list[dict], n_pos: int) -> tuple[dict, bool]:
+    """(setting, whether it keeps the false-accept budget). Within TARGET_FA_H: the settings whose
+    recall is within two standard errors of the best (closer than that is noise at n_pos renders); of
+    those, the ones with P50 <= TARGET_P50 - MARGIN_MS if any; then the fewest false accepts and the
+    lowest P50. When no setting keeps the budget: the fewest false accepts with P50 <= TARGET_P50 (or,
+    failing that, overall), then the best recall."""
+    ok = [r for r in rows if r["fa_h"] <= TARGET_FA_H]
     if not ok:
-        return None
+        fast = [r for r in rows if r["p50"] <= TARGET_P50] or rows
+        return min(fast, key=lambda r: (r["fa_h"], -r["recall"], r["p50"])), False
     best = max(r["recall"] for r in ok)
     tol = 2 * np.sqrt(best * (1 - best) / n_pos)
-    return min((r for r in ok if r["recall"] >= best - tol), key=lambda r: (r["p50"], -r["recall"]))
+    near_best = [r for r in ok if r["recall"] >= best - tol]
+    fast = [r for r in near_best if r["p50"] <= TARGET_P50 - MARGIN_MS] or near_best
+    return min(fast, key=lambda r: (r["fa_h"], r["p50"], -r["recall"])), True
 
 
 def exact(xs, kw_names, cutoff_of, window_of, refractory_s):
@@ -387,24 +471,46 @@ def main(argv=None) -> int:
     ap.add_argument("--keywords", default="okay_nabu,alexa")
     ap.add_argument("--positives", type=int, default=300, help="renders per keyword")
     ap.add_argument("--neg-minutes", type=float, default=240.0)
-    ap.add_argument("--near-per-phrase", type=int, default=8)
+    ap.add_argument("--near-per-phrase", type=int, default=14, help="renders of each near-miss phrase")
+    ap.add_argument("--families", default=",".join(FAMILIES),
+                    help="synthesizer families that speak (flite and festival are refused: held out)")
+    ap.add_argument("--family-minutes", type=float, default=20.0,
+                    help="minutes of everyday talk by each family other than espeak-ng")
+    ap.add_argument("--jobs", type=int, default=2, help="rendering processes")
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "wake"))
     ap.add_argument("--readme", action="store_true", help="write the chosen table into README.md")
     ap.add_argument("--sweep", action="store_true", help="also print the full cutoff x window sweep")
     args = ap.parse_args(argv)
     kws = args.keywords.split(",")
+    from paraedge_tools.recipe import voices
+
+    try:
+        fams = tuple(s.family for s in voices.available(args.families.split(",")))
+    except ValueError as e:
+        ap.error(str(e))
+    tag = "-".join(f[:3] for f in fams)
+    others = tuple(f for f in fams if f != "espeak")
     t0 = time.time()
-    pos_sets = {kw: cached(os.path.join(args.out, f"pos_{kw}_{args.positives}"),
-                           lambda kw=kw: make_positives(kw, args.positives, seed=zlib.crc32(kw.encode()))) for kw in kws}
+    pos_sets = {kw: cached(os.path.join(args.out, f"pos_{kw}_{args.positives}_{tag}"),
+                           lambda kw=kw: make_positives(kw, args.positives, zlib.crc32(kw.encode()), fams, args.jobs))
+                for kw in kws}
     neg_x, neg_meta = cached(os.path.join(args.out, f"neg_{args.neg_minutes:g}min"),
-                             lambda: make_negatives(args.neg_minutes, 7))
-    near_x, near_meta = cached(os.path.join(args.out, f"near_{args.near_per_phrase}"),
-                               lambda: make_near_misses(args.near_per_phrase, 11))
+                             lambda: make_negatives(args.neg_minutes, 7)) if "espeak" in fams else ([], [])
+    if others and args.family_minutes > 0:
+        fx, fm = cached(os.path.join(args.out, f"neg_{args.family_minutes:g}min_{'-'.join(f[:3] for f in others)}"),
+                        lambda: make_family_negatives(others, args.family_minutes, 13, args.jobs))
+        neg_x, neg_meta = neg_x + fx, neg_meta + fm
+    near_x, near_meta = cached(os.path.join(args.out, f"near_{args.near_per_phrase}_{tag}"),
+                               lambda: make_near_misses(args.near_per_phrase, 11, fams, args.jobs))
     neg_hours = sum(len(x) for x in neg_x) / RATE / 3600
-    print(f"renders ready in {time.time() - t0:.0f} s: {neg_hours:.2f} h of negatives", file=sys.stderr)
+    fam_hours = {}
+    for x, m in zip(neg_x, neg_meta):
+        fam_hours[m.get("family", "espeak")] = fam_hours.get(m.get("family", "espeak"), 0.0) + len(x) / RATE / 3600
+    print(f"renders ready in {time.time() - t0:.0f} s: {neg_hours:.2f} h of negatives "
+          f"{ {f: round(h, 2) for f, h in fam_hours.items()} }", file=sys.stderr)
 
     probs_path = os.path.join(args.out, f"probs_{'_'.join(kws)}_{args.positives}_{args.neg_minutes:g}"
-                                        f"_{args.near_per_phrase}.npz")
+                                        f"_{args.family_minutes:g}_{args.near_per_phrase}_{tag}.npz")
     if os.path.exists(probs_path):
         z = np.load(probs_path, allow_pickle=True)
         pos_raw, neg_raw, near_raw = z["pos"].item(), list(z["neg"]), list(z["near"])
@@ -427,10 +533,12 @@ def main(argv=None) -> int:
             for r in sweep[kw]:
                 print(f"  {r['window']} {r['cutoff']:.2f} {r['recall']:.3f} {r['p50']:.0f} {r['p99']:.0f} {r['fa']} "
                       f"{r['fa_h']:.2f} {r['near']:.3f} {r['extra']}  {r['fa_kinds']}", file=sys.stderr)
-        pick = choose(sweep[kw], len(pos_sets[kw][0]))
-        print(f"{kw}: chosen (<= 0.5 FA/h, then the lowest P50 with recall within 2 SE of the best): " +
-              (f"cutoff {pick['cutoff']} window {pick['window']} recall {pick['recall']:.3f} P50 {pick['p50']:.0f} ms "
-               f"FA/h {pick['fa_h']:.2f}" if pick else "none"), file=sys.stderr)
+        pick, within = choose(sweep[kw], len(pos_sets[kw][0]))
+        rule = ("<= 0.5 FA/h, recall within 2 SE of the best, P50 <= 130 ms, the fewest FA" if within else
+                "NO setting keeps <= 0.5 FA/h: the fewest FA with P50 <= 150 ms")
+        print(f"{kw}: chosen ({rule}): "
+              f"cutoff {pick['cutoff']} window {pick['window']} recall {pick['recall']:.3f} P50 {pick['p50']:.0f} ms "
+              f"FA/h {pick['fa_h']:.2f}", file=sys.stderr)
 
     # the exact run with what wake.py ships (its TUNED table, else the manifest's values)
     shipped = {kw: W.WakeModel(kw) for kw in kws}
@@ -441,25 +549,36 @@ def main(argv=None) -> int:
     lines = ["| wake word | cutoff | window | recall (20 / 10 / 5 dB) | latency P50 | latency P99 | false accepts / h | near-miss phrases that woke it |",
              "|---|---|---|---|---|---|---|---|"]
     fa_text, met = {}, {}
+    family_rows = ["| wake word | " + " | ".join(f"{f} ({60 * fam_hours.get(f, 0):.0f} min)" for f in fams) + " |",
+                   "|---|" + "---|" * len(fams)]
     for kw in kws:
         xs, meta = pos_sets[kw]
         det = exact(xs, kws, cutoff_of, window_of, W.REFRACTORY_S)
-        lat, extra, by_snr = [], 0, {snr: [] for snr in SNRS}
+        lat, extra, by_snr, by_fam = [], 0, {snr: [] for snr in SNRS}, {f: [] for f in fams}
         for d, m in zip(det, meta):
             ok = [s for n, s in d if n == kw and m["wake_start"] <= s <= m["wake_end"] + HIT_AFTER_S * RATE]
             if ok:
                 lat.append((ok[0] - m["wake_end"]) / RATE * 1000)
+                by_fam[m["family"]].append(lat[-1])
             extra += len(d) - (1 if ok else 0)
             by_snr[m["snr"]].append(bool(ok))
-        fa_u = [utterance_at(s, m["utterances"]) for d, m in zip(neg_det, neg_meta) for n, s in d if n == kw]
+        fa_at = [(utterance_at(s, m["utterances"]), m.get("family", "espeak"))
+                 for d, m in zip(neg_det, neg_meta) for n, s in d if n == kw]
+        fa_at = [(u, f) for u, f in fa_at if not says(u["text"], kw)]
+        fa_u, fa_fam = [u for u, _ in fa_at], [f for _, f in fa_at]
         fa = [u["kind"] for u in fa_u]
+        n_fam = {f: sum(1 for m in meta if m["family"] == f) for f in fams}
+        family_rows.append(f"| {kw} | " + " | ".join(
+            f"{np.median(by_fam[f]):.0f} ms, {len(by_fam[f]) / max(1, n_fam[f]):.0%}, {fa_fam.count(f)}"
+            if by_fam[f] else f"-, 0%, {fa_fam.count(f)}" for f in fams) + " |")
         fa_text[kw] = sorted({u["text"] or u["kind"] for u in fa_u})
-        met[kw] = (np.percentile(lat, 50) <= 150, len(fa) / neg_hours <= 0.5)
-        near = sum(1 for d in near_det if any(n == kw for n, _ in d))
+        met[kw] = (np.percentile(lat, 50) <= TARGET_P50, len(fa) / neg_hours <= TARGET_FA_H)
+        near_kw = [d for d, m in zip(near_det, near_meta) if not says(m["text"], kw)]
+        near = sum(1 for d in near_kw if any(n == kw for n, _ in d))
         snr_recall = " / ".join(f"{np.mean(v):.0%}" for v in by_snr.values())
         lines.append(f"| {kw} | {cutoff_of[kw]} | {window_of[kw]} | {len(lat) / len(xs):.1%} ({snr_recall}) | "
                      f"{np.percentile(lat, 50):.0f} ms | {np.percentile(lat, 99):.0f} ms | "
-                     f"{len(fa) / neg_hours:.2f} ({len(fa)}) | {near / len(near_x):.1%} |")
+                     f"{len(fa) / neg_hours:.2f} ({len(fa)}) | {near / len(near_kw):.1%} |")
         man = W.manifest_values(kw)
         ref = next((r for r in sweep[kw] if r["window"] == man[1] and abs(r["cutoff"] - man[0]) < 1e-9), None)
         if ref and man != (cutoff_of[kw], window_of[kw]):
@@ -488,16 +607,17 @@ def main(argv=None) -> int:
     print("Candidates (replayed from the raw probabilities):\n\n" + "\n".join(cand) + "\n")
 
     n_pos = {kw: len(pos_sets[kw][0]) for kw in kws}
-    head = (f"{', '.join(f'{n} {kw}' for kw, n in n_pos.items())} renders (espeak-ng voices, car noise at "
-            f"20/10/5 dB), {neg_hours:.1f} h of everyday English and Mandarin talk with car noise, "
-            f"{len(near_x)} near-miss phrases; 20 ms blocks, all keywords loaded together, refractory "
-            f"{W.REFRACTORY_S:g} s. Latency = end of the wake word -> end of the block that fired "
-            f"(`python bench/wake.py`).")
+    head = (f"{', '.join(f'{n} {kw}' for kw, n in n_pos.items())} renders (the {len(fams)} synthesizer families "
+            f"taking turns: {', '.join(fams)}; car noise at 20/10/5 dB), {neg_hours:.1f} h of everyday English and "
+            f"Mandarin talk with car noise (by family below), {len(near_x)} near-miss phrases; 20 ms blocks, all "
+            f"keywords loaded together, refractory {W.REFRACTORY_S:g} s. Latency = end of the wake word -> end of "
+            f"the block that fired (`python bench/wake.py`).")
     yes = lambda b: "met" if b else "not met"  # noqa: E731
     tail = ("False accepts fired on: " + "; ".join(f"{kw}: {', '.join(repr(t) for t in fa_text[kw]) or 'none'}"
                                                    for kw in kws) + ". Targets (P50 <= 150 ms, <= 0.5 false accepts/h): "
             + "; ".join(f"{kw}: latency {yes(met[kw][0])}, false accepts {yes(met[kw][1])}" for kw in kws) + ".")
-    table = head + "\n\n" + "\n".join(lines) + "\n\n" + tail
+    table = (head + "\n\n" + "\n".join(lines) + "\n\n" + tail + "\n\nBy family, at the shipped settings: latency "
+             "P50, recall, false accepts (in that family's hours of talk):\n\n" + "\n".join(family_rows))
     from paraedge_tools.docblock import publish
 
     publish(table, os.path.join(ROOT, "README.md") if args.readme else None, "<!-- wake:begin -->", "<!-- wake:end -->")
