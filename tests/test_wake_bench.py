@@ -7,6 +7,8 @@ import os
 import numpy as np
 import pytest
 
+from paraedge_tools.recipe import wake_speech as S
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _spec = importlib.util.spec_from_file_location("wake_bench", os.path.join(ROOT, "bench", "wake.py"))
 B = importlib.util.module_from_spec(_spec)
@@ -31,6 +33,13 @@ def test_choose_prefers_fewer_false_accepts_once_latency_has_its_margin():
     assert within and pick["cutoff"] == 0.9
 
 
+def test_choose_never_trades_the_latency_target_for_recall():
+    # the best recall within budget is too slow: a faster setting with less recall wins
+    rows = [_row(0.87, 0.84, 164, 0.33), _row(0.95, 0.81, 122, 0.33), _row(0.99, 0.73, 145, 0.33)]
+    pick, within = B.choose(rows, 300)
+    assert within and pick["cutoff"] == 0.95
+
+
 def test_choose_says_when_no_setting_keeps_the_false_accept_budget():
     rows = [_row(0.97, 0.80, 123, 2.0), _row(0.99, 0.76, 135, 1.33), _row(0.995, 0.70, 160, 1.0)]
     pick, within = B.choose(rows, 300)
@@ -41,9 +50,9 @@ def test_choose_says_when_no_setting_keeps_the_false_accept_budget():
 def test_positive_render_marks_the_wake_word(family):
     families = ("espeak", "sam")
     i = families.index(family)
-    x, m = B._positive("alexa", i, 1, families)
-    assert m["family"] == family and m["snr"] in B.SNRS
+    x, m = S._positive("alexa", i, 1, families)
+    assert m["family"] == family and m["snr"] in S.SNRS
     ws, we = m["wake_start"], m["wake_end"]
-    assert 0.4 * B.RATE <= ws < we <= len(x) and 0.2 * B.RATE < we - ws < 2.0 * B.RATE
+    assert 0.4 * S.RATE <= ws < we <= len(x) and 0.2 * S.RATE < we - ws < 2.0 * S.RATE
     # the wake word is louder than the lead-in noise before it
     assert np.sqrt(np.mean(x[ws:we] ** 2)) > 2 * np.sqrt(np.mean(x[: ws // 2] ** 2))

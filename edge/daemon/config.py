@@ -86,6 +86,7 @@ class WakeSection:
     window: int = 0
     pre_roll_s: float = 0.1  # audio kept from just before the detection
     refractory_s: float = 1.5  # after a wake none fires for this long (wake.py REFRACTORY_S, measured by bench/wake.py)
+    verify: bool = True  # second-stage verifier (edge/daemon/verify.py) for models that have one: alexa
 
 
 @dataclass

@@ -92,7 +92,7 @@ class Daemon:
         from edge.daemon.wake import WakeGate
 
         return WakeGate(cfg.wake.models, cfg.wake.cutoff or None, cfg.wake.window or None,
-                        refractory_s=cfg.wake.refractory_s)
+                        refractory_s=cfg.wake.refractory_s, verify=cfg.wake.verify)
 
     # -- control ---------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
