@@ -105,14 +105,17 @@ def test_the_gate_honours_a_veto_and_a_verifier_beside_a_user_model(user_alexa):
         WakeGate([str(user_alexa)])
 
 
-def test_the_shipped_alexa_verifier_keeps_the_shipped_samples():
-    m = WakeModel("alexa")
-    assert m.verifier is not None, "edge/resources/alexa_verifier.npz is shipped with the package"
-    assert (m.cutoff, m.window) == W.VERIFIED["alexa"]
-    assert (WakeModel("alexa", verify=False).cutoff, WakeModel("alexa", verify=False).window) == W.TUNED["alexa"]
+def test_the_shipped_verifiers_keep_the_shipped_samples():
+    for kw in ("okay_nabu", "alexa"):
+        m = WakeModel(kw)
+        assert m.verifier is not None and m.verifier.keyword == kw, f"edge/resources/{kw}_verifier.npz is shipped"
+        assert (m.cutoff, m.window) == W.VERIFIED[kw]
+        plain = WakeModel(kw, verify=False)
+        assert plain.verifier is None and (plain.cutoff, plain.window) == W.TUNED[kw]
     gate = WakeGate(["okay_nabu", "alexa"])
-    for name in ("02_alexa_en.wav", "04_alexa_en.wav"):
-        assert _fires(gate, load_audio(os.path.join(SAMPLES, name))[0]) == ["alexa"], name
+    for meta in json.load(open(os.path.join(SAMPLES, "samples.json"), encoding="utf-8")):
+        x = load_audio(os.path.join(SAMPLES, meta["file"]))[0]
+        assert _fires(gate, x) == [meta["wake_word"]], meta["file"]
 
 
 def test_training_tool_tiny_run(tmp_path):

@@ -27,13 +27,18 @@ from paraedge_tools.recipe import wake_speech as S
 
 CANDIDATE = 0.5  # the lowest model probability a verifier is asked about (bench/wake.py's lowest cutoff)
 AFTER_S = 0.4    # a positive example may end this long after the wake word does
-# Confusable phrases to train on, written for alexa; the benchmark's near misses ("a lexus", "election",
-# "perplexa", ...) are deliberately absent, so the benchmark measures how the verifier generalises.
+# Confusable phrases to train on; the benchmark's near misses ("a lexus", "election", "okay, maybe", ...)
+# are deliberately absent, so the benchmark measures how the verifier generalises.
 TRAIN_NEAR = {"alexa": ["Alaska", "a taxi", "relax a bit", "flexible", "lexicon", "Alexandra", "electrons",
                         "collection", "reflection", "complexion", "Texas", "next up", "connect a", "select all",
                         "allergic", "a lesson", "ellipse", "Felix", "Rolex", "Lexi", "a Lexie", "unlucky",
                         "eclipse", "necklace", "the lexer", "direction", "protection", "a lexical", "alas",
-                        "excellent", "Alexei", "elastic"]}
+                        "excellent", "Alexei", "elastic"],
+              "okay_nabu": ["okay cool", "okay sure", "okay google", "okey dokey", "okay, no problem", "okay, not now",
+                            "OK, I know", "okay Nora", "okay, nah", "oh, come on", "okay, never mind", "a cabana",
+                            "banana bread", "nah, but", "a navy boat", "knob and a bar", "the nabob", "no, Bob",
+                            "okay, new plan", "okay, next", "oak nap", "hokey pokey", "Oklahoma", "okra",
+                            "cocoa nib", "uh, nope", "okay, Naomi", "OK, Nadia", "a kabuki", "okay, no booze"]}
 
 
 def window_at(feats: np.ndarray, heard: int, frames: int) -> np.ndarray:
