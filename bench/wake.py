@@ -58,16 +58,14 @@ CUTOFFS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.86, 0.87, 0.88, 0.89, 0.9, 0.93, 0.
 
 
 # -- the gate, raw and replayed ------------------------------------------------------------------
-def raw_probs(x: np.ndarray, names: list[str]) -> tuple[np.ndarray, dict, dict]:
+def raw_probs(x: np.ndarray, names: list[str], verifiers: dict) -> tuple[np.ndarray, dict, dict]:
     """The frontend + each model over x exactly as WakeGate streams it: (sample position after each
     inference, {model: raw probability per inference}, {model: its verifier's score where the
     probability passed CUTOFFS[0], else 0; absent for a model without a verifier})."""
-    from edge.daemon.wake import WakeModel
-
     frames, where, probs, heard = trace(x, names)
     scores = {}
     for name in names:
-        v = WakeModel(name).verifier
+        v = verifiers[name]
         if v is not None:
             p = probs[name]
             scores[name] = np.array([v.score(frames[: heard[j]]) if p[j] > CUTOFFS[0] else 0.0
@@ -243,23 +241,23 @@ def main(argv=None) -> int:
     print(f"renders ready in {time.time() - t0:.0f} s: {neg_hours:.2f} h of negatives "
           f"{ {f: round(h, 2) for f, h in fam_hours.items()} }", file=sys.stderr)
 
-    vsum = "".join(f"_{zlib.crc32(open(p, 'rb').read()):08x}" for p in
-                   (W.verifier_path(W.resolve_manifest(kw)) for kw in kws) if p is not None)
+    shipped = {kw: W.WakeModel(kw) for kw in kws}  # TUNED / VERIFIED values and verifiers, as the daemon loads them
+    verifier = {kw: m.verifier for kw, m in shipped.items()}
+    vsum = "".join(f"_{zlib.crc32(v.path.read_bytes()):08x}" for v in verifier.values() if v is not None)
     probs_path = os.path.join(args.out, f"probs_{'_'.join(kws)}_{args.positives}_{args.neg_minutes:g}"
                                         f"_{args.family_minutes:g}_{args.near_per_phrase}_{tag}{vsum}.npz")
     if os.path.exists(probs_path):
         z = np.load(probs_path, allow_pickle=True)
         pos_raw, neg_raw, near_raw = z["pos"].item(), list(z["neg"]), list(z["near"])
     else:
-        pos_raw = {kw: [raw_probs(x, kws) for x in pos_sets[kw][0]] for kw in kws}
-        neg_raw = [raw_probs(x, kws) for x in neg_x]
-        near_raw = [raw_probs(x, kws) for x in near_x]
+        pos_raw = {kw: [raw_probs(x, kws, verifier) for x in pos_sets[kw][0]] for kw in kws}
+        neg_raw = [raw_probs(x, kws, verifier) for x in neg_x]
+        near_raw = [raw_probs(x, kws, verifier) for x in near_x]
         np.savez(probs_path, pos=np.array(pos_raw, dtype=object), neg=np.array(neg_raw, dtype=object),
                  near=np.array(near_raw, dtype=object))
     print(f"raw probabilities ready in {time.time() - t0:.0f} s", file=sys.stderr)
 
     refr = int(W.REFRACTORY_S * RATE)
-    verifier = {kw: W.WakeModel(kw).verifier for kw in kws}
     sweep = {kw: [score(list(zip(pos_raw[kw], pos_sets[kw][1])), list(zip(neg_raw, neg_meta)),
                         list(zip(near_raw, near_meta)), kw, c, w, refr, neg_hours, v)
                   for v in [None] + ([verifier[kw].cutoff] if verifier[kw] else []) for w in WINDOWS for c in CUTOFFS]
@@ -281,8 +279,7 @@ def main(argv=None) -> int:
                   f"{pick['window']} recall {pick['recall']:.3f} P50 {pick['p50']:.0f} ms FA/h {pick['fa_h']:.2f}",
                   file=sys.stderr)
 
-    # the exact run with what wake.py ships (its TUNED table, else the manifest's values)
-    shipped = {kw: W.WakeModel(kw) for kw in kws}
+    # the exact run with what wake.py ships (its TUNED / VERIFIED tables, else the manifest's values)
     cutoff_of = {kw: m.cutoff for kw, m in shipped.items()}
     window_of = {kw: m.window for kw, m in shipped.items()}
     neg_det = exact(neg_x, kws, cutoff_of, window_of, W.REFRACTORY_S)

@@ -38,6 +38,15 @@ def _conv_relu(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum(np.einsum("tck,ock->to", win, w, optimize=True) + b, 0.0)
 
 
+def last_frames(frames: np.ndarray) -> np.ndarray:
+    """The verifier's input: the last FRAMES rows of [n, BINS] frames, zero-padded at the start."""
+    x = np.zeros((FRAMES, BINS), np.float32)
+    f = np.asarray(frames, np.float32)[-FRAMES:]
+    if len(f):
+        x[FRAMES - len(f):] = f
+    return x
+
+
 class WakeVerifier:
     """Loads a verifier .npz; `score(frames)` -> probability that the frames end in the wake word."""
 
@@ -70,12 +79,8 @@ class WakeVerifier:
 
     def score(self, frames: np.ndarray) -> float:
         """frames: [n, 40] features, oldest first (the last FRAMES are used)."""
-        x = np.zeros((FRAMES, BINS), np.float32)
-        f = np.asarray(frames, np.float32)[-FRAMES:]
-        if len(f):
-            x[FRAMES - len(f):] = f
         p = self.p
-        h = (x - p["mu"]) / p["sd"]
+        h = (last_frames(frames) - p["mu"]) / p["sd"]
         for i in range(3):
             h = _conv_relu(h, p[f"w{i}"], p[f"b{i}"])
         z = float(np.concatenate([h.mean(0), h.max(0)]) @ p["wo"] + p["bo"][0])

@@ -41,21 +41,14 @@ TRAIN_NEAR = {"alexa": ["Alaska", "a taxi", "relax a bit", "flexible", "lexicon"
                             "cocoa nib", "uh, nope", "okay, Naomi", "OK, Nadia", "a kabuki", "okay, no booze"]}
 
 
-def window_at(feats: np.ndarray, heard: int, frames: int) -> np.ndarray:
-    """The `frames` frames up to frame `heard`, zero-padded at the start (as WakeVerifier pads)."""
-    out = np.zeros((frames, 40), np.float32)
-    f = feats[max(0, heard - frames) : heard]
-    out[frames - len(f) :] = f
-    return out
-
-
 def _examples(x: np.ndarray, keyword: str, lo: int | None, hi: int | None) -> np.ndarray:
-    from edge.daemon.verify import FRAMES
+    from edge.daemon.verify import BINS, FRAMES, last_frames
 
     feats, where, probs, heard = S.trace(x, [keyword])
     probs = probs[keyword]
     sel = [j for j in range(len(probs)) if probs[j] > CANDIDATE and (lo is None or lo <= where[j] < hi)]
-    return np.stack([window_at(feats, heard[j], FRAMES) for j in sel]) if sel else np.zeros((0, FRAMES, 40), np.float32)
+    return (np.stack([last_frames(feats[: heard[j]]) for j in sel]) if sel
+            else np.zeros((0, FRAMES, BINS), np.float32))
 
 
 def _pos_job(keyword: str, i: int, seed: int, families: tuple[str, ...]) -> np.ndarray:
