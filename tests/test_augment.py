@@ -67,6 +67,43 @@ def test_vtlp_moves_formants_not_pitch():
     assert centroid_hz(A.vtlp(buzz, 1.15)) > centroid_hz(buzz) > centroid_hz(A.vtlp(buzz, 0.87))
 
 
+def test_source_filter_changes_the_source_not_the_pitch_or_formants():
+    from scipy.signal import lfilter
+
+    rng = np.random.default_rng(0)
+    buzz = tone(150.0, harmonics=40)
+    r, w = 0.97, 2 * np.pi * 1000 / RATE   # a formant at 1 kHz on the buzz
+    x = lfilter([1.0], [1.0, -2 * r * np.cos(w), r * r], buzz).astype(np.float32)
+    x = x / np.max(np.abs(x)) + 0.003 * rng.standard_normal(len(x)).astype(np.float32)   # finite valleys
+
+    def harmonic_contrast(z):   # dB between the harmonics' peaks and the valleys halfway between them
+        spec = np.abs(np.fft.rfft(z[2000:-2000] * np.hanning(len(z) - 4000)))
+        f = np.fft.rfftfreq(len(z) - 4000, 1 / RATE)
+        at = lambda hz: np.interp(hz, f, spec)   # noqa: E731
+        ks = np.arange(2, 20)
+        return float(np.mean(20 * np.log10(at(150.0 * ks) / (at(150.0 * ks + 75.0) + 1e-9))))
+
+    def f0_hz(z):   # autocorrelation peak over 2.5-10 ms
+        z = z[2000:-2000]
+        ac = np.fft.irfft(np.abs(np.fft.rfft(z, 2 * len(z))) ** 2)[:RATE // 100 + 1]
+        return RATE / (RATE // 400 + int(np.argmax(ac[RATE // 400:])))
+
+    def formant(z):   # the peak of the smoothed log spectrum above the low harmonics
+        s = np.convolve(np.log(np.abs(np.fft.rfft(z)) + 1e-6), np.ones(300) / 300, "same")
+        f = np.fft.rfftfreq(len(z), 1 / RATE)
+        return float(f[500 + np.argmax(s[500:4000])])
+
+    breathy = A.source_filter(x, rng, depth=0.4, contrast=1.0, jitter=0.6)
+    buzzy = A.source_filter(x, rng, depth=1.3, contrast=1.0, jitter=0.0)
+    for y in (breathy, buzzy):
+        assert len(y) == len(x) and y.dtype == np.float32 and np.isfinite(y).all()
+        assert f0_hz(y) == pytest.approx(150.0, abs=3)                                # the pitch stays
+        assert formant(y) == pytest.approx(formant(x), rel=0.1)                         # so do the formants
+        assert np.std(y) == pytest.approx(np.std(x), rel=1e-3)
+    assert harmonic_contrast(breathy) < harmonic_contrast(x) - 6 < harmonic_contrast(buzzy) - 6
+    assert np.array_equal(A.source_filter(x, np.random.default_rng(7)), A.source_filter(x, np.random.default_rng(7)))
+
+
 def test_cabin_rirs_are_short_rooms_with_a_direct_path():
     rirs = A.cabin_rirs(np.random.default_rng(0), 6)
     assert len(rirs) == 6
@@ -158,6 +195,8 @@ def test_augmented_commands_stay_recognisable():
                 "pitch +4": A.pitch_shift(x, 4), "pitch -4": A.pitch_shift(x, -4),
                 "vtlp 0.85": A.vtlp(x, 0.85), "vtlp 1.15": A.vtlp(x, 1.15),
                 "cabin": A.convolve(x, bank["rirs"][0]), "channel": A.channel(x, rng),
+                "source breathy": A.source_filter(x, rng, depth=0.4, contrast=0.75, jitter=0.6),
+                "source buzzy": A.source_filter(x, rng, depth=1.3, contrast=1.25, jitter=0.0),
                 "babble 10 dB": A.mix_at_snr(x, A.babble(len(x), [other], rng, (2, 3)), 10.0)}
     wrong = {k: rec.transcribe(v).text for k, v in variants.items() if rec.transcribe(v).text != "navigate home"}
     assert not wrong, wrong

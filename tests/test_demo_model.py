@@ -269,3 +269,25 @@ def test_funasr_onnx_online_agrees_on_trained_model():
         text = "".join(pieces) if s["lang"] == "zh" else " ".join(p.strip() for p in pieces if p.strip())
         sims.append(_similarity(text, s["command"]))
     assert min(sims) >= 0.75 and sum(sims) / len(sims) >= 0.85, sims
+
+
+def test_loso_card_keeps_rows_of_families_not_rerun(tmp_path):
+    """A leave-one-out run of some families rewrites their rows and keeps the others, marked as earlier."""
+    from paraedge_tools.docblock import write_between
+    from paraedge_tools.recipe.loso import TABLE_BEGIN, TABLE_END, earlier_rows, table
+
+    def row(acc):
+        return {"trained_on": ["espeak", "sam"], "voices": ["a", "b"], "minutes": 11.0,
+                **{f"{c}_{lang}": {"acc": acc, "n": 10} for c in ("clean", "snr10") for lang in ("all", "en")}}
+
+    card = str(tmp_path / "README.md")
+    open(card, "w", encoding="utf-8").write(f"# card\n{TABLE_BEGIN}\nold\n{TABLE_END}\ntail\n")
+    first = {"init_dir": "/m/demo-espeak", "steps": 600, "lr": 2e-4, "snr": 10,
+             "families": {"kokoro": row(0.2), "pico": row(0.5)}}
+    write_between(card, TABLE_BEGIN, TABLE_END, table(first, earlier_rows(card, first)))
+    second = {**first, "families": {"kokoro": row(0.9)}}
+    for _ in range(2):   # twice: the mark is not repeated
+        write_between(card, TABLE_BEGIN, TABLE_END, table(second, earlier_rows(card, second)))
+    text = open(card, encoding="utf-8").read()
+    assert "| kokoro | 2 |" in text and "90.0 % (n=10)" in text and "20.0 %" not in text
+    assert text.count("| pico (earlier run) | 2 |") == 1 and "50.0 % (n=10)" in text and text.endswith("tail\n")

@@ -88,13 +88,15 @@ def trim(x: np.ndarray, pad: int = 1600, floor: float = 1e-3) -> np.ndarray:
 
 
 # -- corpus -------------------------------------------------------------------------------------
-# Training renders per phrase of each non-espeak family (spread over its training voices, prosody
-# drawn per render); espeak has per_voice renders of each of its 40 training variants. English gets
-# about as many renders from the six other engines as from espeak; Mandarin, with two other engines
-# (MBROLA cn1, Kokoro), about a third. Kokoro renders at ~0.85 CPU-s per audio-s (the others at
-# 0.01-0.08), so it gets the fewest.
+# Training renders per phrase of each non-espeak family (prosody drawn per render), spread over its
+# training voices: phrase i starts at voice i * renders, so a family with more voices than renders still
+# speaks with every voice; espeak has per_voice renders of each of its 40 training variants. English gets
+# about as many renders from the six other engines as from espeak; Mandarin about as many from its four
+# (MBROLA cn1, Kokoro, Baker, ttskit's 20 training speakers). Kokoro renders at ~0.85 CPU-s per audio-s
+# (the others at 0.01-0.25), so it gets the fewest.
 FAMILY_RENDERS = {"mbrola": {"en": 8, "zh": 16}, "pico": {"en": 6}, "rhvoice": {"en": 8}, "piper": {"en": 8},
-                  "kokoro": {"en": 4, "zh": 6}, "sam": {"en": 6}}
+                  "kokoro": {"en": 4, "zh": 6}, "sam": {"en": 6}, "baker": {"zh": 12}, "ttskit": {"zh": 20}}
+PROGRESS = "progress.jsonl"   # build() appends each finished render's rows here until the manifests are written
 FAMILY_SNRS = (10,)  # other families' held-out voices: clean and car noise at these SNRs
 
 
@@ -104,12 +106,16 @@ def espeak_voice(lang: str, variant: str) -> str:
 
 
 def _job(args):
+    """Render one job's WAVs -> its params, or {"error": one line} when the engine failed."""
     family, text, lang, voice, seed, outputs = args
     from edge.asr.audio import write_wav
-    from paraedge_tools.recipe.voices import get
+    from paraedge_tools.recipe.voices import SynthError, get
 
     rng = np.random.default_rng(seed)
-    x, params = get(family).render(text, lang, voice, rng)
+    try:
+        x, params = get(family).render(text, lang, voice, rng)
+    except SynthError as e:
+        return {"error": str(e)}
     for path, snr in outputs:
         y = x
         if snr is not None:
@@ -122,14 +128,16 @@ def _job(args):
 
 def build(out: str, per_voice: int = 1, seed: int = 0, workers: int = 2, test_only: bool = False,
           phrases=None, train_voices=None, held_out_voices=HELD_OUT_VOICES, families=None,
-          renders=FAMILY_RENDERS) -> dict:
+          renders=FAMILY_RENDERS, resume: bool = False) -> dict:
     """Render the corpus under `out` and write its manifests; returns rows per split.
 
     `families`: synthesizer families to render (default: every one of voices.FAMILIES, all must be
     installed); espeak's training voices are its variants and accents but `held_out_voices`, or
     just `train_voices` (variants) when given; the other families use their own training and
     held-out voices (voices.py). Each held-out voice renders a phrase once;
-    that render is written clean and at each SNR."""
+    that render is written clean and at each SNR. `resume`: keep the WAVs (and drawn params) of a previous
+    build of the same command in `out` and render only what is missing, e.g. a family added since; the
+    job order is fixed, so a family added at the end of voices.FAMILIES leaves every other render as it was."""
     from paraedge_tools.recipe import voices as V
 
     phrases = read_phrases() if phrases is None else phrases
@@ -153,7 +161,7 @@ def build(out: str, per_voice: int = 1, seed: int = 0, workers: int = 2, test_on
         rows_of_job.append(rows)
 
     for s in synths:
-        for lang, text in phrases:
+        for i, (lang, text) in enumerate(phrases):
             if not s.voices(lang):
                 continue
             if s.family == "espeak":
@@ -165,7 +173,8 @@ def build(out: str, per_voice: int = 1, seed: int = 0, workers: int = 2, test_on
             else:
                 held = s.held_out(lang)
                 voices = [v for v in s.voices(lang) if v not in held]
-                train_v = [voices[k % len(voices)] for k in range(renders.get(s.family, {}).get(lang, 0))]
+                count = renders.get(s.family, {}).get(lang, 0)
+                train_v = [voices[(i * count + k) % len(voices)] for k in range(count)]
                 test_splits = [(f"test_{s.family}_clean", None)] + [(f"test_{s.family}_snr{snr}", snr)
                                                                      for snr in FAMILY_SNRS]
             if not test_only:
@@ -173,12 +182,27 @@ def build(out: str, per_voice: int = 1, seed: int = 0, workers: int = 2, test_on
                     add(s.family, lang, text, v, [("train", None)])
             for v in held:
                 add(s.family, lang, text, v, test_splits)
-    with ProcessPoolExecutor(workers) as pool:
-        for rows, params in zip(rows_of_job, pool.map(_job, jobs, chunksize=8)):
-            for r in rows:
-                r["params"] = params
+    done = _previous_params(out, jobs, rows_of_job) if resume else {}
+    todo = [k for k in range(len(jobs)) if k not in done]
+    progress = os.path.join(out, PROGRESS)   # rows as they finish: a killed build resumes from here
+    with ProcessPoolExecutor(workers) as pool, open(progress, "a", encoding="utf-8") as log:
+        for k, params in zip(todo, pool.map(_job, [jobs[k] for k in todo], chunksize=8)):
+            done[k] = params
+            if "error" not in params:
+                for r in rows_of_job[k]:
+                    log.write(json.dumps({**r, "params": params}, ensure_ascii=False) + "\n")
+                log.flush()
+    failed = [k for k in range(len(jobs)) if "error" in done[k]]
+    for k, rows in enumerate(rows_of_job):
+        for r in rows:
+            r["params"] = done[k]
+    if failed:   # a render an engine cannot make is left out, not the corpus: counted and named here
+        print(f"{len(failed)} of {len(jobs)} renders failed and are left out; first: {done[failed[0]]['error']}")
+        for split in manifests:
+            manifests[split] = [r for r in manifests[split] if "error" not in r["params"]]
     for split, rows in manifests.items():
         write_manifest(os.path.join(out, f"{split}.jsonl"), rows)
+    os.remove(progress)
     with open(os.path.join(out, "README.txt"), "w", encoding="utf-8") as f:
         for s in synths:
             f.write(f"{s.family}: {s.engine}\n")
@@ -186,6 +210,24 @@ def build(out: str, per_voice: int = 1, seed: int = 0, workers: int = 2, test_on
         f.write(f"espeak training voices: {trained}\n")
         f.write(f"espeak held-out test variants (never trained on): {' '.join(held_out_voices)}\n")
     return {k: len(v) for k, v in manifests.items()}
+
+
+def _previous_params(out: str, jobs: list, rows_of_job: list) -> dict[int, dict]:
+    """Job index -> params for the jobs whose WAVs a previous build left in `out` with matching manifest rows."""
+    import glob
+
+    old = {}
+    for path in sorted(glob.glob(os.path.join(out, "*.jsonl")), key=lambda p: p.endswith(PROGRESS)):
+        for r in read_manifest(path):   # the progress log last: it is newer than any manifest
+            old[os.path.relpath(r["path"], out)] = r
+    keys = ("text", "lang", "family", "voice", "snr", "split")
+    done = {}
+    for k, (job, rows) in enumerate(zip(jobs, rows_of_job)):
+        prev = [old.get(r["path"]) for r in rows]
+        if all(p is not None and "params" in p and all(p.get(q) == r[q] for q in keys) for p, r in zip(prev, rows)) \
+                and all(os.path.exists(path) for path, _ in job[-1]):
+            done[k] = prev[0]["params"]
+    return done
 
 
 def write_manifest(path: str, rows) -> None:
@@ -214,6 +256,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--test-only", action="store_true", help="only the held-out test sets")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep what a previous build of the same command left in OUT; render only what is missing")
     args = ap.parse_args(argv)
     families = args.families.split(",") if args.families else None
     if families:
@@ -223,7 +267,8 @@ def main(argv=None) -> int:
             available(families)
         except ValueError as e:
             ap.error(f"--families: {e}")
-    counts = build(args.out, args.per_voice, args.seed, args.workers, args.test_only, families=families)
+    counts = build(args.out, args.per_voice, args.seed, args.workers, args.test_only, families=families,
+                   resume=args.resume)
     print(json.dumps(counts))
     return 0
 

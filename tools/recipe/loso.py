@@ -71,7 +71,7 @@ def score_family(model_dir: str, rows: list[dict]) -> dict:
 
 
 def run(corpus: str, out: str, init_dir: str, init_families: list[str], families: list[str] | None,
-        steps: int, lr: float, threads: int, log=print) -> dict:
+        steps: int, lr: float, threads: int, log=print, source_filter: float = 0.0) -> dict:
     from paraedge_tools.recipe.release import run_model_dir
     from paraedge_tools.recipe.train import train
 
@@ -82,7 +82,7 @@ def run(corpus: str, out: str, init_dir: str, init_families: list[str], families
     groups = rows_by_family(train_rows, corpus)
     families = families or sorted(groups)
     report = {"corpus": os.path.abspath(corpus), "init_dir": os.path.abspath(init_dir), "init_families": init_families,
-              "steps": steps, "lr": lr, "snr": SNR, "families": {}}
+              "steps": steps, "lr": lr, "snr": SNR, "source_filter": source_filter, "families": {}}
     unknown = [f for f in families if f not in groups]
     if unknown:  # before any training
         raise ValueError(f"{corpus}: no renders of family '{unknown[0]}' (families here: {', '.join(sorted(groups))})")
@@ -96,7 +96,7 @@ def run(corpus: str, out: str, init_dir: str, init_families: list[str], families
         run_dir = os.path.join(out, fam, "train")
         t0 = time.time()
         train(view, run_dir, steps, lr=lr, eval_every=max(1, steps // 4), threads=threads, init_dir=init_dir,
-              grow=True, log=log)
+              grow=True, log=log, source_filter=source_filter)
         minutes = (time.time() - t0) / 60
         model = run_model_dir(run_dir, os.path.join(out, fam, "model"), fp16_weights=False)
         scores = score_family(model, groups[fam])
@@ -109,9 +109,24 @@ def run(corpus: str, out: str, init_dir: str, init_families: list[str], families
     return report
 
 
-def table(report: dict) -> str:
+def earlier_rows(card: str, report: dict) -> list[str]:
+    """The card's rows for families this run did not leave out (a run may leave out only some), as written."""
+    try:
+        text = open(card, encoding="utf-8").read()
+    except OSError:
+        return []
+    if TABLE_BEGIN not in text or TABLE_END not in text:
+        return []
+    block = text[text.index(TABLE_BEGIN):text.index(TABLE_END)]
+    rows = [line for line in block.splitlines() if line.startswith("| ") and not line.startswith(("| left out", "|---"))]
+    return [r for r in rows if r.split("|")[1].split()[0] not in report["families"]]
+
+
+def table(report: dict, earlier: list[str] = ()) -> str:
     lines = [f"Leave-one-synthesizer-out (`python -m paraedge_tools.recipe.loso`): {report['init_dir'].split('/')[-1]} "
-             f"fine-tuned {report['steps']} steps (lr {report['lr']:g}) on every family but one, then scored on every "
+             f"fine-tuned {report['steps']} steps (lr {report['lr']:g}"
+             + (f", a new voice source on {report['source_filter']:.0%} of draws" if report.get("source_filter") else "")
+             + ") on every family but one, then scored on every "
              f"render of the one left out (fp32, offline; car noise at {report['snr']} dB as the evaluator adds it).",
              "", "| left out | voices | trained on | clean: all / en / zh | 10 dB: all / en / zh | fine-tune |",
              "|---|---|---|---|---|---|"]
@@ -130,6 +145,14 @@ def table(report: dict) -> str:
         noisy = f"snr{report['snr']}"
         lines.append(f"| {fam} | {len(r['voices'])} | {', '.join(r['trained_on'])} | {cell('clean')} | "
                      f"{cell(noisy)} | {r['minutes']:.0f} min |")
+    for row in earlier:   # kept from an earlier run, marked as such once
+        cells = row.split("|")
+        if "(earlier run)" not in cells[1]:
+            cells[1] = f" {cells[1].strip()} (earlier run) "
+        lines.append("|".join(cells))
+    if earlier:
+        lines += ["", "Rows marked (earlier run) come from an earlier run of this script, on the corpus of its time "
+                  "(their \"trained on\" column); a run leaves out only the families it is given."]
     return "\n".join(lines)
 
 
@@ -144,6 +167,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--source-filter", type=float, default=0.0,
+                    help="probability of a new voice source on a training draw (train --source-filter)")
     ap.add_argument("--write-card", default=None, help="model card (README.md) to write the table into")
     args = ap.parse_args(argv)
     if args.steps < 1:
@@ -153,14 +178,14 @@ def main(argv=None) -> int:
     fams = args.families.split(",") if args.families else None
     try:
         report = run(args.corpus, args.out, args.init_dir, args.init_families.split(","), fams, args.steps, args.lr,
-                     args.threads)
+                     args.threads, source_filter=args.source_filter)
     except ValueError as e:
         ap.error(str(e))
     print(table(report))
     if args.write_card:
         from paraedge_tools.docblock import write_between
 
-        write_between(args.write_card, TABLE_BEGIN, TABLE_END, table(report))
+        write_between(args.write_card, TABLE_BEGIN, TABLE_END, table(report, earlier_rows(args.write_card, report)))
     return 0
 
 

@@ -74,7 +74,7 @@ def model_config(preset: str, vocab_size: int, stream_left: int = 0) -> dict:
 class Data:
     """Clean waveforms in memory; each draw is augmented afresh and turned into raw LFR features."""
 
-    def __init__(self, rows, vocab, rng):
+    def __init__(self, rows, vocab, rng, source_p: float = 0.0):
         from edge.asr.audio import load_audio
 
         self.rows = rows
@@ -83,6 +83,7 @@ class Data:
         self.targets = [[self.index[t] for t in tokenize(r["text"], r["lang"])] + [2] for r in rows]
         self.rng = rng
         self.bank = None
+        self.source_p = source_p
 
     def feats(self, x, aug: bool = False):
         """Raw LFR features; `aug` applies SpecAugment to the fbank frames first."""
@@ -99,7 +100,7 @@ class Data:
         if not aug:
             return [self.feats(self.audio[i]) for i in idx], [self.targets[i] for i in idx]
         # babble is the other utterances of the corpus: the cabin's other talkers
-        xs = [self.feats(augment(self.audio[i], self.rng, self.bank, self.audio), aug=True) for i in idx]
+        xs = [self.feats(augment(self.audio[i], self.rng, self.bank, self.audio, self.source_p), aug=True) for i in idx]
         return xs, [self.targets[i] for i in idx]
 
     def stream(self, n, seed):
@@ -289,10 +290,11 @@ def grow_state(state: dict, fresh: dict, old: list[str], new: list[str]) -> dict
 def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 24, lr: float = 1e-3,
           seed: int = 0, eval_every: int = 500, threads: int = 2, log=print, init: str | None = None,
           streaming_ratio: float = 0.5, stream_left=0, init_dir: str | None = None, grow: bool = False,
-          qty_weight: float = 1.0) -> str:
+          qty_weight: float = 1.0, source_filter: float = 0.0) -> str:
     """`init_dir`: fine-tune that FunASR-format model dir (its config, tokens, CMVN and weights;
     `preset` is then ignored), as `paraedge prune --finetune-steps` does. `grow`: the corpus may
-    hold tokens the model lacks; they are added to its vocabulary (`grown_vocab`, `grow_state`)."""
+    hold tokens the model lacks; they are added to its vocabulary (`grown_vocab`, `grow_state`).
+    `source_filter`: probability of `augment.source_filter` (a new voice source) on a training draw."""
     import copy
 
     import torch
@@ -330,7 +332,7 @@ def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 
                                  f"fine-tune on a corpus of the model's own vocabulary, or add --grow-vocab")
     test_rows = read_manifest(os.path.join(corpus, "test_clean.jsonl")) if os.path.exists(
         os.path.join(corpus, "test_clean.jsonl")) else []
-    data = Data(train_rows, vocab, rng)
+    data = Data(train_rows, vocab, rng, source_filter)
     with open(os.path.join(out, "tokens.json"), "w", encoding="utf-8") as f:  # release/loso rebuild the model from it
         json.dump(vocab, f, ensure_ascii=False)
     cmvn_path = os.path.join(out, "cmvn.npz")
@@ -432,6 +434,7 @@ def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 
                    "lr": lr, "init_dir": os.path.abspath(init_dir) if init_dir else None,
                    "conf": conf if init_md else None,
                    "streaming_ratio": streaming_ratio, "stream_left": lefts, "qty_weight": qty_weight,
+                   "source_filter": source_filter,
                    "best_heldout_acc": best, "vocab_size": len(vocab),
                    "parameters": int(sum(p.numel() for p in model.parameters()))}, f, indent=1)
     return out
@@ -484,7 +487,11 @@ def main(argv=None) -> int:
                          "a list (0,10) takes turns")
     ap.add_argument("--qty-weight", type=float, default=1.0,
                     help="weight of the CIF quantity loss (CE + w * quantity + 0.3 CTC)")
+    ap.add_argument("--source-filter", type=float, default=0.0,
+                    help="probability of a new voice source on a training draw (augment.source_filter)")
     args = ap.parse_args(argv)
+    if not 0.0 <= args.source_filter <= 1.0:
+        ap.error("--source-filter must be within [0, 1]")
     if not 0.0 <= args.qty_weight <= 100.0:
         ap.error("--qty-weight must be within [0, 100]")
     if not 0.0 <= args.streaming_ratio <= 1.0:
@@ -495,7 +502,8 @@ def main(argv=None) -> int:
         ap.error("--grow-vocab grows the vocabulary of an --init-dir model; a preset run builds its own from the phrases")
     train(args.corpus, args.out, args.steps, args.preset, args.batch, args.lr, args.seed, args.eval_every, args.threads,
           init=args.init, streaming_ratio=args.streaming_ratio,
-          stream_left=args.stream_left, init_dir=args.init_dir, grow=args.grow_vocab, qty_weight=args.qty_weight)
+          stream_left=args.stream_left, init_dir=args.init_dir, grow=args.grow_vocab, qty_weight=args.qty_weight,
+          source_filter=args.source_filter)
     return 0
 
 

