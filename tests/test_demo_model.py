@@ -130,11 +130,12 @@ def test_recipe_runs_and_resumes(tmp_path):
         assert trained and not trained & {v for lang in ("en", "zh") for v in synth.held_out(lang)}, fam
     assert counts["test_kokoro_clean"] == 5 * len(FAMILIES["kokoro"].held_out("en"))
     out = str(tmp_path / "train")
-    train(corpus, out, steps=4, preset="tiny", batch=4, eval_every=2, log=lambda *_: None)
+    train(corpus, out, steps=4, preset="tiny", batch=4, eval_every=2, log=lambda *_: None, source_filter=0.5)
     log = list(csv.DictReader(open(os.path.join(out, "log.csv"))))
     assert [int(r["step"]) for r in log] == [2, 4] and all(np.isfinite(float(r["loss"])) for r in log)
     assert os.path.exists(os.path.join(out, "curve.png")) and os.path.exists(os.path.join(out, "best.pt"))
-    train(corpus, out, steps=6, preset="tiny", batch=4, eval_every=2, log=lambda *_: None)  # resumes at 4
+    train(corpus, out, steps=6, preset="tiny", batch=4, eval_every=2, log=lambda *_: None,
+          balance_languages=True)  # resumes at 4
     log = list(csv.DictReader(open(os.path.join(out, "log.csv"))))
     assert [int(r["step"]) for r in log] == [2, 4, 6]
 
@@ -291,3 +292,20 @@ def test_loso_card_keeps_rows_of_families_not_rerun(tmp_path):
     text = open(card, encoding="utf-8").read()
     assert "| kokoro | 2 |" in text and "90.0 % (n=10)" in text and "20.0 %" not in text
     assert text.count("| pico (earlier run) | 2 |") == 1 and "50.0 % (n=10)" in text and text.endswith("tail\n")
+
+
+def test_balanced_languages_draw_each_language_half_the_time(tmp_path):
+    from edge.asr.audio import write_wav
+    from paraedge_tools.recipe.train import Data
+
+    rows = []
+    for k, (lang, text) in enumerate([("en", "play music")] * 3 + [("zh", "打开空调")]):
+        path = str(tmp_path / f"{k}.wav")
+        write_wav(path, np.zeros(1600, np.float32))
+        rows.append({"path": path, "lang": lang, "text": text})
+    vocab = ["<blank>", "<s>", "</s>", "play", "music", "打", "开", "空", "调"]
+    for balance, share in ((False, 0.25), (True, 0.5)):
+        data = Data(rows, vocab, np.random.default_rng(0), balance_languages=balance)
+        _, targets = data.batch(4000, aug=False)
+        zh = sum(t[0] == vocab.index("打") for t in targets) / len(targets)
+        assert abs(zh - share) < 0.03, (balance, zh)

@@ -71,7 +71,8 @@ def score_family(model_dir: str, rows: list[dict]) -> dict:
 
 
 def run(corpus: str, out: str, init_dir: str, init_families: list[str], families: list[str] | None,
-        steps: int, lr: float, threads: int, log=print, source_filter: float = 0.0) -> dict:
+        steps: int, lr: float, threads: int, log=print, source_filter: float = 0.0,
+        balance_languages: bool = False) -> dict:
     from paraedge_tools.recipe.release import run_model_dir
     from paraedge_tools.recipe.train import train
 
@@ -82,7 +83,8 @@ def run(corpus: str, out: str, init_dir: str, init_families: list[str], families
     groups = rows_by_family(train_rows, corpus)
     families = families or sorted(groups)
     report = {"corpus": os.path.abspath(corpus), "init_dir": os.path.abspath(init_dir), "init_families": init_families,
-              "steps": steps, "lr": lr, "snr": SNR, "source_filter": source_filter, "families": {}}
+              "steps": steps, "lr": lr, "snr": SNR, "source_filter": source_filter,
+              "balance_languages": balance_languages, "families": {}}
     unknown = [f for f in families if f not in groups]
     if unknown:  # before any training
         raise ValueError(f"{corpus}: no renders of family '{unknown[0]}' (families here: {', '.join(sorted(groups))})")
@@ -96,7 +98,7 @@ def run(corpus: str, out: str, init_dir: str, init_families: list[str], families
         run_dir = os.path.join(out, fam, "train")
         t0 = time.time()
         train(view, run_dir, steps, lr=lr, eval_every=max(1, steps // 4), threads=threads, init_dir=init_dir,
-              grow=True, log=log, source_filter=source_filter)
+              grow=True, log=log, source_filter=source_filter, balance_languages=balance_languages)
         minutes = (time.time() - t0) / 60
         model = run_model_dir(run_dir, os.path.join(out, fam, "model"), fp16_weights=False)
         scores = score_family(model, groups[fam])
@@ -126,6 +128,7 @@ def table(report: dict, earlier: list[str] = ()) -> str:
     lines = [f"Leave-one-synthesizer-out (`python -m paraedge_tools.recipe.loso`): {report['init_dir'].split('/')[-1]} "
              f"fine-tuned {report['steps']} steps (lr {report['lr']:g}"
              + (f", a new voice source on {report['source_filter']:.0%} of draws" if report.get("source_filter") else "")
+             + (", languages drawn equally often" if report.get("balance_languages") else "")
              + ") on every family but one, then scored on every "
              f"render of the one left out (fp32, offline; car noise at {report['snr']} dB as the evaluator adds it).",
              "", "| left out | voices | trained on | clean: all / en / zh | 10 dB: all / en / zh | fine-tune |",
@@ -169,6 +172,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--source-filter", type=float, default=0.0,
                     help="probability of a new voice source on a training draw (train --source-filter)")
+    ap.add_argument("--balance-languages", action="store_true", help="train --balance-languages")
     ap.add_argument("--write-card", default=None, help="model card (README.md) to write the table into")
     args = ap.parse_args(argv)
     if args.steps < 1:
@@ -178,7 +182,7 @@ def main(argv=None) -> int:
     fams = args.families.split(",") if args.families else None
     try:
         report = run(args.corpus, args.out, args.init_dir, args.init_families.split(","), fams, args.steps, args.lr,
-                     args.threads, source_filter=args.source_filter)
+                     args.threads, source_filter=args.source_filter, balance_languages=args.balance_languages)
     except ValueError as e:
         ap.error(str(e))
     print(table(report))

@@ -139,7 +139,7 @@ def mix_noise(x: np.ndarray, speech_power: float, snr, rng) -> np.ndarray:
     return (y * (0.95 / peak) if peak > 0.95 else y).astype(np.float32)
 
 
-FAMILIES = ("espeak", "mbrola", "pico", "rhvoice", "piper", "kokoro", "sam")  # the recipe's trained families
+FAMILIES = ("espeak", "mbrola", "pico", "rhvoice", "piper", "kokoro", "sam")  # the trained families that speak English
 
 
 def speaks(family: str, lang: str) -> bool:
