@@ -127,7 +127,7 @@ def earlier_rows(card: str, report: dict) -> list[str]:
 def table(report: dict, earlier: list[str] = ()) -> str:
     lines = [f"Leave-one-synthesizer-out (`python -m paraedge_tools.recipe.loso`): {report['init_dir'].split('/')[-1]} "
              f"fine-tuned {report['steps']} steps (lr {report['lr']:g}"
-             + (f", a new voice source on {report['source_filter']:.0%} of draws" if report.get("source_filter") else "")
+             + (f", a new voice source on {100 * report['source_filter']:.0f} % of draws" if report.get("source_filter") else "")
              + (", languages drawn equally often" if report.get("balance_languages") else "")
              + ") on every family but one, then scored on every "
              f"render of the one left out (fp32, offline; car noise at {report['snr']} dB as the evaluator adds it).",
@@ -154,8 +154,8 @@ def table(report: dict, earlier: list[str] = ()) -> str:
             cells[1] = f" {cells[1].strip()} (earlier run) "
         lines.append("|".join(cells))
     if earlier:
-        lines += ["", "Rows marked (earlier run) come from an earlier run of this script, on the corpus of its time "
-                  "(their \"trained on\" column); a run leaves out only the families it is given."]
+        lines += ["", "Rows marked (earlier run) come from an earlier run of this script, with the corpus (their "
+                  "\"trained on\" column) and settings of its time; a run leaves out only the families it is given."]
     return "\n".join(lines)
 
 
