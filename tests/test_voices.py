@@ -150,12 +150,20 @@ def test_tts_worker_failures_are_one_line(monkeypatch, tmp_path):
     monkeypatch.setattr(V, "TTS_PYTHON", "/no/such/python")
     with pytest.raises(V.SynthError, match="tts worker"):
         s.render("打开空调", "zh", "fastspeech2", np.random.default_rng(0))
+    dies = tmp_path / "dies.py"   # a worker that promises 10 samples, sends 2 and exits: no cut-off render
+    dies.write_text("import sys\nsys.stdin.readline()\nsys.stdout.buffer.write(b'{\"n\": 10, \"rate\": 16000}\\n'"
+                    " + bytes(8))\n")
+    monkeypatch.setattr(V, "TTS_PYTHON", sys.executable)
+    monkeypatch.setattr(V, "TTS_WORKER", str(dies))
+    with pytest.raises(V.SynthError, match="sent 2 of 10 samples"):
+        s.render("打开空调", "zh", "fastspeech2", np.random.default_rng(0))
 
 
 @pytest.mark.parametrize("cli,args,needle", [
     ("corpus", ["--families", "espeak,flite"], "reserved for held-out evaluation"),
     ("corpus", ["--families", "espeak,klatt"], "unknown synthesizer family"),
     ("loso", ["--init-dir", "x", "--init-families", "espeak", "--families", "nosuch"], "no renders of family 'nosuch'"),
+    ("loso", ["--init-dir", "x", "--init-families", "espeak", "--source-filter", "1.5"], "[0, 1]"),
 ])
 def test_recipe_clis_refuse_bad_families_in_one_line(tmp_path, cli, args, needle):
     """A reserved, unknown or absent family is one line and exit 2, before anything is rendered or trained."""
@@ -176,7 +184,7 @@ def test_recipe_clis_refuse_bad_families_in_one_line(tmp_path, cli, args, needle
 
 
 @pytest.mark.parametrize("args, needle", [(["--grow-vocab"], "--init-dir"), (["--qty-weight", "-1"], "[0, 100]"),
-                                           (["--qty-weight", "nan"], "[0, 100]")])
+                                           (["--qty-weight", "nan"], "[0, 100]"), (["--source-filter", "2"], "[0, 1]")])
 def test_train_refuses_bad_arguments_before_it_writes(tmp_path, args, needle):
     """--grow-vocab without a model to grow, or an absurd quantity-loss weight: one line, exit 2."""
     import subprocess

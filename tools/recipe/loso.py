@@ -177,6 +177,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.steps < 1:
         ap.error("--steps must be >= 1")
+    if not 0.0 <= args.source_filter <= 1.0:   # before any corpus view or training
+        ap.error("--source-filter must be within [0, 1]")
     if not os.path.exists(os.path.join(args.corpus, "train.jsonl")):
         ap.error(f"{args.corpus}/train.jsonl: not found; build it with `python -m paraedge_tools.recipe.corpus {args.corpus}`")
     fams = args.families.split(",") if args.families else None
