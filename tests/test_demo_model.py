@@ -152,7 +152,8 @@ def test_recipe_runs_and_resumes(tmp_path):
     espeak_sets = ["test_clean", "test_snr20", "test_snr10", "test_snr5"]
     assert list(report["sets"])[:4] == espeak_sets and "test_kokoro_snr10" in report["sets"]
     assert all(report["sets"][k]["fp32_streaming"]["n"] == 5 for k in espeak_sets)
-    assert all(isinstance(r["spurious_trailing"], int) for r in report["sets"].values())
+    for r in report["sets"].values():  # those the silence lengthened are some of those longer than the command
+        assert 0 <= r["trailing_added"] <= r["spurious_trailing"] <= r["fp32_offline"]["n"]
     write_card(card, report)
     text = open(card, encoding="utf-8").read()
     assert "<!-- results[0,10,5]:begin -->\nold\n<!-- results[0,10,5]:end -->" in text  # another size's table stays
@@ -170,6 +171,16 @@ def test_recipe_runs_and_resumes(tmp_path):
     view = [json.loads(l) for l in open(tmp_path / "loso" / "sam" / "corpus" / "train.jsonl", encoding="utf-8")]
     assert view and all(r["family"] != "sam" for r in view)
     assert "| sam | " in table(rep) and "not measured" in table(rep)
+    picks = [json.loads(l) for l in open(tmp_path / "loso" / "sam" / "corpus" / "test_clean.jsonl", encoding="utf-8")]
+    assert picks and all(r["family"] != "sam" for r in picks)  # the checkpoint is never picked by sam
+
+    # --curve: the periodic check decodes sam itself (every steps/8, so each of the 2 steps), the last step is scored
+    rep = run(corpus, str(tmp_path / "curve"), model, ["espeak"], ["sam"], steps=2, lr=1e-4, threads=2,
+              log=lambda *_: None, curve=True)
+    picks = [json.loads(l) for l in open(tmp_path / "curve" / "sam" / "corpus" / "test_clean.jsonl", encoding="utf-8")]
+    assert len(picks) == n_sam and all(r["family"] == "sam" for r in picks)
+    assert [step for step, _ in rep["families"]["sam"]["curve"]] == [1, 2]
+    assert "sam left out, accuracy on ~200" in table(rep) and "2 steps |" in table(rep)
 
 
 @pytest.mark.parametrize("left", [0, 10])
