@@ -177,7 +177,7 @@ def table(report: dict, earlier: list[str] = ()) -> str:
         if r.get("curve"):
             points = ", ".join(f"{step:,}: {100 * acc:.1f} %" for step, acc in r["curve"])
             lines += ["", f"{fam} left out, accuracy on ~200 of its clean renders as training went on (`--curve`; "
-                          f"the row above scores the last step on every render): {points}."]
+                          f"its row scores the last step on every render): {points}."]
     if earlier:
         lines += ["", "Rows marked (earlier run) come from an earlier run of this script, with the corpus (their "
                   "\"trained on\" column) and settings of its time; a run leaves out only the families it is given."]
