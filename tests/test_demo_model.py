@@ -158,6 +158,10 @@ def test_recipe_runs_and_resumes(tmp_path):
     text = open(card, encoding="utf-8").read()
     assert "<!-- results[0,10,5]:begin -->\nold\n<!-- results[0,10,5]:end -->" in text  # another size's table stays
     assert "<!-- results[10,10,5]:begin -->" in text and "(+600 ms left context)" in text
+    fresh = os.path.join(out, "fresh_release", "README.md")  # release --out somewhere new: no card yet
+    os.makedirs(os.path.dirname(fresh))
+    write_card(fresh, report)
+    assert "<!-- results[10,10,5]:begin -->" in open(fresh, encoding="utf-8").read()
 
     # leave-one-synthesizer-out from that model: sam left out (its every render scored), espeak refused
     from paraedge_tools.recipe.loso import run, table
