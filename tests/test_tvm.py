@@ -403,11 +403,14 @@ def _agrees_with_reference(bundle: str) -> None:
     weights: 2 of 32 tokens, both inside "okay nabu", the commands' 23 tokens all equal)."""
     import difflib
 
+    from edge.asr.audio import SAMPLE_RATE
+    from edge.demo import load_samples
+
     demo = os.path.join(ROOT, "models", "demo")
     ref, q = Recognizer(demo, "ref"), Recognizer(bundle, "tvm", int8=True)
     matched = total = 0
-    for s in json.load(open(os.path.join(demo, "samples", "samples.json"), encoding="utf-8")):
-        x = load_audio(os.path.join(demo, "samples", s["file"]))[0][int(s["command_start_s"] * 16000):]
+    for s in load_samples(demo):
+        x = load_audio(os.path.join(demo, "samples", s["file"]))[0][int(s["command_start_s"] * SAMPLE_RATE):]
         a, b = ref.transcribe(x).token_ids, q.transcribe(x).token_ids
         matched += sum(blk.size for blk in difflib.SequenceMatcher(a=a, b=b).get_matching_blocks())
         total += max(len(a), len(b))

@@ -198,15 +198,10 @@ def markers(chunk_size) -> tuple[str, str]:
 
 
 def write_card(card_path: str, report: dict) -> None:
-    """The report's table into the card between its chunk size's markers. A model dir released
-    somewhere new (`release --out out/candidate --evaluate`) has no card yet: it gets one that says
-    what it holds, so the measurement is never lost to a missing file."""
+    """The report's table into the card between its chunk size's markers (a model dir released
+    somewhere new, `release --out out/candidate --evaluate`, gets a card holding the table)."""
     from paraedge_tools.docblock import write_between
 
-    if not os.path.exists(card_path):
-        with open(card_path, "w", encoding="utf-8") as f:
-            f.write(f"# {os.path.basename(os.path.dirname(os.path.abspath(card_path)))}: measured by "
-                    "`tools/recipe/evaluate.py`\n")
     write_between(card_path, *markers(report["chunk_size"]), card_table(report))
 
 
