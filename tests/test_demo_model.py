@@ -135,7 +135,7 @@ def test_recipe_runs_and_resumes(tmp_path):
     assert [int(r["step"]) for r in log] == [2, 4] and all(np.isfinite(float(r["loss"])) for r in log)
     assert os.path.exists(os.path.join(out, "curve.png")) and os.path.exists(os.path.join(out, "best.pt"))
     train(corpus, out, steps=6, preset="tiny", batch=4, eval_every=2, log=lambda *_: None,
-          balance_languages=True)  # resumes at 4
+          balance_languages=True, ghost=0.3, shift=0.3)  # resumes at 4
     log = list(csv.DictReader(open(os.path.join(out, "log.csv"))))
     assert [int(r["step"]) for r in log] == [2, 4, 6]
 
@@ -324,3 +324,41 @@ def test_balanced_languages_draw_each_language_half_the_time(tmp_path):
         _, targets = data.batch(4000, aug=False)
         zh = sum(t[0] == vocab.index("打") for t in targets) / len(targets)
         assert abs(zh - share) < 0.03, (balance, zh)
+
+
+def test_count_jitter_makes_the_fires_the_runtime_meets():
+    """A ghost fire: one token more alpha over one word, which then fires twice, and <blank> as the
+    second fire's target; a shift: a fraction of a token over one word, targets unchanged. Alphas
+    before the word, and every word's fire once the shift is undone, stay where they were."""
+    import torch
+
+    from paraedge_tools.recipe.train import count_jitter
+
+    torch.manual_seed(0)
+    targets = [[5, 6, 7, 8, 2], [9, 2], [2]]
+    raw = torch.rand(3, 40) + 0.05
+    alphas = raw * (torch.tensor([5.0, 2.0, 1.0]) / raw.sum(1))[:, None]
+    same, tg = count_jitter(alphas, targets)
+    assert same is alphas and tg is targets  # off: nothing drawn, nothing changed
+
+    ghosted, tg = count_jitter(alphas, targets, ghost=1.0)
+    assert tg[2] == [2]  # nothing to double but </s>
+    torch.testing.assert_close(ghosted[2], alphas[2])
+    for i in (0, 1):
+        k = next(j for j in range(len(tg[i])) if tg[i][j] == 0) - 1  # the doubled word
+        assert tg[i][: k + 1] + tg[i][k + 2:] == targets[i] and tg[i][k + 1] == 0
+        torch.testing.assert_close(ghosted[i].sum(), alphas[i].sum() + 1)
+        before = torch.cumsum(alphas[i], 0) <= k  # frames wholly before word k
+        torch.testing.assert_close(ghosted[i][before], alphas[i][before])
+        # the word's two fires (k and k+1 of the new sum) both fall inside the word's own frames
+        old, new = torch.cumsum(alphas[i], 0), torch.cumsum(ghosted[i], 0)
+        first_frame, last_frame = int((old <= k).sum()), int((old < k + 1 - 1e-4).sum())
+        assert first_frame <= int((new < k + 1).sum()) <= int((new < k + 2 - 1e-4).sum()) <= last_frame
+
+    shifted, tg = count_jitter(alphas, targets, shift=1.0)
+    assert tg == targets
+    delta = shifted.sum(1) - alphas.sum(1)
+    assert torch.all(delta >= -0.45 - 1e-5) and torch.all(delta < 0.55 + 1e-5) and delta.abs().max() > 0
+    # the runtime's rounding (0.45 tail, floor) still counts every target, </s> included
+    for i, t in enumerate(targets):
+        assert int(torch.floor(shifted[i].sum() + 0.45)) == len(t)

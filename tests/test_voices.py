@@ -164,6 +164,7 @@ def test_tts_worker_failures_are_one_line(monkeypatch, tmp_path):
     ("corpus", ["--families", "espeak,klatt"], "unknown synthesizer family"),
     ("loso", ["--init-dir", "x", "--init-families", "espeak", "--families", "nosuch"], "no renders of family 'nosuch'"),
     ("loso", ["--init-dir", "x", "--init-families", "espeak", "--source-filter", "1.5"], "[0, 1]"),
+    ("loso", ["--init-dir", "x", "--init-families", "espeak", "--shift-fires", "-0.1"], "their sum"),
 ])
 def test_recipe_clis_refuse_bad_families_in_one_line(tmp_path, cli, args, needle):
     """A reserved, unknown or absent family is one line and exit 2, before anything is rendered or trained."""
@@ -184,7 +185,8 @@ def test_recipe_clis_refuse_bad_families_in_one_line(tmp_path, cli, args, needle
 
 
 @pytest.mark.parametrize("args, needle", [(["--grow-vocab"], "--init-dir"), (["--qty-weight", "-1"], "[0, 100]"),
-                                           (["--qty-weight", "nan"], "[0, 100]"), (["--source-filter", "2"], "[0, 1]")])
+                                           (["--qty-weight", "nan"], "[0, 100]"), (["--source-filter", "2"], "[0, 1]"),
+                                           (["--ghost-fires", "0.6", "--shift-fires", "0.6"], "their sum")])
 def test_train_refuses_bad_arguments_before_it_writes(tmp_path, args, needle):
     """--grow-vocab without a model to grow, or an absurd quantity-loss weight: one line, exit 2."""
     import subprocess

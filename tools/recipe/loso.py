@@ -80,7 +80,7 @@ def score_family(model_dir: str, rows: list[dict]) -> dict:
 
 def run(corpus: str, out: str, init_dir: str, init_families: list[str], families: list[str] | None,
         steps: int, lr: float, threads: int, log=print, source_filter: float = 0.0, curve: bool = False,
-        balance_languages: bool = False) -> dict:
+        balance_languages: bool = False, qty_weight: float = 1.0, ghost: float = 0.0, shift: float = 0.0) -> dict:
     from paraedge_tools.recipe.release import run_model_dir
     from paraedge_tools.recipe.train import train
 
@@ -92,7 +92,8 @@ def run(corpus: str, out: str, init_dir: str, init_families: list[str], families
     families = families or sorted(groups)
     report = {"corpus": os.path.abspath(corpus), "init_dir": os.path.abspath(init_dir), "init_families": init_families,
               "steps": steps, "lr": lr, "snr": SNR, "source_filter": source_filter,
-              "balance_languages": balance_languages, "families": {}}
+              "balance_languages": balance_languages, "qty_weight": qty_weight, "ghost_fires": ghost,
+              "shift_fires": shift, "families": {}}
     unknown = [f for f in families if f not in groups]
     if unknown:  # before any training
         raise ValueError(f"{corpus}: no renders of family '{unknown[0]}' (families here: {', '.join(sorted(groups))})")
@@ -107,7 +108,8 @@ def run(corpus: str, out: str, init_dir: str, init_families: list[str], families
         run_dir = os.path.join(out, fam, "train")
         t0 = time.time()
         train(view, run_dir, steps, lr=lr, eval_every=max(1, steps // (8 if curve else 4)), threads=threads,
-              init_dir=init_dir, grow=True, log=log, source_filter=source_filter, balance_languages=balance_languages)
+              init_dir=init_dir, grow=True, log=log, source_filter=source_filter, balance_languages=balance_languages,
+              qty_weight=qty_weight, ghost=ghost, shift=shift)
         minutes = (time.time() - t0) / 60
         # --curve: the check saw F, so the last step is scored, not the checkpoint F picked
         model = run_model_dir(run_dir, os.path.join(out, fam, "model"), "ckpt.pt" if curve else "best.pt",
@@ -150,6 +152,9 @@ def table(report: dict, earlier: list[str] = ()) -> str:
              f"fine-tuned {report['steps']:,} steps (lr {report['lr']:g}"
              + (f", a new voice source on {100 * report['source_filter']:.0f} % of draws" if report.get("source_filter") else "")
              + (", languages drawn equally often" if report.get("balance_languages") else "")
+             + (f", quantity loss x{report['qty_weight']:g}" if report.get("qty_weight", 1.0) != 1.0 else "")
+             + (f", count jitter: a whole extra fire on {100 * report['ghost_fires']:.0f} %, a fraction of one on "
+                f"{100 * report['shift_fires']:.0f} % of draws" if report.get("ghost_fires") or report.get("shift_fires") else "")
              + ") on every family but one, then scored on every "
              f"render of the one left out (fp32, offline; car noise at {report['snr']} dB as the evaluator adds it).",
              "", "| left out | voices | trained on | clean: all / en / zh | 10 dB: all / en / zh | fine-tune |",
@@ -199,6 +204,9 @@ def main(argv=None) -> int:
     ap.add_argument("--source-filter", type=float, default=0.0,
                     help="probability of a new voice source on a training draw (train --source-filter)")
     ap.add_argument("--balance-languages", action="store_true", help="train --balance-languages")
+    ap.add_argument("--qty-weight", type=float, default=1.0, help="train --qty-weight")
+    ap.add_argument("--ghost-fires", type=float, default=0.0, help="train --ghost-fires")
+    ap.add_argument("--shift-fires", type=float, default=0.0, help="train --shift-fires")
     ap.add_argument("--curve", action="store_true",
                     help="check the left-out family every steps/8 while training (a learning curve); score the last step")
     ap.add_argument("--write-card", default=None, help="model card (README.md) to write the table into")
@@ -207,13 +215,17 @@ def main(argv=None) -> int:
         ap.error("--steps must be >= 1")
     if not 0.0 <= args.source_filter <= 1.0:   # before any corpus view or training
         ap.error("--source-filter must be within [0, 1]")
+    if not 0.0 <= args.qty_weight <= 100.0:
+        ap.error("--qty-weight must be within [0, 100]")
+    if not (0.0 <= args.ghost_fires <= 1.0 and 0.0 <= args.shift_fires <= 1.0 and args.ghost_fires + args.shift_fires <= 1.0):
+        ap.error("--ghost-fires and --shift-fires must be within [0, 1], and their sum too")
     if not os.path.exists(os.path.join(args.corpus, "train.jsonl")):
         ap.error(f"{args.corpus}/train.jsonl: not found; build it with `python -m paraedge_tools.recipe.corpus {args.corpus}`")
     fams = args.families.split(",") if args.families else None
     try:
         report = run(args.corpus, args.out, args.init_dir, args.init_families.split(","), fams, args.steps, args.lr,
                      args.threads, source_filter=args.source_filter, balance_languages=args.balance_languages,
-                     curve=args.curve)
+                     curve=args.curve, qty_weight=args.qty_weight, ghost=args.ghost_fires, shift=args.shift_fires)
     except ValueError as e:
         ap.error(str(e))
     print(table(report))
