@@ -213,12 +213,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.steps < 1:
         ap.error("--steps must be >= 1")
-    if not 0.0 <= args.source_filter <= 1.0:   # before any corpus view or training
-        ap.error("--source-filter must be within [0, 1]")
-    if not 0.0 <= args.qty_weight <= 100.0:
-        ap.error("--qty-weight must be within [0, 100]")
-    if not (0.0 <= args.ghost_fires <= 1.0 and 0.0 <= args.shift_fires <= 1.0 and args.ghost_fires + args.shift_fires <= 1.0):
-        ap.error("--ghost-fires and --shift-fires must be within [0, 1], and their sum too")
+    from paraedge_tools.recipe.train import check_recipe_args
+
+    check_recipe_args(ap, args)   # before any corpus view or training
     if not os.path.exists(os.path.join(args.corpus, "train.jsonl")):
         ap.error(f"{args.corpus}/train.jsonl: not found; build it with `python -m paraedge_tools.recipe.corpus {args.corpus}`")
     fams = args.families.split(",") if args.families else None

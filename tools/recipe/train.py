@@ -238,8 +238,6 @@ def losses(model, feats, targets, streaming: bool, left: int = 0, qty_weight: fl
     import torch.nn.functional as F
 
     x, xlen = pad(feats)
-    ctc_targets = targets
-    ys, ylen = pad([np.array(t, np.float32) for t in targets], value=-1)
     b, t, _ = x.shape
     mask = (torch.arange(t)[None, :] < xlen[:, None]).float()
     enc_in = model.encoder.embed(x)
@@ -252,14 +250,13 @@ def losses(model, feats, targets, streaming: bool, left: int = 0, qty_weight: fl
         hidden, alphas, amask, window_of, mem_valid = stream_windows(model, enc_in, mask, xlen, left)
         memory = hidden
     # quantity loss + target-scaled CIF (teacher forcing the token count)
-    n_tgt = ylen.float()
-    qty = (alphas.sum(-1) - n_tgt).abs().mean()
-    scaled = alphas * (n_tgt / alphas.sum(-1).clamp(min=1e-4))[:, None]
-    if ghost > 0 or shift > 0:
-        scaled, targets = count_jitter(scaled, targets, ghost, shift)
-        ys, ylen = pad([np.array(t, np.float32) for t in targets], value=-1)
-        n_tgt = ylen.float()
-    ys = ys.long()
+    n_true = torch.tensor([len(tg) for tg in targets], dtype=torch.float32)
+    qty = (alphas.sum(-1) - n_true).abs().mean()
+    scaled = alphas * (n_true / alphas.sum(-1).clamp(min=1e-4))[:, None]
+    # the decoder's targets: with count jitter, some utterances get a <blank> position more
+    scaled, dec_targets = count_jitter(scaled, targets, ghost, shift)
+    ys, ylen = pad([np.array(tg, np.float32) for tg in dec_targets], value=-1)
+    ys, n_tgt = ys.long(), ylen.float()
     embeds, _ = model.predictor.integrate(hidden, scaled, n_tgt, fired_only=False)
     nmax = embeds.shape[1]
     tgt_mask = (torch.arange(nmax)[None, :] < ylen[:, None]).float()
@@ -278,7 +275,7 @@ def losses(model, feats, targets, streaming: bool, left: int = 0, qty_weight: fl
     # auxiliary CTC on the encoder frames (targets without </s>)
     lp = model.ctc.ctc_lo(hidden).log_softmax(-1).transpose(0, 1)
     in_len = (amask > 0).sum(-1) if streaming else xlen
-    ctc_tgt = [torch.tensor(tg[:-1]) for tg in ctc_targets]
+    ctc_tgt = [torch.tensor(tg[:-1]) for tg in targets]
     if streaming:  # CTC over the frames that are kept, in order
         lp = torch.stack([F.pad(lp[:, i][amask[i] > 0], (0, 0, 0, lp.shape[0] - int(in_len[i]))) for i in range(b)], 1)
     ctc = F.ctc_loss(lp, torch.cat(ctc_tgt), in_len, torch.tensor([len(c) for c in ctc_tgt]), blank=0,
@@ -539,6 +536,18 @@ def plot(log_path: str, png: str) -> None:
     plt.close(fig)
 
 
+def check_recipe_args(ap, args) -> None:
+    """The training settings train and loso both take: one line and exit 2 (`ap.error`) before
+    anything is written or trained (NaN fails every bound)."""
+    if not 0.0 <= args.source_filter <= 1.0:
+        ap.error("--source-filter must be within [0, 1]")
+    if not 0.0 <= args.qty_weight <= 100.0:
+        ap.error("--qty-weight must be within [0, 100]")
+    if not (0.0 <= args.ghost_fires <= 1.0 and 0.0 <= args.shift_fires <= 1.0
+            and args.ghost_fires + args.shift_fires <= 1.0):
+        ap.error("--ghost-fires and --shift-fires must be within [0, 1], and their sum too")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", required=True)
@@ -571,13 +580,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shift-fires", type=float, default=0.0,
                     help="share of utterances whose CIF fires are shifted by a fraction of a token (count_jitter)")
     args = ap.parse_args(argv)
-    if not (0.0 <= args.ghost_fires <= 1.0 and 0.0 <= args.shift_fires <= 1.0
-            and args.ghost_fires + args.shift_fires <= 1.0):
-        ap.error("--ghost-fires and --shift-fires must be within [0, 1], and their sum too")
-    if not 0.0 <= args.source_filter <= 1.0:
-        ap.error("--source-filter must be within [0, 1]")
-    if not 0.0 <= args.qty_weight <= 100.0:
-        ap.error("--qty-weight must be within [0, 100]")
+    check_recipe_args(ap, args)
     if not 0.0 <= args.streaming_ratio <= 1.0:
         ap.error("--streaming-ratio must be within [0, 1]")
     if min(args.stream_left) < 0:
