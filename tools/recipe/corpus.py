@@ -12,7 +12,9 @@ voice, params, snr, split):
 The leave-one-synthesizer-out runs (`loso.py`) use every render of the family they leave out.
 
 Test-set noise is `augment.add_noise`'s car cabin; the trainer's augmentation lives in `augment.py`.
-Everything is seeded: the same command gives the same corpus.
+Everything is seeded: the same command gives the same corpus, but for the renders of the families
+whose engines sample noise no seed reaches (`Synth.REPEATABLE` False: Piper, baker), which differ
+from build to build; a model's baker figures are only comparable within one corpus.
 """
 
 from __future__ import annotations

