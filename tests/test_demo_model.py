@@ -135,7 +135,7 @@ def test_recipe_runs_and_resumes(tmp_path):
     assert [int(r["step"]) for r in log] == [2, 4] and all(np.isfinite(float(r["loss"])) for r in log)
     assert os.path.exists(os.path.join(out, "curve.png")) and os.path.exists(os.path.join(out, "best.pt"))
     train(corpus, out, steps=6, preset="tiny", batch=4, eval_every=2, log=lambda *_: None,
-          balance_languages=True, ghost=0.3, shift=0.3)  # resumes at 4
+          balance_languages=True, ghost=0.3, shift=0.3, tail=0.3)  # resumes at 4
     log = list(csv.DictReader(open(os.path.join(out, "log.csv"))))
     assert [int(r["step"]) for r in log] == [2, 4, 6]
 
@@ -154,6 +154,18 @@ def test_recipe_runs_and_resumes(tmp_path):
     assert all(report["sets"][k]["fp32_streaming"]["n"] == 5 for k in espeak_sets)
     for r in report["sets"].values():  # those the silence lengthened are some of those longer than the command
         assert 0 <= r["trailing_added"] <= r["spurious_trailing"] <= r["fp32_offline"]["n"]
+    # --quick: the same fp32 offline decodes on the clean sets, side by side, with the token-count errors
+    from paraedge_tools.recipe.evaluate import quick, quick_table
+
+    fast = quick([model, model], corpus)
+    clean = [k for k in report["sets"] if k == "test_clean" or k.endswith("_clean")]
+    assert list(fast[model]) == clean
+    for k in clean:
+        q, full = fast[model][k], report["sets"][k]
+        assert q["acc"] == full["fp32_offline"]["acc"] and q["cer"] == full["fp32_offline"]["cer"]
+        assert (q["spurious_trailing"], q["trailing_added"]) == (full["spurious_trailing"], full["trailing_added"])
+        assert q["too_many"] + q["too_few"] <= round(q["n"] * (1 - q["acc"]))  # a wrong count is a wrong command
+    assert quick_table(fast).count("\n| ") == len(clean) + 1  # a row a set and the total
     write_card(card, report)
     text = open(card, encoding="utf-8").read()
     assert "<!-- results[0,10,5]:begin -->\nold\n<!-- results[0,10,5]:end -->" in text  # another size's table stays
@@ -328,8 +340,9 @@ def test_balanced_languages_draw_each_language_half_the_time(tmp_path):
 
 def test_count_jitter_makes_the_fires_the_runtime_meets():
     """A ghost fire: one token more alpha over one word, which then fires twice, and <blank> as the
-    second fire's target; a shift: a fraction of a token over one word, targets unchanged. Alphas
-    before the word, and every word's fire once the shift is undone, stay where they were."""
+    second fire's target; a shift: a fraction of a token over one word, targets unchanged; a tail
+    fire: an extra fire labelled <blank> between the last word and </s>. Alphas before the word, and
+    every word's fire once the shift is undone, stay where they were."""
     import torch
 
     from paraedge_tools.recipe.train import count_jitter
@@ -362,3 +375,20 @@ def test_count_jitter_makes_the_fires_the_runtime_meets():
     # the runtime's rounding (0.45 tail, floor) still counts every target, </s> included
     for i, t in enumerate(targets):
         assert int(torch.floor(shifted[i].sum() + 0.45)) == len(t)
+
+    # a tail fire: the last word fires inside itself, then <blank> (the word's end and part of </s>), then
+    # </s>, and the runtime's floor(sum + 0.45) has room for all three
+    tailed, tg = count_jitter(alphas, targets, tail=1.0)
+    assert tg == [t[:-1] + [0, 2] for t in targets[:2]] + [[2]]
+    torch.testing.assert_close(tailed[2], alphas[2])
+    for i in (0, 1):
+        w = len(targets[i]) - 1  # words; the last one is word w - 1
+        old, new = torch.cumsum(alphas[i], 0), torch.cumsum(tailed[i], 0)
+        torch.testing.assert_close(new[-1], old[-1] + 1)
+        torch.testing.assert_close(tailed[i][old <= w - 1], alphas[i][old <= w - 1])  # nothing moves before it
+        word_first, word_last = int((old <= w - 1).sum()), int((old < w - 1e-4).sum())
+        fire = [int((new < j - 1e-4).sum()) for j in (w, w + 1, w + 2)]  # frames where fires w-1, w, w+1 land
+        assert word_first <= fire[0] <= word_last <= fire[1] <= fire[2] and fire[2] > word_last
+        assert int(torch.floor(tailed[i].sum() + 0.45)) == len(tg[i])
+        # by its end the word carries f >= 0.25 of a token more, and </s> the rest of the extra token
+        assert 0.25 - 1e-4 <= float(new[word_last] - old[word_last]) <= 1 + 1e-4

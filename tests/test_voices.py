@@ -46,6 +46,21 @@ def test_render_two_voices(name, lang):
     assert len(a) != len(b) or not np.allclose(a[:n], b[:n], atol=1e-3), f"{name}: {pair} gave the same audio"
 
 
+@pytest.mark.parametrize("name", [pytest.param(f, marks=[pytest.mark.slow] if f in SLOW else [])
+                                  for f, s in V.FAMILIES.items() if s.REPEATABLE])
+def test_render_depends_only_on_text_voice_and_seed(name):
+    """A repeatable family renders the same audio for the same draw, whatever it rendered before (one
+    SamTTS kept state between calls: a corpus then depended on each worker's render order)."""
+    s = _usable(name)
+    lang = "en" if s.voices("en") else "zh"
+    other = {"en": "play music", "zh": "关闭车窗"}[lang]
+    voice = (s.held_out(lang) or s.voices(lang))[0]
+    first, _ = s.render(TEXT[lang], lang, voice, np.random.default_rng(3))
+    s.render(other, lang, voice, np.random.default_rng(4))
+    again, _ = s.render(TEXT[lang], lang, voice, np.random.default_rng(3))
+    assert np.array_equal(first, again), f"{name}/{voice}: the same draw gave different audio"
+
+
 @pytest.mark.parametrize("name", V.FAMILIES)
 def test_voices_and_held_out(name):
     s = V.FAMILIES[name]
@@ -186,7 +201,8 @@ def test_recipe_clis_refuse_bad_families_in_one_line(tmp_path, cli, args, needle
 
 @pytest.mark.parametrize("args, needle", [(["--grow-vocab"], "--init-dir"), (["--qty-weight", "-1"], "[0, 100]"),
                                            (["--qty-weight", "nan"], "[0, 100]"), (["--source-filter", "2"], "[0, 1]"),
-                                           (["--ghost-fires", "0.6", "--shift-fires", "0.6"], "their sum")])
+                                           (["--ghost-fires", "0.6", "--shift-fires", "0.6"], "their sum"),
+                                           (["--tail-fires", "0.5", "--ghost-fires", "0.6"], "their sum")])
 def test_train_refuses_bad_arguments_before_it_writes(tmp_path, args, needle):
     """--grow-vocab without a model to grow, or an absurd quantity-loss weight: one line, exit 2."""
     import subprocess
@@ -196,6 +212,25 @@ def test_train_refuses_bad_arguments_before_it_writes(tmp_path, args, needle):
                         str(tmp_path / "o"), *args], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and args[0] in p.stderr and needle in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--model", "NOSUCH"], "not a model dir"),
+    (["--quick", "--model", "models/demo", "--write-card"], "writes no card"),
+    (["--quick", "--model", "models/demo"], "no test_*clean.jsonl manifests"),  # an empty corpus
+    (["--model", "models/demo", "--model", "models/demo"], "except with --quick"),
+])
+def test_evaluate_refuses_bad_arguments_in_one_line(tmp_path, args, needle):
+    """A model dir that is not one, a card asked of --quick, a corpus without clean sets: one line, exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    demo = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "demo")
+    args = [str(tmp_path / "x") if a == "NOSUCH" else demo if a == "models/demo" else a for a in args]
+    p = subprocess.run([sys.executable, "-m", "paraedge_tools.recipe.evaluate", "--corpus", str(tmp_path), *args],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr, p.stderr
 
 
 def test_corpus_build_resumes_and_leaves_out_failed_renders(tmp_path, monkeypatch):

@@ -2,6 +2,11 @@
 fp32 (numpy reference) and INT8 (onnxruntime). Produces the model card's table.
 
 `python -m paraedge_tools.recipe.evaluate --model models/demo --corpus out/corpus [--write-card] [--chunk-size 0,10,5]`
+`python -m paraedge_tools.recipe.evaluate --quick --model A [--model B ...] --corpus out/corpus`
+
+`--quick` compares training runs in about 45 s a model: fp32 offline only, every clean set, and
+for each the whole-command accuracy, the decodes with too many / too few tokens, and the trailing
+silence counts of the full table. It writes no card.
 
 Streaming uses the model's default chunk size (config.yaml `chunk_size`, else [0, 10, 5]) unless
 --chunk-size says otherwise. The card holds one table per streaming chunk size measured, each
@@ -171,6 +176,53 @@ def evaluate(model: str, corpus: str, limit: int | None = None, chunk_size=None)
     return report
 
 
+def quick(models: list[str], corpus: str) -> dict:
+    """fp32 offline on every clean set, per model: accuracy, token-count errors, trailing silence."""
+    from edge.asr.recognizer import Recognizer
+    from paraedge_tools.recipe.corpus import read_manifest
+    from paraedge_tools.recipe.train import tokenize
+
+    sets = [n for n in corpus_sets(corpus) if n == "test_clean" or n.endswith("_clean")]
+    if not sets:
+        raise ValueError(f"{corpus}: no test_*clean.jsonl manifests; build it with "
+                         f"python -m paraedge_tools.recipe.corpus {corpus}")
+    report = {}
+    for model in models:
+        rec = Recognizer(model, "ref")
+        report[model] = {}
+        for name in sets:
+            rows = read_manifest(os.path.join(corpus, f"{name}.jsonl"))
+            hyps = decode_all(rec, rows, False)
+            want = [len(tokenize(r["text"], r["lang"])) for r in rows]
+            res = score(rec, rows, hyps)
+            res["too_many"] = sum(len(h) > w for h, w in zip(hyps, want))
+            res["too_few"] = sum(len(h) < w for h, w in zip(hyps, want))
+            res["spurious_trailing"], res["trailing_added"] = spurious_trailing(rec, rows, hyps)
+            report[model][name] = res
+    return report
+
+
+def quick_table(report: dict) -> str:
+    """One row per clean set, one column per model: acc % (too many / too few tokens; with more
+    silence: over the command / lengthened by it)."""
+    models = list(report)
+    lines = ["| clean set | utts | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
+    sets = list(report[models[0]])
+    for name in sets + ["total"]:
+        cells = []
+        for m in models:
+            rs = list(report[m].values()) if name == "total" else [report[m][name]]
+            n = sum(r["n"] for r in rs)
+            acc = sum(r["acc"] * r["n"] for r in rs) / max(n, 1)
+            cells.append(f"{100 * acc:.1f} % ({sum(r['too_many'] for r in rs)}/{sum(r['too_few'] for r in rs)}; "
+                         f"{sum(r['spurious_trailing'] for r in rs)}/{sum(r['trailing_added'] for r in rs)})")
+        label = "all clean sets" if name == "total" else set_label(name)
+        lines.append(f"| {label} | {n} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("acc (tokens too many / too few; with 1 s more silence: more than the command / lengthened by it)")
+    return "\n".join(lines)
+
+
 def card_table(report: dict) -> str:
     left, chunk, right = report["chunk_size"]
     label = f"{60 * chunk} ms streaming" + (f" (+{60 * left} ms left context)" if left else "")
@@ -207,14 +259,38 @@ def write_card(card_path: str, report: dict) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="models/demo")
+    ap.add_argument("--model", action="append", default=None,
+                    help="model dir (default models/demo); --quick takes several, side by side")
     ap.add_argument("--corpus", default="out/corpus")
     ap.add_argument("--limit", type=int, default=None, help="utterances per test set (default: all)")
     ap.add_argument("--write-card", action="store_true", help="update the results table in MODEL/README.md")
     ap.add_argument("--json", default=None, help="also write the report here")
+    ap.add_argument("--quick", action="store_true",
+                    help="fp32 offline on the clean sets only: accuracy, token-count errors, trailing silence")
     ap.add_argument("--chunk-size", default=None,
                     help="streaming [left,chunk,right] in 60 ms frames (default: the model's)")
     args = ap.parse_args(argv)
+    models = args.model or ["models/demo"]
+    for m in models:
+        if not os.path.isfile(os.path.join(m, "config.yaml")):
+            ap.error(f"--model {m}: not a model dir (no config.yaml); make one with "
+                     "python -m paraedge_tools.recipe.release --train RUN --out DIR")
+    if args.quick:
+        if args.write_card or args.chunk_size or args.limit:
+            ap.error("--quick measures fp32 offline on whole clean sets and writes no card: "
+                     "drop --write-card, --chunk-size and --limit")
+        try:
+            report = quick(models, args.corpus)
+        except ValueError as e:
+            ap.error(str(e))
+        print(quick_table(report))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(report, f, indent=1)
+        return 0
+    if len(models) > 1:
+        ap.error("one --model at a time, except with --quick")
+    args.model = models[0]
     chunk_size = None
     if args.chunk_size is not None:
         from edge.asr.modeldir import check_chunk_size

@@ -79,8 +79,9 @@ def score_family(model_dir: str, rows: list[dict]) -> dict:
 
 
 def run(corpus: str, out: str, init_dir: str, init_families: list[str], families: list[str] | None,
-        steps: int, lr: float, threads: int, log=print, source_filter: float = 0.0, curve: bool = False,
-        balance_languages: bool = False, qty_weight: float = 1.0, ghost: float = 0.0, shift: float = 0.0) -> dict:
+        steps: int, lr: float, threads: int, log=print, curve: bool = False, **recipe) -> dict:
+    """`recipe`: train's settings (`train.check_recipe_args`: qty_weight, source_filter,
+    balance_languages, ghost, shift, tail), the same for every fold."""
     from paraedge_tools.recipe.release import run_model_dir
     from paraedge_tools.recipe.train import train
 
@@ -91,9 +92,10 @@ def run(corpus: str, out: str, init_dir: str, init_families: list[str], families
     groups = rows_by_family(train_rows, corpus)
     families = families or sorted(groups)
     report = {"corpus": os.path.abspath(corpus), "init_dir": os.path.abspath(init_dir), "init_families": init_families,
-              "steps": steps, "lr": lr, "snr": SNR, "source_filter": source_filter,
-              "balance_languages": balance_languages, "qty_weight": qty_weight, "ghost_fires": ghost,
-              "shift_fires": shift, "families": {}}
+              "steps": steps, "lr": lr, "snr": SNR, "source_filter": recipe.get("source_filter", 0.0),
+              "balance_languages": recipe.get("balance_languages", False), "qty_weight": recipe.get("qty_weight", 1.0),
+              "ghost_fires": recipe.get("ghost", 0.0), "shift_fires": recipe.get("shift", 0.0),
+              "tail_fires": recipe.get("tail", 0.0), "families": {}}
     unknown = [f for f in families if f not in groups]
     if unknown:  # before any training
         raise ValueError(f"{corpus}: no renders of family '{unknown[0]}' (families here: {', '.join(sorted(groups))})")
@@ -108,8 +110,7 @@ def run(corpus: str, out: str, init_dir: str, init_families: list[str], families
         run_dir = os.path.join(out, fam, "train")
         t0 = time.time()
         train(view, run_dir, steps, lr=lr, eval_every=max(1, steps // (8 if curve else 4)), threads=threads,
-              init_dir=init_dir, grow=True, log=log, source_filter=source_filter, balance_languages=balance_languages,
-              qty_weight=qty_weight, ghost=ghost, shift=shift)
+              init_dir=init_dir, grow=True, log=log, **recipe)
         minutes = (time.time() - t0) / 60
         # --curve: the check saw F, so the last step is scored, not the checkpoint F picked
         model = run_model_dir(run_dir, os.path.join(out, fam, "model"), "ckpt.pt" if curve else "best.pt",
@@ -154,7 +155,8 @@ def table(report: dict, earlier: list[str] = ()) -> str:
              + (", languages drawn equally often" if report.get("balance_languages") else "")
              + (f", quantity loss x{report['qty_weight']:g}" if report.get("qty_weight", 1.0) != 1.0 else "")
              + (f", count jitter: a whole extra fire on {100 * report['ghost_fires']:.0f} %, a fraction of one on "
-                f"{100 * report['shift_fires']:.0f} % of draws" if report.get("ghost_fires") or report.get("shift_fires") else "")
+                f"{100 * report['shift_fires']:.0f} %, one before </s> on {100 * report.get('tail_fires', 0):.0f} % of draws"
+                if report.get("ghost_fires") or report.get("shift_fires") or report.get("tail_fires") else "")
              + ") on every family but one, then scored on every "
              f"render of the one left out (fp32, offline; car noise at {report['snr']} dB as the evaluator adds it).",
              "", "| left out | voices | trained on | clean: all / en / zh | 10 dB: all / en / zh | fine-tune |",
@@ -191,6 +193,8 @@ def table(report: dict, earlier: list[str] = ()) -> str:
 
 
 def main(argv=None) -> int:
+    from paraedge_tools.recipe.train import add_recipe_args, check_recipe_args
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", default="out/corpus")
     ap.add_argument("--out", default="out/loso")
@@ -201,28 +205,20 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--source-filter", type=float, default=0.0,
-                    help="probability of a new voice source on a training draw (train --source-filter)")
-    ap.add_argument("--balance-languages", action="store_true", help="train --balance-languages")
-    ap.add_argument("--qty-weight", type=float, default=1.0, help="train --qty-weight")
-    ap.add_argument("--ghost-fires", type=float, default=0.0, help="train --ghost-fires")
-    ap.add_argument("--shift-fires", type=float, default=0.0, help="train --shift-fires")
+    add_recipe_args(ap)  # train's settings, passed to every fold
     ap.add_argument("--curve", action="store_true",
                     help="check the left-out family every steps/8 while training (a learning curve); score the last step")
     ap.add_argument("--write-card", default=None, help="model card (README.md) to write the table into")
     args = ap.parse_args(argv)
     if args.steps < 1:
         ap.error("--steps must be >= 1")
-    from paraedge_tools.recipe.train import check_recipe_args
-
-    check_recipe_args(ap, args)   # before any corpus view or training
+    recipe = check_recipe_args(ap, args)   # before any corpus view or training
     if not os.path.exists(os.path.join(args.corpus, "train.jsonl")):
         ap.error(f"{args.corpus}/train.jsonl: not found; build it with `python -m paraedge_tools.recipe.corpus {args.corpus}`")
     fams = args.families.split(",") if args.families else None
     try:
         report = run(args.corpus, args.out, args.init_dir, args.init_families.split(","), fams, args.steps, args.lr,
-                     args.threads, source_filter=args.source_filter, balance_languages=args.balance_languages,
-                     curve=args.curve, qty_weight=args.qty_weight, ghost=args.ghost_fires, shift=args.shift_fires)
+                     args.threads, curve=args.curve, **recipe)
     except ValueError as e:
         ap.error(str(e))
     print(table(report))
