@@ -48,8 +48,11 @@ def test_int8_tokens_equal_reference_on_demo_samples(path, commands, ref, monkey
 
 def test_stages_close_to_reference_and_caches_carry(commands, ref):
     """Three consecutive streaming windows, each backend carrying its *own* decoder FSMN caches:
-    the neon caches must track the reference's, and every token must agree (the trained demo model
-    has clear margins; random or stale caches move the argmax within a window or two)."""
+    the neon caches must track the reference's, and every token the reference picks by a clear
+    margin must agree (random or stale caches move the argmax within a window or two). These
+    windows are cut without the runtime's left-context and look-ahead rules, so a position can be a
+    near tie: with the stage-4 demo weights one is <blank> against a word by 0.07 nat (INT8: 0.04 the
+    other way), while every other position's margin is 2.9 nat or more."""
     from edge.asr.cif import cif_offline
     from edge.backends.neon import NeonBackend
 
@@ -72,8 +75,10 @@ def test_stages_close_to_reference_and_caches_carry(commands, ref):
         assert [c.shape for c in caches_n] == [c.shape for c in caches_r]
         for c_n, c_r in zip(caches_n, caches_r):  # INT8 noise: a few % of the cache's range
             assert np.abs(c_n - c_r).max() <= 0.05 * max(1.0, float(np.abs(c_r).max()))
-        agree += list(lp_n.argmax(-1) == lp_r.argmax(-1))
-    assert len(agree) >= 3 and all(agree), agree
+        top2 = np.sort(lp_r, axis=-1)[:, -2:]
+        clear = top2[:, 1] - top2[:, 0] >= 0.5  # nat: INT8 moved no margin by more than 0.13 here
+        agree += list((lp_n.argmax(-1) == lp_r.argmax(-1))[clear])
+    assert len(agree) >= 8 and all(agree), agree
 
 
 def test_missing_extension_is_a_clear_error(monkeypatch, ref):
