@@ -315,6 +315,9 @@ def test_partial_matches_a_prefix_but_never_accepts_it():
 
 def test_an_edit_in_a_slot_is_rejected():
     g = Grammar.load(os.path.join(DEMO, "grammar.yaml"), DEMO_TOKENS)
+    # a threshold the whole utterance passes (the shipped one moves with each calibration: 0.61 for
+    # the stage-4 weights, 0.594 here), so it is the edit in the slot that rejects
+    g.threshold = 0.5
     m = g.match(posteriors(DEMO_TOKENS, list("空调调到三十五度")))  # 35: out of range
     assert (m.intent, m.slots, m.edits) == ("set_temperature", {"value": 30}, 1)
     assert m.confidence > g.threshold and m.slot_confidence["value"] < g.threshold and m.rejected
