@@ -220,6 +220,11 @@ def count_jitter(alphas, targets, ghost: float = 0.0, shift: float = 0.0, tail: 
     csum = torch.cumsum(alphas.detach().double(), dim=1).float()
     prev = torch.cat([torch.zeros_like(csum[:, :1]), csum[:, :-1]], dim=1)
     extra = torch.zeros_like(alphas)
+
+    def share_of(i, k):  # where utterance i's token k has its alpha, as a distribution over frames
+        w = torch.relu(torch.minimum(csum[i], torch.tensor(k + 1.0)) - torch.maximum(prev[i], torch.tensor(float(k))))
+        return w / w.sum().clamp(min=1e-6)
+
     out = []
     for i, tg in enumerate(targets):
         words = len(tg) - 1  # the last target is </s>
@@ -227,18 +232,13 @@ def count_jitter(alphas, targets, ghost: float = 0.0, shift: float = 0.0, tail: 
         if words < 1 or d >= ghost + shift + tail:
             out.append(tg)
             continue
-
-        def share_of(k):  # where token k's alpha lies, as a distribution over frames
-            w = torch.relu(torch.minimum(csum[i], torch.tensor(k + 1.0)) - torch.maximum(prev[i], torch.tensor(float(k))))
-            return w / w.sum().clamp(min=1e-6)
-
         if d >= ghost + shift:
             f = float(end[i])
-            extra[i] = f * share_of(words - 1) + (1 - f) * share_of(words)
+            extra[i] = f * share_of(i, words - 1) + (1 - f) * share_of(i, words)
             out.append(list(tg[:-1]) + [0, tg[-1]])
             continue
         k = min(int(float(pick[i]) * words), words - 1)
-        share = share_of(k)
+        share = share_of(i, k)
         if d < ghost:
             extra[i] = share
             out.append(list(tg[: k + 1]) + [0] + list(tg[k + 1:]))
