@@ -396,3 +396,18 @@ def test_count_jitter_makes_the_fires_the_runtime_meets():
         assert int(torch.floor(tailed[i].sum() + 0.45)) == len(tg[i])
         # by its end the word carries f >= 0.25 of a token more, and </s> the rest of the extra token
         assert 0.25 - 1e-4 <= float(new[word_last] - old[word_last]) <= 1 + 1e-4
+
+    # --tail-langs en: only commands whose last word is English get it ("打开车窗": untouched)
+    from paraedge_tools.recipe.train import tail_tokens_for
+
+    vocab = ["<blank>", "<s>", "</s>", "打", "开", "车", "窗", "open", "the", "window", "<unk>"]
+    en, zh = tail_tokens_for(vocab, ["en"]), tail_tokens_for(vocab, ["zh"])
+    assert en == {7, 8, 9} and zh == {3, 4, 5, 6} and tail_tokens_for(vocab, ["en", "zh"]) == en | zh
+    mixed = [[3, 4, 5, 6, 2], [7, 8, 9, 2]]
+    raw2 = raw[:2] * (torch.tensor([5.0, 4.0]) / raw[:2].sum(1))[:, None]
+    tailed, tg = count_jitter(raw2, mixed, tail=1.0, tail_tokens=en)
+    assert tg == [mixed[0], [7, 8, 9, 0, 2]]
+    torch.testing.assert_close(tailed[0], raw2[0])
+    torch.testing.assert_close(tailed[1].sum(), raw2[1].sum() + 1)
+    with pytest.raises(ValueError, match="en or zh"):
+        tail_tokens_for(vocab, ["fr"])

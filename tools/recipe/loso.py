@@ -81,7 +81,7 @@ def score_family(model_dir: str, rows: list[dict]) -> dict:
 def run(corpus: str, out: str, init_dir: str, init_families: list[str], families: list[str] | None,
         steps: int, lr: float, threads: int, log=print, curve: bool = False, **recipe) -> dict:
     """`recipe`: train's settings (`train.check_recipe_args`: qty_weight, source_filter,
-    balance_languages, ghost, shift, tail), the same for every fold."""
+    balance_languages, ghost, shift, tail, tail_langs), the same for every fold."""
     from paraedge_tools.recipe.release import run_model_dir
     from paraedge_tools.recipe.train import train
 
@@ -95,7 +95,7 @@ def run(corpus: str, out: str, init_dir: str, init_families: list[str], families
               "steps": steps, "lr": lr, "snr": SNR, "source_filter": recipe.get("source_filter", 0.0),
               "balance_languages": recipe.get("balance_languages", False), "qty_weight": recipe.get("qty_weight", 1.0),
               "ghost_fires": recipe.get("ghost", 0.0), "shift_fires": recipe.get("shift", 0.0),
-              "tail_fires": recipe.get("tail", 0.0), "families": {}}
+              "tail_fires": recipe.get("tail", 0.0), "tail_langs": recipe.get("tail_langs"), "families": {}}
     unknown = [f for f in families if f not in groups]
     if unknown:  # before any training
         raise ValueError(f"{corpus}: no renders of family '{unknown[0]}' (families here: {', '.join(sorted(groups))})")

@@ -176,7 +176,8 @@ def stream_windows(model, enc_in, mask, xlen, left: int = 0):
             wmask_full.reshape(b, -1))
 
 
-def count_jitter(alphas, targets, ghost: float = 0.0, shift: float = 0.0, tail: float = 0.0):
+def count_jitter(alphas, targets, ghost: float = 0.0, shift: float = 0.0, tail: float = 0.0,
+                 tail_tokens=None):
     """Teach the decoder the CIF count errors it meets on voices it never heard. `alphas` are the
     target-scaled alphas [B, T] (each sums to its target's length, </s> included). One word of an
     utterance (uniformly drawn) gets extra alpha, laid over it in its own proportions:
@@ -188,6 +189,8 @@ def count_jitter(alphas, targets, ghost: float = 0.0, shift: float = 0.0, tail: 
     - else with probability `tail`, the end that trailing silence lengthens: f in [0.25, 1) of a
       token more over the last word and 1 - f more over </s>, so the last word fires early, the
       next fire is the word's end plus part of </s> (target `<blank>`) and the last fire is </s>.
+      `tail_tokens`: the token ids whose utterance-final use may get it (None: any), e.g. English
+      words only (`tail_tokens_for`); an utterance ending otherwise is left as it is.
     Why: clean decodes that 1 s of trailing silence lengthened had 0.54-0.86 of a token too much
     alpha inside the speech, and their last fire mixed the last word's end into </s> ("close the
     passenger window" -> "... window window"). The extra mass is a constant: gradients still reach
@@ -233,6 +236,9 @@ def count_jitter(alphas, targets, ghost: float = 0.0, shift: float = 0.0, tail: 
             out.append(tg)
             continue
         if d >= ghost + shift:
+            if tail_tokens is not None and tg[-2] not in tail_tokens:
+                out.append(tg)
+                continue
             f = float(end[i])
             extra[i] = f * share_of(i, words - 1) + (1 - f) * share_of(i, words)
             out.append(list(tg[:-1]) + [0, tg[-1]])
@@ -248,13 +254,25 @@ def count_jitter(alphas, targets, ghost: float = 0.0, shift: float = 0.0, tail: 
     return alphas + extra, out
 
 
+def tail_tokens_for(vocab: list[str], langs) -> frozenset[int]:
+    """Ids of the vocabulary's words in `langs`: "en" an ASCII word, "zh" a CJK character
+    (`tokenize`'s two kinds); the `<...>` symbols are neither."""
+    langs = set(langs)
+    bad = langs - {"en", "zh"}
+    if bad:
+        raise ValueError(f"tail languages must be en or zh, not {sorted(bad)}")
+    return frozenset(i for i, t in enumerate(vocab) if not t.startswith("<") and
+                     (("en" in langs and t.isascii()) or ("zh" in langs and not t.isascii())))
+
+
 def losses(model, feats, targets, streaming: bool, left: int = 0, qty_weight: float = 1.0, ghost: float = 0.0,
-           shift: float = 0.0, tail: float = 0.0):
+           shift: float = 0.0, tail: float = 0.0, tail_tokens=None):
     """One forward pass; returns (total, parts). Streaming windows have `left` frames of extra context.
     `qty_weight` scales the CIF quantity loss: on voices it never heard, a model whose alphas fall
     0.6-1.0 short of the token count drops the last word (measured on the 7-family fine-tune).
     `ghost`, `shift`, `tail`: the shares of utterances whose decoder input gets one extra fire, a
-    fraction of one, or an extra fire between the last word and </s> (`count_jitter`)."""
+    fraction of one, or an extra fire between the last word and </s> (`count_jitter`; `tail_tokens`:
+    the last words that may get it)."""
     import torch
     import torch.nn.functional as F
 
@@ -275,7 +293,7 @@ def losses(model, feats, targets, streaming: bool, left: int = 0, qty_weight: fl
     qty = (alphas.sum(-1) - n_true).abs().mean()
     scaled = alphas * (n_true / alphas.sum(-1).clamp(min=1e-4))[:, None]
     # the decoder's targets: with count jitter, some utterances get a <blank> position more
-    scaled, dec_targets = count_jitter(scaled, targets, ghost, shift, tail)
+    scaled, dec_targets = count_jitter(scaled, targets, ghost, shift, tail, tail_tokens)
     ys, ylen = pad([np.array(tg, np.float32) for tg in dec_targets], value=-1)
     ys, n_tgt = ys.long(), ylen.float()
     embeds, _ = model.predictor.integrate(hidden, scaled, n_tgt, fired_only=False)
@@ -374,7 +392,7 @@ def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 
           seed: int = 0, eval_every: int = 500, threads: int = 2, log=print, init: str | None = None,
           streaming_ratio: float = 0.5, stream_left=0, init_dir: str | None = None, grow: bool = False,
           qty_weight: float = 1.0, source_filter: float = 0.0, balance_languages: bool = False,
-          ghost: float = 0.0, shift: float = 0.0, tail: float = 0.0) -> str:
+          ghost: float = 0.0, shift: float = 0.0, tail: float = 0.0, tail_langs=None) -> str:
     """`init_dir`: fine-tune that FunASR-format model dir (its config, tokens, CMVN and weights;
     `preset` is then ignored), as `paraedge prune --finetune-steps` does. `grow`: the corpus may
     hold tokens the model lacks; they are added to its vocabulary (`grown_vocab`, `grow_state`).
@@ -385,7 +403,8 @@ def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 
     commands right against 50 % on the 51 % corpus. Balanced (with `source_filter` 0.3 in both runs),
     that fold went from English 31.5 / Mandarin 41.4 % to 35.7 / 29.4 %: a trade, so it is off by default.
     `source_filter` 0.3 against 0 on the same fold: 38.0 against 35.8 % (en 31.5 / 32.1, zh 41.4 / 37.7), but a
-    second seed without it gave 38.4 %: no measured gain, so it is off by default too."""
+    second seed without it gave 38.4 %: no measured gain, so it is off by default too.
+    `tail_langs`: the languages ("en", "zh") whose commands get `tail` (None: both; `tail_tokens_for`)."""
     import copy
 
     import torch
@@ -424,6 +443,7 @@ def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 
     test_rows = read_manifest(os.path.join(corpus, "test_clean.jsonl")) if os.path.exists(
         os.path.join(corpus, "test_clean.jsonl")) else []
     data = Data(train_rows, vocab, rng, source_filter, balance_languages)
+    tail_tokens = None if tail_langs is None else tail_tokens_for(vocab, tail_langs)
     with open(os.path.join(out, "tokens.json"), "w", encoding="utf-8") as f:  # release/loso rebuild the model from it
         json.dump(vocab, f, ensure_ascii=False)
     cmvn_path = os.path.join(out, "cmvn.npz")
@@ -484,7 +504,7 @@ def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 
         feats = [(f + cmvn[0]) * cmvn[1] for f in feats]
         total, parts = losses(model, feats, targets, streaming=streaming_step(step, streaming_ratio),
                               left=lefts[(step // 2) % len(lefts)], qty_weight=qty_weight, ghost=ghost,
-                              shift=shift, tail=tail)
+                              shift=shift, tail=tail, tail_tokens=tail_tokens)
         opt.zero_grad()
         total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -527,7 +547,7 @@ def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 
                    "conf": conf if init_md else None,
                    "streaming_ratio": streaming_ratio, "stream_left": lefts, "qty_weight": qty_weight,
                    "source_filter": source_filter, "balance_languages": balance_languages, "ghost_fires": ghost,
-                   "shift_fires": shift, "tail_fires": tail,
+                   "shift_fires": shift, "tail_fires": tail, "tail_langs": sorted(tail_langs) if tail_langs else None,
                    "best_heldout_acc": best, "vocab_size": len(vocab),
                    "parameters": int(sum(p.numel() for p in model.parameters()))}, f, indent=1)
     return out
@@ -572,6 +592,8 @@ def add_recipe_args(ap) -> None:
     ap.add_argument("--tail-fires", type=float, default=0.0,
                     help="share of utterances whose decoder gets an extra fire (<blank>) between the last word and "
                          "</s> (count_jitter)")
+    ap.add_argument("--tail-langs", default=None, type=lambda v: [x for x in v.split(",") if x],
+                    help="comma-separated languages (en, zh) whose commands get --tail-fires (default: both)")
 
 
 def check_recipe_args(ap, args) -> dict:
@@ -584,9 +606,11 @@ def check_recipe_args(ap, args) -> dict:
     shares = (args.ghost_fires, args.shift_fires, args.tail_fires)
     if not (all(0.0 <= v <= 1.0 for v in shares) and sum(shares) <= 1.0):
         ap.error("--ghost-fires, --shift-fires and --tail-fires must be within [0, 1], and their sum too")
+    if args.tail_langs is not None and (not args.tail_langs or set(args.tail_langs) - {"en", "zh"}):
+        ap.error("--tail-langs takes en, zh or en,zh")
     return {"qty_weight": args.qty_weight, "source_filter": args.source_filter,
             "balance_languages": args.balance_languages, "ghost": args.ghost_fires, "shift": args.shift_fires,
-            "tail": args.tail_fires}
+            "tail": args.tail_fires, "tail_langs": args.tail_langs}
 
 
 def main(argv=None) -> int:
