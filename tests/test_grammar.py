@@ -131,14 +131,15 @@ def test_demo_grammar_covers_every_demo_command():
         texts[text] = (intent, slots)
     with open(os.path.join(ROOT, "tools", "data", "incar_commands.tsv"), encoding="utf-8") as f:
         commands = [line.rstrip("\n").split("\t")[1] for line in f if not line.startswith("#")]
-    assert len(commands) == 136
+    assert len(commands) == 143
     expect = {
         "打开左后车窗": ("window", {"action": "open", "zone": "rear_left"}),
         "close the passenger window": ("window", {"action": "close", "zone": "passenger"}),
         "打开副驾座椅加热": ("seat_heating", {"state": "on", "zone": "passenger"}),
         "turn on rear right seat heating": ("seat_heating", {"state": "on", "zone": "rear_right"}),
         "左后": ("answer_zone", {"zone": "rear_left"}), "front left": ("answer_zone", {"zone": "front_left"}),
-        "level three": ("answer_fan", {"value": 3}),
+        "level three": ("answer_fan", {"value": 3}), "二十二度": ("answer_temperature", {"value": 22}),
+        "三档": ("answer_fan", {"value": 3}), "twenty four": ("answer_temperature", {"value": 24}),
         "打开空调": ("ac", {"state": "on"}), "turn off the air conditioning": ("ac", {"state": "off"}),
         "关闭车窗": ("window", {"action": "close"}), "navigate to work": ("navigate", {"destination": "work"}),
         "我要去机场": ("navigate", {"destination": "airport"}), "调低温度": ("adjust_temperature", {"direction": "down"}),
