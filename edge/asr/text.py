@@ -9,7 +9,8 @@ import re
 SPECIAL = {"<s>", "</s>", "<unk>", "<OOV>", "<blank>"}
 
 
-def _is_cjk(token: str) -> bool:
+def is_cjk_token(token: str) -> bool:
+    """A Mandarin character token (joined without spaces), as opposed to an English word or piece."""
     return bool(token) and all("\u4e00" <= ch <= "\u9fff" for ch in token)
 
 
@@ -18,7 +19,7 @@ def tokens_to_text(tokens: list[str]) -> str:
     out: list[str] = []
     piece = ""
     for tok in words:
-        if _is_cjk(tok):
+        if is_cjk_token(tok):
             if out and out[-1] == " ":
                 out.pop()
             if piece:

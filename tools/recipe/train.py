@@ -258,15 +258,20 @@ def count_jitter(alphas, targets, ghost: float = 0.0, shift: float = 0.0, tail: 
     return alphas + extra, out
 
 
+TAIL_LANGS = ("en", "zh")  # the phrase list's two languages (`tokenize`'s two kinds of token)
+
+
 def tail_tokens_for(vocab: list[str], langs) -> frozenset[int]:
-    """Ids of the vocabulary's words in `langs`: "en" an ASCII word, "zh" a CJK character
-    (`tokenize`'s two kinds); the `<...>` symbols are neither."""
+    """Ids of the vocabulary's words in `langs`: "zh" a CJK character, "en" any other word (the
+    runtime's own split, `edge.asr.text.is_cjk_token`); the special symbols are neither."""
+    from edge.asr.text import SPECIAL, is_cjk_token
+
     langs = set(langs)
-    bad = langs - {"en", "zh"}
+    bad = langs.difference(TAIL_LANGS)
     if bad:
         raise ValueError(f"tail languages must be en or zh, not {sorted(bad)}")
-    return frozenset(i for i, t in enumerate(vocab) if not t.startswith("<") and
-                     (("en" in langs and t.isascii()) or ("zh" in langs and not t.isascii())))
+    return frozenset(i for i, t in enumerate(vocab)
+                     if t not in SPECIAL and ("zh" if is_cjk_token(t) else "en") in langs)
 
 
 def losses(model, feats, targets, streaming: bool, left: int = 0, qty_weight: float = 1.0, ghost: float = 0.0,
@@ -610,7 +615,7 @@ def check_recipe_args(ap, args) -> dict:
     shares = (args.ghost_fires, args.shift_fires, args.tail_fires)
     if not (all(0.0 <= v <= 1.0 for v in shares) and sum(shares) <= 1.0):
         ap.error("--ghost-fires, --shift-fires and --tail-fires must be within [0, 1], and their sum too")
-    if args.tail_langs is not None and (not args.tail_langs or set(args.tail_langs) - {"en", "zh"}):
+    if args.tail_langs is not None and (not args.tail_langs or set(args.tail_langs).difference(TAIL_LANGS)):
         ap.error("--tail-langs takes en, zh or en,zh")
     return {"qty_weight": args.qty_weight, "source_filter": args.source_filter,
             "balance_languages": args.balance_languages, "ghost": args.ghost_fires, "shift": args.shift_fires,
