@@ -124,7 +124,7 @@ def cmd_run(args) -> int:
     cfg = DaemonConfig.load(args.config)
     overrides = {("model", "dir"): args.model, ("model", "backend"): args.backend, ("audio", "input"): args.input,
                  ("audio", "device"): args.device, ("events", "socket"): args.socket,
-                 ("grammar", "file"): args.grammar}
+                 ("grammar", "file"): args.grammar, ("model", "final_pass"): args.final_pass}
     for (section, key), value in overrides.items():
         if value is not None:
             setattr(getattr(cfg, section), key, value)
@@ -247,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, help="stop after this many seconds of audio")
     p.add_argument("--grammar", help="a grammar YAML (overrides grammar.file): finals carry intent, slots, "
                                      "confidence; non-commands become `rejected` events")
+    p.add_argument("--final-pass", choices=("auto", "streaming", "offline"),
+                   help="the final's decode (overrides model.final_pass): offline = two-pass, the utterance decoded "
+                        "again in full context; auto = offline for the shipped demo model only")
     p.add_argument("--zones", help="seat zones, one per input channel in order, e.g. driver,passenger: each its own "
                                    "wake word, VAD and stream; events carry `zone` (overrides [zones] names; none = mono)")
     p.add_argument("--verbose", "-v", action="count", default=0, help="log to stderr (-vv: debug)")

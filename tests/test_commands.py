@@ -35,8 +35,10 @@ def reading(text: str) -> tuple[str, dict]:
     return next((intent, slots) for intent, e_ids, slots, _ in g.expansions if tuple(e_ids) == ids)
 
 
-def daemon_events(path: str, grammar: str | None, wake: bool = True, silence_s: float = 0.15) -> list[dict]:
+def daemon_events(path: str, grammar: str | None, wake: bool = True, silence_s: float = 0.15,
+                  final_pass: str = "auto") -> list[dict]:
     cfg = DaemonConfig()
+    cfg.model.final_pass = final_pass
     cfg.audio.input, cfg.audio.realtime = path, False
     cfg.wake.enabled = wake
     cfg.grammar.file = grammar or ""
@@ -73,12 +75,14 @@ def test_a_non_command_is_rejected_with_what_was_heard(tmp_path):
     assert r["text"] and r["confidence"] < 0.5 and r["reason"] == "silence"
 
 
-def test_a_complete_command_ends_before_the_vad_timeout():
+@pytest.mark.parametrize("final_pass", ["streaming", "offline"])
+def test_a_complete_command_ends_before_the_vad_timeout(final_pass):
     """The same sample with and without the grammar: the command final comes on a short pause,
-    each final equal, the grammar's utterance shorter by about trailing_silence - command_silence."""
+    each final equal, the grammar's utterance shorter by about trailing_silence - command_silence.
+    Both ways of deciding it: a finished copy of the stream, or the audio so far decoded offline."""
     path = os.path.join(SAMPLES, "04_alexa_en.wav")
-    free = kinds(daemon_events(path, None), "final")
-    cmd = kinds(daemon_events(path, GRAMMAR), "final")
+    free = kinds(daemon_events(path, None, final_pass=final_pass), "final")
+    cmd = kinds(daemon_events(path, GRAMMAR, final_pass=final_pass), "final")
     assert [f["text"] for f in free] == [f["text"] for f in cmd] == [META["04_alexa_en.wav"]["command"]]
     assert free[0]["reason"] == "silence" and cmd[0]["reason"] == "command"
     shorter = free[0]["audio_s"] - cmd[0]["audio_s"]

@@ -623,6 +623,7 @@ def test_sighup_into_a_broken_model_keeps_the_old_one(tmp_path):
     ("[model\n", "not valid TOML"),
     ("[model]\nchunk_size = [0, 0, 5]\n", "chunk_size"),
     ("[model]\nbackend = 'gpu'\n", "model.backend 'gpu' is not one of"),
+    ("[model]\nfinal_pass = 'twice'\n", "model.final_pass 'twice' is not one of"),
 ])
 def test_bad_config_is_one_clear_line(tmp_path, text, msg):
     conf = tmp_path / "edge.toml"
@@ -647,7 +648,7 @@ def test_doctor_reports_what_would_run(tmp_path, portaudio):
     assert p.returncode == 0, p.stdout + p.stderr
     lines = {line.split()[1]: line.split()[0] for line in p.stdout.splitlines()}
     assert all(lines[k] == "ok" for k in ("cpu", "board", "model", "audio", "wake", "vad", "would")), p.stdout
-    assert "onnxruntime int8 on microphone filemic" in p.stdout
+    assert "onnxruntime int8 on microphone filemic" in p.stdout and "two-pass final (offline)" in p.stdout
 
     # another board's profile, a missing device and a broken model are each named, exit 1
     conf.write_text('board = "raspberry-pi-4"\n[audio]\ndevice = "usb-mic"\n[model]\ndir = "nowhere"\n')
@@ -667,3 +668,60 @@ def test_every_shipped_sample_back_to_back(tmp_path):
     p, events = run_cli(["run", "--input", path, "--fast"])
     assert p.returncode == 0, p.stderr
     assert [f["text"] for f in kinds(events, "final")] == [m["command"] for m in META.values()]
+
+
+# -- two-pass final --------------------------------------------------------------------------------
+def _accepted(d) -> list:
+    """Spy on the pipeline: every piece of audio its stream was given (what Pipeline.take returned)."""
+    pieces, take = [], d.pipeline.take
+
+    def spy(samples, t_capture):
+        x = take(samples, t_capture)
+        if x is not None:
+            pieces.append(x)
+        return x
+
+    d.pipeline.take = spy
+    return pieces
+
+
+def test_two_pass_final_is_the_utterance_decoded_offline(funasr_streaming_a):
+    """model.final_pass: "offline" publishes the utterance's audio decoded in full context (partials
+    still streamed), "streaming" the stream's own flush, "auto" streaming for any model but the
+    shipped demo. A FunASR-layout model with random weights, on which the two decodes differ."""
+    from edge.asr.recognizer import Recognizer
+
+    x = np.concatenate([SILENCE[:8000], command_only("03_okay_nabu_zh.wav"), SILENCE])
+    finals, partials, heard = {}, {}, {}
+    for final_pass in ("offline", "streaming", "auto"):
+        cfg = DaemonConfig()
+        cfg.model.dir, cfg.model.backend, cfg.model.final_pass = funasr_streaming_a, "ref", final_pass
+        cfg.wake.enabled = False
+        d = daemon(ScriptedSource(x), cfg.validated())
+        heard[final_pass] = _accepted(d)
+        assert d.run() == 0
+        (f,) = kinds(d.bus.history, "final")
+        finals[final_pass], partials[final_pass] = f["text"], [e["text"] for e in kinds(d.bus.history, "partial")]
+    assert all(len(np.concatenate(heard[k])) == len(np.concatenate(heard["offline"])) for k in heard)
+    # opened by the VAD (no wake word): the utterance starts vad.pre_roll_s before the block that opened it
+    assert len(heard["offline"][0]) == int(cfg.vad.pre_roll_s * 16000) + 320 and cfg.vad.pre_roll_s == 0.3
+    audio = np.concatenate(heard["offline"])
+    rec = Recognizer(funasr_streaming_a)
+    offline = rec.transcribe(audio).text
+    stream = rec.stream()
+    for piece in heard["offline"]:
+        stream.accept(piece)
+    stream.finish()
+    streamed = stream.result().text
+    assert offline != streamed, "the test needs a model whose two decodes differ"
+    assert finals == {"offline": offline, "streaming": streamed, "auto": streamed}
+    assert partials["offline"] == partials["streaming"] and partials["offline"], "partials stay streaming"
+
+
+def test_auto_final_pass_is_offline_for_the_shipped_demo_only(tmp_path):
+    from edge.asr.recognizer import Recognizer
+    from edge.daemon.pipeline import resolve_final_pass
+
+    assert resolve_final_pass("auto", Recognizer(DEMO)) == "offline"
+    assert resolve_final_pass("auto", Recognizer(_copy_demo(tmp_path))) == "streaming"  # a user's model
+    assert resolve_final_pass("streaming", Recognizer(DEMO)) == "streaming"

@@ -64,6 +64,7 @@ class ModelSection:
     threads: int = 1
     chunk_size: list = field(default_factory=list)  # [left, chunk, right] LFR frames; [] = the model's default
     hotwords: str = ""  # a hotword list (edge/asr/hotwords.py) boosting phrases in free decoding; "" = none
+    final_pass: str = "auto"  # streaming | offline (two-pass final) | auto (edge/daemon/pipeline.py resolve_final_pass)
 
 
 @dataclass
@@ -97,6 +98,7 @@ class VadSection:
     trailing_silence_s: float = 0.5
     no_speech_timeout_s: float = 5.0
     max_utterance_s: float = 15.0
+    pre_roll_s: float = 0.3  # wake word off: audio kept from before the VAD's first speech (edge.toml says why)
 
 
 @dataclass
@@ -179,6 +181,7 @@ class DaemonConfig:
     def validated(self) -> "DaemonConfig":
         from edge.asr.modeldir import check_chunk_size
         from edge.backends import BACKENDS
+        from edge.daemon.pipeline import FINAL_PASSES
 
         m, v, w = self.model, self.vad, self.wake
         if m.backend not in BACKENDS:
@@ -188,6 +191,8 @@ class DaemonConfig:
                 check_chunk_size(m.chunk_size)
             except ValueError as e:
                 raise ConfigError(f"model.{e} ([] = the model's default)") from None
+        if m.final_pass not in FINAL_PASSES:
+            raise ConfigError(f"model.final_pass {m.final_pass!r:.40} is not one of {', '.join(FINAL_PASSES)}")
         try:
             check_threads(m.threads, "model.threads")
         except ParaEdgeError as exc:
@@ -202,6 +207,7 @@ class DaemonConfig:
         if bad:
             raise ConfigError(f"wake.models: {bad[0]!r} is not a model name or a .json path")
         _within("wake.pre_roll_s", w.pre_roll_s, 0, 2)
+        _within("vad.pre_roll_s", v.pre_roll_s, 0, 2)
         _within("wake.cutoff", w.cutoff, 0, 1)
         _within("wake.window", w.window, 0, 1000)
         _within("wake.refractory_s", w.refractory_s, 0, 10)

@@ -53,6 +53,12 @@ def load_recognizer(cfg: DaemonConfig):
     return rec
 
 
+def pre_roll_s(cfg: DaemonConfig) -> float:
+    """Audio an utterance starts with from before its opening: after a wake word, a short tail
+    (its own speech is not the command); opened by the VAD, enough for silero's lag on soft onsets."""
+    return cfg.wake.pre_roll_s if cfg.wake.enabled else cfg.vad.pre_roll_s
+
+
 class Daemon:
     def __init__(self, cfg: DaemonConfig, source=None, bus: EventBus | None = None, duration_s: float | None = None,
                  signals: bool = False):
@@ -76,8 +82,8 @@ class Daemon:
 
             def pipeline(zone=None):  # each zone its own gate and VAD: their state is per channel
                 return Pipeline(self.recognizer, self._make_gate(cfg), SileroVad(cfg.vad.model or None), endpoint,
-                                self.bus, cfg.model.chunk_size, cfg.wake.pre_roll_s, zone=zone,
-                                command_silence_s=cfg.grammar.command_silence_s)
+                                self.bus, cfg.model.chunk_size, pre_roll_s(cfg), zone=zone,
+                                command_silence_s=cfg.grammar.command_silence_s, final_pass=cfg.model.final_pass)
 
             self.pipeline = (Zones([pipeline(z) for z in self.zones], self.bus, cfg.zones.batch_wait_ms / 1000.0)
                              if self.zones else pipeline())

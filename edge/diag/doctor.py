@@ -145,5 +145,9 @@ def diagnose(cfg: DaemonConfig, board: str | None = None, load_model: bool = Tru
         rec = state["rec"]
         src = cfg.audio.input or f"microphone {cfg.audio.device or '(default)'}"
         chunks = list(cfg.model.chunk_size or rec.config.chunk_size)
-        r.add("ok", "would run", f"{rec.backend.describe()} on {src}, {cfg.model.threads} thread(s), chunks {chunks}")
+        from edge.daemon.pipeline import resolve_final_pass
+
+        final = resolve_final_pass(cfg.model.final_pass, rec)
+        final = "two-pass final (offline)" if final == "offline" else "streaming final"
+        r.add("ok", "would run", f"{rec.backend.describe()} on {src}, {cfg.model.threads} thread(s), chunks {chunks}, {final}")
     return r
