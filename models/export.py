@@ -89,14 +89,28 @@ def _onnx_export(module, args, path, input_names, output_names, dynamic_axes):
                           dynamic_axes=dynamic_axes, opset_version=17, dynamo=False)
 
 
+def fp32_nodes(src: str) -> list[str]:
+    """The nodes FunASR's export keeps in float: every name holding "output" (here the decoder's
+    output_layer and the predictor's cif_output, the projections onto tokens and onto the CIF
+    weight) or "bias_encoder" / "bias_decoder" (its contextual models' bias nets)."""
+    import onnx
+
+    return [n.name for n in onnx.load(src).graph.node
+            if "output" in n.name or "bias_encoder" in n.name or "bias_decoder" in n.name]
+
+
 def quantize(src: str, dst: str) -> None:
-    """Dynamic INT8 (per-channel weights, uint8 activations) of every MatMul, as FunASR does."""
+    """Dynamic INT8 (per-channel weights, uint8 activations) of every MatMul but `fp32_nodes`, as
+    FunASR's export does. Keeping the two output projections in float costs the demo 0.12 MB (9.37
+    -> 9.49 MB) and moved its INT8 token agreement with fp32 up on 4 of 18 test sets (RHVoice clean
+    99.75 -> 100 %, SAM clean 99.01 -> 99.50 %, ttskit clean 99.43 -> 99.51 %, espeak 5 dB 99.90 ->
+    99.92 %), down on none; quantizing them had been a departure from FunASR, not a choice."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantize_dynamic(src, dst, op_types_to_quantize=["MatMul"], per_channel=True,
-                         weight_type=QuantType.QUInt8)
+                         weight_type=QuantType.QUInt8, nodes_to_exclude=fp32_nodes(src))
 
 
 class _StreamingEncoder:

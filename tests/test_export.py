@@ -68,6 +68,22 @@ def test_offline_files_and_metadata(exported_offline):
     assert os.path.getsize(md.file("model_quant.onnx")) < os.path.getsize(md.file("model.onnx"))
 
 
+@pytest.mark.parametrize("which", ["offline", "streaming"])
+def test_int8_keeps_the_output_projections_float_as_funasr(which, request):
+    """FunASR's export excludes every node named "output" from quantize_dynamic: the decoder's
+    output_layer and the predictor's cif_output stay float MatMuls; every other weight MatMul is INT8."""
+    d = request.getfixturevalue(f"exported_{which}")
+    files = ["model_quant.onnx"] + (["decoder_quant.onnx"] if which == "streaming" else [])
+    float_mm, nodes = set(), []
+    for f in files:
+        g = onnx.load(os.path.join(d, f)).graph
+        weights = {i.name for i in g.initializer}
+        nodes += g.node
+        float_mm |= {n.name.split("/")[-2] for n in g.node if n.op_type == "MatMul" and weights.intersection(n.input)}
+    assert float_mm == {"output_layer", "cif_output"}, float_mm
+    assert sum(n.op_type == "MatMulInteger" for n in nodes) >= 20
+
+
 def test_streaming_files_and_metadata(exported_streaming):
     md = ModelDir(exported_streaming)
     dec = onnx.load(md.file("decoder.onnx"))
