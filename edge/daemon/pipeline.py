@@ -183,7 +183,11 @@ class Pipeline:
         return resolve_final_pass(self.final_pass, self.recognizer) == "offline"
 
     def decode_offline(self):
-        """The utterance so far decoded in full context (the two-pass final; grammar and hotwords apply)."""
+        """The utterance so far decoded in full context (the two-pass final; grammar and hotwords apply).
+        All of it, the trailing silence the VAD waited for included: cutting it 0.15 s after the VAD's
+        speech end was measured and not kept (right finals through this pipeline, whole / cut: 800
+        training renders 98.2 / 98.9 %, espeak held-out 99.0 / 98.3 %, Kokoro 95.1 / 95.8 %; 0.3 s:
+        espeak 99.0 %), a wash that would also risk the soft endings of real speakers' last words."""
         return self.recognizer.transcribe(np.concatenate(self.audio).astype(np.float32, copy=False))
 
     def command_final(self) -> bool:
