@@ -725,3 +725,21 @@ def test_auto_final_pass_is_offline_for_the_shipped_demo_only(tmp_path):
     assert resolve_final_pass("auto", Recognizer(DEMO)) == "offline"
     assert resolve_final_pass("auto", Recognizer(_copy_demo(tmp_path))) == "streaming"  # a user's model
     assert resolve_final_pass("streaming", Recognizer(DEMO)) == "streaming"
+
+
+@pytest.mark.parametrize("final_pass", ["streaming", "offline"])
+def test_a_wake_without_speech_ends_with_an_empty_final(final_pass):
+    """A wake word, then only car noise: the VAD ends it as no_speech, and the final says nothing
+    rather than the words a decoder makes up from noise (before: "driver", "next", "关闭")."""
+    from paraedge_tools.recipe.augment import car_noise
+
+    name = "02_alexa_en.wav"
+    wake = sample(name)[: int(META[name]["command_start_s"] * 16000)]
+    noise = (car_noise(7 * 16000, np.random.default_rng(2)) * 10 ** (-35 / 20)).astype(np.float32)
+    cfg = DaemonConfig()
+    cfg.model.final_pass = final_pass
+    d = daemon(ScriptedSource(np.concatenate([wake, noise])), cfg.validated())
+    assert d.run() == 0
+    assert len(kinds(d.bus.history, "wake")) == 1
+    (f,) = kinds(d.bus.history, "final")
+    assert (f["reason"], f["text"], f["tokens"]) == ("no_speech", "", [])

@@ -234,7 +234,12 @@ class Pipeline:
             return
         if result is None:
             t0 = time.perf_counter()
-            if self.offline_final():
+            if self.endpoint.speech_end_s is None:
+                # the VAD heard no speech (a false wake, then cabin noise): decoding noise makes words
+                # up, "driver", "next", "关闭" in 6 of 6 such tries with either final; say nothing instead
+                rec = self.recognizer
+                result = rec.understand(rec.ids_to_result([], log_probs=rec.stack_rows([])))
+            elif self.offline_final():
                 result = self.decode_offline()  # the stream's own flush is not needed: it would be discarded
             else:
                 stream.finish()
