@@ -1167,6 +1167,27 @@ def test_absurd_chunk_size_is_refused(tmp_path, value):
         DaemonConfig.load(str(path))
 
 
+@pytest.mark.parametrize("backend, int8", [("ref", False), ("onnxruntime", True)])
+@pytest.mark.parametrize("extra", [0, 500])
+def test_chunk_size_without_context_finishes(backend, int8, extra):
+    """chunk_size [0, 10, 0] keeps no context frames, so a final chunk with under a frame of new
+    audio had an empty window: the reference raised "zero-size array" from its softmax, onnxruntime
+    failed as if the model were corrupt, and the daemon lost the utterance. The final now only
+    flushes CIF's tail; the partial tokens stay a prefix of the final's."""
+    from edge.asr.audio import load_audio
+    from edge.asr.recognizer import Recognizer
+
+    x = load_audio(SAMPLE)[0]
+    x = x[: len(x) // 9600 * 9600 + extra]  # whole 600 ms chunks, then under one 60 ms frame
+    rec = Recognizer(DEMO, backend, int8=int8, threads=1)
+    stream = rec.stream(chunk_size=(0, 10, 0))
+    partial = list(stream.accept(x))
+    stream.finish()
+    ids = stream.result().token_ids
+    assert ids[: len(partial)] == partial and ids
+    assert ids == Recognizer(DEMO).transcribe_streaming(x, chunk_size=(0, 10, 0)).token_ids
+
+
 def test_cli_absurd_chunk_size_is_one_line():
     r = cli("transcribe", SAMPLE, "--model", DEMO, "--streaming", "--chunk-size", "0,10,99999999999")
     assert r.returncode == 2

@@ -319,10 +319,18 @@ class Recognizer:
         """One chunk of each stream: encoder (one batched call), CIF (per stream), decoder (one
         batched call for the streams whose CIF fired) -> each stream's new token ids."""
         clock = self.clock
+        full = [w for w in windows if w.shape[0]]
         with clock("encoder"):
-            encoded = self.backend.encode_batch(windows)
+            encoded = iter(self.backend.encode_batch(full) if full else [])
         fired = []
-        for s, window, (enc, alphas) in zip(streams, windows, encoded):
+        for s, window in zip(streams, windows):
+            if window.shape[0]:
+                enc, alphas = s.last_enc = next(encoded)
+            else:
+                # A final chunk with no frames (chunk_size [0, N, 0] and under a frame of audio left):
+                # only CIF's tail to flush; a token it fires is decoded against the last chunk's frames
+                enc, alphas = (s.last_enc[0] if s.last_enc is not None else np.zeros((0, self.config.d_model), F32),
+                               np.zeros(0, F32))
             left, chunk, _ = s.chunk_size
             s.chunks += 1
             s.encoder_frames += window.shape[0]
@@ -331,7 +339,7 @@ class Recognizer:
             if not final:
                 alphas[left + chunk :] = 0.0
             with clock("cif"):
-                embeds = s.cif.step(enc, alphas, final)
+                embeds = s.cif.step(enc[: alphas.shape[0]], alphas, final)
             if embeds.shape[0] >= 1:
                 fired.append((s, enc, embeds))
         new = {id(s): [] for s in streams}
@@ -364,6 +372,7 @@ class Stream:
         self.context = np.zeros((left + right, rec.config.input_size), F32)  # prepared frames
         self.position = 0
         self.caches = None
+        self.last_enc = None  # (enc, alphas) of the last chunk encoded
         self.pending = np.zeros(0, F32)
         self.ids: list[int] = []
         self.rows: list[np.ndarray] = []  # each decoder step's log-probs, for a grammar on the final
