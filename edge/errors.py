@@ -26,3 +26,20 @@ def sub_dict(d: dict, key: str, name: str, error: type = ParaEdgeError, kind: st
     if not isinstance(value, dict):
         raise error(f"{name} must be a {kind}, got {type(value).__name__}")
     return value
+
+
+def open_regular(path, mode: str = "r", **kwargs):
+    """open(), refusing a FIFO or device where a file is read whole: opening a FIFO blocks until a
+    writer comes (config.yaml, a hotword list, a grammar or edge.toml made a FIFO hung `info`,
+    `transcribe` and `doctor` forever). Raises OSError (EINVAL) naming the path, as open() would."""
+    import errno
+    import os
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return open(path, mode, **kwargs)  # open() raises the usual FileNotFoundError etc.
+    if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file (a pipe or device?); give a file", str(path))
+    return open(path, mode, **kwargs)

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,6 +80,45 @@ def test_not_a_regular_file_is_named_as_such(tmp_path, kind):
         load_audio(path)
     assert "no such file" not in str(e.value)
     assert ("directory" if kind == "directory" else "not a regular file") in str(e.value)
+
+
+@pytest.mark.parametrize("which", ["config.yaml", "hotwords", "grammar", "edge.toml"])
+def test_a_fifo_in_place_of_a_text_file_is_refused_not_waited_on(tmp_path, which):
+    """Each of these was opened and read whole: a FIFO there blocked `info`, `transcribe` and
+    `doctor` forever (no writer ever comes). The subprocess timeout is what would catch a hang."""
+    model = DEMO
+    if which == "config.yaml":
+        model = str(tmp_path / "model")
+        shutil.copytree(DEMO, model, ignore=shutil.ignore_patterns("samples", "*.png", "*.csv"))
+        os.remove(os.path.join(model, "config.yaml"))
+        fifo = os.path.join(model, "config.yaml")
+    else:
+        fifo = str(tmp_path / {"hotwords": "hot.txt", "grammar": "g.yaml", "edge.toml": "edge.toml"}[which])
+    os.mkfifo(fifo)
+    args = {"config.yaml": ["info", model], "hotwords": ["transcribe", "-m", model, "--hotwords", fifo, SAMPLE],
+            "grammar": ["transcribe", "-m", model, "--grammar", fifo, SAMPLE], "edge.toml": ["doctor", "-c", fifo]}[which]
+    r = subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 2
+    line = _one_error_line(r)
+    assert fifo in line and "not a regular file" in line
+
+
+def test_control_characters_in_a_grammar_are_one_line_with_the_place(tmp_path):
+    from edge.grammar.spec import GrammarError, load_spec
+    from tests.conftest import demo_tokens
+
+    path = tmp_path / "g.yaml"
+    path.write_bytes(Path(DEMO, "grammar.yaml").read_bytes().replace(b"intents:", b"intents:\x07", 1))
+    with pytest.raises(GrammarError, match=r"g\.yaml:\d+: bad YAML: .*'\\x07'.*remove the control character"):
+        load_spec(str(path), demo_tokens())
+
+
+def test_a_deeply_nested_edge_toml_is_one_line(tmp_path):
+    """tomllib recurses per nesting level: 5,000 '[' raised RecursionError out of `paraedge doctor`."""
+    path = tmp_path / "edge.toml"
+    path.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        DaemonConfig.load(str(path))
 
 
 def test_non_utf8_file_name_with_json_does_not_lose_the_batch(tmp_path, good_wav):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.asr.text import TokenIndex
-from edge.errors import ParaEdgeError
+from edge.errors import ParaEdgeError, open_regular
 
 # nats per token, measured on the demo model's held-out voices (tools/recipe/hotword_eval.py, 8
 # phrases, 776 utterances per set, offline and streaming): 0.5 lifted streaming recall at -3 dB car
@@ -63,7 +63,7 @@ class Hotwords:
     @classmethod
     def load(cls, path: str, tokens: list[str], drop: set[int]) -> "Hotwords":
         try:
-            with open(path, encoding="utf-8") as f:
+            with open_regular(path, encoding="utf-8") as f:
                 lines = f.read().splitlines()
         except FileNotFoundError:
             raise HotwordError(f"{path}: no such hotword file") from None

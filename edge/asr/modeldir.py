@@ -18,7 +18,7 @@ from functools import cached_property
 
 import numpy as np
 
-from edge.errors import ModelError, sub_dict
+from edge.errors import ModelError, open_regular, sub_dict
 from edge.asr.frontend import Cmvn, Frontend, FrontendConfig
 
 OFFLINE_MODELS = ("Paraformer",)
@@ -206,7 +206,7 @@ def _read_yaml(path):
     import yaml
 
     try:
-        with open(path, encoding="utf-8") as f:
+        with open_regular(path, encoding="utf-8") as f:
             return yaml.safe_load(f)
     except FileNotFoundError:
         raise ModelError(f"{path}: missing (a FunASR model dir needs config.yaml)") from None
@@ -214,8 +214,10 @@ def _read_yaml(path):
         raise ModelError(f"{path}: not UTF-8 text (a binary file?); it must be FunASR's YAML config") from None
     except yaml.YAMLError as exc:
         raise ModelError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    except (OSError, RecursionError) as exc:
-        raise ModelError(f"{path}: cannot be read ({type(exc).__name__}: {str(exc)[:100]})") from None
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except RecursionError:
+        raise ModelError(f"{path}: not valid YAML (nested too deeply)") from None
 
 
 _TOKEN_LINE = re.compile(r"(.+) ([0-9]+)")  # "<token> <id>"
@@ -231,10 +233,12 @@ def read_tokens(model_dir) -> list[str]:
     path = tokens_file(model_dir)
     if path.endswith(".json"):
         try:
-            with open(path, encoding="utf-8") as f:
+            with open_regular(path, encoding="utf-8") as f:
                 tokens = json.load(f)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise ModelError(f"{path}: not valid JSON ({str(exc)[:100]})") from None
+        except OSError as exc:
+            raise ModelError(f"{path}: cannot be read ({exc.strerror})") from None
         if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
             raise ModelError(f"{path}: expected a JSON list of token strings")
     elif os.path.isfile(path):  # sherpa-onnx style "token id" per line

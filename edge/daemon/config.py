@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.errors import ParaEdgeError
+from edge.errors import ParaEdgeError, open_regular
 from edge.platform import check_threads
 
 try:
@@ -139,7 +139,7 @@ class DaemonConfig:
         if not path:
             return cls().validated()
         try:
-            with open(path, "rb") as f:
+            with open_regular(path, "rb") as f:
                 raw = tomllib.load(f)
         except OSError as exc:
             raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
@@ -147,6 +147,8 @@ class DaemonConfig:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: not UTF-8 text; save edge.toml as UTF-8") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: not valid TOML (nested too deeply)") from None
         cfg = cls(path=str(path))
         base = Path(path).resolve().parent
         sections = [f.name for f in dataclasses.fields(cfg) if f.name not in ("board", "path")]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from edge.asr.text import SPECIAL, TokenIndex, tokens_to_text
-from edge.errors import ParaEdgeError
+from edge.errors import ParaEdgeError, open_regular
 from edge.grammar import slots as S
 
 
@@ -84,15 +84,22 @@ class _Reader:
         return GrammarError(f"{self.path}:{line}: {msg}")
 
     def compose(self, text: str):
-        self.loader = yaml.SafeLoader(text)
         try:
+            self.loader = yaml.SafeLoader(text)  # its reader refuses control characters here
             return self.loader.get_single_node()
         except yaml.MarkedYAMLError as e:
             mark = e.problem_mark or e.context_mark
             line = mark.line + 1 if mark else 1
             raise GrammarError(f"{self.path}:{line}: bad YAML: {e.problem or e.context}; fix the syntax there") from None
+        except yaml.reader.ReaderError as e:
+            line = text.count("\n", 0, e.position) + 1
+            char = chr(e.character) if isinstance(e.character, int) else e.character
+            raise GrammarError(f"{self.path}:{line}: bad YAML: {e.reason} ({char!r}, character {e.position + 1}); "
+                               "remove the control character") from None
         except yaml.YAMLError as e:
             raise GrammarError(f"{self.path}:1: bad YAML: {e}") from None
+        except RecursionError:
+            raise GrammarError(f"{self.path}:1: bad YAML: nested too deeply") from None
 
     def mapping(self, node, what: str) -> list:
         """[(key, key_node, value_node)] of a mapping node; duplicate keys are errors."""
@@ -342,7 +349,7 @@ def load_spec(path: str, tokens: list) -> Spec:
     path = str(path)
     r = _Reader(path)
     try:
-        with open(path, encoding="utf-8") as f:
+        with open_regular(path, encoding="utf-8") as f:
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise GrammarError(f"{path}:1: cannot read the grammar: {e}") from None
