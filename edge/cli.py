@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -43,6 +44,31 @@ def _int_list(text: str) -> list[int]:
         return [int(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas, got {text!r:.40}") from None
+
+
+def _count(least: int):
+    """An argparse type: a whole number >= `least` (--runs 0 divided by zero after the warm-up)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < least:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {text!r:.40}")
+        return value
+    return parse
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0 (nan / inf crashed the daemon's sample limit;
+    -1 stopped it at once, silently)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (0 < value < 1e9):
+        raise argparse.ArgumentTypeError(f"expected seconds, more than 0 and under 1e9, got {text!r:.40}")
+    return value
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -223,8 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(every available backend + sherpa-onnx/funasr-onnx peers)")
     p.add_argument("--audio", nargs="+", help="WAV files to decode")
     p.add_argument("--threads", type=int, default=1, help="threads for every backend and peer (default 1)")
-    p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--runs", type=_count(1), default=5)
+    p.add_argument("--warmup", type=_count(0), default=1)
     p.add_argument("--streaming", action="store_true")
     p.add_argument("--peers", action="store_true", help="include peers with an explicit backend list")
     p.add_argument("--streams", type=_int_list, default=[1], metavar="N[,N...]",
@@ -244,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--socket", help="UNIX socket for events and commands (mode 0600)")
     p.add_argument("--wake", nargs="+", help="wake-word models: built-in names or microWakeWord .json paths")
     p.add_argument("--no-wake", action="store_true", help="no wake word: the VAD opens every utterance")
-    p.add_argument("--duration", type=float, help="stop after this many seconds of audio")
+    p.add_argument("--duration", type=_seconds, help="stop after this many seconds of audio")
     p.add_argument("--grammar", help="a grammar YAML (overrides grammar.file): finals carry intent, slots, "
                                      "confidence; non-commands become `rejected` events")
     p.add_argument("--final-pass", choices=("auto", "streaming", "offline"),

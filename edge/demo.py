@@ -49,8 +49,10 @@ def run(model: str | None = None, out: str | None = None) -> int:
     from edge.asr.audio import SAMPLE_RATE, load_audio
     from edge.asr.recognizer import Recognizer
     from edge.assets import demo_model_dir
-    from edge.errors import ParaEdgeError
+    from edge.errors import ParaEdgeError, check_output_dir
 
+    if out:
+        check_output_dir(out, "--out")
     model = model or str(demo_model_dir())
     samples = load_samples(model)
     print(f"model: {model}")

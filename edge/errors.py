@@ -43,3 +43,12 @@ def open_regular(path, mode: str = "r", **kwargs):
     if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
         raise OSError(errno.EINVAL, "not a regular file (a pipe or device?); give a file", str(path))
     return open(path, mode, **kwargs)
+
+
+def check_output_dir(path: str, option: str) -> None:
+    """Refuse, before any work, an output directory that cannot be made: an existing file there
+    made os.makedirs raise FileExistsError after a whole profiling run."""
+    import os
+
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ParaEdgeError(f"{option} {path}: exists and is not a directory; give a directory (it is created if missing)")

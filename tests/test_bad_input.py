@@ -121,6 +121,30 @@ def test_a_deeply_nested_edge_toml_is_one_line(tmp_path):
         DaemonConfig.load(str(path))
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["run", "--input", SAMPLE, "--fast", "--duration", "nan"], "--duration"),  # ValueError traceback
+    (["run", "--input", SAMPLE, "--fast", "--duration", "1e308"], "--duration"),  # OverflowError traceback
+    (["run", "--input", SAMPLE, "--fast", "--duration", "-1"], "--duration"),  # stopped at once, exit 0
+    (["profile", "-m", DEMO, "--audio", SAMPLE, "-b", "ref", "--runs", "0"], "--runs"),  # ZeroDivisionError
+    (["profile", "-m", DEMO, "--audio", SAMPLE, "-b", "ref", "--warmup", "-1"], "--warmup"),  # IndexError
+])
+def test_absurd_counts_and_durations_are_refused(args, needle):
+    r = _cli(*args)
+    err = r.stderr.decode()
+    assert r.returncode == 2 and "Traceback" not in err and f"argument {needle}:" in err, err
+
+
+@pytest.mark.parametrize("args", [["profile", "-m", DEMO, "--audio", SAMPLE, "-b", "ref", "--runs", "1", "-o"],
+                                  ["demo", "--out"]])
+def test_an_output_dir_that_is_a_file_is_refused_before_any_work(tmp_path, args):
+    """os.makedirs raised FileExistsError after the whole run; the file is left as it was."""
+    path = tmp_path / "keep.txt"
+    path.write_text("mine")
+    r = _cli(*args, str(path))
+    assert r.returncode == 2 and str(path) in _one_error_line(r) and r.stdout == b""
+    assert path.read_text() == "mine"
+
+
 def test_non_utf8_file_name_with_json_does_not_lose_the_batch(tmp_path, good_wav):
     odd = os.path.join(os.fsencode(str(tmp_path)), b"caf\xe9.wav")
     shutil.copy(good_wav, odd)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge.diag import markers
-from edge.errors import BackendUnavailable, ParaEdgeError
+from edge.errors import BackendUnavailable, ParaEdgeError, check_output_dir
 from edge.platform import cpu_model, limit_threads, machine
 from edge.asr.audio import SAMPLE_RATE
 
@@ -534,6 +534,8 @@ def run_cli(args) -> int:
             backends.append("tvm")
     if not args.audio:
         raise ParaEdgeError("profile needs --audio FILE.wav [...]")
+    if args.output:
+        check_output_dir(args.output, "--output")
     board = None
     if args.board:  # the profile the numbers are for; a CPU that cannot run it is refused up front
         from edge.boards import check_runs_here, load_board
