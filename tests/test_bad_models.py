@@ -104,6 +104,10 @@ CONFIGS = {
     "frame_shift_tiny": (_set("frontend_conf", "frame_shift", 0.01), "frontend_conf.frame_shift", "one sample"),
     "sanm_shfit_past_kernel": (_set("decoder_conf", "sanm_shfit", 9), "decoder_conf.sanm_shfit", "got 9"),
     "num_blocks_float": (_set("encoder_conf", "num_blocks", 2.5), "encoder_conf.num_blocks", "2.5"),
+    # fewer layers than the weights hold decoded "open down" / nothing, exit 0
+    "num_blocks_fewer": (_set("encoder_conf", "num_blocks", 5), "'encoder.encoders.4.", "num_blocks"),
+    "decoder_layers_fewer": (lambda c: c["decoder_conf"].update(num_blocks=2, att_layer_num=2), "'decoder.decoders.2.",
+                             "att_layer_num"),
     "cif_threshold_0": (_set("predictor_conf", "threshold", 0), "predictor_conf.threshold", "got 0"),
     "input_size_80": (_set(None, "input_size", 80), "input_size 80", "560"),
     "encoder_conf_list": (_set(None, "encoder_conf", [1, 2]), "encoder_conf must be a mapping"),

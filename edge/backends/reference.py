@@ -40,6 +40,19 @@ class _Weights:
         self.used.add(name)
         return a
 
+    def check_all_layers_used(self) -> None:
+        """Layers of a stack the model built that the weights hold past config.yaml's count: with
+        `num_blocks: 5` on 6-layer weights the model decoded "open down", with 2 nothing, exit 0.
+        Stacks the model never builds (a CTC head, another model's parts) are not layers here."""
+        import re
+
+        layer = re.compile(r"(.+?\.)\d+\.")
+        built = {m.group(1) for n in self.used if (m := layer.match(n))}
+        extra = sorted(n for n in self.arrays if n not in self.used and (m := layer.match(n)) and m.group(1) in built)
+        if extra:
+            raise ModelError(f"{self.where}: the weights hold '{extra[0]}' ({len(extra)} tensors) past the layer counts "
+                             f"of config.yaml; set its num_blocks / att_layer_num to the trained model's")
+
     def linear(self, prefix: str, n_in: int, n_out: int, bias: bool = True):
         w = self.get(prefix + ".weight", (n_out, n_in)).T.copy()
         b = self.get(prefix + ".bias", (n_out,)) if bias else None
@@ -193,6 +206,7 @@ class ReferenceBackend(Backend):
         self.dec_norm = w.norm("decoder.after_norm", d)
         self.output = w.linear("decoder.output_layer", d, vocab)
         self.fsmn_layers = len(self.decoders) + len(self.decoders2)
+        w.check_all_layers_used()
 
     # -- the seam ---------------------------------------------------------------------------
     batched = True  # streams' rows stacked: exact, each row's arithmetic is the same alone or stacked
