@@ -655,8 +655,38 @@ def test_doctor_reports_what_would_run(tmp_path, portaudio):
     p, _ = run_cli(["doctor", "--config", str(conf)], home)
     assert p.returncode == 1
     fails = {line.split()[1]: line for line in p.stdout.splitlines() if line.startswith("FAIL")}
-    assert set(fails) == {"board", "audio", "model"}, p.stdout
+    assert set(fails) == {"board", "audio", "model", "would"}, p.stdout  # and so nothing would run
     assert "aarch64" in fails["board"] and "'usb-mic' not found" in fails["audio"] and "nowhere" in fails["model"]
+
+
+def test_doctor_reads_the_input_file_and_checks_the_vad_model(tmp_path):
+    """doctor said "ok audio" for a text file given as --input and "ok vad" for the ASR model given as
+    the VAD (whose `run` then lost every utterance to an error event), and "ok would run" after both."""
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio")
+    conf = tmp_path / "edge.toml"
+    conf.write_text(f'[vad]\nmodel = "{os.path.join(DEMO, "model_quant.onnx")}"\n')
+    p, _ = run_cli(["doctor", "--config", str(conf), "--input", str(text)])
+    assert p.returncode == 1, p.stdout + p.stderr
+    fails = {line.split()[1]: line for line in p.stdout.splitlines() if line.startswith("FAIL")}
+    assert set(fails) == {"audio", "vad", "would"}, p.stdout
+    assert "not a readable WAV file" in fails["audio"] and "not a silero VAD" in fails["vad"]
+    conf.write_text("")
+    p, _ = run_cli(["doctor", "--config", str(conf), "--input", os.path.join(SAMPLES, "02_alexa_en.wav")])
+    assert p.returncode == 0 and "ok    would run" in p.stdout, p.stdout
+
+
+@pytest.mark.parametrize("vad_model", ["missing.onnx", "model_quant.onnx"])
+def test_run_with_a_bad_vad_model_is_one_line(tmp_path, vad_model):
+    """The VAD is built in the same call as the wake gate: its error unwound past the gate's
+    pymicro_features frontend, whose dealloc turned it into 'SystemError: error return without
+    exception set' (exit 1; a segfault elsewhere). A wrong model passed load and lost every utterance."""
+    conf = tmp_path / "edge.toml"
+    path = os.path.join(DEMO, vad_model) if vad_model == "model_quant.onnx" else str(tmp_path / vad_model)
+    conf.write_text(f'[vad]\nmodel = "{path}"\n')
+    p, events = run_cli(["run", "--config", str(conf), "--input", os.path.join(SAMPLES, "02_alexa_en.wav"), "--fast"])
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.count("\n") == 1 and path in p.stderr and not kinds(events, "final"), p.stderr
 
 
 def test_every_shipped_sample_back_to_back(tmp_path):

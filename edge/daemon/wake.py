@@ -256,6 +256,22 @@ class WakeModel:
         return len(self._probs) >= self.window
 
 
+class _HeldFrontend:
+    """pymicro_features' MicroFrontend, freed only from this __del__. Its own dealloc crashes the
+    process (a segfault, or a SystemError in place of the error) when it runs while an exception
+    unwinds: a daemon whose VAD model failed to load, with the gate built in the same call, died so.
+    CPython sets the pending exception aside around a __del__, so the frontend is freed in the clear."""
+
+    def __init__(self, cls):
+        self.fe = cls()
+
+    def process_samples(self, samples: bytes):
+        return self.fe.process_samples(samples)
+
+    def __del__(self):
+        self.fe = None
+
+
 class WakeGate:
     """Feature frontend shared by one or more wake models; `process()` returns a Detection or None.
 
@@ -276,7 +292,7 @@ class WakeGate:
             raise WakeError("pymicro-features is not installed (pip install pymicro-wakeword)") from None
         self._Frontend = MicroFrontend
         self.models = [WakeModel(m, cutoff, window, verify) for m in models]
-        self._frontend = MicroFrontend()
+        self._frontend = _HeldFrontend(MicroFrontend)
         self._heard: deque[np.ndarray] = deque(maxlen=FRAMES)  # what a verifier looks at
         self.vetoed = 0  # candidates a verifier turned down (for the daemon's stats)
         self._pending = b""
@@ -291,7 +307,7 @@ class WakeGate:
     def reset(self) -> None:
         for m in self.models:
             m.reset()
-        self._frontend = self._Frontend()
+        self._frontend = _HeldFrontend(self._Frontend)
         self._heard.clear()
         self._pending = b""
         self._quiet = 0

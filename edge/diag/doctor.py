@@ -96,12 +96,11 @@ def diagnose(cfg: DaemonConfig, board: str | None = None, load_model: bool = Tru
 
         zones = list(cfg.zones.names)
         if cfg.audio.input:
-            if not os.path.isfile(cfg.audio.input):
-                return "FAIL", f"file input {cfg.audio.input}"
-            if zones:  # the header's channel count against the zones, as `run` would refuse it
-                from edge.asr.audio import open_audio
+            from edge.asr.audio import open_audio
 
-                channels = open_audio(cfg.audio.input)[1].channels
+            # read as `run` will: a missing, empty or non-WAV file is a FAIL with its reason here
+            channels = open_audio(cfg.audio.input)[1].channels
+            if zones:  # the header's channel count against the zones, as `run` would refuse it
                 if channels != len(zones):
                     raise ParaEdgeError(f"file input {cfg.audio.input} has {channels} channel(s) but zones names "
                                         f"{len(zones)} ({', '.join(zones)}); give a {len(zones)}-channel WAV or change "
@@ -141,7 +140,9 @@ def diagnose(cfg: DaemonConfig, board: str | None = None, load_model: bool = Tru
         return "ok", f"silero VAD {SileroVad(cfg.vad.model or None).path}; ends after {cfg.vad.trailing_silence_s} s of silence"
     r.check("vad", vad)
 
-    if "rec" in state:
+    if r.failed:
+        r.add("FAIL", "would run", f"nothing: {r.failed} check(s) above failed")
+    elif "rec" in state:
         rec = state["rec"]
         src = cfg.audio.input or f"microphone {cfg.audio.device or '(default)'}"
         chunks = list(cfg.model.chunk_size or rec.config.chunk_size)
