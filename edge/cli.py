@@ -84,6 +84,11 @@ def cmd_transcribe(args) -> int:
     from edge.asr.audio import load_audio, open_audio
     from edge.asr.recognizer import Recognizer
 
+    if args.chunk_size is not None and not args.streaming:  # it was ignored, unchecked
+        raise ParaEdgeError("--chunk-size sets the streaming chunks: add --streaming, or leave it out")
+    if args.int8 and args.backend == "ref":  # it was ignored: the numpy reference is fp32 by definition
+        raise ParaEdgeError("--int8 selects onnxruntime's INT8 graphs; the ref backend is the fp32 reference: "
+                            "leave it out, or use -b onnxruntime --int8")
     t0 = time.perf_counter()
     rec = Recognizer(args.model, backend=args.backend, threads=args.threads, int8=args.int8, grammar=args.grammar,
                      hotwords=args.hotwords)

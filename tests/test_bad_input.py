@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -145,6 +147,46 @@ def test_an_output_dir_that_is_a_file_is_refused_before_any_work(tmp_path, args)
     assert path.read_text() == "mine"
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["--chunk-size", "0,10,-5"], "--chunk-size"),  # without --streaming it was ignored, unchecked
+    (["-b", "ref", "--int8"], "--int8"),  # ignored: the reference is fp32
+])
+def test_options_that_would_be_ignored_are_refused(good_wav, args, needle):
+    r = _cli("transcribe", "--model", DEMO, *args, good_wav)
+    assert r.returncode == 2 and needle in _one_error_line(r)
+
+
+def test_a_hotword_list_with_a_bom_loads(tmp_path, good_wav):
+    """Notepad's UTF-8 starts with a BOM: it was read as part of the first hotword ("'\\ufeff' is not a token")."""
+    path = tmp_path / "hot.txt"
+    path.write_bytes("\ufeffopen the window\t2.0\n".encode("utf-8"))
+    r = _cli("transcribe", "--model", DEMO, "--hotwords", str(path), good_wav)
+    assert r.returncode == 0, r.stderr
+
+
+def test_wav_errors_say_what_is_wrong_in_the_users_terms(tmp_path, good_wav):
+    """scipy's own words leaked: "cannot access local variable 'data'..." for a file with no data chunk."""
+    raw = open(good_wav, "rb").read()
+    nodata = tmp_path / "nodata.wav"
+    head = raw[: raw.index(b"data")]  # RIFF + fmt, then the end, the RIFF size saying so
+    nodata.write_bytes(head[:4] + struct.pack("<I", len(head) - 8) + head[8:])
+    with pytest.raises(AudioError, match="no 'data' chunk"):
+        load_audio(str(nodata))
+
+
+def test_a_non_float_weight_is_named_not_reported_missing(tmp_path):
+    from edge.asr.recognizer import Recognizer
+
+    model = tmp_path / "m"
+    shutil.copytree(DEMO, model, ignore=shutil.ignore_patterns("samples", "*.png", "*.csv"))
+    w = dict(np.load(model / "model.npz"))
+    key = "encoder.encoders.1.feed_forward.w_1.bias"
+    w[key] = w[key].astype(np.int64)
+    np.savez(model / "model.npz", **w)
+    with pytest.raises(ModelError, match=f"'{re.escape(key)}' is int64, not floating point"):
+        Recognizer(str(model))
+
+
 def test_non_utf8_file_name_with_json_does_not_lose_the_batch(tmp_path, good_wav):
     odd = os.path.join(os.fsencode(str(tmp_path)), b"caf\xe9.wav")
     shutil.copy(good_wav, odd)
@@ -182,6 +224,9 @@ def test_absurd_thread_counts_on_the_command_line(good_wav, threads):
     ("[vad]\ntrailing_silence_s = inf\n", "vad.trailing_silence_s"),
     ("[audio]\nsamplerate = -16000\n", "audio.samplerate"),
     ("[wake]\ncutoff = 2.0\n", "wake.cutoff"),
+    ("[wake]\ncutoff = 1.0\n", "wake.cutoff"),  # passed, then failed naming okay_nabu.json
+    ("[wake]\nmodels = [\"alexa\", \"alexa\"]\n", "wake.models"),
+    ("[model]\nchunk_size = [false, true, true]\n", "chunk_size"),  # read as [0, 1, 1]
 ])
 def test_absurd_config_values_are_refused(tmp_path, text, key):
     path = tmp_path / "edge.toml"

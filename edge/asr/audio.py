@@ -87,6 +87,8 @@ def _read_pcm(source) -> tuple[np.ndarray, AudioInfo, bool]:
                 rate, data = wavfile.read(source, mmap=isinstance(source, (str, os.PathLike)))
             except ValueError:  # 24-bit and some layouts cannot be mapped
                 rate, data = wavfile.read(source)
+    except UnboundLocalError:  # scipy's reader, on a file that ends before any 'data' chunk
+        raise AudioError(f"{name}: not a readable WAV file (no 'data' chunk: truncated?)") from None
     except Exception as exc:  # scipy raises ValueError, struct.error, EOFError... on corrupt files
         raise AudioError(f"{name}: not a readable WAV file ({exc or type(exc).__name__})") from None
     mapped = isinstance(data, np.memmap)
@@ -100,8 +102,9 @@ def _read_pcm(source) -> tuple[np.ndarray, AudioInfo, bool]:
         raise AudioError(f"{name}: the WAV file holds no audio samples")
     if not MIN_RATE <= rate <= MAX_RATE:  # before resampling: its filter grows with the rate (4e9 Hz: 525 GiB)
         raise AudioError(f"{name}: sample rate {rate} Hz is outside {MIN_RATE}..{MAX_RATE} Hz (a corrupt WAV header?)")
-    if data.dtype not in (np.uint8, np.int16, np.int32, np.float32, np.float64):
-        raise AudioError(f"{name}: unsupported WAV sample type {data.dtype}")
+    if data.dtype not in (np.uint8, np.int16, np.int32, np.float32, np.float64):  # int8: scipy's reading of 12 bits
+        raise AudioError(f"{name}: unsupported WAV sample format (read as {data.dtype}, not 8/16/24/32-bit PCM or "
+                         "float); convert it to 16-bit PCM, e.g. sox in.wav -b 16 out.wav")
     return data, info, mapped
 
 

@@ -63,7 +63,7 @@ class Hotwords:
     @classmethod
     def load(cls, path: str, tokens: list[str], drop: set[int]) -> "Hotwords":
         try:
-            with open_regular(path, encoding="utf-8") as f:
+            with open_regular(path, encoding="utf-8-sig") as f:  # a BOM (Notepad's UTF-8) is not a token
                 lines = f.read().splitlines()
         except FileNotFoundError:
             raise HotwordError(f"{path}: no such hotword file") from None

@@ -192,7 +192,8 @@ def check_chunk_size(chunk_size) -> tuple:
     """[left, chunk, right] in LFR frames (60 ms each): left context, chunk, look-ahead."""
     try:
         values = tuple(int(c) for c in chunk_size)
-        ok = (len(values) == 3 and all(int(c) == c for c in chunk_size) and min(values) >= 0 and values[1] >= 1
+        ok = (len(values) == 3 and all(int(c) == c and not isinstance(c, bool) for c in chunk_size)
+              and min(values) >= 0 and values[1] >= 1
               and max(values) <= MAX_CHUNK)
     except (TypeError, ValueError, OverflowError):  # int(inf) is an OverflowError
         ok = False
@@ -333,6 +334,7 @@ class ModelDir:
 
     def __init__(self, path):
         self.path = os.fspath(path)
+        self.non_float_weights: dict[str, str] = {}  # filled by `weights`: name -> dtype of what it skipped
         if not os.path.isdir(self.path):
             raise ModelError(f"{self.path}: model directory not found")
         self.tokens_file = tokens_file(self.path)
@@ -391,8 +393,10 @@ class ModelDir:
 
             w = load_state_dict(path)
         out = {}
+        self.non_float_weights = {}  # FunASR's checkpoints hold int counters; a loader names one it needs
         for k, v in w.items():
             if v.dtype.kind != "f":
+                self.non_float_weights[k] = str(v.dtype)
                 continue
             v = np.asarray(v, dtype=np.float32)
             # a NaN/Inf weight decodes to garbage or a late, obscure error: refuse it by name

@@ -26,12 +26,16 @@ def fsmn_padding(kernel_size: int, shift: int) -> tuple[int, int]:
 class _Weights:
     """Name-checked access to a state_dict, with clear errors for missing or misshapen tensors."""
 
-    def __init__(self, arrays: dict, where: str):
+    def __init__(self, arrays: dict, where: str, non_float: dict | None = None):
         self.arrays = arrays
         self.where = where
+        self.non_float = non_float or {}
         self.used: set[str] = set()
 
     def get(self, name: str, shape=None) -> np.ndarray:
+        if name in self.non_float:
+            raise ModelError(f"{self.where}: weight '{name}' is {self.non_float[name]}, not floating point (corrupt or "
+                             "foreign weights file)")
         if name not in self.arrays:
             raise ModelError(f"{self.where}: weights lack '{name}' (model and config.yaml disagree?)")
         a = np.ascontiguousarray(self.arrays[name], dtype=F32)
@@ -160,7 +164,7 @@ class ReferenceBackend(Backend):
     def __init__(self, model_dir, threads: int | None = None):
         super().__init__(model_dir, threads)
         cfg = self.config
-        w = _Weights(model_dir.weights, model_dir.path)
+        w = _Weights(model_dir.weights, model_dir.path, model_dir.non_float_weights)
         enc, dec, pred = cfg.encoder_conf, cfg.decoder_conf, cfg.predictor_conf
         d = int(enc.get("output_size", 256))
         heads = int(enc.get("attention_heads", 4))

@@ -211,6 +211,11 @@ class DaemonConfig:
         _within("wake.pre_roll_s", w.pre_roll_s, 0, 2)
         _within("vad.pre_roll_s", v.pre_roll_s, 0, 2)
         _within("wake.cutoff", w.cutoff, 0, 1)
+        if w.cutoff >= 1:  # a probability never reaches 1: it passed here, then failed naming the manifest
+            raise ConfigError(f"wake.cutoff = {w.cutoff!r}: must be 0 (each model's tuned value) or in (0, 1)")
+        if len(set(w.models)) != len(w.models):
+            dup = next(m for m in w.models if w.models.count(m) > 1)
+            raise ConfigError(f"wake.models names {dup!r} twice; list each wake word once")
         _within("wake.window", w.window, 0, 1000)
         _within("wake.refractory_s", w.refractory_s, 0, 10)
         a = self.audio
