@@ -185,6 +185,12 @@ def test_demo_grammar_covers_every_demo_command():
     ("intents:\n  a: [打开空调]\n  a: [关闭空调]\n", 3, ["appears twice"]),
     ("intents:\n  a:\n    - <unk>\n", 3, ["special token"]),
     ("", 1, ["empty grammar"]),
+    ("intents: {}\n", 1, ["'intents' is empty"]),  # loaded, then rejected everything
+    # forms in neither language were silently left out of every template
+    ("slots:\n  s:\n    type: enum\n    values:\n      on: ['', 打开]\nintents:\n  a: ['{state:s}空调']\n", 5,
+     ["form ''", "no Mandarin or English word"]),
+    ("slots:\n  s:\n    type: enum\n    values:\n      on: [打开, '!!']\nintents:\n  a: ['{state:s}空调']\n", 5,
+     ["form '!!'"]),
 ])
 def test_bad_grammar_is_one_line_naming_file_and_line(tmp_path, body, line, words):
     path = write(tmp_path, body)

@@ -228,6 +228,10 @@ def _enum_type(r: _Reader, name: str, kind: str, vnode, node) -> S.SlotType:
                 values[v] = defaults[v]
             else:
                 values[v] = r.strings(fnode, f"slot '{name}' value '{v}'")
+                for form in values[v]:  # neither language's: no template would ever use it
+                    if not S.is_cjk(form) and not re.search(r"[A-Za-z]", form):
+                        raise r.error(fnode, f"slot '{name}': value '{v}' has the form {form!r}, which has no Mandarin "
+                                             "or English word; list how it is said")
     else:
         raise r.error(vnode, f"slot '{name}': values must map each value to its forms, e.g. `on: [打开, on]`")
     if not values:
@@ -396,7 +400,9 @@ def load_spec(path: str, tokens: list) -> Spec:
         if section not in top:
             continue
         kn, node = top[section]
-        if isinstance(node, yaml.ScalarNode) and node.tag.endswith("null"):
+        if (isinstance(node, yaml.ScalarNode) and node.tag.endswith("null")) or (
+                section == "intents" and isinstance(node, yaml.MappingNode) and not node.value):
+            # `intents: {}` loaded, and rejected every utterance
             raise r.error(kn, f"'{section}' is empty; list intents under it")
         for intent, ikn, inode in r.mapping(node, section):
             if not _NAME.match(intent):
