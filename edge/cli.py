@@ -135,6 +135,8 @@ def cmd_info(args) -> int:
         "model": cfg.model, "streaming": cfg.streaming, "vocab_size": cfg.vocab_size, "d_model": cfg.d_model,
         "encoder_blocks": int(cfg.encoder_conf.get("num_blocks", 6)), "decoder_blocks": int(cfg.decoder_conf.get("num_blocks", 6)),
         "parameters": int(sum(v.size for v in md.weights.values())),
+        # FunASR runs without CMVN when the dir has no am.mvn: say so, un-normalised input decodes poorly
+        "cmvn": "am.mvn" if md.cmvn is not None else "none: no am.mvn, features are not normalised (as in FunASR)",
         "files": {f: os.path.getsize(md.file(f)) for f in files},
     }
     print(json.dumps(info, indent=2, ensure_ascii=False))
@@ -330,6 +332,9 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `paraedge info m | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush does not fail too
+        return 141
 
 
 if __name__ == "__main__":

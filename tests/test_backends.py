@@ -8,6 +8,7 @@ import pytest
 from edge.backends.onnxruntime import OnnxRuntimeBackend
 from edge.asr.cif import cif_offline
 from edge.asr.recognizer import Recognizer
+from edge.assets import demo_model_dir
 
 
 def test_offline_onnxruntime_equals_reference(exported_offline, speech, long_speech):
@@ -67,5 +68,8 @@ def test_int8_runs_and_mostly_agrees(exported_offline, speech):
 def test_missing_onnx_is_a_clear_error(funasr_offline_a):
     from edge.errors import BackendUnavailable
 
-    with pytest.raises(BackendUnavailable, match="paraedge export"):
+    with pytest.raises(BackendUnavailable, match="paraedge export") as e:
         Recognizer(funasr_offline_a, "onnxruntime")
+    assert "--int8" not in str(e.value)  # nothing exported at all: only the export helps
+    with pytest.raises(BackendUnavailable, match=r"or use --int8: model_quant\.onnx is here"):
+        Recognizer(str(demo_model_dir()), "onnxruntime")  # the demo ships the INT8 pair only

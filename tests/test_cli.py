@@ -165,3 +165,23 @@ def test_info(exported_streaming):
     assert rc == 0, err
     info = json.loads(out)
     assert info["streaming"] is True and info["parameters"] > 0 and "decoder.onnx" in info["files"]
+    assert info["cmvn"] == "am.mvn"
+
+
+def test_info_says_when_there_is_no_cmvn(tmp_path, exported_streaming):
+    """FunASR decodes a dir without am.mvn un-normalised (test_bad_models): nothing said so before."""
+    d = tmp_path / "m"
+    shutil.copytree(exported_streaming, d)
+    os.remove(d / "am.mvn")
+    rc, out, err = run("info", str(d))
+    assert rc == 0 and json.loads(out)["cmvn"].startswith("none: no am.mvn"), err
+
+
+def test_a_reader_that_leaves_is_not_a_traceback(exported_streaming):
+    """`paraedge info m | head -1`: a pipe whose reader has gone raised BrokenPipeError with a traceback."""
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before the first write: deterministic, not a race
+    p = subprocess.run([sys.executable, "-m", "edge", "info", exported_streaming], stdout=w, stderr=subprocess.PIPE,
+                       text=True, cwd=ROOT, timeout=120)
+    os.close(w)
+    assert p.returncode == 141 and "Traceback" not in p.stderr, p.stderr

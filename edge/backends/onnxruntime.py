@@ -97,7 +97,10 @@ class OnnxRuntimeBackend(Backend):
         suffix = "_quant" if int8 else ""
         enc_file = f"model{suffix}.onnx"
         if not model_dir.has(enc_file):
-            raise BackendUnavailable(f"{model_dir.path}: no {enc_file}; run `paraedge export {model_dir.path}` on the host")
+            # the demo ships only the INT8 pair: --int8 is the likelier fix than an export
+            hint = " (or use --int8: model_quant.onnx is here)" if not int8 and model_dir.has("model_quant.onnx") else ""
+            raise BackendUnavailable(f"{model_dir.path}: no {enc_file}; run `paraedge export {model_dir.path}` on the "
+                                     f"host{hint}")
         cfg = self.config
         din, d = cfg.input_size, cfg.d_model
         self.vocab = len(model_dir.tokens)
