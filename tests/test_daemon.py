@@ -483,6 +483,158 @@ def test_over_long_command_lines_are_neither_kept_nor_echoed(tmp_path):
     assert d.bus.commands.empty()
 
 
+def test_one_clients_flood_drops_that_client_only_and_replies_go_to_the_sender(tmp_path):
+    """The command limit was one queue for everyone: 64 lines from one client got the next client
+    cut off for "too many commands" while the flooder stayed; errors of its unknown commands went to
+    every client and to stdout."""
+    from edge.daemon import events as ev
+
+    path = str(tmp_path / "ev.sock")
+    bus = EventBus(stdout=False, socket_path=path)
+    flood, calm = _connect(path), _connect(path)
+    flood_seen, calm_seen = _Collector(flood, 15), _Collector(calm, 15)
+    time.sleep(0.2)  # let the accept thread register both
+    flood.sendall(b"bogus\n" * (ev.MAX_PENDING_COMMANDS + 10))  # nobody drains: its own limit is reached
+    time.sleep(0.3)
+    calm.sendall(b"status\n")
+    deadline = time.monotonic() + 10
+    cmds = []
+    while len(cmds) < ev.MAX_PENDING_COMMANDS + 1 and time.monotonic() < deadline:
+        cmd = bus.take_command()
+        cmds.append(cmd) if cmd else time.sleep(0.01)
+    calm_cmd = next(c for c in cmds if c.text == "status")
+    bus.reply(calm_cmd, "status", busy=False)
+    flood_cmd = next(c for c in cmds if c.text == "bogus")
+    bus.reply(flood_cmd, "error", what="command", message="unknown command 'bogus'")
+    bus.emit("final", text="x")
+    bus.close()
+    flood_seen.join(15), calm_seen.join(15)
+    calm_events = [json.loads(line)["event"] for line in calm_seen.data.decode().splitlines()]
+    flood_lines = [json.loads(line) for line in flood_seen.data.decode().splitlines()]
+    dropped = kinds(bus.history, "client_dropped")
+    assert [d["reason"] for d in dropped] == ["too many commands"], dropped
+    assert flood_lines[-1]["event"] == "client_dropped" and flood_lines[-1]["reason"] == "too many commands"
+    assert sorted(calm_events) == ["client_dropped", "final", "status"], calm_events  # not the flooder's error
+    flood.close(), calm.close()
+
+
+def test_a_client_that_half_closes_gets_its_reply_and_a_last_line_needs_no_newline(tmp_path):
+    """`printf status | nc -N`: the bus hung up at end of input, before the reply; a command with no
+    final newline was dropped."""
+    path = str(tmp_path / "ev.sock")
+    bus = EventBus(stdout=False, socket_path=path)
+    c = _connect(path)
+    c.sendall(b"status")  # no newline
+    c.shutdown(socket.SHUT_WR)
+    deadline = time.monotonic() + 5
+    while (cmd := bus.take_command()) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cmd is not None and cmd.text == "status"
+    bus.reply(cmd, "status", busy=False)
+    got = [json.loads(line)["event"] for line in _read_all(c, 5).decode().splitlines()]
+    assert got == ["status"], got
+    bus.close()
+    c.close()
+
+
+def test_more_clients_than_the_limit_are_told_so(tmp_path, monkeypatch):
+    from edge.daemon import events as ev
+
+    monkeypatch.setattr(ev, "MAX_CLIENTS", 2)
+    path = str(tmp_path / "ev.sock")
+    bus = EventBus(stdout=False, socket_path=path)
+    kept = [_connect(path), _connect(path)]
+    time.sleep(0.2)
+    extra = _connect(path)
+    line = json.loads(_read_all(extra, 5).decode().splitlines()[0])
+    assert line["event"] == "error" and "too many clients" in line["message"]
+    bus.close()
+    for c in kept + [extra]:
+        c.close()
+
+
+_SERVE = """
+import resource, sys, time
+from edge.daemon.events import EventBus
+bus = EventBus(stdout=False, socket_path=sys.argv[1])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (len(__import__("os").listdir("/proc/self/fd")) + 6, hard))
+print("ready", flush=True)
+end = time.monotonic() + 30
+while time.monotonic() < end:
+    cmd = bus.take_command()
+    if cmd is None:
+        time.sleep(0.01)
+    else:
+        bus.reply(cmd, "status", busy=False)
+"""
+
+
+def test_running_out_of_descriptors_does_not_end_the_accept_loop(tmp_path):
+    """A burst of clients past the descriptor limit (EMFILE) ended the accept thread: after it, no
+    client could ever connect again, while decoding went on."""
+    path = str(tmp_path / "ev.sock")
+    p = subprocess.Popen([sys.executable, "-c", _SERVE, path], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                         env=dict(os.environ, PYTHONPATH=ROOT))
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        burst = [_connect(path) for _ in range(30)]  # the backlog holds them; accept() hits EMFILE
+        time.sleep(1.0)
+        for c in burst:
+            c.close()
+        time.sleep(1.0)
+        late = _connect(path)
+        late.sendall(b"status\n")
+        late.settimeout(15)
+        assert json.loads(late.makefile().readline())["event"] == "status"
+        late.close()
+    finally:
+        p.kill()
+        p.wait()
+
+
+_STALLED = """
+import sys, time
+from edge.daemon.events import EventBus
+bus = EventBus(stdout=True)
+t0 = time.monotonic()
+for i in range(3000):
+    bus.emit("partial", i=i, text="字" * 8000)  # ~24 KB each: a pipe holds 64 KB
+print(f"emitted in {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
+bus.close()
+"""
+
+
+def test_a_stdout_nobody_reads_does_not_block_the_daemon():
+    """`paraedge run | sleep 999`: emit() printed under its lock, so the daemon sat in write(),
+    every socket client stopped getting events, and SIGTERM did not stop it."""
+    r, w = os.pipe()  # kept open and never read
+    try:
+        p = subprocess.run([sys.executable, "-c", _STALLED], stdout=w, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                           env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+    finally:
+        os.close(w)
+        os.close(r)
+    assert p.returncode == 0 and "emitted in" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert "stdout is not being read" in p.stderr
+
+
+def test_a_stdout_reader_that_leaves_does_not_end_the_daemon(tmp_path):
+    """`paraedge run ... | head -n 2` ended the daemon with BrokenPipeError (exit 141, a traceback,
+    the socket file left behind); now stdout is turned off and the run goes on."""
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before the first event
+    path = str(tmp_path / "ev.sock")
+    try:
+        p = subprocess.run([sys.executable, "-m", "edge", "run", "--input", os.path.join(SAMPLES, "02_alexa_en.wav"),
+                            "--fast", "--socket", path], stdout=w, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                           env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+    finally:
+        os.close(w)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    assert "stdout closed" in p.stderr and not os.path.exists(path)
+
+
 def test_a_live_daemon_socket_is_not_taken_over(tmp_path):
     path = str(tmp_path / "ev.sock")
     first = EventBus(stdout=False, socket_path=path)

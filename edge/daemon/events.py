@@ -5,13 +5,18 @@ client_dropped, stopped) and `t`, a `time.monotonic()` timestamp, so consumers c
 latencies across processes on the same board. Socket clients may also send one command per line
 (`reload`, `status`); the bus hands them to the daemon through `commands`.
 
-No client can stall or bloat the daemon:
+No client, and no reader of stdout, can stall or bloat the daemon:
 - each client has its own writer thread and an outgoing buffer of CLIENT_BUFFER_BYTES; `emit()`
   only appends to it and never waits. A client whose buffer is full (it stopped reading) is
   disconnected and `client_dropped` (reason "slow reader") says so;
-- a command line longer than MAX_COMMAND_BYTES, or more than MAX_PENDING_COMMANDS commands
-  waiting, disconnects the client the same way (reason "command line too long" / "too many
-  commands"); such input is neither kept nor echoed;
+- stdout is written the same way: a stalled reader (`paraedge run | sleep`) loses events from
+  stdout while its buffer is full, and a reader that left (`| head`) turns stdout off. Before, the
+  daemon blocked in write() (SIGTERM too), or died of BrokenPipeError;
+- a command line longer than MAX_COMMAND_BYTES, or more than MAX_PENDING_COMMANDS of one client's
+  commands waiting, disconnects that client the same way (reason "command line too long" / "too
+  many commands"), with a last line telling it why; such input is neither kept nor echoed. The
+  replies to a command (`status`, or the error of an unknown one) go to its sender only;
+- at most MAX_CLIENTS clients; the accept loop outlives running out of descriptors (EMFILE);
 - `history` keeps only the last HISTORY_EVENTS events (tests and `make demo` read it).
 A second daemon refuses a socket path that a live one is listening on; only a stale socket
 (nothing answers) is replaced.
@@ -20,6 +25,7 @@ A second daemon refuses a socket path that a live one is listening on; only a st
 from __future__ import annotations
 
 import collections
+import errno
 import itertools
 import json
 import logging
@@ -27,35 +33,51 @@ import os
 import queue
 import socket
 import stat
+import sys
 import threading
 import time
+from dataclasses import dataclass
 
 from edge.errors import ParaEdgeError
 
 log = logging.getLogger("paraedge.events")
 
 MAX_COMMAND_BYTES = 4096  # commands are words like `reload`; anything longer is abuse or a wrong client
-MAX_PENDING_COMMANDS = 64  # the main loop drains commands every ~0.1 s
+MAX_PENDING_COMMANDS = 64  # per client; the main loop drains commands every ~0.1 s
+MAX_CLIENTS = 256  # each costs 2 threads and a descriptor; a board has a handful of consumers
 CLIENT_BUFFER_BYTES = 1 << 20  # ~250 utterances of events a client may fall behind before it is dropped
 HISTORY_EVENTS = 1000  # ~50 utterances; a daemon runs for months, so history must not grow with it
 CLOSE_FLUSH_S = 2.0  # how long close() lets clients read what is still buffered for them
 SUN_PATH_MAX = 107  # bytes in a UNIX socket path (sun_path is 108 bytes, NUL included)
 
 
-class _Client:
-    """One socket client. Its writer thread drains a bounded buffer, so a slow reader only hurts itself."""
+@dataclass(frozen=True)
+class Command:
+    text: str
+    client: int | None = None  # the socket client that sent it (replies go to it); None: the daemon's own
 
-    _ids = itertools.count(1)
 
-    def __init__(self, conn: socket.socket):
-        self.conn = conn
-        self.id = next(self._ids)
+class _Writer:
+    """A bounded outgoing buffer drained by its own thread: whoever reads slowly only hurts itself."""
+
+    name = "events-writer"
+
+    def __init__(self):
         self._pending: collections.deque[bytes] = collections.deque()
         self._bytes = 0  # queued, or being sent
         self._closing = False  # no more data: the writer exits once the buffer is empty
         self._cond = threading.Condition()
-        self.writer = threading.Thread(target=self._write, name=f"events-client-{self.id}", daemon=True)
+        self.writer = threading.Thread(target=self._write, name=self.name, daemon=True)
         self.writer.start()
+
+    def send(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def hang_up(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._pending.clear()
+            self._cond.notify()
 
     def offer(self, data: bytes) -> bool:
         """Queue data without waiting; False when the buffer is full (the client stopped reading)."""
@@ -69,6 +91,10 @@ class _Client:
             self._cond.notify()
         return True
 
+    def backlog(self) -> int:
+        with self._cond:
+            return self._bytes
+
     def _next(self) -> bytes | None:
         with self._cond:
             while not self._pending and not self._closing:
@@ -78,31 +104,103 @@ class _Client:
     def _write(self) -> None:
         while (data := self._next()) is not None:
             try:
-                self.conn.sendall(data)
-            except OSError:  # the client went away; its reader thread notices too
-                self.hang_up()
+                self.send(data)
+            except (OSError, ValueError) as exc:  # the reader went away (ValueError: a closed file object)
+                self.lost(exc)
                 return
             with self._cond:
                 self._bytes -= len(data)
 
+    def lost(self, exc: Exception) -> None:
+        self.hang_up()
+
     def finish(self, timeout: float) -> None:
-        """Let the writer send what is buffered (up to timeout), then disconnect."""
+        """Let the writer send what is buffered (up to timeout), then stop."""
         with self._cond:
             self._closing = True
             self._cond.notify()
         self.writer.join(max(timeout, 0.0))
         self.hang_up()
 
+
+class _StdoutWriter(_Writer):
+    """stdout, written like a socket client: `paraedge run | sleep 999` blocked the daemon in
+    write() and `| head` killed it with BrokenPipeError. A full buffer loses events from stdout
+    only (counted, logged once per stall); a reader that left turns stdout off."""
+
+    name = "events-stdout"
+
+    def __init__(self):
+        self.dropped = 0
+        self.gone = False
+        super().__init__()
+
+    def send(self, data: bytes) -> None:
+        out = sys.stdout  # looked up per write: tests and embedders may replace it
+        try:
+            fd = out.fileno()
+        except (AttributeError, ValueError, OSError):  # an in-memory stream
+            out.write(data.decode("utf-8"))
+            out.flush()
+            return
+        # os.write, not the file object: a write blocked on a stalled reader then holds no lock of
+        # sys.stdout's, which the interpreter's exit would wait on (a fatal error with daemon threads)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+
+    def lost(self, exc: Exception) -> None:
+        self.gone = True
+        self.hang_up()
+        if getattr(exc, "errno", None) == errno.EPIPE:  # so the interpreter's exit flush does not raise it again
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError, AttributeError):
+                pass
+        log.warning("stdout closed (%s): events go to socket clients only from now on", getattr(exc, "strerror", None) or exc)
+
+    def take(self, data: bytes) -> None:
+        try:
+            sys.stdout.flush()  # what was printed before an event stays before it (nothing, in the daemon)
+        except (OSError, ValueError):
+            pass
+        if not self.gone and not self.offer(data):
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning("stdout is not being read: %d event(s) not written to it so far", self.dropped)
+
+
+class _Client(_Writer):
+    """One socket client: its writer thread (see _Writer) and a reader thread for its commands."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, conn: socket.socket):
+        self.conn = conn
+        self.id = next(self._ids)
+        self.name = f"events-client-{self.id}"
+        self.commands = 0  # of its commands queued and not yet run (MAX_PENDING_COMMANDS)
+        self.commands_done = threading.Condition()
+        super().__init__()
+
+    def send(self, data: bytes) -> None:
+        self.conn.sendall(data)
+
     def hang_up(self) -> None:
         """Disconnect now. shutdown() (not close) wakes a writer blocked in sendall and the reader in recv."""
-        with self._cond:
-            self._closing = True
-            self._pending.clear()
-            self._cond.notify()
+        super().hang_up()
         try:
             self.conn.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+    def last_words(self, data: bytes, timeout: float = 0.5) -> None:
+        """Replace what is buffered by `data` (why it is being dropped), send it (up to timeout), disconnect."""
+        with self._cond:
+            self._pending.clear()
+            self._pending.append(data)
+            self._cond.notify()
+        self.finish(timeout)
 
     def close(self) -> None:
         """Release the descriptor; only the reader thread calls this, once both threads are done with it."""
@@ -118,8 +216,9 @@ class EventBus:
     def __init__(self, stdout=True, socket_path: str | None = None):
         self.stdout = stdout
         self.socket_path = socket_path
-        self.commands: queue.Queue[str] = queue.Queue(MAX_PENDING_COMMANDS)
+        self.commands: queue.Queue[Command] = queue.Queue()  # bounded per client (MAX_PENDING_COMMANDS)
         self.history: collections.deque[dict] = collections.deque(maxlen=HISTORY_EVENTS)
+        self._stdout = _StdoutWriter() if stdout else None
         self._clients: list[_Client] = []
         self._lock = threading.Lock()  # guards _clients
         self._emit_lock = threading.Lock()  # one event at a time: same order on stdout, history and sockets
@@ -145,16 +244,34 @@ class EventBus:
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
-        srv.listen(8)
+        srv.listen(64)
         self._server = srv
         threading.Thread(target=self._accept, args=(srv,), name="events-accept", daemon=True).start()
 
     def _accept(self, srv: socket.socket) -> None:
+        pause = 0.05
         while self._server is srv:
             try:
                 conn, _ = srv.accept()
-            except OSError:
-                return
+            except OSError as exc:
+                if self._server is not srv:
+                    return  # close()
+                # out of descriptors (EMFILE: a burst of clients) or memory: this thread ended here, and
+                # no client could ever connect again; wait for some to leave instead
+                log.warning("event socket: cannot accept a client (%s); retrying", exc.strerror or exc)
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
+                continue
+            pause = 0.05
+            with self._lock:
+                full = len(self._clients) >= MAX_CLIENTS
+            if full:
+                try:
+                    conn.sendall(_line("error", what="client", message=f"too many clients ({MAX_CLIENTS}); try later"))
+                except OSError:
+                    pass
+                conn.close()
+                continue
             client = _Client(conn)
             with self._lock:
                 self._clients.append(client)
@@ -169,10 +286,15 @@ class EventBus:
                     data = client.conn.recv(4096)
                 except OSError:
                     data = b""
-                if not data:
+                if not data:  # end of its input: a last line without a newline is still a command
+                    reason = self._take_commands(client, [buf], b"") if buf else None
+                    if reason:
+                        self._drop(client, reason)
+                    else:
+                        self._answer_then_close(client)
                     return
                 *lines, buf = (buf + data).split(b"\n")
-                reason = self._take_commands(lines, buf)
+                reason = self._take_commands(client, lines, buf)
                 if reason:
                     self._drop(client, reason)
                     return
@@ -180,18 +302,47 @@ class EventBus:
             self._remove(client)
             client.close()
 
-    def _take_commands(self, lines: list[bytes], rest: bytes) -> str | None:
+    def _answer_then_close(self, client: _Client, timeout: float = 2.0) -> None:
+        """A client that half-closed after `status` (nc -N) was hung up on before its reply: wait for
+        its commands to run (up to timeout), then for the replies to be sent."""
+        deadline = time.monotonic() + timeout
+        with client.commands_done:
+            while client.commands and time.monotonic() < deadline:
+                client.commands_done.wait(deadline - time.monotonic())
+        client.finish(deadline - time.monotonic())
+
+    def _take_commands(self, client: _Client, lines: list[bytes], rest: bytes) -> str | None:
         """Queue complete command lines; the reason to drop the client, if it sent too much."""
         for line in lines:
             if len(line) > MAX_COMMAND_BYTES:
                 return "command line too long"
             cmd = line.decode("utf-8", "replace").strip()
             if cmd:
-                try:
-                    self.commands.put_nowait(cmd)
-                except queue.Full:
-                    return "too many commands"
+                with client.commands_done:
+                    if client.commands >= MAX_PENDING_COMMANDS:  # its own limit: a flood drops the flooder
+                        return "too many commands"
+                    client.commands += 1
+                self.commands.put(Command(cmd, client.id))
         return "command line too long" if len(rest) > MAX_COMMAND_BYTES else None
+
+    def take_command(self) -> Command | None:
+        """The next command waiting, or None; counts it off its sender's limit."""
+        try:
+            cmd = self.commands.get_nowait()
+        except queue.Empty:
+            return None
+        if isinstance(cmd, str):  # put there by the daemon itself
+            return Command(cmd)
+        client = self._client(cmd.client)
+        if client is not None:
+            with client.commands_done:
+                client.commands -= 1
+                client.commands_done.notify_all()
+        return cmd
+
+    def _client(self, client_id: int | None) -> _Client | None:
+        with self._lock:
+            return next((c for c in self._clients if c.id == client_id), None)
 
     def _remove(self, client: _Client) -> bool:
         with self._lock:
@@ -203,26 +354,42 @@ class EventBus:
     def _drop(self, client: _Client, reason: str) -> None:
         """Disconnect a misbehaving client and say so (once)."""
         first = self._remove(client)  # before hang_up: its reader thread removes it on waking, silently
-        client.hang_up()
+        if reason == "slow reader":
+            client.hang_up()  # it reads nothing: a last line would only wait
+        else:
+            client.last_words(_line("client_dropped", client=client.id, reason=reason))
         if first:
             log.warning("events client %d dropped: %s", client.id, reason)
             self.emit("client_dropped", client=client.id, reason=reason)
 
     # -- emit --------------------------------------------------------------------------------
     def emit(self, event: str, **fields) -> dict:
-        """Publish one event. Never waits on a socket client (see the module docstring)."""
+        """Publish one event. Never waits on stdout or a socket client (see the module docstring)."""
         with self._emit_lock:
             record = {"event": event, "t": round(time.monotonic(), 6), **fields}
-            line = json.dumps(record, ensure_ascii=False)
+            data = _encode(record)
             self.history.append(record)
-            if self.stdout:
-                print(line, flush=True)
-            data = (line + "\n").encode("utf-8")
+            if self._stdout is not None:
+                self._stdout.take(data)
             with self._lock:
                 clients = list(self._clients)
             slow = [c for c in clients if not c.offer(data)]
-            log.debug("event %s", line)
+            log.debug("event %s", data[:-1].decode("utf-8"))
         for client in slow:  # after the lock: dropping emits an event of its own
+            self._drop(client, "slow reader")
+        return record
+
+    def reply(self, command: Command, event: str, **fields) -> dict:
+        """An event for the sender of `command` only (history keeps it too); a command of the daemon's
+        own is answered to everyone. One client's unknown commands were errors on every client and on
+        stdout: ~300 a second pushed 200 slower readers out."""
+        if command.client is None:
+            return self.emit(event, **fields)
+        with self._emit_lock:
+            record = {"event": event, "t": round(time.monotonic(), 6), **fields}
+            self.history.append(record)
+        client = self._client(command.client)
+        if client is not None and not client.offer(_encode(record)):
             self._drop(client, "slow reader")
         return record
 
@@ -243,6 +410,24 @@ class EventBus:
         deadline = time.monotonic() + CLOSE_FLUSH_S
         for client in clients:  # the last events (`stopped`) still reach clients that read
             client.finish(deadline - time.monotonic())
+        if self._stdout is not None:
+            self._stdout.finish(max(deadline - time.monotonic(), 0.5))
+
+    def flush(self, timeout: float = CLOSE_FLUSH_S) -> None:
+        """Wait (up to timeout) until stdout has been written what was emitted so far."""
+        if self._stdout is None:
+            return
+        deadline = time.monotonic() + timeout
+        while self._stdout.backlog() and time.monotonic() < deadline and not self._stdout.gone:
+            time.sleep(0.005)
+
+
+def _encode(record: dict) -> bytes:
+    return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _line(event: str, **fields) -> bytes:
+    return _encode({"event": event, "t": round(time.monotonic(), 6), **fields})
 
 
 def _check_path_length(path: str) -> None:

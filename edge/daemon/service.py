@@ -147,16 +147,15 @@ class Daemon:
         self.bus.emit("model_reloaded", model=cfg.model.dir, backend=self.recognizer.backend.describe())
 
     def _commands(self) -> None:
-        while not self.bus.commands.empty():
-            cmd = self.bus.commands.get()
-            if cmd == "reload":
-                self.request_reload()
-            elif cmd == "status":
+        while (cmd := self.bus.take_command()) is not None:
+            if cmd.text == "reload":
+                self.request_reload()  # its outcome (model_reloaded or an error) concerns every client
+            elif cmd.text == "status":
                 extra = {"zones": self.pipeline.status()} if self.zones else {}
-                self.bus.emit("status", model=self.cfg.model.dir, busy=self.pipeline.busy,
-                              utterances=self.pipeline.utterances, overruns=getattr(self._source, "overruns", 0), **extra)
+                self.bus.reply(cmd, "status", model=self.cfg.model.dir, busy=self.pipeline.busy,
+                               utterances=self.pipeline.utterances, overruns=getattr(self._source, "overruns", 0), **extra)
             else:
-                self.bus.emit("error", what="command", message=f"unknown command {_clip(cmd)!r} (reload, status)")
+                self.bus.reply(cmd, "error", what="command", message=f"unknown command {_clip(cmd.text)!r} (reload, status)")
 
     # -- source ----------------------------------------------------------------------------------
     def _open_source(self):
