@@ -36,6 +36,8 @@ def open_regular(path, mode: str = "r", **kwargs):
     import os
     import stat
 
+    if not isinstance(path, (str, bytes, os.PathLike)):  # open(2) would take it as a descriptor, and close it
+        raise OSError(errno.EINVAL, f"not a file path: {type(path).__name__} {path!r:.40}")
     try:
         st = os.stat(path)
     except OSError:

@@ -65,8 +65,11 @@ def check_threads(n, what: str = "threads"):
 
     if n is None:
         return None
-    if isinstance(n, bool) or not isinstance(n, int):
+    import numbers
+
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):  # numpy's integers are whole numbers too
         raise ParaEdgeError(f"{what} must be a whole number of threads, got {n!r}")
+    n = int(n)
     if not 1 <= n <= MAX_THREADS:
         raise ParaEdgeError(f"{what} = {n}: must be within 1..{MAX_THREADS}")
     return n

@@ -187,6 +187,69 @@ def test_a_non_float_weight_is_named_not_reported_missing(tmp_path):
         Recognizer(str(model))
 
 
+@pytest.fixture(scope="module")
+def int8_rec():
+    from edge.asr.recognizer import Recognizer
+
+    return Recognizer(DEMO, "onnxruntime", int8=True, threads=1)
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda x: (x * 32767).astype(np.int16), "x / 32768"),  # decoded "twenty navigate the", unscaled
+    (lambda x: np.stack([x, x]), "one mono channel"),  # channels first: decoded ""
+    (lambda x: np.stack([x, x], 1), "one mono channel"),  # a ValueError from the kernels
+    (lambda x: SAMPLE, "load_audio(path)"),  # "could not convert string to float"
+    (lambda x: None, "float array"),  # TypeError: has no len()
+    (lambda x: x.astype(np.complex64), "float array"),  # a ComplexWarning, then a decode
+])
+def test_what_the_api_cannot_decode_is_an_audio_error(int8_rec, make, needle):
+    x = load_audio(SAMPLE)[0]
+    assert int8_rec.transcribe(x[:, None]).text == int8_rec.transcribe(x).text  # [N, 1] is mono
+    for call in (int8_rec.transcribe, lambda a: int8_rec.stream().accept(a)):  # a stream interleaved [N, 2]
+        with pytest.raises(AudioError, match=re.escape(needle)):
+            call(make(x))
+
+
+@pytest.mark.parametrize("call, err", [
+    (lambda rec, x: rec.transcribe_streaming(x, hop=0), ParaEdgeError),  # ValueError from range()
+    (lambda rec, x: rec.transcribe_streaming(x, hop=-5), ParaEdgeError),  # silently ""
+    (lambda rec, x: rec.accept_batch(["x"], [x]), ParaEdgeError),  # AttributeError
+    (lambda rec, x: type(rec)(None), ModelError),  # TypeError from os.fspath
+    (lambda rec, x: type(rec)(DEMO, "onnxruntime", int8="yes"), ParaEdgeError),  # taken as True
+])
+def test_api_misuse_is_a_paraedge_error(int8_rec, call, err):
+    with pytest.raises(err):
+        call(int8_rec, load_audio(SAMPLE)[0])
+
+
+def test_numpy_integers_are_thread_counts():
+    from edge.platform import check_threads
+
+    assert check_threads(np.int64(2)) == 2  # "must be a whole number of threads, got 2"
+
+
+def test_a_hotwords_argument_that_is_not_a_path_leaves_the_descriptors_alone(tmp_path):
+    """Recognizer(M, hotwords=2) went to open(2): the error closed the process's own stderr."""
+    from edge.asr.hotwords import HotwordError
+    from edge.asr.recognizer import Recognizer
+
+    for value in (2, ["打开"]):
+        with pytest.raises(HotwordError, match="not a file path"):
+            Recognizer(DEMO, hotwords=value)
+    os.fstat(2)  # still open
+
+
+def test_a_grammar_loaded_for_another_models_tokens_is_refused_at_construction(tmp_path):
+    """It was accepted, then every transcribe failed on a log-posterior shape."""
+    from edge.asr.recognizer import Recognizer
+    from edge.grammar import Grammar
+    from tests.conftest import demo_tokens
+
+    g = Grammar.load(os.path.join(DEMO, "grammar.yaml"), demo_tokens() + ["extra"])
+    with pytest.raises(ParaEdgeError, match="another model's tokens"):
+        Recognizer(DEMO, grammar=g)
+
+
 def test_non_utf8_file_name_with_json_does_not_lose_the_batch(tmp_path, good_wav):
     odd = os.path.join(os.fsencode(str(tmp_path)), b"caf\xe9.wav")
     shutil.copy(good_wav, odd)

@@ -197,6 +197,31 @@ def check_samples(x: np.ndarray, what: str = "audio") -> np.ndarray:
     return x
 
 
+def as_samples(x, what: str = "audio") -> np.ndarray:
+    """What the API takes as audio: 16 kHz mono float samples in [-1, 1], as a 1-D array (or [N, 1]).
+    Anything else was decoded silently wrong (int16 PCM unscaled: "twenty navigate the" for "next
+    navigate home"; [2, N] channels first: ""; [N, 2] into a stream: the channels interleaved) or
+    failed deep in numpy; each is one AudioError saying what to pass instead."""
+    if isinstance(x, (str, bytes, os.PathLike)):
+        raise AudioError(f"{what}: got a file path or bytes, not samples; read it first: "
+                         "edge.asr.audio.load_audio(path)[0]")
+    try:
+        a = np.asarray(x)
+    except (TypeError, ValueError) as exc:
+        raise AudioError(f"{what}: not an array of samples ({exc})") from None
+    if a.dtype.kind in "iub":
+        hint = "; int16 PCM: x / 32768" if a.dtype.kind == "i" else ""
+        raise AudioError(f"{what}: {a.dtype} samples; pass float samples in [-1, 1]{hint}")
+    if a.dtype.kind != "f":
+        raise AudioError(f"{what}: samples of type {a.dtype}; pass a float array of 16 kHz mono samples")
+    if a.ndim == 2 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.ndim != 1:
+        raise AudioError(f"{what}: samples shaped {a.shape}; pass one mono channel, 1-D (downmix first, "
+                         "e.g. x.mean(axis=1) for [N, channels])")
+    return a
+
+
 def load_audio(source) -> tuple[np.ndarray, AudioInfo]:
     """Read a WAV and return 16 kHz mono float32 samples plus what the file originally was."""
     data, info = read_wav(source)

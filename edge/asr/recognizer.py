@@ -15,6 +15,7 @@ chunk keeps its look-ahead alphas and adds the tail alpha, so the last token is 
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import time
 from dataclasses import dataclass, field
@@ -22,9 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge.backends import BACKENDS, ops  # noqa: F401  (BACKENDS: make_backend's names, re-exported)
-from edge.asr.audio import SAMPLE_RATE, check_samples
+from edge.asr.audio import SAMPLE_RATE, WavSamples, as_samples, check_samples
 from edge.asr.cif import CifConfig
-from edge.errors import ParaEdgeError
+from edge.errors import ModelError, ParaEdgeError
 from edge.asr.modeldir import ModelDir, check_chunk_size
 from edge.asr.text import tokens_to_text
 from edge.platform import check_threads
@@ -155,6 +156,10 @@ class Recognizer:
         finals then carry intent, slots, confidence and rejected (partials stay free text).
         hotwords: a hotword list file (edge.asr.hotwords) boosting phrases in free decoding."""
         threads = check_threads(threads)
+        if not isinstance(int8, bool):
+            raise ParaEdgeError(f"int8 must be True or False, got {int8!r:.40}")
+        if not isinstance(model, (ModelDir, str, os.PathLike)):
+            raise ModelError(f"model must be a model directory path, got {type(model).__name__}")
         manifest = None
         if not isinstance(model, ModelDir) and os.path.isfile(os.path.join(str(model), "manifest.json")):
             from edge.backends.tvm import read_manifest
@@ -181,6 +186,9 @@ class Recognizer:
 
             # every word checked against this model's tokens at load: one it cannot emit is an error now
             self.grammar = grammar if isinstance(grammar, Grammar) else Grammar.load(grammar, self.model.tokens)
+            if self.grammar.tokens != list(self.model.tokens):  # every transcribe failed on its shape
+                raise ParaEdgeError(f"grammar {self.grammar.path} was loaded for another model's tokens; load it "
+                                    f"with this model's: Grammar.load(path, ModelDir({self.model.path!r}).tokens)")
 
     def understand(self, result: Result) -> Result:
         """The grammar's reading of a whole utterance (no-op without a grammar)."""
@@ -249,6 +257,8 @@ class Recognizer:
         per-stage timings). Audio longer than MAX_SEGMENT_S is decoded segment by segment (see
         segment_bounds), in bounded memory; each segment is checked as it is read."""
         what = getattr(samples, "name", "audio")
+        if not isinstance(samples, WavSamples):
+            samples = as_samples(samples, what)
         if len(samples) == 0:
             check_samples(np.zeros(0, F32), what)
         ids, rows, frontend_s, model_s = [], [], 0.0, 0.0
@@ -270,7 +280,9 @@ class Recognizer:
     def transcribe_streaming(self, samples: np.ndarray, hop: int = 1600, chunk_size=None) -> Result:
         """Decode a whole clip the way a microphone feeds it (`hop` samples at a time, 100 ms by
         default); `timings["partials"]` lists the text after every hop that recognised something."""
-        check_samples(np.asarray(samples))
+        samples = check_samples(as_samples(samples))
+        if isinstance(hop, bool) or not isinstance(hop, numbers.Integral) or hop < 1:
+            raise ParaEdgeError(f"hop must be a whole number of samples >= 1, got {hop!r:.40}")
         t0 = time.perf_counter()
         stream, partials = self.stream(chunk_size), []
         for i in range(0, len(samples), hop):
@@ -300,6 +312,8 @@ class Recognizer:
             raise ParaEdgeError(f"accept_batch: {len(streams)} streams but {len(chunks)} audio chunks")
         if len({id(s) for s in streams}) != len(streams):
             raise ParaEdgeError("accept_batch: a stream is listed twice")
+        if any(not isinstance(s, Stream) for s in streams):
+            raise ParaEdgeError("accept_batch: streams must come from Recognizer.stream()")
         if any(s.rec is not self for s in streams):
             raise ParaEdgeError("accept_batch: a stream opened by another Recognizer")
         if any(s.finished for s in streams):  # checked before any stream takes its audio: nothing half-fed
@@ -404,7 +418,8 @@ class Stream:
     def _push(self, samples: np.ndarray) -> None:
         if self.finished:
             raise ParaEdgeError("stream already finished; open a new one")
-        x = check_samples(np.asarray(samples, dtype=F32).reshape(-1), "audio chunk") if len(samples) else np.zeros(0, F32)
+        x = as_samples(samples, "audio chunk")
+        x = check_samples(x.astype(F32, copy=False), "audio chunk") if len(x) else np.zeros(0, F32)
         self.pending = np.concatenate([self.pending, x])
 
     @property
