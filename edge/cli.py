@@ -271,12 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", help="edge.toml (see edge/resources/edge.toml); defaults: demo model, default mic")
     p.add_argument("--model", "-m", help="model dir (overrides model.dir)")
     p.add_argument("--backend", "-b", choices=BACKENDS, help="overrides model.backend")
-    p.add_argument("--input", "-i", help="a WAV file instead of the microphone, paced in real time")
+    source = p.add_mutually_exclusive_group()  # one of them was silently ignored
+    source.add_argument("--input", "-i", help="a WAV file instead of the microphone, paced in real time")
     p.add_argument("--fast", action="store_true", help="with --input: as fast as possible, not real time")
-    p.add_argument("--device", "-d", help="sounddevice input name or index (see `paraedge devices`)")
+    source.add_argument("--device", "-d", help="sounddevice input name or index (see `paraedge devices`)")
     p.add_argument("--socket", help="UNIX socket for events and commands (mode 0600)")
-    p.add_argument("--wake", nargs="+", help="wake-word models: built-in names or microWakeWord .json paths")
-    p.add_argument("--no-wake", action="store_true", help="no wake word: the VAD opens every utterance")
+    wake = p.add_mutually_exclusive_group()
+    wake.add_argument("--wake", nargs="+", help="wake-word models: built-in names or microWakeWord .json paths")
+    wake.add_argument("--no-wake", action="store_true", help="no wake word: the VAD opens every utterance")
     p.add_argument("--duration", type=_seconds, help="stop after this many seconds of audio")
     p.add_argument("--grammar", help="a grammar YAML (overrides grammar.file): finals carry intent, slots, "
                                      "confidence; non-commands become `rejected` events")

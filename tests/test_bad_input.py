@@ -250,6 +250,25 @@ def test_a_grammar_loaded_for_another_models_tokens_is_refused_at_construction(t
         Recognizer(DEMO, grammar=g)
 
 
+@pytest.mark.parametrize("content, needle", [
+    ("[1, 2]", 'expected a JSON object with "model" and "micro"'),  # "list indices must be integers..."
+    ('{"model": "x.tflite"}', "no 'micro' field"),  # "('micro')"
+    (None, "not a regular file"),  # a FIFO: "not found"
+])
+def test_a_bad_wake_manifest_says_what_is_wrong(tmp_path, content, needle):
+    path = tmp_path / "wake.json"
+    os.mkfifo(path) if content is None else path.write_text(content)
+    r = _cli("run", "--wake", str(path), "--input", SAMPLE, "--fast")
+    assert r.returncode == 2 and needle in _one_error_line(r)
+
+
+@pytest.mark.parametrize("args", [["--wake", "alexa", "--no-wake"], ["--input", SAMPLE, "--device", "0"]])
+def test_run_options_that_contradict_are_refused(args):
+    """Each pair was accepted and one of the two silently ignored."""
+    r = _cli("run", *args, "--fast")
+    assert r.returncode == 2 and b"not allowed with argument" in r.stderr
+
+
 def test_non_utf8_file_name_with_json_does_not_lose_the_batch(tmp_path, good_wav):
     odd = os.path.join(os.fsencode(str(tmp_path)), b"caf\xe9.wav")
     shutil.copy(good_wav, odd)

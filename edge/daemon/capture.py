@@ -151,7 +151,8 @@ class MicSource:
         try:
             info = sd.query_devices(self.device, "input")
         except (ValueError, sd.PortAudioError) as exc:
-            raise DeviceLost(f"input device {self.device!r} not found ({exc})") from None
+            which = "the default input device" if self.device is None else f"input device {self.device!r}"
+            raise DeviceLost(f"{which} not found ({exc}); see `paraedge devices`") from None
         for rate in ([self.want_rate] if self.want_rate else [SAMPLE_RATE, int(info["default_samplerate"])]):
             for ch in ([self.want_channels] if self.want_channels else [1, int(info["max_input_channels"])]):
                 try:

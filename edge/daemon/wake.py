@@ -122,12 +122,23 @@ def builtin_models() -> list[str]:
     return sorted(p.stem for p in d.glob("*.json")) if d else []
 
 
+def _manifest_problem(exc: Exception) -> str:
+    """Python's words for a bad manifest ("'micro'", "list indices must be integers") made plain."""
+    if isinstance(exc, KeyError):
+        return f"no {exc.args[0]!r} field"
+    if isinstance(exc, TypeError):
+        return 'expected a JSON object with "model" and "micro": {"probability_cutoff", "sliding_window_size"}'
+    return str(exc)[:100]
+
+
 def resolve_manifest(name_or_path: str) -> Path:
     """'okay_nabu' -> the wheel's okay_nabu.json; a .json or .tflite path -> its manifest."""
     p = Path(name_or_path)
     if p.suffix == ".tflite":
         p = p.with_suffix(".json")
     if p.suffix == ".json":
+        if p.exists() and not p.is_file():
+            raise WakeError(f"wake-word manifest {p}: not a regular file; give the model's .json")
         if not p.is_file():
             raise WakeError(f"wake-word manifest not found: {p}")
         return p
@@ -147,7 +158,7 @@ def manifest_values(name_or_path: str) -> tuple[float, int]:
         micro = json.loads(path.read_text(encoding="utf-8"))["micro"]
         return float(micro["probability_cutoff"]), int(micro["sliding_window_size"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise WakeError(f"{path}: not a microWakeWord manifest ({exc})") from None
+        raise WakeError(f"{path}: not a microWakeWord manifest ({_manifest_problem(exc)})") from None
 
 
 def _builtin(manifest_path: Path) -> bool:
@@ -204,7 +215,7 @@ class WakeModel:
             self.cutoff = float(cutoff if cutoff is not None else tuned[0])
             self.window = int(window if window is not None else tuned[1])
         except (ValueError, KeyError, TypeError) as exc:
-            raise WakeError(f"{self.manifest_path}: not a microWakeWord manifest ({exc})") from None
+            raise WakeError(f"{self.manifest_path}: not a microWakeWord manifest ({_manifest_problem(exc)})") from None
         if not self.tflite_path.is_file():
             raise WakeError(f"{self.manifest_path}: model file {self.tflite_path.name} is missing")
         if not 0.0 < self.cutoff < 1.0 or self.window < 1:
