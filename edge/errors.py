@@ -39,10 +39,10 @@ def open_regular(path, mode: str = "r", **kwargs):
     if not isinstance(path, (str, bytes, os.PathLike)):  # open(2) would take it as a descriptor, and close it
         raise OSError(errno.EINVAL, f"not a file path: {type(path).__name__} {path!r:.40}")
     try:
-        st = os.stat(path)
+        kind = stat.S_IFMT(os.stat(path).st_mode)
     except OSError:
-        return open(path, mode, **kwargs)  # open() raises the usual FileNotFoundError etc.
-    if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+        kind = None  # open() below raises the usual FileNotFoundError etc.
+    if kind not in (None, stat.S_IFREG, stat.S_IFDIR):
         raise OSError(errno.EINVAL, "not a regular file (a pipe or device?); give a file", str(path))
     return open(path, mode, **kwargs)
 

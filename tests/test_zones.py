@@ -18,7 +18,7 @@ from scipy.io import wavfile
 from edge.asr.audio import load_audio, write_wav
 from edge.daemon.capture import EndOfInput, FileSource
 from edge.daemon.config import ConfigError, DaemonConfig
-from edge.daemon.events import EventBus
+from edge.daemon.events import Command, EventBus
 from edge.daemon.service import Daemon
 from tests.test_daemon import ScriptedSource
 
@@ -127,7 +127,7 @@ def test_zone_faults_status_and_reload_wait_for_every_zone(tmp_path):
     def on_chunk(k):
         d = state["d"]
         if k == 110:  # 2.2 s: both zones are mid-command
-            d.bus.commands.put("status")
+            d.bus.commands.put(Command("status"))
             d.request_reload()
         if k == 111:
             time.sleep(1.5)  # the reload is ready while both zones are still busy

@@ -334,7 +334,8 @@ class ModelDir:
 
     def __init__(self, path):
         self.path = os.fspath(path)
-        self.non_float_weights: dict[str, str] = {}  # filled by `weights`: name -> dtype of what it skipped
+        # filled by `weights`: name -> dtype of what it skipped (FunASR's checkpoints hold int counters)
+        self.non_float_weights: dict[str, str] = {}
         if not os.path.isdir(self.path):
             raise ModelError(f"{self.path}: model directory not found")
         self.tokens_file = tokens_file(self.path)
@@ -393,7 +394,6 @@ class ModelDir:
 
             w = load_state_dict(path)
         out = {}
-        self.non_float_weights = {}  # FunASR's checkpoints hold int counters; a loader names one it needs
         for k, v in w.items():
             if v.dtype.kind != "f":
                 self.non_float_weights[k] = str(v.dtype)

@@ -339,11 +339,12 @@ class Recognizer:
         fired = []
         for s, window in zip(streams, windows):
             if window.shape[0]:
-                enc, alphas = s.last_enc = next(encoded)
+                enc, alphas = next(encoded)
+                s.last_enc = enc
             else:
                 # A final chunk with no frames (chunk_size [0, N, 0] and under a frame of audio left):
                 # only CIF's tail to flush; a token it fires is decoded against the last chunk's frames
-                enc, alphas = (s.last_enc[0] if s.last_enc is not None else np.zeros((0, self.config.d_model), F32),
+                enc, alphas = (s.last_enc if s.last_enc is not None else np.zeros((0, self.config.d_model), F32),
                                np.zeros(0, F32))
             left, chunk, _ = s.chunk_size
             s.chunks += 1
@@ -386,7 +387,7 @@ class Stream:
         self.context = np.zeros((left + right, rec.config.input_size), F32)  # prepared frames
         self.position = 0
         self.caches = None
-        self.last_enc = None  # (enc, alphas) of the last chunk encoded
+        self.last_enc = None  # the encoder output of the last chunk encoded
         self.pending = np.zeros(0, F32)
         self.ids: list[int] = []
         self.rows: list[np.ndarray] = []  # each decoder step's log-probs, for a grammar on the final

@@ -91,10 +91,6 @@ class _Writer:
             self._cond.notify()
         return True
 
-    def backlog(self) -> int:
-        with self._cond:
-            return self._bytes
-
     def _next(self) -> bytes | None:
         with self._cond:
             while not self._pending and not self._closing:
@@ -331,8 +327,6 @@ class EventBus:
             cmd = self.commands.get_nowait()
         except queue.Empty:
             return None
-        if isinstance(cmd, str):  # put there by the daemon itself
-            return Command(cmd)
         client = self._client(cmd.client)
         if client is not None:
             with client.commands_done:
@@ -366,7 +360,7 @@ class EventBus:
     def emit(self, event: str, **fields) -> dict:
         """Publish one event. Never waits on stdout or a socket client (see the module docstring)."""
         with self._emit_lock:
-            record = {"event": event, "t": round(time.monotonic(), 6), **fields}
+            record = _record(event, **fields)
             data = _encode(record)
             self.history.append(record)
             if self._stdout is not None:
@@ -386,7 +380,7 @@ class EventBus:
         if command.client is None:
             return self.emit(event, **fields)
         with self._emit_lock:
-            record = {"event": event, "t": round(time.monotonic(), 6), **fields}
+            record = _record(event, **fields)
             self.history.append(record)
         client = self._client(command.client)
         if client is not None and not client.offer(_encode(record)):
@@ -413,13 +407,9 @@ class EventBus:
         if self._stdout is not None:
             self._stdout.finish(max(deadline - time.monotonic(), 0.5))
 
-    def flush(self, timeout: float = CLOSE_FLUSH_S) -> None:
-        """Wait (up to timeout) until stdout has been written what was emitted so far."""
-        if self._stdout is None:
-            return
-        deadline = time.monotonic() + timeout
-        while self._stdout.backlog() and time.monotonic() < deadline and not self._stdout.gone:
-            time.sleep(0.005)
+
+def _record(event: str, **fields) -> dict:
+    return {"event": event, "t": round(time.monotonic(), 6), **fields}
 
 
 def _encode(record: dict) -> bytes:
@@ -427,7 +417,8 @@ def _encode(record: dict) -> bytes:
 
 
 def _line(event: str, **fields) -> bytes:
-    return _encode({"event": event, "t": round(time.monotonic(), 6), **fields})
+    """An event for one connection only (not in history): why it is refused or dropped."""
+    return _encode(_record(event, **fields))
 
 
 def _check_path_length(path: str) -> None:

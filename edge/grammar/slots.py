@@ -24,9 +24,13 @@ def is_cjk(text: str) -> bool:
     return any("\u4e00" <= ch <= "\u9fff" for ch in text)
 
 
+def has_latin(text: str) -> bool:
+    return re.search(r"[A-Za-z]", text) is not None
+
+
 def language(text: str) -> str:
     """'zh' for text with CJK characters only, 'en' for Latin letters only, 'any' for both or neither."""
-    zh, en = is_cjk(text), bool(re.search(r"[A-Za-z]", text))
+    zh, en = is_cjk(text), has_latin(text)
     return "zh" if zh and not en else "en" if en and not zh else "any"
 
 

@@ -229,7 +229,7 @@ def _enum_type(r: _Reader, name: str, kind: str, vnode, node) -> S.SlotType:
             else:
                 values[v] = r.strings(fnode, f"slot '{name}' value '{v}'")
                 for form in values[v]:  # neither language's: no template would ever use it
-                    if not S.is_cjk(form) and not re.search(r"[A-Za-z]", form):
+                    if not S.is_cjk(form) and not S.has_latin(form):
                         raise r.error(fnode, f"slot '{name}': value '{v}' has the form {form!r}, which has no Mandarin "
                                              "or English word; list how it is said")
     else:
