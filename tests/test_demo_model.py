@@ -119,15 +119,18 @@ def test_recipe_runs_and_resumes(tmp_path):
     counts = build(corpus, per_voice=1, workers=2, phrases=ph[:3] + ph[-2:], train_voices=["", "m1"],
                    held_out_voices=["m2"], renders={f: {"en": 1, "zh": 1} for f in FAMILY_RENDERS})
     train_rows = [json.loads(l) for l in open(os.path.join(corpus, "train.jsonl"), encoding="utf-8")]
-    assert {r["family"] for r in train_rows} == set(FAMILIES)
-    n_other = sum(len(phs) for f, s in FAMILIES.items() if f != "espeak"
+    trainable = {f: s for f, s in FAMILIES.items() if not s.EVALUATION_ONLY}
+    assert {r["family"] for r in train_rows} == set(trainable) and "dectalk" not in trainable
+    n_other = sum(len(phs) for f, s in trainable.items() if f != "espeak"
                   for phs in ([p for p in ph[:3] + ph[-2:] if s.voices(p[0])],))
     assert counts["train"] == 10 + n_other and counts["test_clean"] == 5 and counts["test_snr10"] == 5
     rows = [json.loads(l) for l in open(os.path.join(corpus, "test_snr10.jsonl"), encoding="utf-8")]
     assert {r["voice"].split("+")[-1] for r in rows} == {"m2"} and all(r["snr"] == 10 for r in rows)
-    for fam, synth in FAMILIES.items():  # held-out voices are test-only, in every family
+    for fam, synth in trainable.items():  # held-out voices are test-only, in every family
         trained = {r["voice"] for r in train_rows if r["family"] == fam}
         assert trained and not trained & {v for lang in ("en", "zh") for v in synth.held_out(lang)}, fam
+    n_en = sum(1 for lang, _ in ph[:3] + ph[-2:] if lang == "en")
+    assert n_en and counts["test_dectalk_clean"] == counts["test_dectalk_snr10"] == 9 * n_en  # every voice, tested
     assert counts["test_kokoro_clean"] == 5 * len(FAMILIES["kokoro"].held_out("en"))
     out = str(tmp_path / "train")
     train(corpus, out, steps=4, preset="tiny", batch=4, eval_every=2, log=lambda *_: None, source_filter=0.5)
@@ -197,6 +200,17 @@ def test_recipe_runs_and_resumes(tmp_path):
     assert len(picks) == n_sam and all(r["family"] == "sam" for r in picks)
     assert [step for step, _ in rep["families"]["sam"]["curve"]] == [1, 2]
     assert "sam left out, accuracy on ~200" in table(rep) and "2 steps |" in table(rep)
+
+    # --as-is: the model scored, untouched, on the evaluation-only family it never heard (every render)
+    from paraedge_tools.recipe.loso import run_as_is, table_as_is
+
+    rep = run_as_is(corpus, model, sorted(trainable), None)
+    assert list(rep["families"]) == ["dectalk"]
+    dec = rep["families"]["dectalk"]
+    assert dec["clean_all"]["n"] == dec["snr10_all"]["n"] == 9 * n_en and len(dec["voices"]) == 9
+    assert "| dectalk | 9 | " in table_as_is(rep)
+    with pytest.raises(ValueError, match="trained on sam"):
+        run_as_is(corpus, model, sorted(trainable), ["sam"])
 
 
 @pytest.mark.parametrize("left", [0, 10])

@@ -2,7 +2,8 @@
 
 `python -m paraedge_tools.recipe.corpus OUT [--per-voice N] [--families espeak,piper,...]` renders every
 phrase of `tools/data/incar_commands.tsv` with every synthesizer family of `voices.py` (espeak-ng,
-MBROLA, SVOX Pico, RHVoice, Piper, Kokoro, SAM; flite and festival are never used), prosody drawn
+MBROLA, SVOX Pico, RHVoice, Piper, Kokoro, SAM, baker, ttskit, and DECtalk for evaluation only; flite and
+festival are never used), prosody drawn
 per render, as 16 kHz mono 16-bit WAVs, and writes JSONL manifests (path, text, lang, family,
 voice, params, snr, split):
 - `train.jsonl`: each family's training voices (augmentation happens on the fly in training);
@@ -175,7 +176,7 @@ def build(out: str, per_voice: int = 1, seed: int = 0, workers: int = 2, test_on
             else:
                 held = s.held_out(lang)
                 voices = [v for v in s.voices(lang) if v not in held]
-                count = renders.get(s.family, {}).get(lang, 0)
+                count = 0 if s.EVALUATION_ONLY else renders.get(s.family, {}).get(lang, 0)
                 train_v = [voices[(i * count + k) % len(voices)] for k in range(count)]
                 test_splits = [(f"test_{s.family}_clean", None)] + [(f"test_{s.family}_snr{snr}", snr)
                                                                      for snr in FAMILY_SNRS]

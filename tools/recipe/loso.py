@@ -15,6 +15,11 @@ For each family F (default: every family of the corpus's train.jsonl the init mo
 A family the init model was trained on (--init-families) cannot be left out from it; the table
 says so instead of reporting a number that would not mean anything.
 
+`--as-is`: no fine-tune. --init-dir itself is scored on every family of the corpus it never trained on:
+for the shipped model (`--init-dir models/demo --init-families` its nine), that is a fold as it
+ships, e.g. DECtalk, an evaluation-only family (voices.py) no recipe run has trained on. Its table
+goes into the card's own block (`loso-as-is`), beside the fine-tuned folds'.
+
 `--curve`: how the left-out family's accuracy moves with training. The fold's periodic check (every
 steps / 8) then decodes ~200 of F's clean renders instead of the espeak set, and the scored model is
 the last step's, never a checkpoint picked by F. Measured at 2,400 steps: kokoro left out went 22.5 %
@@ -31,6 +36,7 @@ import os
 import time
 
 TABLE_BEGIN, TABLE_END = "<!-- loso:begin -->", "<!-- loso:end -->"
+AS_IS_BEGIN, AS_IS_END = "<!-- loso-as-is:begin -->", "<!-- loso-as-is:end -->"
 SNR = 10
 
 
@@ -127,6 +133,47 @@ def run(corpus: str, out: str, init_dir: str, init_families: list[str], families
     return report
 
 
+def run_as_is(corpus: str, model_dir: str, model_families: list[str], families: list[str] | None,
+              log=print) -> dict:
+    """`model_dir` scored, without any training, on each family of `corpus` it was never trained on."""
+    from paraedge_tools.recipe.corpus import read_manifest
+
+    groups = rows_by_family(read_manifest(os.path.join(corpus, "train.jsonl")), corpus)
+    families = families or sorted(f for f in groups if f not in model_families)
+    unknown = [f for f in families if f not in groups]
+    if unknown:
+        raise ValueError(f"{corpus}: no renders of family '{unknown[0]}' (families here: {', '.join(sorted(groups))})")
+    trained = [f for f in families if f in model_families]
+    if trained:
+        raise ValueError(f"{model_dir} was trained on {trained[0]}: scoring it there is no leave-one-out fold")
+    report = {"corpus": os.path.abspath(corpus), "model": os.path.abspath(model_dir), "trained_on": model_families,
+              "snr": SNR, "families": {}}
+    for fam in families:
+        scores = score_family(model_dir, groups[fam])
+        report["families"][fam] = {"voices": sorted({r["voice"] for r in groups[fam]}), **scores}
+        log(f"{fam}: {json.dumps(scores)}")
+    return report
+
+
+def _cells(r: dict, cond: str) -> str:
+    parts = []
+    for lang in ("all", "en", "zh"):
+        k = f"{cond}_{lang}"
+        parts.append(f"{100 * r[k]['acc']:.1f} % (n={r[k]['n']})" if k in r else "-")
+    return " / ".join(parts)
+
+
+def table_as_is(report: dict) -> str:
+    model = report["model"].rstrip("/").split("/")[-1]
+    lines = [f"`{model}` as it is, no fine-tune (`python -m paraedge_tools.recipe.loso --as-is`), scored on every render "
+             f"of each family it never trained on (fp32, offline; car noise at {report['snr']} dB as the evaluator adds "
+             f"it). It trained on {', '.join(report['trained_on'])}.",
+             "", "| never trained on | voices | clean: all / en / zh | 10 dB: all / en / zh |", "|---|---|---|---|"]
+    for fam, r in report["families"].items():
+        lines.append(f"| {fam} | {len(r['voices'])} | {_cells(r, 'clean')} | {_cells(r, 'snr' + str(report['snr']))} |")
+    return "\n".join(lines)
+
+
 def read_curve(log_csv: str) -> list[list]:
     """[step, clean accuracy of the periodic check] from a training run's log.csv."""
     import csv
@@ -166,16 +213,9 @@ def table(report: dict, earlier: list[str] = ()) -> str:
             lines.append(f"| {fam} | | | not measured: {r['skipped']} | | |")
             continue
 
-        def cell(cond):
-            parts = []
-            for lang in ("all", "en", "zh"):
-                k = f"{cond}_{lang}"
-                parts.append(f"{100 * r[k]['acc']:.1f} % (n={r[k]['n']})" if k in r else "-")
-            return " / ".join(parts)
-
         noisy = f"snr{report['snr']}"
-        lines.append(f"| {fam} | {len(r['voices'])} | {', '.join(r['trained_on'])} | {cell('clean')} | "
-                     f"{cell(noisy)} | {r['minutes']:.0f} min" + (f", {r['steps']:,} steps" if "steps" in r else "") + " |")
+        lines.append(f"| {fam} | {len(r['voices'])} | {', '.join(r['trained_on'])} | {_cells(r, 'clean')} | "
+                     f"{_cells(r, noisy)} | {r['minutes']:.0f} min" + (f", {r['steps']:,} steps" if "steps" in r else "") + " |")
     for row in earlier:   # kept from an earlier run, marked as such once
         cells = row.split("|")
         if "(earlier run)" not in cells[1]:
@@ -208,14 +248,37 @@ def main(argv=None) -> int:
     add_recipe_args(ap)  # train's settings, passed to every fold
     ap.add_argument("--curve", action="store_true",
                     help="check the left-out family every steps/8 while training (a learning curve); score the last step")
+    ap.add_argument("--as-is", action="store_true",
+                    help="no fine-tune: score --init-dir itself on the families it never trained on")
     ap.add_argument("--write-card", default=None, help="model card (README.md) to write the table into")
     args = ap.parse_args(argv)
     if args.steps < 1:
         ap.error("--steps must be >= 1")
+    fams = args.families.split(",") if args.families else None
+    if args.as_is:
+        if args.curve:
+            ap.error("--as-is trains nothing, so there is no --curve: drop one")
+        if not os.path.isfile(os.path.join(args.init_dir, "config.yaml")):
+            ap.error(f"--init-dir {args.init_dir}: not a model dir (no config.yaml)")
+        if not os.path.exists(os.path.join(args.corpus, "train.jsonl")):
+            ap.error(f"{args.corpus}/train.jsonl: not found; build it with "
+                     f"`python -m paraedge_tools.recipe.corpus {args.corpus}`")
+        try:
+            report = run_as_is(args.corpus, args.init_dir, args.init_families.split(","), fams)
+        except ValueError as e:
+            ap.error(str(e))
+        print(table_as_is(report))
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "as_is.json"), "w") as f:
+            json.dump(report, f, indent=1)
+        if args.write_card:
+            from paraedge_tools.docblock import write_between
+
+            write_between(args.write_card, AS_IS_BEGIN, AS_IS_END, table_as_is(report))
+        return 0
     recipe = check_recipe_args(ap, args)   # before any corpus view or training
     if not os.path.exists(os.path.join(args.corpus, "train.jsonl")):
         ap.error(f"{args.corpus}/train.jsonl: not found; build it with `python -m paraedge_tools.recipe.corpus {args.corpus}`")
-    fams = args.families.split(",") if args.families else None
     try:
         report = run(args.corpus, args.out, args.init_dir, args.init_families.split(","), fams, args.steps, args.lr,
                      args.threads, curve=args.curve, **recipe)

