@@ -141,6 +141,8 @@ def test_recipe_runs_and_resumes(tmp_path):
           balance_languages=True, ghost=0.3, shift=0.3, tail=0.3)  # resumes at 4
     log = list(csv.DictReader(open(os.path.join(out, "log.csv"))))
     assert [int(r["step"]) for r in log] == [2, 4, 6]
+    seconds = [float(r["seconds"]) for r in log]   # the whole run's time, not restarted by the resume
+    assert seconds[0] <= seconds[1] <= seconds[2], seconds
 
     # the card's tables come from the evaluator: one block per streaming chunk size
     from paraedge_models.export import export_dir

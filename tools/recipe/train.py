@@ -15,7 +15,9 @@ each 10-frame chunk encoded in a window with the previous left + 5 frames; alpha
 limited to the window it fired in), the others with full context, so the same weights serve offline
 and 600 ms streaming decoding.
 
-Resumable (`ckpt.pt` holds model, optimiser, step and RNG state), seeded, logs loss and held-out
+Resumable (`ckpt.pt` holds model, optimiser, step, RNG state and the seconds trained so far: the log's
+`seconds` are the whole run's, across resumes; steps after the last checkpoint of a killed run are
+trained again and not counted twice), seeded, logs loss and held-out
 CER to `log.csv` and `curve.png`, and keeps the best checkpoint by held-out whole-command accuracy.
 """
 
@@ -480,13 +482,13 @@ def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 
     def lr_at(s):
         return lr * min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(steps, 1)))) + 0.02)
 
-    step, best = 0, -1.0
+    step, best, spent = 0, -1.0, 0.0
     ckpt = os.path.join(out, "ckpt.pt")
     if os.path.exists(ckpt):
         st = torch.load(ckpt, weights_only=False)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
-        step, best = st["step"], st.get("best", -1.0)
+        step, best, spent = st["step"], st.get("best", -1.0), st.get("seconds", 0.0)
         rng.bit_generator.state = st["rng"]
         torch.set_rng_state(st["torch_rng"])
         log(f"resumed at step {step}")
@@ -496,7 +498,7 @@ def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 
     writer = csv.writer(logf)
     if new_log:
         writer.writerow(["step", "seconds", "loss", "ce", "qty", "ctc", "lr", "heldout_cer", "heldout_acc"])
-    t0 = time.time()
+    t0 = time.time() - spent   # log.csv's seconds count the whole run across resumes (a run may span sessions)
     run = {"loss": 0.0, "ce": 0.0, "qty": 0.0, "ctc": 0.0, "n": 0}
     model.train()
     try:
@@ -539,7 +541,8 @@ def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 
             log(f"step {step}: loss {run['loss'] / n:.3f} heldout cer {metrics['cer']:.4f} acc {metrics['acc']:.3f}")
             run = {"loss": 0.0, "ce": 0.0, "qty": 0.0, "ctc": 0.0, "n": 0}
             state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "best": best,
-                     "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+                     "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                     "seconds": time.time() - t0}
             if test_rows and metrics["acc"] >= best:
                 best = state["best"] = metrics["acc"]
                 torch.save(model.state_dict(), os.path.join(out, "best.pt"))
