@@ -57,6 +57,13 @@ def rows_by_family(train_rows: list[dict], corpus: str) -> dict[str, list[dict]]
     return out
 
 
+def check_known(families: list[str], groups: dict, corpus: str) -> None:
+    """ValueError naming the first of `families` the corpus has no renders of."""
+    unknown = [f for f in families if f not in groups]
+    if unknown:
+        raise ValueError(f"{corpus}: no renders of family '{unknown[0]}' (families here: {', '.join(sorted(groups))})")
+
+
 def write_view(train_rows: list[dict], pick_rows: list[dict], family: str, view: str) -> dict:
     """OUT/F/corpus: the manifests of a run without `family` (paths absolute, nothing copied);
     `pick_rows`: what the trainer's periodic check decodes (never F's renders unless --curve asks)."""
@@ -102,9 +109,7 @@ def run(corpus: str, out: str, init_dir: str, init_families: list[str], families
               "balance_languages": recipe.get("balance_languages", False), "qty_weight": recipe.get("qty_weight", 1.0),
               "ghost_fires": recipe.get("ghost", 0.0), "shift_fires": recipe.get("shift", 0.0),
               "tail_fires": recipe.get("tail", 0.0), "tail_langs": recipe.get("tail_langs"), "families": {}}
-    unknown = [f for f in families if f not in groups]
-    if unknown:  # before any training
-        raise ValueError(f"{corpus}: no renders of family '{unknown[0]}' (families here: {', '.join(sorted(groups))})")
+    check_known(families, groups, corpus)  # before any training
     for fam in families:
         if fam in init_families:
             report["families"][fam] = {"skipped": f"{init_dir} was trained on {fam}"}
@@ -140,9 +145,7 @@ def run_as_is(corpus: str, model_dir: str, model_families: list[str], families: 
 
     groups = rows_by_family(read_manifest(os.path.join(corpus, "train.jsonl")), corpus)
     families = families or sorted(f for f in groups if f not in model_families)
-    unknown = [f for f in families if f not in groups]
-    if unknown:
-        raise ValueError(f"{corpus}: no renders of family '{unknown[0]}' (families here: {', '.join(sorted(groups))})")
+    check_known(families, groups, corpus)
     trained = [f for f in families if f in model_families]
     if trained:
         raise ValueError(f"{model_dir} was trained on {trained[0]}: scoring it there is no leave-one-out fold")
@@ -260,9 +263,11 @@ def main(argv=None) -> int:
             ap.error("--as-is trains nothing, so there is no --curve: drop one")
         if not os.path.isfile(os.path.join(args.init_dir, "config.yaml")):
             ap.error(f"--init-dir {args.init_dir}: not a model dir (no config.yaml)")
-        if not os.path.exists(os.path.join(args.corpus, "train.jsonl")):
-            ap.error(f"{args.corpus}/train.jsonl: not found; build it with "
-                     f"`python -m paraedge_tools.recipe.corpus {args.corpus}`")
+    else:
+        recipe = check_recipe_args(ap, args)   # before any corpus view or training
+    if not os.path.exists(os.path.join(args.corpus, "train.jsonl")):
+        ap.error(f"{args.corpus}/train.jsonl: not found; build it with `python -m paraedge_tools.recipe.corpus {args.corpus}`")
+    if args.as_is:
         try:
             report = run_as_is(args.corpus, args.init_dir, args.init_families.split(","), fams)
         except ValueError as e:
@@ -276,9 +281,6 @@ def main(argv=None) -> int:
 
             write_between(args.write_card, AS_IS_BEGIN, AS_IS_END, table_as_is(report))
         return 0
-    recipe = check_recipe_args(ap, args)   # before any corpus view or training
-    if not os.path.exists(os.path.join(args.corpus, "train.jsonl")):
-        ap.error(f"{args.corpus}/train.jsonl: not found; build it with `python -m paraedge_tools.recipe.corpus {args.corpus}`")
     try:
         report = run(args.corpus, args.out, args.init_dir, args.init_families.split(","), fams, args.steps, args.lr,
                      args.threads, curve=args.curve, **recipe)
