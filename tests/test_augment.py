@@ -153,6 +153,19 @@ def test_augment_draws_are_bounded_and_seeded():
     assert np.array_equal(again, draws[3])
 
 
+def test_noise_share_is_what_the_trainer_asks_for():
+    """`noise_p` (train --noise) is the share of draws with noise mixed in: the silence before the
+    command stays silent without it (the other steps leave only tiny values there)."""
+    x = np.concatenate([np.zeros(RATE // 4, np.float32), (tone(300.0, harmonics=8) * 0.5)[: 3 * RATE // 4]])
+    bank = A.noise_bank(np.random.default_rng(5), seconds=3.0, rirs=2)
+
+    def noisy(p):
+        lead = [A.augment(x, np.random.default_rng(s), bank, [tone(200.0)], noise_p=p) for s in range(40)]
+        return sum(np.sqrt(np.mean(y[:1600] ** 2) / np.mean(y**2)) > 0.03 for y in lead)
+
+    assert noisy(0.0) == 0 and 10 <= noisy(0.5) <= 30 and noisy(1.0) >= 32
+
+
 def test_digital_gate_ends_in_exact_zeros_just_after_the_last_sound():
     x = np.concatenate([tone(300.0) * 0.5, np.full(RATE // 2, 1e-4, np.float32)])  # speech, then a faint floor
     last = RATE - 1
