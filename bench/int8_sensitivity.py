@@ -55,9 +55,7 @@ def build(fp32_dir: str, dst: str, keep_float: list[tuple[str, str]]) -> tuple[s
     """An INT8 pair in `dst` with `keep_float` MatMuls in float; its size in MB."""
     import shutil
 
-    import onnx
-
-    from paraedge_models.export import _set_metadata, quantize
+    from paraedge_models.export import quantize
 
     os.makedirs(dst, exist_ok=True)
     for f in MODEL_FILES:
@@ -66,7 +64,6 @@ def build(fp32_dir: str, dst: str, keep_float: list[tuple[str, str]]) -> tuple[s
     for part in PAIR:
         src, q = os.path.join(fp32_dir, f"{part}.onnx"), os.path.join(dst, f"{part}_quant.onnx")
         quantize(src, q, [name for p, name in keep_float if p == part])
-        _set_metadata(q, {m.key: m.value for m in onnx.load(src).metadata_props})
         size += os.path.getsize(q)
     return dst, size / 1e6
 

@@ -115,12 +115,15 @@ def quantize(src: str, dst: str, keep_float=()) -> None:
     goes 98.32 -> 97.77 / 98.88 %: its flips are near-tied tokens of commands fp32 gets wrong, which
     any rounding moves. Only past the mission's 15 MB, with the decoder's last FFN in float too
     (16.43 MB), does every test set reach 99 % (MBROLA at 10 dB 99.44 %). So FunASR's scheme stays."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantize_dynamic(src, dst, op_types_to_quantize=["MatMul"], per_channel=True,
                          weight_type=QuantType.QUInt8, nodes_to_exclude=fp32_nodes(src) + list(keep_float))
+    # quantize_dynamic drops the metadata that peers (sherpa-onnx, funasr-onnx) read the pair by
+    _set_metadata(dst, {p.key: p.value for p in onnx.load(src).metadata_props})
 
 
 class _StreamingEncoder:
@@ -216,7 +219,6 @@ def export_onnx(md: ModelDir, model, quant: bool = True) -> list[str]:
         if quant:
             qpath = path.replace(".onnx", "_quant.onnx")
             quantize(path, qpath)
-            _set_metadata(qpath, meta)
             written.append(qpath)
     return written
 

@@ -306,8 +306,8 @@ def augment(x: np.ndarray, rng, bank: dict | None = None, pool: list | None = No
             source_p: float = 0.0, noise_p: float = 0.5) -> np.ndarray:
     """One training draw: silence padding, speaker (VTLP, pitch, tempo or speed; with probability `source_p`
     a new voice source, `source_filter`), room, channel, noise (car/white/pink or babble from `pool`,
-    0-20 dB, on a `noise_p` share of the draws), a digital gate, gain. Each step is skipped with some probability so that clean, unmodified
-    renders keep appearing."""
+    0-20 dB, on a `noise_p` share of the draws), a digital gate, gain. Each step is skipped with some
+    probability so that clean, unmodified renders keep appearing."""
     if rng.random() < 0.7:  # a microphone hears silence (then noise) around a command: CIF must not fire there
         lead, tail = int(rng.uniform(0, 0.4) * RATE), int(rng.uniform(0, 1.5) * RATE)
         x = np.concatenate([np.zeros(lead, np.float32), x, np.zeros(tail, np.float32)])
@@ -329,7 +329,7 @@ def augment(x: np.ndarray, rng, bank: dict | None = None, pool: list | None = No
         x = reverb(x, rng)
     if rng.random() < 0.35:
         x = channel(x, rng)
-    if rng.random() < noise_p:  # by default half the draws keep digital silence: 0.8 left the model leaning on a noise floor
+    if rng.random() < noise_p:  # default 0.5: half keep digital silence; 0.8 left the model leaning on a noise floor
         snr = float(rng.uniform(0, 20))
         if pool and rng.random() < 0.2:
             nz = babble(len(x), pool, rng)
