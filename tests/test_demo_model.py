@@ -250,6 +250,54 @@ def test_training_streams_exactly_as_the_runtime(tmp_path, left):
     np.testing.assert_allclose(got, want, atol=1e-4)
 
 
+@pytest.mark.parametrize("streaming,left", [(False, 0), (True, 0), (True, 10)])
+def test_training_skips_the_batch_padding_exactly(streaming, left):
+    """The encoder does not run on the batch's padding (length groups offline, no stream windows
+    past an utterance's end), and the loss and gradients are the straightforward computation's."""
+    import torch
+
+    from paraedge_models.paraformer import Paraformer
+    from paraedge_tools.recipe.train import build_vocab, losses, model_config
+
+    torch.manual_seed(0)
+    vocab = build_vocab()
+    conf = model_config("tiny", len(vocab), stream_left=10)
+    model = Paraformer(conf, len(vocab)).train()
+    rng = np.random.default_rng(1)
+    lengths = [13, 17, 21, 40, 44, 90, 95, 99]   # training draws: half the padded batch is padding
+    feats = [rng.standard_normal((n, 560)).astype(np.float32) for n in lengths]
+    targets = [list(rng.integers(3, len(vocab) - 1, max(1, n // 12))) + [2] for n in lengths]
+    frames = []
+    hook = model.encoder.register_forward_pre_hook(lambda m, a: frames.append(a[0].shape[0] * a[0].shape[1]))
+
+    def run(skip):
+        torch.manual_seed(2)   # dropout draws the same masks in both
+        model.zero_grad()
+        frames.clear()
+        total, _ = losses(model, feats, targets, streaming=streaming, left=left, qty_weight=2, skip_padding=skip)
+        total.backward()
+        return float(total), [p.grad.clone() for p in model.parameters() if p.grad is not None], sum(frames)
+
+    want, want_grads, all_frames = run(False)
+    got, got_grads, run_frames = run(True)
+    hook.remove()
+    assert run_frames < 0.75 * all_frames
+    assert got == pytest.approx(want, rel=1e-6)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_length_groups_pad_least():
+    from paraedge_tools.recipe.train import length_groups
+
+    lengths = [90, 10, 95, 12, 11, 99, 40, 41]
+    runs = length_groups(lengths, 3)
+    assert sorted(i for r in runs for i in r) == list(range(len(lengths)))
+    assert [sorted(lengths[i] for i in r) for r in runs] == [[10, 11, 12], [40, 41], [90, 95, 99]]
+    assert length_groups([5, 5, 5], 3) == [[0, 1, 2]]   # one run when more would not pad less
+    assert length_groups(lengths, 1) == [sorted(range(8), key=lambda i: lengths[i])]
+
+
 def test_streaming_ratio_spreads_streaming_steps():
     from paraedge_tools.recipe.train import streaming_step
 

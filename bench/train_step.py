@@ -1,0 +1,109 @@
+"""The training-step bench: the recipe's step with and without the encoder skipping the batch's padding.
+
+`python bench/train_step.py [--corpus out/corpus8] [--model models/demo] [--steps 40] [--threads 2]`
+
+Two copies of the same weights, each with its own AdamW, take the same batches of training draws
+(augmented as `train` draws them, made before the clock starts) in the recipe's order of step kinds:
+offline and streaming alternating, the streaming steps alternating 0 and 10 frames of left context
+(`--stream-left 0,10`). One copy runs `losses(..., skip_padding=False)` (the encoder over the whole
+padded batch and every stream window), the other the default; the two take turns going first.
+Printed: seconds per step of each kind (loss, backward, clipping, AdamW) and their ratio, measured
+in the same run with the thread count verified; how far the two copies' weights have drifted apart
+after all the steps (rounding only, which AdamW's normalised steps amplify where gradients are near
+zero: the loss is the same computation, tests/test_demo_model.py); and what one batch
+costs the data loader, which runs beside the step in its own process on one thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+KINDS = ("offline", "streaming, no left context", "streaming, 10 frames left")
+
+
+def main(argv=None) -> int:
+    import numpy as np
+    import torch
+
+    from edge.asr.modeldir import ModelDir
+    from paraedge_models.paraformer import Paraformer
+    from paraedge_tools.recipe.corpus import read_manifest
+    from paraedge_tools.recipe.train import Data, losses, streaming_step
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--corpus", default=os.path.join(ROOT, "out", "corpus8"))
+    ap.add_argument("--model", default=os.path.join(ROOT, "models", "demo"))
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--batch", type=int, default=24)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rows", type=int, default=2000, help="training renders loaded (drawn evenly from train.jsonl)")
+    args = ap.parse_args(argv)
+    manifest = os.path.join(args.corpus, "train.jsonl")
+    if not os.path.exists(manifest):
+        ap.error(f"{manifest} is missing; build the corpus with python -m paraedge_tools.recipe.corpus {args.corpus}")
+    if args.steps < 4 or args.batch < 1 or args.threads < 1:
+        ap.error("--steps must be at least 4 (one of each step kind), --batch and --threads at least 1")
+
+    md = ModelDir(args.model)
+    vocab = list(md.tokens)
+    rows = read_manifest(manifest)
+    rows = rows[:: max(1, len(rows) // args.rows)]
+    data = Data(rows, vocab, np.random.default_rng(0))
+    torch.set_num_threads(1)   # the loader's process runs on one thread
+    t0 = time.process_time()
+    batches = [data.batch(args.batch) for _ in range(args.steps)]
+    data_s = (time.process_time() - t0) / args.steps
+    torch.set_num_threads(args.threads)
+    if torch.get_num_threads() != args.threads:
+        raise SystemExit(f"torch runs {torch.get_num_threads()} threads, not the {args.threads} asked for")
+    shift, scale = md.cmvn.shift, md.cmvn.scale
+    runs = {}
+    for skip in (False, True):
+        model = Paraformer(copy.deepcopy(md.config.raw), len(vocab))
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in md.weights.items()})
+        model.train()
+        runs[skip] = {"model": model, "opt": torch.optim.AdamW(model.parameters(), lr=2e-4, betas=(0.9, 0.98),
+                                                                weight_decay=1e-2),
+                      "s": {k: [] for k in KINDS}}
+
+    def step(run, s, feats, targets, skip):
+        streaming, left = streaming_step(s, 0.5), (0, 10)[(s // 2) % 2]
+        kind = KINDS[0] if not streaming else KINDS[1 + (left > 0)]
+        t = time.perf_counter()
+        total, _ = losses(run["model"], feats, targets, streaming=streaming, left=left, qty_weight=2.0,
+                          skip_padding=skip)
+        run["opt"].zero_grad()
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(run["model"].parameters(), 5.0)
+        run["opt"].step()
+        run["s"][kind].append(time.perf_counter() - t)
+
+    for s, (feats, targets) in enumerate(batches):
+        feats = [(f + shift) * scale for f in feats]
+        for skip in ((False, True) if s % 2 else (True, False)):
+            step(runs[skip], s, feats, targets, skip)
+    with torch.no_grad():
+        pairs = list(zip(runs[False]["model"].parameters(), runs[True]["model"].parameters()))
+        drift = float(sum(((a - b) ** 2).sum() for a, b in pairs).sqrt() / sum((a**2).sum() for a, _ in pairs).sqrt())
+
+    print(f"x86, {torch.get_num_threads()} threads (verified), batch {args.batch}, {args.steps} steps each, "
+          f"torch {torch.__version__}: seconds per training step\n")
+    print("| step | whole padded batch | padding skipped | ratio |\n|---|---|---|---|")
+    for kind in KINDS + ("all (the recipe's mix)",):
+        a = runs[False]["s"].get(kind) or sum(runs[False]["s"].values(), [])
+        b = runs[True]["s"].get(kind) or sum(runs[True]["s"].values(), [])
+        print(f"| {kind} | {np.mean(a):.3f} | {np.mean(b):.3f} | {np.mean(a) / np.mean(b):.2f}x |")
+    print(f"\nweights after {args.steps} steps: the two copies differ by {drift:.1e} of their norm")
+    print(f"data loader: {data_s:.3f} CPU s per batch of {args.batch} (its own process, one thread)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
