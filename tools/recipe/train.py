@@ -342,7 +342,7 @@ def losses(model, feats, targets, streaming: bool, left: int = 0, qty_weight: fl
     fraction of one, or an extra fire between the last word and </s> (`count_jitter`; `tail_tokens`:
     the last words that may get it). `skip_padding`: the encoder does not run on the batch's padding
     (`encode_by_length`, and no stream windows past an utterance's end); the same loss, gradients
-    equal to float rounding (tested), the step about 1.5x faster (bench/train_step.py)."""
+    equal to float rounding (tested), the step 1.44x faster (bench/train_step.py)."""
     import torch
     import torch.nn.functional as F
 
