@@ -152,3 +152,69 @@ def test_anchor_size_model_is_the_benches_shape(tmp_path):
     conf = yaml.safe_load(open(tmp_path / "a" / "config.yaml", encoding="utf-8"))
     assert (conf["encoder_conf"]["num_blocks"], conf["encoder_conf"]["output_size"], conf["decoder_conf"]["num_blocks"],
             conf["vocab_size"]) == (12, 256, 6, 1000)
+
+
+def _quant_bytes(d) -> list[bytes]:
+    return [open(os.path.join(d, f), "rb").read() for f in ("model_quant.onnx", "decoder_quant.onnx")]
+
+
+@pytest.mark.slow
+def test_calibrated_export_smooths_the_int8_pair_exactly_in_float(tmp_path, speech_dir):
+    """`paraedge export --calibrate WAV...` measures each INT8 MatMul input's per-channel range on fp32
+    decodes, keeps them (int8_ranges.npz) and smooths every LayerNorm -> MatMul pair of the INT8
+    files: the float function is unchanged, the INT8 files differ from FunASR's scheme, and a later
+    plain export reproduces them byte for byte."""
+    import shutil
+
+    import onnxruntime as ort
+
+    from paraedge_models.export import RANGES, export_dir, load_ranges, main, smooth
+
+    d = tmp_path / "m"   # the demo's real weights: its decoder fires on the English phrases
+    shutil.copytree(os.path.join(os.path.dirname(os.path.dirname(__file__)), "models", "demo"), d,
+                    ignore=shutil.ignore_patterns("samples", "*.md", "*.png", "*.csv"))
+    plain = _quant_bytes(d)   # the shipped pair: FunASR's scheme
+    assert main([str(d), "--calibrate", str(speech_dir)]) == 0
+    assert (d / RANGES).exists()
+    smoothed = _quant_bytes(d)
+    assert smoothed[0] != plain[0] and smoothed[1] != plain[1]
+    md = ModelDir(str(d))
+    ranges = load_ranges(md)
+    assert set(ranges) == {"model.onnx", "decoder.onnx"} and all(ranges.values())
+    # every encoder layer's two LayerNorm-fed MatMuls (attention input, FFN input) are smoothed
+    src, out = md.file("model.onnx"), str(tmp_path / "smoothed.onnx")
+    done = smooth(src, out, ranges["model.onnx"])
+    layers = md.config.raw["encoder_conf"]["num_blocks"]
+    assert len(done) == 2 * layers and all(n.endswith(("linear_q_k_v/MatMul", "w_1/MatMul")) for n in done)
+    x = np.random.default_rng(0).standard_normal((1, 40, md.config.input_size)).astype(np.float32)
+    feed = {"speech": x, "speech_lengths": np.array([40], np.int32)}
+    a, b = (ort.InferenceSession(p, providers=["CPUExecutionProvider"]).run(None, feed) for p in (src, out))
+    for u, v in zip(a, b):
+        np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-4 * float(np.abs(u).max()))
+    export_dir(str(d))
+    assert _quant_bytes(d) == smoothed   # the kept ranges make the export reproducible
+
+
+def test_calibration_input_is_checked(tmp_path, funasr_streaming_a, speech_dir):
+    """Absent or empty --calibrate paths, --calibrate without INT8 files, an unreadable
+    int8_ranges.npz and ranges from another model: each one line, naming the file and the fix."""
+    import shutil
+
+    from edge.errors import ModelError
+    from paraedge_models.export import RANGES, export_dir, main, save_ranges
+
+    d = tmp_path / "m"
+    shutil.copytree(funasr_streaming_a, d)
+    for argv in ([str(d), "--calibrate", str(tmp_path / "nothing")], [str(d), "--calibrate", str(tmp_path)],
+                 [str(d), "--no-quant", "--calibrate", str(speech_dir)]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+    assert not (d / RANGES).exists()
+    (d / RANGES).write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ModelError, match=f"{RANGES}: not readable.*--calibrate"):
+        export_dir(str(d))
+    first_ln = "/encoder/encoders0.0/norm1/LayerNormalization_output_0"
+    save_ranges(str(d / RANGES), {"model.onnx": {first_ln: np.ones(7, np.float32)}})
+    with pytest.raises(ModelError, match="another model; delete"):
+        export_dir(str(d))
