@@ -130,7 +130,9 @@ def main(argv=None) -> int:
     ap.add_argument("--corpus", default=os.path.join(ROOT, "out", "corpus"))
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "bench", "int8-sensitivity"))
     ap.add_argument("--n", type=int, default=1500, help="training renders (each clean and at 10, 5, 0 dB)")
-    ap.add_argument("--probe", type=int, default=400, help="calibration decodes the activation table reads")
+    ap.add_argument("--probe", type=int, default=400,
+                    help="calibration decodes the activation table reads; the smoothed pair's ranges come from as many "
+                         "other draws (export --calibrate's minimum is 400)")
     ap.add_argument("--budget-mb", type=float, default=15.0)
     ap.add_argument("--test-sets", action="store_true", help="also score the pairs on every test set")
     args = ap.parse_args(argv)

@@ -154,12 +154,27 @@ def test_anchor_size_model_is_the_benches_shape(tmp_path):
             conf["vocab_size"]) == (12, 256, 6, 1000)
 
 
+@pytest.fixture(scope="module")
+def calibration_dir(tmp_path_factory, speech):
+    """MIN_CALIBRATION_WAVS distinct utterances: the session's phrases at random gains and white-noise levels."""
+    from edge.asr.audio import write_wav
+    from paraedge_models.export import MIN_CALIBRATION_WAVS
+
+    d = tmp_path_factory.mktemp("calibration")
+    rng, phrases = np.random.default_rng(0), list(speech.values())
+    for k in range(MIN_CALIBRATION_WAVS):
+        x = phrases[k % len(phrases)]
+        noise = rng.standard_normal(len(x)) * np.sqrt(np.mean(x**2) / 10 ** (rng.uniform(5, 30) / 10))
+        write_wav(str(d / f"{k:03d}.wav"), np.clip((x + noise) * rng.uniform(0.3, 1.0), -1, 1).astype(np.float32))
+    return d
+
+
 def _quant_bytes(d) -> list[bytes]:
     return [open(os.path.join(d, f), "rb").read() for f in ("model_quant.onnx", "decoder_quant.onnx")]
 
 
 @pytest.mark.slow
-def test_calibrated_export_smooths_the_int8_pair_exactly_in_float(tmp_path, speech_dir):
+def test_calibrated_export_smooths_the_int8_pair_exactly_in_float(tmp_path, calibration_dir):
     """`paraedge export --calibrate WAV...` measures each INT8 MatMul input's per-channel range on fp32
     decodes, keeps them (int8_ranges.npz) and smooths every LayerNorm -> MatMul pair of the INT8
     files: the float function is unchanged, the INT8 files differ from FunASR's scheme, and a later
@@ -174,7 +189,7 @@ def test_calibrated_export_smooths_the_int8_pair_exactly_in_float(tmp_path, spee
     shutil.copytree(os.path.join(os.path.dirname(os.path.dirname(__file__)), "models", "demo"), d,
                     ignore=shutil.ignore_patterns("samples", "*.md", "*.png", "*.csv"))
     plain = _quant_bytes(d)   # the shipped pair: FunASR's scheme
-    assert main([str(d), "--calibrate", str(speech_dir)]) == 0
+    assert main([str(d), "--calibrate", str(calibration_dir)]) == 0
     assert (d / RANGES).exists()
     smoothed = _quant_bytes(d)
     assert smoothed[0] != plain[0] and smoothed[1] != plain[1]
@@ -195,9 +210,10 @@ def test_calibrated_export_smooths_the_int8_pair_exactly_in_float(tmp_path, spee
     assert _quant_bytes(d) == smoothed   # the kept ranges make the export reproducible
 
 
-def test_calibration_input_is_checked(tmp_path, funasr_streaming_a, speech_dir):
-    """Absent or empty --calibrate paths, --calibrate without INT8 files, an unreadable
-    int8_ranges.npz and ranges from another model: each one line, naming the file and the fix."""
+def test_calibration_input_is_checked(tmp_path, funasr_streaming_a, speech_dir, calibration_dir, capsys):
+    """Absent or empty --calibrate paths, too few WAVs (the same one named twice counts once),
+    --calibrate without INT8 files, an unreadable WAV, an unreadable int8_ranges.npz, ranges from
+    another model or not finite: each one line, naming the file and the fix."""
     import shutil
 
     from edge.errors import ModelError
@@ -205,16 +221,30 @@ def test_calibration_input_is_checked(tmp_path, funasr_streaming_a, speech_dir):
 
     d = tmp_path / "m"
     shutil.copytree(funasr_streaming_a, d)
-    for argv in ([str(d), "--calibrate", str(tmp_path / "nothing")], [str(d), "--calibrate", str(tmp_path)],
-                 [str(d), "--no-quant", "--calibrate", str(speech_dir)]):
+    few = [str(speech_dir / f) for f in sorted(os.listdir(speech_dir))] * 200
+    for argv, says in (([str(d), "--calibrate", str(tmp_path / "nothing")], "no such file"),
+                       ([str(d), "--calibrate", str(tmp_path)], "0 distinct .wav files"),
+                       ([str(d), "--calibrate", *few], f"{len(os.listdir(speech_dir))} distinct .wav files there; "
+                                                       "smoothing needs at least 400"),
+                       ([str(d), "--no-quant", "--calibrate", str(speech_dir)], "does not go with --no-quant")):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2
-    assert not (d / RANGES).exists()
+        assert says in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "noise.wav").write_bytes(np.random.default_rng(0).bytes(3000))
+    before = sorted(os.listdir(d))
+    with pytest.raises(Exception, match="noise.wav: not a readable WAV"):
+        main([str(d), "--calibrate", str(calibration_dir), str(bad)])
+    assert sorted(os.listdir(d)) == before   # nothing exported, no ranges written
     (d / RANGES).write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(ModelError, match=f"{RANGES}: not readable.*--calibrate"):
         export_dir(str(d))
     first_ln = "/encoder/encoders0.0/norm1/LayerNormalization_output_0"
     save_ranges(str(d / RANGES), {"model.onnx": {first_ln: np.ones(7, np.float32)}})
     with pytest.raises(ModelError, match="another model; delete"):
+        export_dir(str(d))
+    save_ranges(str(d / RANGES), {"model.onnx": {first_ln: np.full(560, np.nan, np.float32)}})
+    with pytest.raises(ModelError, match="not finite magnitudes per channel; delete it"):
         export_dir(str(d))
