@@ -35,6 +35,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tools")]
 
+from paraedge_models.export import RangeProbe  # noqa: E402  (light: numpy and edge only)
+
 PAIR = ("model", "decoder")
 MODEL_FILES = ("config.yaml", "am.mvn", "tokens.json", "tokens.txt", "model.npz")
 
@@ -83,6 +85,23 @@ def calibration(corpus: str, n: int, seed: int = 0) -> list[np.ndarray]:
     return xs
 
 
+class RoundingProbe(RangeProbe):
+    """export's RangeProbe that also sums, per input, the signal energy and the error energy of the
+    per-tensor uint8 rounding that dynamic quantization gives it (DynamicQuantizeLinear:
+    [min(0, lo), max(0, hi)] in 255 steps)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.energy = {a: [0.0, 0.0] for a in self.names}
+
+    def record(self, name, rows):
+        super().record(name, rows)
+        lo, hi = min(0.0, float(rows.min())), max(0.0, float(rows.max()))
+        step = (hi - lo) / 255 or 1.0
+        self.energy[name][0] += float(np.sum(rows**2))
+        self.energy[name][1] += float(np.sum((np.round((rows - lo) / step) * step + lo - rows) ** 2))
+
+
 def activations(fp32_dir: str, xs: list) -> list[dict]:
     """Per INT8 MatMul of the pair, over the decodes of `xs` (fp32, onnxruntime): how far its input's
     largest channel stands above the median channel (what smoothing evens out), and the SNR that
@@ -93,7 +112,7 @@ def activations(fp32_dir: str, xs: list) -> list[dict]:
 
     from paraedge_models.export import int8_matmuls, probed
 
-    rec, probes = probed(fp32_dir)
+    rec, probes = probed(fp32_dir, probe=RoundingProbe)
     for x in xs:
         rec.transcribe(x)
     rows = []

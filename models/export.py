@@ -133,12 +133,10 @@ def quantize(src: str, dst: str, keep_float=(), ranges: dict | None = None) -> N
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory() as tmp:
+        src_q = src
         if ranges:
-            smoothed = os.path.join(tmp, os.path.basename(src))
-            smooth(src, smoothed, ranges)
-            src_q = smoothed
-        else:
-            src_q = src
+            src_q = os.path.join(tmp, os.path.basename(src))
+            smooth(src, src_q, ranges)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             quantize_dynamic(src_q, dst, op_types_to_quantize=["MatMul"], per_channel=True,
@@ -174,14 +172,14 @@ def smooth(src: str, dst: str, ranges: dict, alpha: float = SMOOTH_ALPHA) -> lis
     for n in g.node:
         for i in n.input:
             users.setdefault(i, []).append(n)
-    skip, done = set(fp32_nodes(src)), []
+    int8, done = {name for name, _, _ in int8_matmuls(src)}, []
     for ln in g.node:
         if ln.op_type != "LayerNormalization" or len(ln.input) < 3 or ln.output[0] not in ranges:
             continue
         (mm, *more) = users.get(ln.output[0], [None])
         gamma, beta = ln.input[1], ln.input[2]
-        if more or mm is None or mm.op_type != "MatMul" or mm.name in skip or mm.input[0] != ln.output[0] \
-                or mm.input[1] not in init or not {gamma, beta} <= set(init) \
+        # an INT8 MatMul whose activation (input 0) is the LayerNorm's output: its weight is input 1
+        if more or mm is None or mm.name not in int8 or mm.input[0] != ln.output[0] or not {gamma, beta} <= set(init) \
                 or any(len(users[t]) != 1 for t in (gamma, beta, mm.input[1])):
             continue   # shared parameters or another consumer would see the rescaling
         w = numpy_helper.to_array(init[mm.input[1]]).astype(np.float64)
@@ -204,11 +202,9 @@ def smooth(src: str, dst: str, ranges: dict, alpha: float = SMOOTH_ALPHA) -> lis
 
 class RangeProbe:
     """An onnxruntime session of an ONNX graph that also returns the tensors named in `inputs`
-    (MatMuls' activation inputs); `run` gives the caller only the graph's own outputs and keeps
-    each input's per-channel largest magnitude, and the signal and error energy of the per-tensor
-    uint8 rounding that dynamic quantization gives it (DynamicQuantizeLinear: [min(0, lo),
-    max(0, hi)] in 255 steps). It stands in for a backend's session, so that a Recognizer decodes
-    through it."""
+    (MatMuls' activation inputs); `run` gives the caller only the graph's own outputs and `record`s
+    each input (here: its per-channel largest magnitude). It stands in for a backend's session, so
+    that a Recognizer decodes through it."""
 
     def __init__(self, path: str, inputs: list[str], threads: int = 1):
         import onnx
@@ -222,7 +218,6 @@ class RangeProbe:
         opts.intra_op_num_threads = threads
         self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         self.absmax = {a: 0.0 for a in self.names}
-        self.energy = {a: [0.0, 0.0] for a in self.names}
 
     def get_inputs(self):
         return self.session.get_inputs()
@@ -233,13 +228,11 @@ class RangeProbe:
     def run(self, names, feed):
         res = self.session.run(None, feed)
         for a, v in zip(self.names, res[self.own:]):
-            v = v.reshape(-1, v.shape[-1]).astype(np.float64)
-            self.absmax[a] = np.maximum(self.absmax[a], np.abs(v).max(axis=0))
-            lo, hi = min(0.0, float(v.min())), max(0.0, float(v.max()))
-            step = (hi - lo) / 255 or 1.0
-            self.energy[a][0] += float(np.sum(v**2))
-            self.energy[a][1] += float(np.sum((np.round((v - lo) / step) * step + lo - v) ** 2))
+            self.record(a, v.reshape(-1, v.shape[-1]).astype(np.float64))
         return res[: self.own]
+
+    def record(self, name: str, rows: np.ndarray) -> None:
+        self.absmax[name] = np.maximum(self.absmax[name], np.abs(rows).max(axis=0))
 
 
 def int8_matmuls(onnx_path: str) -> list[tuple[str, str, str]]:
@@ -256,17 +249,17 @@ def int8_matmuls(onnx_path: str) -> list[tuple[str, str, str]]:
     return out
 
 
-def probed(fp32_dir: str, threads: int = 1):
-    """A Recognizer of the fp32 ONNX files in `fp32_dir` whose sessions are RangeProbes of every
-    INT8 MatMul's input; returns (recognizer, {file: probe})."""
+def probed(fp32_dir: str, threads: int = 1, probe=RangeProbe):
+    """A Recognizer of the fp32 ONNX files in `fp32_dir` whose sessions are `probe`s (RangeProbe or
+    a subclass) of every INT8 MatMul's input; returns (recognizer, {file: probe})."""
     from edge.asr.recognizer import Recognizer
 
     rec = Recognizer(fp32_dir, "onnxruntime", threads=threads)
     be, probes = rec.backend, {}
     for attr, path in (("session", be.enc_path), ("decoder", getattr(be, "dec_path", None))):
         if path is not None and getattr(be, attr) is not None:
-            probes[os.path.basename(path)] = probe = RangeProbe(path, [a for _, a, _ in int8_matmuls(path)], threads)
-            setattr(be, attr, probe)
+            probes[os.path.basename(path)] = session = probe(path, [a for _, a, _ in int8_matmuls(path)], threads)
+            setattr(be, attr, session)
     return rec, probes
 
 
@@ -398,19 +391,18 @@ def export_onnx(md: ModelDir, model, quant: bool = True) -> list[str]:
     for path in list(written):
         _set_metadata(path, meta)
     if quant:
-        written += quantize_dir(md)
+        written += quantize_all(md, written)
     return written
 
 
-def quantize_dir(md: ModelDir) -> list[str]:
-    """The INT8 twin of each exported fp32 ONNX file, smoothed with int8_ranges.npz if the dir has it."""
+def quantize_all(md: ModelDir, fp32_paths: list[str]) -> list[str]:
+    """The INT8 twin of each of the fp32 ONNX files `fp32_paths`, smoothed with the dir's
+    int8_ranges.npz if it has one; returns the twins' paths."""
     ranges, written = load_ranges(md), []
-    for name in ("model.onnx", "decoder.onnx"):
-        path = md.file(name)
-        if os.path.exists(path):
-            qpath = path.replace(".onnx", "_quant.onnx")
-            quantize(path, qpath, ranges=ranges.get(name))
-            written.append(qpath)
+    for path in fp32_paths:
+        qpath = path.replace(".onnx", "_quant.onnx")
+        quantize(path, qpath, ranges=ranges.get(os.path.basename(path)))
+        written.append(qpath)
     return written
 
 
@@ -467,7 +459,7 @@ def main(argv=None) -> int:
         md = ModelDir(args.model_dir)
         ranges = activation_ranges(args.model_dir, audio)
         save_ranges(md.file(RANGES), ranges)
-        written += [md.file(RANGES)] + quantize_dir(md)
+        written += [md.file(RANGES)] + quantize_all(md, [f for f in written if f.endswith(".onnx")])
         print(f"calibrated on {len(audio)} WAVs")
         for name in sorted(f for f, per in ranges.items() if not per):
             print(f"{name}: no calibration WAV reached it (no token fired), so it keeps FunASR's INT8 scheme")
