@@ -216,7 +216,7 @@ def test_calibration_input_is_checked(tmp_path, funasr_streaming_a, speech_dir, 
     another model or not finite: each one line, naming the file and the fix."""
     import shutil
 
-    from edge.errors import ModelError
+    from edge.errors import AudioError, ModelError
     from paraedge_models.export import RANGES, export_dir, main, save_ranges
 
     d = tmp_path / "m"
@@ -235,7 +235,7 @@ def test_calibration_input_is_checked(tmp_path, funasr_streaming_a, speech_dir, 
     bad.mkdir()
     (bad / "noise.wav").write_bytes(np.random.default_rng(0).bytes(3000))
     before = sorted(os.listdir(d))
-    with pytest.raises(Exception, match="noise.wav: not a readable WAV"):
+    with pytest.raises(AudioError, match="noise.wav: not a readable WAV"):
         main([str(d), "--calibrate", str(calibration_dir), str(bad)])
     assert sorted(os.listdir(d)) == before   # nothing exported, no ranges written
     (d / RANGES).write_bytes(b"PK\x03\x04 truncated")
