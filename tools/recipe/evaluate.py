@@ -55,6 +55,20 @@ def corpus_sets(corpus: str) -> list[str]:
     return [n for n in SETS if n in names] + sorted(n for n in names if n not in SETS)
 
 
+def chosen_sets(corpus: str, names: str | None = None) -> list[str]:
+    """`corpus_sets`, or the comma-separated `names` among them; a ValueError that names the fix."""
+    have = corpus_sets(corpus)
+    if not have:
+        raise ValueError(f"{corpus} holds no test sets; build the corpus with python -m paraedge_tools.recipe.corpus {corpus}")
+    if not names:
+        return have
+    wanted = [s for s in names.split(",") if s]
+    unknown = [s for s in wanted if s not in have]
+    if unknown:
+        raise ValueError(f"{corpus} has no test set {unknown[0]}; it has {', '.join(have)}")
+    return wanted
+
+
 def set_label(name: str) -> str:
     if name in SET_LABEL:
         return SET_LABEL[name]
