@@ -70,11 +70,11 @@ def main(argv=None) -> int:
                 continue
             m = margins(a.log_probs)
             bucket = np.searchsorted(BUCKETS, m, side="left")
-            flipped = a.log_probs.argmax(-1) != b.log_probs.argmax(-1)
+            best_a, best_b = a.log_probs.argmax(-1), b.log_probs.argmax(-1)
+            flipped = best_a != best_b
             np.add.at(positions, bucket, 1)
             np.add.at(flips, bucket[flipped], 1)
-            pa, pb = a.log_probs.argmax(-1)[flipped], b.log_probs.argmax(-1)[flipped]
-            at_end += int(sum((i in ends) != (j in ends) for i, j in zip(pa, pb)))
+            at_end += int(sum((i in ends) != (j in ends) for i, j in zip(best_a[flipped], best_b[flipped])))
         print(f"{name}: {utts} utterances so far, {differ} decode differently", file=sys.stderr, flush=True)
     print(f"{args.model}: fp32 (numpy reference) against its INT8 pair (onnxruntime, 1 thread), offline\n")
     print(f"{utts} utterances, {differ} decode differently; {counts} have another CIF count (left out below), "

@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     from edge.asr.audio import load_audio
     from edge.asr.recognizer import Recognizer
     from paraedge_tools.recipe.corpus import read_manifest
-    from paraedge_tools.recipe.evaluate import chosen_sets, set_label, with_trailing
+    from paraedge_tools.recipe.evaluate import SETS, chosen_sets, set_label, with_trailing
     from paraedge_tools.recipe.train import tokenize
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -70,9 +70,9 @@ def main(argv=None) -> int:
     except ValueError as exc:
         ap.error(str(exc))
     if not args.sets:  # espeak's four sets are its held-out variants, 4,576 utterances: ask for them by name
-        names = [n for n in names if not n.startswith("test_snr") and n != "test_clean"]
+        names = [n for n in names if n not in SETS]
     rec = Recognizer(args.model)
-    own = rec.cif.tail_threshold
+    own, tokens = rec.cif.tail_threshold, rec.model.tokens
     tails = sorted(set(args.tails) | {own}) if own > 0 else args.tails
     print(f"{args.model}: tail_threshold {own:g} in its config; fp32 offline, numpy reference\n")
     print("| test set | utts | " + " | ".join(f"tail {t:g}: right plain / +1 s, longer, lengthened" for t in tails)
@@ -86,12 +86,11 @@ def main(argv=None) -> int:
         for k, r in enumerate(rows):
             x = load_audio(r["path"])[0]
             want = tokenize(r["text"], r["lang"])
-            ids = [rec.model.tokens.index(w) for w in want] if all(w in rec.model.tokens for w in want) else None
             plain = decode_at(rec, x, tails)
             trail = decode_at(rec, with_trailing(x, r.get("snr"), np.random.default_rng(k)), tails)
             for t in tails:
-                right[t][0] += plain[t] == ids
-                right[t][1] += trail[t] == ids
+                right[t][0] += [tokens[i] for i in plain[t]] == want
+                right[t][1] += [tokens[i] for i in trail[t]] == want
                 longer[t][0] += len(trail[t]) > len(want)
                 longer[t][1] += len(trail[t]) > len(want) and len(trail[t]) > len(plain[t])
             if own > 0:

@@ -28,9 +28,10 @@ def test_the_sweep_decodes_as_transcribe_does_at_the_models_own_tail():
     from edge.asr.recognizer import Recognizer
 
     b = bench("tail_threshold")
-    rec = Recognizer(DEMO)
+    rec, low = Recognizer(DEMO), Recognizer(DEMO)
     own = rec.cif.tail_threshold
     assert own == 0.45
+    low.cif = dataclasses.replace(low.cif, tail_threshold=0.05)
     for name in sorted(os.listdir(SAMPLES)):
         if not name.endswith(".wav"):
             continue
@@ -38,8 +39,6 @@ def test_the_sweep_decodes_as_transcribe_does_at_the_models_own_tail():
         ids = b.decode_at(rec, x, [own, 0.05])
         assert ids[own] == rec.transcribe(x).token_ids, name
         # a lower tail changes only whether the closing spike's remainder fires again (read as </s>)
-        low = Recognizer(DEMO)
-        low.cif = dataclasses.replace(low.cif, tail_threshold=0.05)
         assert ids[0.05] == low.transcribe(x).token_ids, name
 
 
