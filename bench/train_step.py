@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     from edge.asr.modeldir import ModelDir
     from paraedge_models.paraformer import Paraformer
     from paraedge_tools.recipe.corpus import read_manifest
+    from paraedge_tools.recipe.augment import noise_bank
     from paraedge_tools.recipe.train import Data, losses, streaming_step
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -57,6 +58,7 @@ def main(argv=None) -> int:
     rows = rows[:: max(1, len(rows) // args.rows)]
     data = Data(rows, vocab, np.random.default_rng(0))
     torch.set_num_threads(1)   # the loader's process runs on one thread
+    data.bank = noise_bank(data.rng)   # made once per training run, before its first batch: not a batch's cost
     t0 = time.process_time()
     batches = [data.batch(args.batch) for _ in range(args.steps)]
     data_s = (time.process_time() - t0) / args.steps
