@@ -150,6 +150,38 @@ def test_recipe_runs_and_resumes(tmp_path):
 
     model = os.path.join(out, "eval_model")
     export_dir(model)
+
+    # weight averaging (release --train A --train B): two fine-tunes of that model dir shipped as their mean
+    import shutil
+    import subprocess
+    import sys
+
+    import torch
+
+    from paraedge_tools.recipe.release import load_weights, release
+
+    runs = [str(tmp_path / f"finetune{k}") for k in (1, 2)]
+    for k, run in enumerate(runs):
+        train(corpus, run, steps=2, batch=4, eval_every=2, lr=1e-3, seed=k, init_dir=model, log=lambda *_: None)
+    a, b = (load_weights(r, "ckpt.pt") for r in runs)
+    mean = load_weights(runs, "ckpt.pt")
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # two different runs, so the mean is neither
+    assert all(torch.allclose(mean[k], (a[k] + b[k]) / 2, atol=1e-7) for k in a if a[k].is_floating_point())
+    averaged = str(tmp_path / "averaged")
+    release(runs, averaged, "ckpt.pt")
+    w = np.load(os.path.join(averaged, "model.npz"))
+    assert set(w.files) == set(mean) and all(
+        np.array_equal(w[k].astype(np.float32), mean[k].half().float().numpy()) for k in w.files)
+    stranger = str(tmp_path / "stranger")  # another CMVN: not a continuation, refused before anything is written
+    shutil.copytree(runs[1], stranger)
+    z = dict(np.load(os.path.join(runs[1], "cmvn.npz")))
+    np.savez(os.path.join(stranger, "cmvn.npz"), **dict(z, shift=z["shift"] + 1))
+    with pytest.raises(ValueError, match="not a continuation of"):
+        load_weights([runs[0], stranger])
+    p = subprocess.run([sys.executable, "-m", "paraedge_tools.recipe.release", "--train", runs[0], "--train",
+                        str(tmp_path / "nowhere"), "--out", str(tmp_path / "never")], capture_output=True, text=True)
+    assert p.returncode == 2 and "nowhere: not a training run" in p.stderr and "Traceback" not in p.stderr
+    assert not os.path.exists(tmp_path / "never")
     card = os.path.join(model, "README.md")
     with open(card, "w", encoding="utf-8") as f:
         f.write("card\n<!-- results[0,10,5]:begin -->\nold\n<!-- results[0,10,5]:end -->\n")
