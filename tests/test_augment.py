@@ -183,6 +183,21 @@ def test_noise_share_is_what_the_trainer_asks_for():
     assert noisy(0.0) == 0 and 10 <= noisy(0.5) <= 30 and noisy(1.0) >= 32
 
 
+def test_lead_pad_is_what_the_trainer_asks_for():
+    """`lead_s` (train --lead-pad) bounds the silence padded before the command: without noise the
+    command's onset moves by the pad, scaled by at most the tempo draws (0.8-1.25)."""
+    x = tone(300.0, harmonics=8) * 0.5
+    bank = A.noise_bank(np.random.default_rng(5), seconds=3.0, rirs=2)
+
+    def onsets(lead_s):
+        ys = [A.augment(x, np.random.default_rng(s), bank, noise_p=0.0, lead_s=lead_s) for s in range(40)]
+        return np.array([np.argmax(np.abs(y) > 0.05 * np.max(np.abs(y))) / RATE for y in ys])
+
+    short, long = onsets(0.4), onsets(2.0)
+    assert short.max() <= 0.4 * 1.25 + 0.1 and long.max() <= 2.0 * 1.25 + 0.1
+    assert (long > 0.6).sum() >= 15  # 70 % of draws are padded, 80 % of those by more than 0.4 s
+
+
 def test_digital_gate_ends_in_exact_zeros_just_after_the_last_sound():
     x = np.concatenate([tone(300.0) * 0.5, np.full(RATE // 2, 1e-4, np.float32)])  # speech, then a faint floor
     last = RATE - 1

@@ -138,7 +138,7 @@ def test_recipe_runs_and_resumes(tmp_path):
     assert [int(r["step"]) for r in log] == [2, 4] and all(np.isfinite(float(r["loss"])) for r in log)
     assert os.path.exists(os.path.join(out, "curve.png")) and os.path.exists(os.path.join(out, "best.pt"))
     train(corpus, out, steps=6, preset="tiny", batch=4, eval_every=2, log=lambda *_: None,
-          balance_languages=True, ghost=0.3, shift=0.3, tail=0.3, noise=0.8)  # resumes at 4
+          balance_languages=True, ghost=0.3, shift=0.3, tail=0.3, noise=0.8, lead=1.5)  # resumes at 4
     log = list(csv.DictReader(open(os.path.join(out, "log.csv"))))
     assert [int(r["step"]) for r in log] == [2, 4, 6]
     seconds = [float(r["seconds"]) for r in log]   # the whole run's time, not restarted by the resume

@@ -337,13 +337,14 @@ def noise_bank(rng, seconds: float = 20.0, rirs: int = 48) -> dict:
 
 
 def augment(x: np.ndarray, rng, bank: dict | None = None, pool: list | None = None,
-            source_p: float = 0.0, noise_p: float = 0.5) -> np.ndarray:
+            source_p: float = 0.0, noise_p: float = 0.5, lead_s: float = 0.4) -> np.ndarray:
     """One training draw: silence padding, speaker (VTLP, pitch, tempo or speed; with probability `source_p`
     a new voice source, `source_filter`), room, channel, noise (car/white/pink or babble from `pool`,
     0-20 dB, on a `noise_p` share of the draws), a digital gate, gain. Each step is skipped with some
-    probability so that clean, unmodified renders keep appearing."""
+    probability so that clean, unmodified renders keep appearing. `lead_s`: the most silence padded
+    before the command (the draw is uniform; 1.5 s after it)."""
     if rng.random() < 0.7:  # a microphone hears silence (then noise) around a command: CIF must not fire there
-        lead, tail = int(rng.uniform(0, 0.4) * RATE), int(rng.uniform(0, 1.5) * RATE)
+        lead, tail = int(rng.uniform(0, lead_s) * RATE), int(rng.uniform(0, 1.5) * RATE)
         x = np.concatenate([np.zeros(lead, np.float32), x, np.zeros(tail, np.float32)])
     if rng.random() < 0.5:
         x = vtlp(x, float(rng.uniform(0.85, 1.15)))
