@@ -64,3 +64,49 @@ def test_the_benches_sets_are_checked_against_the_corpus(tmp_path):
     assert chosen_sets(str(tmp_path), "test_sam_clean,") == ["test_sam_clean"]
     with pytest.raises(ValueError, match="no test set test_pico_clean; it has test_clean, test_sam_clean"):
         chosen_sets(str(tmp_path), "test_sam_clean,test_pico_clean")
+
+
+def test_lead_noise_goes_before_the_command_only():
+    """`with_trailing(before=...)`: that many seconds of silence (clean) or of car noise at the
+    file's noise level go before the command; the evaluator's default call is unchanged."""
+    from paraedge_tools.recipe.augment import car_noise
+    from paraedge_tools.recipe.evaluate import with_trailing
+
+    x = np.sin(np.arange(8000) / 5.0).astype(np.float32)
+    y = with_trailing(x, None, np.random.default_rng(0), 0.0, 0.5)
+    assert len(y) == 16000 and not y[:8000].any() and np.array_equal(y[8000:], x)
+    level = np.sqrt(np.mean(x**2) / (1 + 10 ** 0.5))
+    rng = np.random.default_rng(1)
+    tail = car_noise(16000, rng) * level
+    head = car_noise(4800, rng) * level
+    y = with_trailing(x, 5.0, np.random.default_rng(1), 1.0, 0.3)
+    np.testing.assert_allclose(y, np.concatenate([head, x, tail]), rtol=1e-6, atol=1e-7)
+    plain = with_trailing(x, 5.0, np.random.default_rng(1))  # the evaluator's call: only the trailing second
+    np.testing.assert_allclose(plain, np.concatenate([x, tail]), rtol=1e-6, atol=1e-7)
+
+
+def test_lead_noise_bench_decodes_the_commands(tmp_path):
+    """bench/lead_noise.py on the shipped samples' commands (cut at their start): with no lead it
+    decodes them as the runtime does (all right, offline and streaming); bad arguments are one line."""
+    import json
+    import subprocess
+    import sys
+
+    from edge.asr.audio import load_audio, write_wav
+
+    rows = []
+    for s in json.load(open(os.path.join(SAMPLES, "samples.json"), encoding="utf-8"))[:2]:
+        x = load_audio(os.path.join(SAMPLES, s["file"]))[0][int(s["command_start_s"] * 16000):]
+        path = str(tmp_path / s["file"])
+        write_wav(path, x)
+        rows.append({"path": path, "text": s["command"], "lang": s["lang"], "snr": 10})
+    with open(tmp_path / "test_snr10.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    out = bench("lead_noise").measure(DEMO, str(tmp_path), ["test_snr10"], [0.0, 0.6])
+    assert [(r[2], r[3]) for r in out] == [(0.0, 2), (0.6, 2)]
+    assert out[0][4:] == (1.0, 1.0, 1.0)
+    assert all(0.0 <= v <= 1.0 for r in out for v in r[4:])
+    for args, needle in ((["--leads", "abc"], "--leads"), (["--leads", "-1"], "[0, 10]"), (["--sets", "test_x"], "no test set")):
+        p = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "lead_noise.py"), "--corpus", str(tmp_path), *args],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr, p.stderr

@@ -76,21 +76,23 @@ def set_label(name: str) -> str:
     return f"{family}, " + ("clean" if cond == "clean" else f"car noise {cond[3:]} dB")
 
 
-def with_trailing(x, snr, rng, seconds: float = TRAILING_S):
-    """x followed by `seconds` of silence (clean) or of car noise at the level already mixed into x
-    (noisy sets: the file is speech + noise at `snr`, so noise power = P_file / (1 + 10^(snr/10)))."""
+def with_trailing(x, snr, rng, seconds: float = TRAILING_S, before: float = 0.0):
+    """x followed by `seconds` (and preceded by `before` seconds) of silence (clean) or of car noise at
+    the level already mixed into x (noisy sets: the file is speech + noise at `snr`, so noise power =
+    P_file / (1 + 10^(snr/10)))."""
     import numpy as np
 
     from edge.asr.audio import SAMPLE_RATE
     from paraedge_tools.recipe.augment import car_noise
 
-    n = int(seconds * SAMPLE_RATE)
+    n_after, n_before = int(seconds * SAMPLE_RATE), int(before * SAMPLE_RATE)
     if snr is None:
-        tail = np.zeros(n, np.float32)
+        head, tail = np.zeros(n_before, np.float32), np.zeros(n_after, np.float32)
     else:
-        p_noise = float(np.mean(x**2)) / (1 + 10 ** (snr / 10.0))
-        tail = car_noise(n, rng) * np.sqrt(p_noise)
-    return np.concatenate([x, tail]).astype(np.float32)
+        level = np.sqrt(float(np.mean(x**2)) / (1 + 10 ** (snr / 10.0)))
+        tail = car_noise(n_after, rng) * level if n_after else np.zeros(0, np.float32)
+        head = car_noise(n_before, rng) * level if n_before else np.zeros(0, np.float32)
+    return np.concatenate([head, x, tail]).astype(np.float32)
 
 
 def spurious_trailing(rec, rows, plain: list[list[int]]) -> tuple[int, int]:
