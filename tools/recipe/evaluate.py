@@ -85,14 +85,14 @@ def with_trailing(x, snr, rng, seconds: float = TRAILING_S, before: float = 0.0)
     from edge.asr.audio import SAMPLE_RATE
     from paraedge_tools.recipe.augment import car_noise
 
-    n_after, n_before = int(seconds * SAMPLE_RATE), int(before * SAMPLE_RATE)
-    if snr is None:
-        head, tail = np.zeros(n_before, np.float32), np.zeros(n_after, np.float32)
-    else:
-        level = np.sqrt(float(np.mean(x**2)) / (1 + 10 ** (snr / 10.0)))
-        tail = car_noise(n_after, rng) * level if n_after else np.zeros(0, np.float32)
-        head = car_noise(n_before, rng) * level if n_before else np.zeros(0, np.float32)
-    return np.concatenate([head, x, tail]).astype(np.float32)
+    level = None if snr is None else np.sqrt(float(np.mean(x**2)) / (1 + 10 ** (snr / 10.0)))
+
+    def pad(s):
+        n = int(s * SAMPLE_RATE)
+        return np.zeros(n, np.float32) if level is None or n == 0 else car_noise(n, rng) * level
+
+    tail = pad(seconds)  # drawn first: the evaluator's trailing noise stays what it was without `before`
+    return np.concatenate([pad(before), x, tail]).astype(np.float32)
 
 
 def spurious_trailing(rec, rows, plain: list[list[int]]) -> tuple[int, int]:
