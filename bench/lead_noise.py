@@ -6,7 +6,7 @@ The corpus's renders open with 0-0.4 s of silence (then the set's car noise) bef
 the trainer's draws did (`augment`, `train --lead-pad`). A stream opened by the wake word or by a
 VAD hears more than that before a person speaks. Each utterance of the chosen sets is decoded (fp32,
 the numpy reference, the model's default chunk size) with `lead` more seconds of car noise at the
-set's own level before it (`evaluate.with_trailing`, nothing after it), offline and streaming. Printed
+set's own level before it (`evaluate.lead_decodes`, nothing after it; the evaluator's last column is this at 0.6 s), offline and streaming. Printed
 per model, set and lead: whole commands right offline and streaming, and streaming equal to offline.
 
 Measured (stop 50, `out/corpus8`, espeak held-out at 5 dB, 1,144 commands), lead 0 / 0.6 s, streaming
@@ -30,12 +30,9 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tools")]
 
 
 def measure(model: str, corpus: str, sets: list[str], leads: list[float]) -> list[tuple]:
-    import numpy as np
-
-    from edge.asr.audio import load_audio
     from edge.asr.recognizer import Recognizer
     from paraedge_tools.recipe.corpus import read_manifest
-    from paraedge_tools.recipe.evaluate import with_trailing
+    from paraedge_tools.recipe.evaluate import lead_decodes
 
     rec = Recognizer(model, "ref")
     chunk = tuple(rec.config.chunk_size)
@@ -43,14 +40,12 @@ def measure(model: str, corpus: str, sets: list[str], leads: list[float]) -> lis
     for name in sets:
         rows = read_manifest(os.path.join(corpus, f"{name}.jsonl"))
         for lead in leads:
-            off_ok = st_ok = same = 0
-            for k, r in enumerate(rows):
-                x = with_trailing(load_audio(r["path"])[0], r.get("snr"), np.random.default_rng(k), 0.0, lead)
-                a, b = rec.transcribe(x), rec.transcribe_streaming(x, chunk_size=chunk)
-                off_ok, st_ok = off_ok + (a.text == r["text"]), st_ok + (b.text == r["text"])
-                same += a.token_ids == b.token_ids
+            pairs = lead_decodes(rec, rows, lead, chunk)
             n = max(len(rows), 1)
-            rows_out.append((model, name, lead, len(rows), off_ok / n, st_ok / n, same / n))
+            off = sum(a.text == r["text"] for (a, _), r in zip(pairs, rows)) / n
+            st = sum(b.text == r["text"] for (_, b), r in zip(pairs, rows)) / n
+            same = sum(a.token_ids == b.token_ids for a, b in pairs) / n
+            rows_out.append((model, name, lead, len(rows), off, st, same))
     return rows_out
 
 

@@ -87,7 +87,8 @@ def test_lead_noise_goes_before_the_command_only():
 
 def test_lead_noise_bench_decodes_the_commands(tmp_path):
     """bench/lead_noise.py on the shipped samples' commands (cut at their start): with no lead it
-    decodes them as the runtime does (all right, offline and streaming); bad arguments are one line."""
+    decodes them as the runtime does (all right, offline and streaming); bad arguments are one line.
+    The evaluator's lead column decodes the same audio with LEAD_S more before each command."""
     import json
     import subprocess
     import sys
@@ -102,6 +103,13 @@ def test_lead_noise_bench_decodes_the_commands(tmp_path):
         rows.append({"path": path, "text": s["command"], "lang": s["lang"], "snr": 10})
     with open(tmp_path / "test_snr10.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    from edge.asr.recognizer import Recognizer
+    from paraedge_tools.recipe.evaluate import LEAD_S, lead_decodes
+
+    rec = Recognizer(DEMO, "ref")  # the evaluator's last column hears LEAD_S more, offline and streaming alike
+    for r, pair in zip(rows, lead_decodes(rec, rows, LEAD_S, tuple(rec.config.chunk_size))):
+        want = len(load_audio(r["path"])[0]) / 16000 + LEAD_S
+        assert [res.timings["audio_s"] for res in pair] == pytest.approx([want, want], abs=1e-3)
     out = bench("lead_noise").measure(DEMO, str(tmp_path), ["test_snr10"], [0.0, 0.6])
     assert [(r[2], r[3]) for r in out] == [(0.0, 2), (0.6, 2)]
     assert out[0][4:] == (1.0, 1.0, 1.0)

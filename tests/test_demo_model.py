@@ -191,6 +191,7 @@ def test_recipe_runs_and_resumes(tmp_path):
     assert all(report["sets"][k]["fp32_streaming"]["n"] == 5 for k in espeak_sets)
     for r in report["sets"].values():  # those the silence lengthened are some of those longer than the command
         assert 0 <= r["trailing_added"] <= r["spurious_trailing"] <= r["fp32_offline"]["n"]
+        assert 0.0 <= r["streaming_equals_offline_lead"] <= 1.0
     # --quick: the same fp32 offline decodes on the clean sets, side by side, with the token-count errors
     from paraedge_tools.recipe.evaluate import quick, quick_table
 
@@ -207,6 +208,7 @@ def test_recipe_runs_and_resumes(tmp_path):
     text = open(card, encoding="utf-8").read()
     assert "<!-- results[0,10,5]:begin -->\nold\n<!-- results[0,10,5]:end -->" in text  # another size's table stays
     assert "<!-- results[10,10,5]:begin -->" in text and "(+600 ms left context)" in text
+    assert "| streaming = offline, 0.6 s more silence or noise first |" in text
     fresh = os.path.join(out, "fresh_release", "README.md")  # release --out somewhere new: no card yet
     os.makedirs(os.path.dirname(fresh))
     write_card(fresh, report)
