@@ -32,12 +32,17 @@ def fsmn_padding(kernel_size: int, shift: int) -> tuple[int, int]:
 
 
 def position_encoding(num_frames, depth: int, start=0, device=None) -> torch.Tensor:
-    """FunASR SinusoidalPositionEncoder: positions start+1.., [sin | cos], float32."""
+    """FunASR SinusoidalPositionEncoder: positions start+1.., [sin | cos], float32: [T, D], or
+    [B, T, D] when `start` is a tensor of one start per utterance (training's position shift)."""
     inc = math.log(10000.0) / (depth / 2 - 1)
     inv = torch.exp(torch.arange(depth // 2, dtype=torch.float32, device=device) * -inc)
-    pos = torch.arange(1, num_frames + 1, dtype=torch.float32, device=device) + start
-    scaled = pos[:, None] * inv[None, :]
-    return torch.cat([torch.sin(scaled), torch.cos(scaled)], dim=1)
+    pos = torch.arange(1, num_frames + 1, dtype=torch.float32, device=device)
+    if torch.is_tensor(start):
+        pos = pos[None, :] + start.to(torch.float32)[:, None]
+    else:
+        pos = pos + start
+    scaled = pos[..., None] * inv
+    return torch.cat([torch.sin(scaled), torch.cos(scaled)], dim=-1)
 
 
 def attend(q, k, v, heads: int, key_mask=None, product=torch.matmul, scores=None, weights=None, mix=None):
@@ -147,7 +152,8 @@ class SANMEncoder(nn.Module):
         return self._output_size
 
     def embed(self, speech, start=0):
-        """Scale by sqrt(d_model) and add positions (what FunASR's `pe` input layer does)."""
+        """Scale by sqrt(d_model) and add positions (what FunASR's `pe` input layer does); `start`:
+        an offset, or a tensor of one offset per utterance."""
         return speech * self._output_size**0.5 + position_encoding(speech.shape[1], speech.shape[2], start, speech.device)
 
     def forward(self, x, mask):

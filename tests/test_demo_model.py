@@ -138,7 +138,7 @@ def test_recipe_runs_and_resumes(tmp_path):
     assert [int(r["step"]) for r in log] == [2, 4] and all(np.isfinite(float(r["loss"])) for r in log)
     assert os.path.exists(os.path.join(out, "curve.png")) and os.path.exists(os.path.join(out, "best.pt"))
     train(corpus, out, steps=6, preset="tiny", batch=4, eval_every=2, log=lambda *_: None,
-          balance_languages=True, ghost=0.3, shift=0.3, tail=0.3, noise=0.8, lead=1.5)  # resumes at 4
+          balance_languages=True, ghost=0.3, shift=0.3, tail=0.3, noise=0.8, lead=1.5, position_shift=2.0)  # resumes at 4
     log = list(csv.DictReader(open(os.path.join(out, "log.csv"))))
     assert [int(r["step"]) for r in log] == [2, 4, 6]
     seconds = [float(r["seconds"]) for r in log]   # the whole run's time, not restarted by the resume
@@ -320,6 +320,34 @@ def test_training_skips_the_batch_padding_exactly(streaming, left):
     assert got == pytest.approx(want, rel=1e-6)
     for g, w in zip(got_grads, want_grads):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_position_shift_moves_each_utterance_positions():
+    """train --position-shift: each utterance's encoder input is its features plus positions that start
+    at its own offset (what a stream opened that much earlier gives the runtime), drawn within the
+    bound from the step, not from the data's stream; offsets of 0 are the plain step."""
+    import torch
+
+    from paraedge_models.paraformer import Paraformer
+    from paraedge_tools.recipe.train import build_vocab, losses, model_config, position_starts
+
+    starts = position_starts(3, 7, 4000, 1.2)
+    assert starts.min() == 0 and starts.max() == 20 and np.array_equal(starts, position_starts(3, 7, 4000, 1.2))
+    assert not np.array_equal(starts, position_starts(3, 8, 4000, 1.2))
+    torch.manual_seed(0)
+    vocab = build_vocab()
+    model = Paraformer(model_config("tiny", len(vocab)), len(vocab))
+    x = torch.randn(3, 9, 560)
+    shifted = model.encoder.embed(x, torch.tensor([0, 5, 33]))
+    for i, s in enumerate((0, 5, 33)):
+        torch.testing.assert_close(shifted[i], model.encoder.embed(x[i: i + 1], s)[0], rtol=0, atol=0)
+    rng = np.random.default_rng(1)
+    feats = [rng.standard_normal((n, 560)).astype(np.float32) for n in (20, 31)]
+    targets = [[5, 6, 2], [7, 2]]
+    for streaming in (False, True):
+        plain = float(losses(model, feats, targets, streaming=streaming)[0])
+        assert float(losses(model, feats, targets, streaming=streaming, starts=np.zeros(2, int))[0]) == plain
+        assert float(losses(model, feats, targets, streaming=streaming, starts=np.array([0, 40]))[0]) != plain
 
 
 def test_length_groups_pad_least():

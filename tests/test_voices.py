@@ -210,7 +210,8 @@ def test_recipe_clis_refuse_bad_families_in_one_line(tmp_path, cli, args, needle
                                            (["--ghost-fires", "0.6", "--shift-fires", "0.6"], "their sum"),
                                            (["--tail-fires", "0.5", "--ghost-fires", "0.6"], "their sum"),
                                            (["--tail-langs", "fr"], "en, zh"), (["--noise", "1.5"], "[0, 1]"),
-                                           (["--lead-pad", "nan"], "[0, 5] seconds")])
+                                           (["--lead-pad", "nan"], "[0, 5] seconds"),
+                                           (["--position-shift", "-1"], "[0, 60] seconds")])
 def test_train_refuses_bad_arguments_before_it_writes(tmp_path, args, needle):
     """--grow-vocab without a model to grow, or an absurd quantity-loss weight: one line, exit 2."""
     import subprocess
