@@ -118,3 +118,33 @@ def test_lead_noise_bench_decodes_the_commands(tmp_path):
         p = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "lead_noise.py"), "--corpus", str(tmp_path), *args],
                            capture_output=True, text=True, timeout=120)
         assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_wake_pause_bench_goes_through_the_wake_gate(tmp_path):
+    """bench/wake_pause.py: the shipped "okay nabu", a pause, a shipped sample's command, through the
+    daemon's pipeline; each is woken, and the daemon's final (from 0.3 s before the first speech)
+    is right at the samples' own pause. Bad arguments are one line."""
+    import json
+    import subprocess
+    import sys
+
+    from edge.asr.audio import load_audio, write_wav
+
+    rows = []
+    for s in json.load(open(os.path.join(SAMPLES, "samples.json"), encoding="utf-8"))[:2]:
+        x = load_audio(os.path.join(SAMPLES, s["file"]))[0][int(s["command_start_s"] * 16000):]
+        path = str(tmp_path / s["file"])
+        write_wav(path, x)
+        rows.append({"path": path, "text": s["command"], "lang": s["lang"]})
+    mod = bench("wake_pause")
+    assert len(mod.wake_word()) < 1.3 * 16000  # the wake word alone, not the command after it
+    out = mod.measure(DEMO, rows, [0.35])
+    assert [(p, lead, woken) for p, lead, woken, _ in out] == [(0.35, None, 2), (0.35, 0.3, 2)]
+    assert out[1][3] == 2
+    with open(tmp_path / "test_clean.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    for args, needle in ((["--pauses", "x"], "--pauses"), (["--pauses", "9"], "[0, 4]"), (["--limit", "0"], "--limit"),
+                         (["--sets", "test_x"], "no test set")):
+        p = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "wake_pause.py"), "--corpus", str(tmp_path), *args],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr, p.stderr

@@ -98,7 +98,9 @@ class VadSection:
     trailing_silence_s: float = 0.5
     no_speech_timeout_s: float = 5.0
     max_utterance_s: float = 15.0
-    pre_roll_s: float = 0.3  # wake word off: audio kept from before the VAD's first speech (edge.toml says why)
+    # audio kept from before the VAD's first speech: with the wake word off, where the utterance opens;
+    # with it on, where the two-pass final starts (edge.toml says why)
+    pre_roll_s: float = 0.3
 
 
 @dataclass

@@ -18,7 +18,8 @@ Two-pass final (`final_pass`, FunASR's "2pass" mode): partials stay streaming, b
 utterance's audio decoded once more in full context. Chunked decoding sees 300 ms ahead; the whole
 utterance sees its end, which an unheard voice needs most. The shipped demo model, on the held-out
 sets of its card (fp32): Kokoro 90.2 % streaming against 97.2 % offline, RHVoice 83.6 / 88.8 % at
-10 dB, espeak 99.1 / 99.1 % clean (see `resolve_final_pass` for when it is on).
+10 dB, espeak 99.1 / 99.1 % clean (see `resolve_final_pass` for when it is on). After a wake word
+it decodes from `final_lead_s` before the VAD's first speech, leaving the pause out (`decode_offline`).
 """
 
 from __future__ import annotations
@@ -56,14 +57,18 @@ def resolve_final_pass(final_pass: str, recognizer) -> str:
 
 class Pipeline:
     def __init__(self, recognizer, gate, vad, endpoint, bus, chunk_size=None, pre_roll_s: float = 0.1,
-                 zone: str | None = None, command_silence_s: float = 0.15, final_pass: str = "streaming"):
+                 zone: str | None = None, command_silence_s: float = 0.15, final_pass: str = "streaming",
+                 final_lead_s: float | None = None):
         """command_silence_s: with a grammar on the recognizer, this much silence after a complete,
         confident command publishes the final at once (0 = off: the VAD's trailing silence decides).
         final_pass: "streaming" (the stream's own flush), "offline" (the utterance decoded again in
-        full context) or "auto" (`resolve_final_pass`, per recognizer: a reload may change it)."""
+        full context) or "auto" (`resolve_final_pass`, per recognizer: a reload may change it).
+        final_lead_s: the offline final decodes from this long before the VAD's first speech (None:
+        from where the utterance opened; see `decode_offline`)."""
         if final_pass not in FINAL_PASSES:
             raise ValueError(f"final_pass {final_pass!r:.40} is not one of {', '.join(FINAL_PASSES)}")
         self.final_pass = final_pass
+        self.final_lead_s = final_lead_s
         self.command_silence_s = command_silence_s
         self.recognizer, self.gate, self.vad, self.bus = recognizer, gate, vad, bus
         self.zone = zone  # None: the single-channel daemon, whose events carry no `zone`
@@ -187,8 +192,17 @@ class Pipeline:
         All of it, the trailing silence the VAD waited for included: cutting it 0.15 s after the VAD's
         speech end was measured and not kept (right finals through this pipeline, whole / cut: 800
         training renders 98.2 / 98.9 %, espeak held-out 99.0 / 98.3 %, Kokoro 95.1 / 95.8 %; 0.3 s:
-        espeak 99.0 %), a wash that would also risk the soft endings of real speakers' last words."""
-        return self.recognizer.transcribe(np.concatenate(self.audio).astype(np.float32, copy=False))
+        espeak 99.0 %), a wash that would also risk the soft endings of real speakers' last words.
+        Opened by a wake word, its start is cut to `final_lead_s` before the VAD's first speech: the
+        detection opens the utterance, and whatever pause follows the wake word would come first,
+        where the demo weights expect the command (its card, Known limits: 1.2 s of silence first,
+        espeak's clean commands 91.3 % offline, Kokoro's 64.0 %; bench/wake_pause.py). Opened by the
+        VAD, the utterance already starts its pre-roll before the speech."""
+        audio = np.concatenate(self.audio).astype(np.float32, copy=False)
+        start = self.endpoint.speech_start_s
+        if self.gate is not None and self.final_lead_s is not None and start is not None:
+            audio = audio[max(0, int(round((start - self.final_lead_s) * SAMPLE_RATE))):]
+        return self.recognizer.transcribe(audio)
 
     def command_final(self) -> bool:
         """Finish a copy of the stream now (the CIF tail flushed as at the end), or with a two-pass

@@ -83,7 +83,8 @@ class Daemon:
             def pipeline(zone=None):  # each zone its own gate and VAD: their state is per channel
                 return Pipeline(self.recognizer, self._make_gate(cfg), SileroVad(cfg.vad.model or None), endpoint,
                                 self.bus, cfg.model.chunk_size, pre_roll_s(cfg), zone=zone,
-                                command_silence_s=cfg.grammar.command_silence_s, final_pass=cfg.model.final_pass)
+                                command_silence_s=cfg.grammar.command_silence_s, final_pass=cfg.model.final_pass,
+                                final_lead_s=cfg.vad.pre_roll_s)
 
             self.pipeline = (Zones([pipeline(z) for z in self.zones], self.bus, cfg.zones.batch_wait_ms / 1000.0)
                              if self.zones else pipeline())

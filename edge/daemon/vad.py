@@ -109,6 +109,7 @@ class Endpointer:
         self.in_speech = False
         self.heard_speech = False
         self.last_speech_window = -1
+        self.first_speech_window = -1
         self.reason: str | None = None
 
     @property
@@ -119,6 +120,11 @@ class Endpointer:
     def speech_end_s(self) -> float | None:
         """Utterance time where the last speech window ended."""
         return None if self.last_speech_window < 0 else (self.last_speech_window + 1) * WINDOW / SAMPLE_RATE
+
+    @property
+    def speech_start_s(self) -> float | None:
+        """Utterance time where the first speech window (after ignore_s) began."""
+        return None if self.first_speech_window < 0 else self.first_speech_window * WINDOW / SAMPLE_RATE
 
     @property
     def silence_s(self) -> float:
@@ -137,6 +143,8 @@ class Endpointer:
             if p >= c.threshold or (self.in_speech and p >= c.neg_threshold):
                 self.in_speech = self.heard_speech = True
                 self.last_speech_window = self.windows - 1
+                if self.first_speech_window < 0:
+                    self.first_speech_window = self.windows - 1
             else:
                 self.in_speech = False
             if self.reason is None:
