@@ -508,9 +508,9 @@ def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 
     silence (`bench/lead_noise.py`): espeak held-out clean offline 99.1 / 51.7 -> 98.8 / 99.4 %,
     streaming 99.1 / 30.1 -> 98.3 / 98.9 %; Kokoro clean offline 97.2 / 34.3 -> 96.2 / 94.8 %. But
     with 0.6 s of the set's car noise first, streaming equal to offline fell (espeak at 5 dB 91.3 ->
-    74.9 %, the evaluator's last column; offline right 98.6 % for both on every 4th command): the
-    weights lost the position cue and had never streamed noise before a command (draws open within
-    `lead`)."""
+    74.9 %, the evaluator's last column; offline right 98.6 % for both on every 4th command, two of
+    the eight voices): the weights lost the position cue and had never streamed noise before a
+    command (draws open within `lead`)."""
     import copy
 
     import torch
