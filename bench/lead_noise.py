@@ -6,8 +6,9 @@ The corpus's renders open with 0-0.4 s of silence (then the set's car noise) bef
 the trainer's draws did (`augment`, `train --lead-pad`). A stream opened by the wake word or by a
 VAD hears more than that before a person speaks. Each utterance of the chosen sets is decoded (fp32,
 the numpy reference, the model's default chunk size) with `lead` more seconds of car noise at the
-set's own level before it (`evaluate.lead_decodes`, nothing after it; the evaluator's last column is this at 0.6 s), offline and streaming. Printed
-per model, set and lead: whole commands right offline and streaming, and streaming equal to offline.
+set's own level before it (`evaluate.lead_decodes`, nothing after it; the evaluator's last column
+is this at 0.6 s), offline and streaming. Printed per model, set and lead: whole commands right
+offline and streaming, and streaming equal to offline.
 
 Measured (stop 50, `out/corpus8`, espeak held-out at 5 dB, 1,144 commands), lead 0 / 0.6 s, streaming
 right (streaming equal to offline; offline right):
@@ -61,14 +62,12 @@ def main(argv=None) -> int:
     ap.add_argument("--leads", default="0,0.6", help="seconds of car noise added before each command, comma-separated")
     ap.add_argument("--sets", default="test_snr5", help="comma-separated test sets of the corpus")
     args = ap.parse_args(argv)
-    from paraedge_tools.recipe.evaluate import chosen_sets
+    from paraedge_tools.recipe.evaluate import chosen_sets, seconds_list
 
     try:
-        leads = [float(v) for v in args.leads.split(",") if v]
-    except ValueError:
-        ap.error(f"--leads: expected seconds, comma-separated, got '{args.leads}'")
-    if not leads or not all(0.0 <= v <= 10.0 for v in leads):
-        ap.error("--leads: each within [0, 10] seconds")
+        leads = seconds_list(args.leads, 10.0)
+    except ValueError as e:
+        ap.error(f"--leads: {e}")
     try:
         sets = chosen_sets(args.corpus, args.sets)
     except ValueError as e:

@@ -99,7 +99,7 @@ def measure(model: str, rows, pauses: list[float]) -> list[tuple]:
 
 def main(argv=None) -> int:
     from paraedge_tools.recipe.corpus import read_manifest
-    from paraedge_tools.recipe.evaluate import chosen_sets
+    from paraedge_tools.recipe.evaluate import chosen_sets, seconds_list
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", required=True, help="a corpus dir from paraedge_tools.recipe.corpus")
@@ -109,11 +109,9 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=100, help="at most this many utterances a set, evenly spaced")
     args = ap.parse_args(argv)
     try:
-        pauses = [float(v) for v in args.pauses.split(",") if v]
-    except ValueError:
-        ap.error(f"--pauses: expected seconds, comma-separated, got '{args.pauses}'")
-    if not pauses or not all(0.0 <= v <= 4.0 for v in pauses):
-        ap.error("--pauses: each within [0, 4] seconds (the VAD gives up after no_speech_timeout_s, 5 s)")
+        pauses = seconds_list(args.pauses, 4.0)
+    except ValueError as e:
+        ap.error(f"--pauses: {e} (the VAD gives up after no_speech_timeout_s, 5 s)")
     if args.limit < 1:
         ap.error("--limit must be >= 1")
     try:

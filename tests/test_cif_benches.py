@@ -85,13 +85,9 @@ def test_lead_noise_goes_before_the_command_only():
     np.testing.assert_allclose(plain, np.concatenate([x, tail]), rtol=1e-6, atol=1e-7)
 
 
-def test_lead_noise_bench_decodes_the_commands(tmp_path):
-    """bench/lead_noise.py on the shipped samples' commands (cut at their start): with no lead it
-    decodes them as the runtime does (all right, offline and streaming); bad arguments are one line.
-    The evaluator's lead column decodes the same audio with LEAD_S more before each command."""
+def sample_commands(tmp_path, **extra) -> list[dict]:
+    """Manifest rows for the first two shipped samples' commands (cut at their start), as WAVs in tmp_path."""
     import json
-    import subprocess
-    import sys
 
     from edge.asr.audio import load_audio, write_wav
 
@@ -100,7 +96,21 @@ def test_lead_noise_bench_decodes_the_commands(tmp_path):
         x = load_audio(os.path.join(SAMPLES, s["file"]))[0][int(s["command_start_s"] * 16000):]
         path = str(tmp_path / s["file"])
         write_wav(path, x)
-        rows.append({"path": path, "text": s["command"], "lang": s["lang"], "snr": 10})
+        rows.append({"path": path, "text": s["command"], "lang": s["lang"], **extra})
+    return rows
+
+
+def test_lead_noise_bench_decodes_the_commands(tmp_path):
+    """bench/lead_noise.py on the shipped samples' commands (cut at their start): with no lead it
+    decodes them as the runtime does (all right, offline and streaming); bad arguments are one line.
+    The evaluator's lead column decodes the same audio with LEAD_S more before each command."""
+    import json
+    import subprocess
+    import sys
+
+    from edge.asr.audio import load_audio
+
+    rows = sample_commands(tmp_path, snr=10)
     with open(tmp_path / "test_snr10.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     from edge.asr.recognizer import Recognizer
@@ -128,14 +138,7 @@ def test_wake_pause_bench_goes_through_the_wake_gate(tmp_path):
     import subprocess
     import sys
 
-    from edge.asr.audio import load_audio, write_wav
-
-    rows = []
-    for s in json.load(open(os.path.join(SAMPLES, "samples.json"), encoding="utf-8"))[:2]:
-        x = load_audio(os.path.join(SAMPLES, s["file"]))[0][int(s["command_start_s"] * 16000):]
-        path = str(tmp_path / s["file"])
-        write_wav(path, x)
-        rows.append({"path": path, "text": s["command"], "lang": s["lang"]})
+    rows = sample_commands(tmp_path)
     mod = bench("wake_pause")
     assert len(mod.wake_word()) < 1.3 * 16000  # the wake word alone, not the command after it
     out = mod.measure(DEMO, rows, [0.35])

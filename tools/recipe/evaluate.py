@@ -75,6 +75,18 @@ def chosen_sets(corpus: str, names: str | None = None) -> list[str]:
     return wanted
 
 
+def seconds_list(text: str, most: float) -> list[float]:
+    """Comma-separated seconds, each within [0, most] (the benches' --leads and --pauses); a
+    ValueError that says which rule failed."""
+    try:
+        values = [float(v) for v in text.split(",") if v]
+    except ValueError:
+        raise ValueError(f"expected seconds, comma-separated, got '{text}'") from None
+    if not values or not all(0.0 <= v <= most for v in values):  # NaN fails the bound too
+        raise ValueError(f"each within [0, {most:g}] seconds")
+    return values
+
+
 def set_label(name: str) -> str:
     if name in SET_LABEL:
         return SET_LABEL[name]

@@ -37,8 +37,9 @@ def load_weights(train_dirs: str | list[str], checkpoint: str = "best.pt") -> di
     it was. Stage 3 alone / the mean of stages 2 and 3 / of 1, 2 and 3: lowest INT8 set 98.59 (SAM
     clean) / 99.03 (SAM 10 dB) / 98.73 % (ttskit 10 dB; stage 2 alone 98.89); espeak streaming
     equal to offline at 5 dB 96.9 / 97.0 / 96.9 % (the shipped weights 98.4); espeak clean 99.2 /
-    99.0 / 99.2 %; DECtalk clean 92.0 / 91.8 / 91.4 %. A fourth stage on noise from the 2-3 mean, and its mean with stages 2 and 3, read
-    97.10 / 98.58 % and 97.2 / 97.5 % on the first two of those rows."""
+    99.0 / 99.2 %; DECtalk clean 92.0 / 91.8 / 91.4 %. A fourth stage on noise from the 2-3 mean,
+    and its mean with stages 2 and 3, read 97.10 / 98.58 % and 97.2 / 97.5 % on the first two of
+    those rows."""
     import torch
 
     runs = [train_dirs] if isinstance(train_dirs, str) else list(train_dirs)
