@@ -172,6 +172,14 @@ def test_recipe_runs_and_resumes(tmp_path):
     w = np.load(os.path.join(averaged, "model.npz"))
     assert set(w.files) == set(mean) and all(
         np.array_equal(w[k].astype(np.float32), mean[k].half().float().numpy()) for k in w.files)
+    # the model dir the fine-tunes started from joins the mean with its model.npz; alone it has no run to ship
+    from edge.asr.modeldir import ModelDir
+
+    start = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in ModelDir(model).weights.items()}
+    with_start = load_weights([model, runs[0]], "ckpt.pt")
+    assert all(torch.allclose(with_start[k], (start[k] + a[k]) / 2, atol=1e-7) for k in a if a[k].is_floating_point())
+    with pytest.raises(ValueError, match="only model dirs given"):
+        release([model], str(tmp_path / "never"))
     stranger = str(tmp_path / "stranger")  # another CMVN: not a continuation, refused before anything is written
     shutil.copytree(runs[1], stranger)
     z = dict(np.load(os.path.join(runs[1], "cmvn.npz")))
@@ -181,6 +189,7 @@ def test_recipe_runs_and_resumes(tmp_path):
     p = subprocess.run([sys.executable, "-m", "paraedge_tools.recipe.release", "--train", runs[0], "--train",
                         str(tmp_path / "nowhere"), "--out", str(tmp_path / "never")], capture_output=True, text=True)
     assert p.returncode == 2 and "nowhere: not a training run" in p.stderr and "Traceback" not in p.stderr
+    assert "nor a model dir" in p.stderr
     assert not os.path.exists(tmp_path / "never")
     card = os.path.join(model, "README.md")
     with open(card, "w", encoding="utf-8") as f:

@@ -29,7 +29,8 @@ def load_weights(train_dirs: str | list[str], checkpoint: str = "best.pt") -> di
     averaging, as FunASR's `average_nbest_models` does over one run's best epochs). Averaging is only
     meaningful for runs that continue one another (each an `--init-dir` fine-tune of the last, or of
     one model dir): the runs must share the vocabulary, the CMVN and every weight's shape, else a
-    ValueError names the first run that differs.
+    ValueError names the first run that differs. A model dir among them adds its model.npz: a
+    fine-tune shipped as its mean with the weights it started from.
 
     Measured on the 2 h 42 min recipe (`out/corpus8`, the evaluator's full `[10, 10, 5]` table, 20
     test sets), a mean is no reliable lever: the lowest set's INT8 = fp32 token agreement moves by
@@ -40,24 +41,16 @@ def load_weights(train_dirs: str | list[str], checkpoint: str = "best.pt") -> di
     99.0 / 99.2 %; DECtalk clean 92.0 / 91.8 / 91.4 %. A fourth stage on noise from the 2-3 mean,
     and its mean with stages 2 and 3, read 97.10 / 98.58 % and 97.2 / 97.5 % on the first two of
     those rows."""
-    import torch
-
     runs = [train_dirs] if isinstance(train_dirs, str) else list(train_dirs)
     if not runs:
         raise ValueError("no training run given: pass --train RUN (twice or more to average runs)")
     states, first = [], None
     for run in runs:
-        if not os.path.isfile(os.path.join(run, "train_info.json")):
-            raise ValueError(f"{run}: not a training run (no train_info.json); pass the --out dir of paraedge_tools.recipe.train")
-        path = os.path.join(run, checkpoint)
-        if not os.path.isfile(path):
-            raise ValueError(f"{path}: no such checkpoint; train the run first or pick another with --checkpoint")
-        state = torch.load(path, weights_only=False, map_location="cpu")
-        state = state["model"] if "model" in state and "opt" in state else state  # ckpt.pt or best.pt
+        state = _run_state(run, checkpoint)
         shapes = {k: v.shape for k, v in state.items()}
         if first is None:
-            first = (run, shapes)
-        elif shapes != first[1] or not _same_inputs(first[0], run):
+            first = (run, shapes, _inputs(run))
+        elif shapes != first[1] or not _same_inputs(first[2], _inputs(run)):
             raise ValueError(f"{run}: not a continuation of {first[0]} (another vocabulary, CMVN or "
                              "weight shape); average only runs fine-tuned one from another")
         states.append(state)
@@ -67,17 +60,53 @@ def load_weights(train_dirs: str | list[str], checkpoint: str = "best.pt") -> di
             for k, v in states[0].items()}
 
 
-def _same_inputs(a: str, b: str) -> bool:
-    """Whether runs `a` and `b` share what their weights were trained against: the vocabulary and the
-    CMVN (to 1e-5: a run fine-tuned from a model dir reads the CMVN back from its am.mvn text, 1e-6
-    off the first run's)."""
-    def vocab(run):
-        path = os.path.join(run, "tokens.json")
-        return json.load(open(path, encoding="utf-8")) if os.path.exists(path) else None
+def _is_run(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "train_info.json"))
 
-    za, zb = np.load(os.path.join(a, "cmvn.npz")), np.load(os.path.join(b, "cmvn.npz"))
-    return vocab(a) == vocab(b) and all(
-        za[k].shape == zb[k].shape and np.allclose(za[k], zb[k], rtol=1e-5, atol=1e-5) for k in ("shift", "scale"))
+
+def _run_state(run: str, checkpoint: str) -> dict:
+    """A training run's `checkpoint`, or a model dir's model.npz (the shipped weights, fp16-rounded,
+    as fp32 tensors: the same state an `--init-dir` fine-tune of it starts from)."""
+    import torch
+
+    if _is_run(run):
+        path = os.path.join(run, checkpoint)
+        if not os.path.isfile(path):
+            raise ValueError(f"{path}: no such checkpoint; train the run first or pick another with --checkpoint")
+        state = torch.load(path, weights_only=False, map_location="cpu")
+        return state["model"] if "model" in state and "opt" in state else state  # ckpt.pt or best.pt
+    if os.path.isfile(os.path.join(run, "config.yaml")):
+        from edge.asr.modeldir import ModelDir
+        from edge.errors import ParaEdgeError
+
+        try:
+            weights = ModelDir(run).weights
+        except ParaEdgeError as e:
+            raise ValueError(str(e)) from None
+        return {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in weights.items()}
+    raise ValueError(f"{run}: not a training run (no train_info.json) nor a model dir (no config.yaml); pass the "
+                     "--out dir of paraedge_tools.recipe.train or a FunASR-format model dir")
+
+
+def _inputs(run: str) -> tuple[list | None, np.ndarray, np.ndarray]:
+    """What a run's weights were trained against: its vocabulary (None: a preset run's recipe
+    vocabulary) and its CMVN shift and scale."""
+    if _is_run(run):
+        path = os.path.join(run, "tokens.json")
+        vocab = json.load(open(path, encoding="utf-8")) if os.path.exists(path) else None
+        z = np.load(os.path.join(run, "cmvn.npz"))
+        return vocab, z["shift"], z["scale"]
+    from edge.asr.modeldir import ModelDir
+
+    md = ModelDir(run)
+    return list(md.tokens), md.cmvn.shift, md.cmvn.scale
+
+
+def _same_inputs(a: tuple, b: tuple) -> bool:
+    """Whether two runs' `_inputs` agree: the same vocabulary, and the CMVN to 1e-5 (a run
+    fine-tuned from a model dir reads the CMVN back from its am.mvn text, 1e-6 off the first run's)."""
+    return a[0] == b[0] and all(x.shape == y.shape and np.allclose(x, y, rtol=1e-5, atol=1e-5)
+                                for x, y in zip(a[1:], b[1:]))
 
 
 def run_model_dir(train_dir: str | list[str], out: str, checkpoint: str = "best.pt", stream_left: int | None = None,
@@ -92,7 +121,11 @@ def run_model_dir(train_dir: str | list[str], out: str, checkpoint: str = "best.
     from paraedge_tools.recipe.train import build_vocab, model_config, write_model_dir
 
     state = load_weights(train_dir, checkpoint)
-    train_dir = train_dir if isinstance(train_dir, str) else list(train_dir)[-1]
+    runs = [r for r in ([train_dir] if isinstance(train_dir, str) else list(train_dir)) if _is_run(r)]
+    if not runs:
+        raise ValueError("only model dirs given: pass at least one training run with --train (its config, "
+                         "vocabulary and CMVN are the model dir's)")
+    train_dir = runs[-1]
     info = json.load(open(os.path.join(train_dir, "train_info.json")))
     tokens = os.path.join(train_dir, "tokens.json")
     vocab = json.load(open(tokens, encoding="utf-8")) if os.path.exists(tokens) else build_vocab()
@@ -128,7 +161,8 @@ def release(train_dir: str | list[str], out: str, checkpoint: str = "best.pt", s
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--train", action="append", default=None,
-                    help="training run (default out/train); give it twice or more to ship the mean of the runs' weights")
+                    help="training run (default out/train); give it twice or more to ship the mean of the runs' "
+                         "weights (a model dir there adds its model.npz to the mean: the weights a fine-tune started from)")
     ap.add_argument("--out", default="models/demo")
     ap.add_argument("--checkpoint", default="best.pt")
     ap.add_argument("--corpus", default="out/corpus")
