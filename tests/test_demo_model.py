@@ -200,6 +200,10 @@ def test_recipe_runs_and_resumes(tmp_path):
     assert all(report["sets"][k]["fp32_streaming"]["n"] == 5 for k in espeak_sets)
     for r in report["sets"].values():  # those the silence lengthened are some of those longer than the command
         assert 0 <= r["trailing_added"] <= r["spurious_trailing"] <= r["fp32_offline"]["n"]
+        # the report names each miss and each lengthened decode, as many as it counts
+        assert len(r["misses"]) == round((1 - r["fp32_offline"]["acc"]) * r["fp32_offline"]["n"])
+        assert len(r["lengthened"]) == r["trailing_added"]
+        assert all(m["hyp"] != m["text"] and m["path"].endswith(".wav") for m in r["misses"])
         assert 0.0 <= r["streaming_equals_offline_lead"] <= 1.0
     # --quick: the same fp32 offline decodes on the clean sets, side by side, with the token-count errors
     from paraedge_tools.recipe.evaluate import quick, quick_table

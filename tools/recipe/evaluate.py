@@ -14,6 +14,10 @@ between `<!-- results[left,chunk,right]:begin/end -->` markers. Its last column 
 again, fp32, with LEAD_S more seconds of silence or noise before it: the streaming final of a stream
 opened early (stop 50: the shipped weights at 5 dB, 98.4 % streaming = offline without it, 91.3 %
 with it).
+
+The report (`--json`) also lists, per set, the fp32 offline misses and the decodes the trailing
+second lengthened (render, voice, text, what was heard): what the card's prose cites, so new
+weights need no second decoding pass to describe their errors.
 """
 
 from __future__ import annotations
@@ -113,14 +117,15 @@ def with_trailing(x, snr, rng, seconds: float = TRAILING_S, before: float = 0.0)
     return np.concatenate([pad(before), x, tail]).astype(np.float32)
 
 
-def spurious_trailing(rec, rows, plain: list[list[int]]) -> tuple[int, int]:
+def spurious_trailing(rec, rows, plain: list[list[int]], lengthened: list | None = None) -> tuple[int, int]:
     """Utterances that decode (fp32, offline) to more tokens than the command has once TRAILING_S of
     silence or noise follows it, and of those, the ones the silence or noise itself lengthened (more
     tokens than `plain`, the same utterance decoded without it). The first count also holds decodes
     that were too long before anything was added: on a voice it never heard the model can count one
     word too many inside the speech (the shipped weights on Kokoro's held-out voices: 7 over the
     command, none of them lengthened by the silence). A decode the silence lengthens back to the
-    command's length (a last word that needed the pause to fire) is not counted."""
+    command's length (a last word that needed the pause to fire) is not counted. `lengthened`: a list
+    that gets each lengthened row (`miss`, the decode with the added second as its `hyp`)."""
     import numpy as np
 
     from edge.asr.audio import load_audio
@@ -129,10 +134,18 @@ def spurious_trailing(rec, rows, plain: list[list[int]]) -> tuple[int, int]:
     over = added = 0
     for k, (r, ids) in enumerate(zip(rows, plain)):
         x = with_trailing(load_audio(r["path"])[0], r.get("snr"), np.random.default_rng(k))
-        n, want = len(rec.transcribe(x).token_ids), len(tokenize(r["text"], r["lang"]))
+        res = rec.transcribe(x)
+        n, want = len(res.token_ids), len(tokenize(r["text"], r["lang"]))
         over += int(n > want)
         added += int(n > want and n > len(ids))
+        if lengthened is not None and n > want and n > len(ids):
+            lengthened.append(miss(r, res.text))
     return over, added
+
+
+def miss(row: dict, hyp: str) -> dict:
+    """One decode the card's prose may cite: which render (file, voice), what was said, what was heard."""
+    return {"path": os.path.basename(row["path"]), "voice": row.get("voice"), "text": row["text"], "hyp": hyp}
 
 
 def lead_decodes(rec, rows, lead: float, chunk_size) -> list[tuple]:
@@ -218,7 +231,10 @@ def evaluate(model: str, corpus: str, limit: int | None = None, chunk_size=None)
                     other += 1
         res["streaming_last_char_dropped"] = dropped
         res["streaming_last_char_other"] = other
-        res["spurious_trailing"], res["trailing_added"] = spurious_trailing(recs["fp32"], rows, off)
+        res["lengthened"] = []
+        res["spurious_trailing"], res["trailing_added"] = spurious_trailing(recs["fp32"], rows, off, res["lengthened"])
+        texts = [recs["fp32"].ids_to_result(ids).text for ids in off]
+        res["misses"] = [miss(r, t) for r, t in zip(rows, texts) if t != r["text"]]  # fp32 offline, as `score` counts
         lead = lead_decodes(recs["fp32"], rows, LEAD_S, chunk_size)
         res["streaming_equals_offline_lead"] = sum(a.token_ids == b.token_ids for a, b in lead) / max(len(rows), 1)
         report["sets"][name] = res
