@@ -64,6 +64,7 @@ def run_set(rows, model: str, final_pass: str, grammar: str | None) -> tuple[int
 
 def main(argv=None) -> int:
     from paraedge_tools.recipe.corpus import read_manifest
+    from paraedge_tools.recipe.evaluate import evenly_spaced
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", required=True, help="a corpus dir from paraedge_tools.recipe.corpus")
@@ -79,9 +80,7 @@ def main(argv=None) -> int:
         if not os.path.exists(path):
             print(f"{name}: no {path}; skipped")
             continue
-        rows = read_manifest(path)
-        if args.limit and len(rows) > args.limit:
-            rows = rows[:: len(rows) // args.limit][: args.limit]
+        rows = evenly_spaced(read_manifest(path), args.limit)
         (s_ok, s_ms), (o_ok, o_ms) = (run_set(rows, args.model, fp, args.grammar) for fp in ("streaming", "offline"))
         s50, o50 = np.percentile(s_ms, 50), np.percentile(o_ms, 50)
         print(f"{name} | {len(rows)} | {100 * s_ok / len(rows):.1f} % | {100 * o_ok / len(rows):.1f} % | "

@@ -99,7 +99,7 @@ def measure(model: str, rows, pauses: list[float]) -> list[tuple]:
 
 def main(argv=None) -> int:
     from paraedge_tools.recipe.corpus import read_manifest
-    from paraedge_tools.recipe.evaluate import chosen_sets, seconds_list
+    from paraedge_tools.recipe.evaluate import chosen_sets, evenly_spaced, seconds_list
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", required=True, help="a corpus dir from paraedge_tools.recipe.corpus")
@@ -122,9 +122,7 @@ def main(argv=None) -> int:
     print("| set | n | pause s | woken | final from the detection | final from 0.3 s before the first speech |")
     print("|---|---|---|---|---|---|")
     for name in sets:
-        rows = read_manifest(os.path.join(args.corpus, f"{name}.jsonl"))
-        if len(rows) > args.limit:
-            rows = rows[:: len(rows) // args.limit][: args.limit]
+        rows = evenly_spaced(read_manifest(os.path.join(args.corpus, f"{name}.jsonl")), args.limit)
         res = measure(args.model, rows, pauses)
         n = len(rows)
         for pause in pauses:

@@ -91,6 +91,13 @@ def seconds_list(text: str, most: float) -> list[float]:
     return values
 
 
+def evenly_spaced(rows: list, limit: int | None) -> list:
+    """At most `limit` rows, evenly spaced over the set (the daemon benches' --limit; None or 0: all)."""
+    if limit and len(rows) > limit:
+        return rows[:: len(rows) // limit][:limit]
+    return rows
+
+
 def set_label(name: str) -> str:
     if name in SET_LABEL:
         return SET_LABEL[name]
@@ -136,9 +143,10 @@ def spurious_trailing(rec, rows, plain: list[list[int]], lengthened: list | None
         x = with_trailing(load_audio(r["path"])[0], r.get("snr"), np.random.default_rng(k))
         res = rec.transcribe(x)
         n, want = len(res.token_ids), len(tokenize(r["text"], r["lang"]))
+        longer = n > want and n > len(ids)
         over += int(n > want)
-        added += int(n > want and n > len(ids))
-        if lengthened is not None and n > want and n > len(ids):
+        added += int(longer)
+        if longer and lengthened is not None:
             lengthened.append(miss(r, res.text))
     return over, added
 
@@ -220,9 +228,10 @@ def evaluate(model: str, corpus: str, limit: int | None = None, chunk_size=None)
         off, st = hyps[("fp32", "offline")], hyps[("fp32", "streaming")]
         res["int8_fp32_token_agreement"] = token_agreement(off, hyps[("int8", "offline")])
         res["streaming_equals_offline"] = sum(a == b for a, b in zip(off, st)) / max(len(rows), 1)
+        texts = [recs["fp32"].ids_to_result(ids).text for ids in off]
         dropped = other = 0
-        for r, a, b in zip(rows, off, st):  # offline got the last character but streaming did not
-            ta, tb = recs["fp32"].ids_to_result(a).text, recs["fp32"].ids_to_result(b).text
+        for r, a, b, ta in zip(rows, off, st, texts):  # offline got the last character but streaming did not
+            tb = recs["fp32"].ids_to_result(b).text
             if ta and ta[-1] == r["text"][-1] and (not tb or tb[-1] != r["text"][-1]):
                 # dropped: streaming lost the end (fewer tokens); other: it replaced or added to it
                 if len(b) < len(a):
@@ -233,7 +242,6 @@ def evaluate(model: str, corpus: str, limit: int | None = None, chunk_size=None)
         res["streaming_last_char_other"] = other
         res["lengthened"] = []
         res["spurious_trailing"], res["trailing_added"] = spurious_trailing(recs["fp32"], rows, off, res["lengthened"])
-        texts = [recs["fp32"].ids_to_result(ids).text for ids in off]
         res["misses"] = [miss(r, t) for r, t in zip(rows, texts) if t != r["text"]]  # fp32 offline, as `score` counts
         lead = lead_decodes(recs["fp32"], rows, LEAD_S, chunk_size)
         res["streaming_equals_offline_lead"] = sum(a.token_ids == b.token_ids for a, b in lead) / max(len(rows), 1)

@@ -123,8 +123,9 @@ def run_model_dir(train_dir: str | list[str], out: str, checkpoint: str = "best.
     from paraedge_models.paraformer import Paraformer
     from paraedge_tools.recipe.train import build_vocab, model_config, write_model_dir
 
-    state = load_weights(train_dir, checkpoint)
-    runs = [r for r in ([train_dir] if isinstance(train_dir, str) else list(train_dir)) if _is_run(r)]
+    dirs = [train_dir] if isinstance(train_dir, str) else list(train_dir)
+    state = load_weights(dirs, checkpoint)  # first: it names a path that is neither a run nor a model dir
+    runs = [r for r in dirs if _is_run(r)]
     if not runs:
         raise ValueError("only model dirs given: pass at least one training run with --train (its config, "
                          "vocabulary and CMVN are the model dir's)")
