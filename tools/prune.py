@@ -204,16 +204,14 @@ def accuracy(model_dir: str, corpus: str, limit: int | None = None, sets=EVAL_SE
     from edge.asr.modeldir import ModelDir
     from edge.asr.recognizer import Recognizer
     from paraedge_tools.recipe.corpus import read_manifest
-    from paraedge_tools.recipe.evaluate import decode_all, score
+    from paraedge_tools.recipe.evaluate import decode_all, evenly_spaced, score
 
     recs = {"fp32": Recognizer(model_dir, "ref")}
     if ModelDir(model_dir).has("model_quant.onnx"):
         recs["int8"] = Recognizer(model_dir, "onnxruntime", int8=True, threads=1)
     out = {}
     for name in sets:
-        rows = read_manifest(os.path.join(corpus, f"{name}.jsonl"))
-        if limit:
-            rows = rows[:: max(1, len(rows) // limit)][:limit]  # evenly spread: every phrase and voice
+        rows = evenly_spaced(read_manifest(os.path.join(corpus, f"{name}.jsonl")), limit)  # every phrase and voice
         res = {"n": len(rows), "fp32": None, "int8": None}
         for prec, rec in recs.items():
             res[prec] = score(rec, rows, decode_all(rec, rows, False))["acc"]
