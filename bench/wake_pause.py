@@ -23,6 +23,11 @@ The stage-6 weights (stop 53), trained with shifted positions and lead pads, the
 - Kokoro: 95.8 / 93.0 / 86.0 % -> 95.1 / 95.1 / 94.1 %;
 - RHVoice: 95.7 / 88.8 / 87.9 % -> 97.4 / 97.4 / 97.4 %;
 - DECtalk: 89.0 / 79.3 / 77.3 % -> 91.7 / 92.0 / 90.7 %.
+The stage-7 weights (stop 54), the same runs:
+- espeak: 99.3 / 99.3 / 98.7 % -> 98.7 / 99.3 / 98.7 %;
+- Kokoro: 97.2 / 95.1 / 93.7 % -> 95.1 / 95.5 / 95.1 %;
+- RHVoice: 95.7 / 97.4 / 97.4 % -> 97.4 / 97.4 / 97.4 %;
+- DECtalk: 92.3 / 87.3 / 87.3 % -> 93.7 / 92.7 / 90.7 %.
 Decoding from the detection now costs little; the default start still gains on the longer pauses.
 """
 
