@@ -180,6 +180,14 @@ def test_recipe_runs_and_resumes(tmp_path):
     assert all(torch.allclose(with_start[k], (start[k] + a[k]) / 2, atol=1e-7) for k in a if a[k].is_floating_point())
     with pytest.raises(ValueError, match="only model dirs given"):
         release([model], str(tmp_path / "never"))
+    # RUN:NAME takes that run's own checkpoint: two checkpoints of one run in one mean
+    torch.save(b, os.path.join(runs[0], "other.pt"))
+    own = load_weights([runs[0], f"{runs[0]}:other.pt"], "ckpt.pt")
+    assert all(torch.allclose(own[k], mean[k], atol=1e-7) for k in a if a[k].is_floating_point())
+    with pytest.raises(ValueError, match="no such checkpoint"):
+        load_weights([f"{runs[0]}:missing.pt"])
+    with pytest.raises(ValueError, match="not a training run"):
+        load_weights([runs[0], f"{model}:ckpt.pt"])
     stranger = str(tmp_path / "stranger")  # another CMVN: not a continuation, refused before anything is written
     shutil.copytree(runs[1], stranger)
     z = dict(np.load(os.path.join(runs[1], "cmvn.npz")))
@@ -190,6 +198,9 @@ def test_recipe_runs_and_resumes(tmp_path):
                         str(tmp_path / "nowhere"), "--out", str(tmp_path / "never")], capture_output=True, text=True)
     assert p.returncode == 2 and "nowhere: not a training run" in p.stderr and "Traceback" not in p.stderr
     assert "nor a model dir" in p.stderr
+    p = subprocess.run([sys.executable, "-m", "paraedge_tools.recipe.release", "--train", f"{runs[0]}:",
+                        "--out", str(tmp_path / "never")], capture_output=True, text=True)
+    assert p.returncode == 2 and f"e.g. {runs[0]}:ckpt.pt" in p.stderr and "Traceback" not in p.stderr
     assert not os.path.exists(tmp_path / "never")
     card = os.path.join(model, "README.md")
     with open(card, "w", encoding="utf-8") as f:

@@ -36,8 +36,8 @@ def load_weights(train_dirs: str | list[str], checkpoint: str = "best.pt") -> di
     noise 91.3 -> 96.2 %, lowest INT8 set 98.32 -> 99.11 % (the stage alone: 97.3 / 96.8 / 98.76 %).
     The same stage trained again on a new corpus build read 99.1 %, 96.2 % and 98.17 %: the INT8
     floor moves with the run (the card's Training section). Stage 7 averages four: the stage-5
-    weights twice and two checkpoints of that run (a second run dir whose best.pt is the last
-    step), then fine-tunes the mean 100 steps: 99.3 %, 97.6 % and 99.04 %.
+    weights twice and two checkpoints of that run (`RUN:ckpt.pt` names a run's own checkpoint,
+    overriding `checkpoint`), then fine-tunes the mean 100 steps: 99.3 %, 97.6 % and 99.04 %.
 
     Measured on the 2 h 42 min recipe (`out/corpus8`, the evaluator's full `[10, 10, 5]` table, 20
     test sets), a mean is no reliable lever: the lowest set's INT8 = fp32 token agreement moves by
@@ -52,8 +52,9 @@ def load_weights(train_dirs: str | list[str], checkpoint: str = "best.pt") -> di
     if not runs:
         raise ValueError("no training run given: pass --train RUN (twice or more to average runs)")
     states, first = [], None
-    for run in runs:
-        state = _run_state(run, checkpoint)
+    for entry in runs:
+        run, own = _entry(entry, checkpoint)
+        state = _run_state(run, own)
         shapes = {k: v.shape for k, v in state.items()}
         if first is None:
             first = (run, shapes, _inputs(run))
@@ -69,6 +70,21 @@ def load_weights(train_dirs: str | list[str], checkpoint: str = "best.pt") -> di
 
 def _is_run(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "train_info.json"))
+
+
+def _entry(entry: str, checkpoint: str) -> tuple[str, str]:
+    """A `--train` entry as (dir, checkpoint): `RUN:NAME` picks that run's own checkpoint file, so two
+    checkpoints of one run can join one mean (`--train RUN --train RUN:ckpt.pt`); a path that exists
+    as given is taken whole."""
+    if os.path.exists(entry) or ":" not in entry:
+        return entry, checkpoint
+    run, name = entry.rsplit(":", 1)
+    if not _is_run(run):
+        raise ValueError(f"{entry}: {run} is not a training run (no train_info.json); RUN:CHECKPOINT names a "
+                         "checkpoint of a run, a model dir has only its model.npz")
+    if not name or os.sep in name:
+        raise ValueError(f"{entry}: name a checkpoint file in the run, e.g. {run}:ckpt.pt")
+    return run, name
 
 
 def _run_state(run: str, checkpoint: str) -> dict:
@@ -129,7 +145,7 @@ def run_model_dir(train_dir: str | list[str], out: str, checkpoint: str = "best.
 
     dirs = [train_dir] if isinstance(train_dir, str) else list(train_dir)
     state = load_weights(dirs, checkpoint)  # first: it names a path that is neither a run nor a model dir
-    runs = [r for r in dirs if _is_run(r)]
+    runs = [r for r in (_entry(d, checkpoint)[0] for d in dirs) if _is_run(r)]
     if not runs:
         raise ValueError("only model dirs given: pass at least one training run with --train (its config, "
                          "vocabulary and CMVN are the model dir's)")
@@ -170,7 +186,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--train", action="append", default=None,
                     help="training run (default out/train); give it twice or more to ship the mean of the runs' "
-                         "weights (a model dir there adds its model.npz to the mean: the weights a fine-tune started from)")
+                         "weights (a model dir there adds its model.npz to the mean: the weights a fine-tune started from; "
+                         "RUN:ckpt.pt takes that run's own checkpoint instead of --checkpoint)")
     ap.add_argument("--out", default="models/demo")
     ap.add_argument("--checkpoint", default="best.pt")
     ap.add_argument("--corpus", default="out/corpus")
