@@ -95,7 +95,8 @@ def _run_state(run: str, checkpoint: str) -> dict:
     if _is_run(run):
         path = os.path.join(run, checkpoint)
         if not os.path.isfile(path):
-            raise ValueError(f"{path}: no such checkpoint; train the run first or pick another with --checkpoint")
+            raise ValueError(f"{path}: no such checkpoint; train the run first or pick another with --checkpoint "
+                             "(every run) or RUN:NAME (this run)")
         state = torch.load(path, weights_only=False, map_location="cpu")
         return state["model"] if "model" in state and "opt" in state else state  # ckpt.pt or best.pt
     if os.path.isfile(os.path.join(run, "config.yaml")):
