@@ -108,7 +108,7 @@ def test_recipe_runs_and_resumes(tmp_path):
     import csv
 
     from paraedge_tools.recipe.corpus import build, read_phrases
-    from paraedge_tools.recipe.train import train
+    from paraedge_tools.recipe.train import native_bf16, train
 
     from paraedge_tools.recipe.corpus import FAMILY_RENDERS
     from paraedge_tools.recipe.voices import FAMILIES
@@ -137,8 +137,10 @@ def test_recipe_runs_and_resumes(tmp_path):
     log = list(csv.DictReader(open(os.path.join(out, "log.csv"))))
     assert [int(r["step"]) for r in log] == [2, 4] and all(np.isfinite(float(r["loss"])) for r in log)
     assert os.path.exists(os.path.join(out, "curve.png")) and os.path.exists(os.path.join(out, "best.pt"))
-    train(corpus, out, steps=6, preset="tiny", batch=4, eval_every=2, log=lambda *_: None,
+    precision = "bf16" if native_bf16() else "fp32"   # the recipe's --precision bf16 where the CPU has it
+    train(corpus, out, steps=6, preset="tiny", batch=4, eval_every=2, log=lambda *_: None, precision=precision,
           balance_languages=True, ghost=0.3, shift=0.3, tail=0.3, noise=0.8, lead=1.5, position_shift=2.0)  # resumes at 4
+    assert json.load(open(os.path.join(out, "train_info.json")))["precision"] == precision
     log = list(csv.DictReader(open(os.path.join(out, "log.csv"))))
     assert [int(r["step"]) for r in log] == [2, 4, 6]
     seconds = [float(r["seconds"]) for r in log]   # the whole run's time, not restarted by the resume
@@ -344,6 +346,69 @@ def test_training_skips_the_batch_padding_exactly(streaming, left):
     assert got == pytest.approx(want, rel=1e-6)
     for g, w in zip(got_grads, want_grads):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_step_keeps_cif_in_float32_and_the_float32_loss():
+    """train --precision bf16: the matrix products in bfloat16, the predictor's alphas (what CIF sums)
+    float32, the loss and gradients the float32 step's to bf16 rounding; and the lengths a bf16 step
+    pads to a multiple of BF16_FRAMES change nothing but rounding (padding is masked)."""
+    import torch
+
+    from paraedge_models.paraformer import Paraformer
+    from paraedge_tools.recipe import train as tr
+
+    torch.manual_seed(0)
+    vocab = tr.build_vocab()
+    model = Paraformer(tr.model_config("tiny", len(vocab), stream_left=10), len(vocab)).train()
+    rng = np.random.default_rng(2)
+    lengths = [13, 17, 40, 44, 90]
+    feats = [rng.standard_normal((n, 560)).astype(np.float32) for n in lengths]
+    targets = [list(rng.integers(3, len(vocab) - 1, max(1, n // 12))) + [2] for n in lengths]
+    seen, alphas = [], model.predictor.alphas
+
+    def recorded(hidden, mask):   # the real predictor; noted: whether it computed in float32 throughout
+        a = alphas(hidden, mask)
+        with torch.autocast("cpu", enabled=False):
+            seen.append(torch.equal(a, alphas(hidden.float(), mask.float())))
+        return a
+
+    model.predictor.alphas = recorded
+
+    def run(bf16, multiple=None):
+        model.zero_grad()
+        if multiple is None:
+            total, _ = tr.losses(model, feats, targets, streaming=streaming, left=10, qty_weight=2, bf16=bf16)
+        else:   # the float32 step with the bf16 step's padding
+            total, _ = tr._losses(model, feats, targets, streaming, 10, 2, 0.0, 0.0, 0.0, None, True, None, multiple)
+        total.backward()
+        return float(total), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    for streaming in (False, True):
+        want, want_g = run(False)
+        padded, padded_g = run(False, tr.BF16_FRAMES)
+        assert padded == pytest.approx(want, rel=1e-5)
+        torch.testing.assert_close(padded_g, want_g, rtol=1e-3, atol=1e-5)
+        seen.clear()
+        got, got_g = run(True)
+        assert seen and all(seen)
+        assert got == pytest.approx(want, rel=2e-2)
+        assert float(torch.nn.functional.cosine_similarity(got_g, want_g, dim=0)) > 0.99
+
+
+def test_bf16_is_refused_where_the_cpu_would_emulate_it(tmp_path, monkeypatch, capsys):
+    """--precision bf16 on a CPU without bf16 arithmetic is one line and exit 2, before any training."""
+    from paraedge_tools.recipe import train as tr
+
+    plain = tmp_path / "cpuinfo"
+    plain.write_text("processor : 0\nflags : fpu sse sse2 avx avx2 avx512f\n")
+    amx = tmp_path / "cpuinfo_amx"
+    amx.write_text("processor : 0\nflags : fpu avx512f amx_tile amx_bf16\n")
+    assert not tr.native_bf16(str(plain)) and tr.native_bf16(str(amx)) and not tr.native_bf16(str(tmp_path / "none"))
+    monkeypatch.setattr(tr, "native_bf16", lambda: False)   # a CPU without it, whatever this one has
+    with pytest.raises(SystemExit) as e:
+        tr.main(["--corpus", str(tmp_path), "--out", str(tmp_path / "run"), "--precision", "bf16"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and "--precision fp32" in err and not (tmp_path / "run").exists()
 
 
 def test_position_shift_moves_each_utterance_positions():

@@ -108,7 +108,8 @@ def run(corpus: str, out: str, init_dir: str, init_families: list[str], families
               "steps": steps, "lr": lr, "snr": SNR, "source_filter": recipe.get("source_filter", 0.0),
               "balance_languages": recipe.get("balance_languages", False), "qty_weight": recipe.get("qty_weight", 1.0),
               "ghost_fires": recipe.get("ghost", 0.0), "shift_fires": recipe.get("shift", 0.0),
-              "tail_fires": recipe.get("tail", 0.0), "tail_langs": recipe.get("tail_langs"), "families": {}}
+              "tail_fires": recipe.get("tail", 0.0), "tail_langs": recipe.get("tail_langs"),
+              "precision": recipe.get("precision", "fp32"), "families": {}}
     check_known(families, groups, corpus)  # before any training
     for fam in families:
         if fam in init_families:

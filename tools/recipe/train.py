@@ -39,6 +39,11 @@ from paraedge_tools.recipe.corpus import read_manifest, read_phrases
 CHUNK, LOOKAHEAD = 10, 5
 FRAME_S = 0.06  # one encoder frame: LFR stacks 7 fbank frames every 6 x 10 ms
 ENCODE_GROUPS = 3  # encode_by_length
+PRECISIONS = ("fp32", "bf16")  # train --precision
+# A bf16 step pads its lengths to a multiple of this many LFR frames: oneDNN builds its bf16 kernels
+# for each new shape, and a batch of new lengths cost more than float32 (an offline step, 10 batches
+# of the demo: 0.372 s against 0.331; the same batches again, 0.211 against 0.318).
+BF16_FRAMES = 16
 
 DEMO_CONF = dict(
     encoder_conf=dict(output_size=256, attention_heads=4, linear_units=1024, num_blocks=6, kernel_size=11, sanm_shfit=0),
@@ -146,10 +151,11 @@ def compute_cmvn(data: Data, n: int = 400):
     return (-mean).astype(np.float32), (1.0 / std).astype(np.float32)
 
 
-def pad(seqs, value=0.0):
+def pad(seqs, value=0.0, multiple: int = 1):
+    """Sequences padded to one length (rounded up to `multiple`) and their lengths."""
     import torch
 
-    t = max(len(s) for s in seqs)
+    t = -(-max(len(s) for s in seqs) // multiple) * multiple
     out = np.full((len(seqs), t) + np.asarray(seqs[0]).shape[1:], value, dtype=np.float32)
     for i, s in enumerate(seqs):
         out[i, : len(s)] = s
@@ -180,8 +186,8 @@ def stream_windows(model, enc_in, mask, xlen, left: int = 0, skip_padding: bool 
     used = (win[:, :, 0] <= last[:, :, 0]) if skip_padding else torch.ones(b, k, dtype=torch.bool)
     used = torch.nonzero(used.reshape(-1))[:, 0]
     enc_used = model.encoder(wins.reshape(b * k, width, -1)[used], wmask[used]) * wmask[used, :, None]
-    enc_w = enc_in.new_zeros(b * k, width, enc_used.shape[-1]).index_copy(0, used, enc_used)
-    a_w = enc_in.new_zeros(b * k, width).index_copy(0, used, model.predictor.alphas(enc_used, wmask[used])).reshape(b, k, -1)
+    enc_w = enc_in.new_zeros(b * k, width, enc_used.shape[-1], dtype=enc_used.dtype).index_copy(0, used, enc_used)
+    a_w = enc_in.new_zeros(b * k, width).index_copy(0, used, fp32_alphas(model, enc_used, wmask[used])).reshape(b, k, -1)
     # keep positions left..left+9 of each window, and the look-ahead too in each utterance's last window
     pos = torch.arange(width)[None, None, :]
     keep = ((pos >= left) & ((pos < left + CHUNK) | (win == last)) & (win <= last)).float() * wmask_full
@@ -216,13 +222,14 @@ def length_groups(lengths, groups: int = ENCODE_GROUPS) -> list:
     return runs[::-1]
 
 
-def encode_by_length(model, enc_in, mask, xlen, groups: int = ENCODE_GROUPS):
+def encode_by_length(model, enc_in, mask, xlen, groups: int = ENCODE_GROUPS, multiple: int = 1):
     """The encoder over a padded batch, run in `length_groups` so that it does not compute the
     padding: the same frames out (padding left zero; nothing reads it: the predictor, the decoder
     and CTC all mask it). A batch of 24 training draws is about half padding (random lengths of
     13-99 LFR frames: 53 % of the frames were speech, measured on 8 draws). An offline step's loss
     and backward, 2 threads, 14 batches of the demo: 0.744 s in one group, 0.620 / 0.607 / 0.619 /
-    0.695 s in 2 / 3 / 4 / 6 (smaller matrices cost more than the padding they drop)."""
+    0.695 s in 2 / 3 / 4 / 6 (smaller matrices cost more than the padding they drop). `multiple`:
+    each group's length rounded up to it (`BF16_FRAMES`)."""
     import torch
 
     if groups <= 1:
@@ -230,10 +237,10 @@ def encode_by_length(model, enc_in, mask, xlen, groups: int = ENCODE_GROUPS):
     out = None
     for run in length_groups(xlen.tolist(), groups):
         idx = torch.tensor(run)
-        t = int(xlen[idx].max())
+        t = min(-(-int(xlen[idx].max()) // multiple) * multiple, enc_in.shape[1])
         enc = model.encoder(enc_in[idx, :t], mask[idx, :t])
         if out is None:
-            out = enc_in.new_zeros(enc_in.shape[:2] + enc.shape[2:])
+            out = enc_in.new_zeros(enc_in.shape[:2] + enc.shape[2:], dtype=enc.dtype)
         out[idx, :t] = enc
     return out
 
@@ -343,8 +350,29 @@ def position_starts(seed: int, step: int, n: int, seconds: float) -> np.ndarray:
     return np.random.default_rng([seed, step]).integers(0, int(seconds / FRAME_S + 1e-9) + 1, n)
 
 
+def fp32_alphas(model, hidden, mask):
+    """The predictor's alphas in float32, also inside a bf16 step: CIF sums them over the whole
+    utterance, where bf16's 8-bit mantissa (about 0.4 %) would move fires and the quantity loss."""
+    import torch
+
+    with torch.autocast("cpu", enabled=False):
+        return model.predictor.alphas(hidden.float(), mask.float())
+
+
+def native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU multiplies bf16 in hardware (x86 AMX or AVX512-BF16, Arm's BF16). Without
+    it torch emulates bf16 and a bf16 step is slower than float32."""
+    try:
+        with open(cpuinfo) as f:
+            flags = set(f.read().split())
+    except OSError:
+        return False
+    return bool(flags & {"amx_bf16", "avx512_bf16", "bf16"})
+
+
 def losses(model, feats, targets, streaming: bool, left: int = 0, qty_weight: float = 1.0, ghost: float = 0.0,
-           shift: float = 0.0, tail: float = 0.0, tail_tokens=None, skip_padding: bool = True, starts=None):
+           shift: float = 0.0, tail: float = 0.0, tail_tokens=None, skip_padding: bool = True, starts=None,
+           bf16: bool = False):
     """One forward pass; returns (total, parts). Streaming windows have `left` frames of extra context.
     `qty_weight` scales the CIF quantity loss: on voices it never heard, a model whose alphas fall
     0.6-1.0 short of the token count drops the last word (measured on the 7-family fine-tune).
@@ -353,18 +381,29 @@ def losses(model, feats, targets, streaming: bool, left: int = 0, qty_weight: fl
     the last words that may get it). `skip_padding`: the encoder does not run on the batch's padding
     (`encode_by_length`, and no stream windows past an utterance's end); the same loss, gradients
     equal to float rounding (tested), the step 1.44x faster (bench/train_step.py). `starts`: one
-    position offset (LFR frames) per utterance, added to the encoder's positions (`position_shift`)."""
+    position offset (LFR frames) per utterance, added to the encoder's positions (`position_shift`).
+    `bf16`: the matrix products in bfloat16 (CPU autocast); the weights, the predictor's alphas,
+    CIF and the losses stay float32 (`fp32_alphas`); the step 1.3x faster on AMX (bench/train_step.py)."""
+    import torch
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        return _losses(model, feats, targets, streaming, left, qty_weight, ghost, shift, tail, tail_tokens,
+                       skip_padding, starts, BF16_FRAMES if bf16 else 1)
+
+
+def _losses(model, feats, targets, streaming, left, qty_weight, ghost, shift, tail, tail_tokens, skip_padding, starts,
+            multiple):
     import torch
     import torch.nn.functional as F
 
-    x, xlen = pad(feats)
+    x, xlen = pad(feats, multiple=multiple)
     b, t, _ = x.shape
     mask = (torch.arange(t)[None, :] < xlen[:, None]).float()
     enc_in = model.encoder.embed(x, 0 if starts is None else torch.as_tensor(starts))
     if not streaming:
-        enc = encode_by_length(model, enc_in, mask, xlen, ENCODE_GROUPS if skip_padding else 1)
+        enc = encode_by_length(model, enc_in, mask, xlen, ENCODE_GROUPS if skip_padding else 1, multiple)
         # zero the batch padding first: at runtime the predictor's conv sees zeros past the end
-        alphas = model.predictor.alphas(enc * mask[:, :, None], mask)
+        alphas = fp32_alphas(model, enc * mask[:, :, None], mask)
         hidden, amask, memory = enc, mask, enc
     else:
         hidden, alphas, amask, window_of, mem_valid = stream_windows(model, enc_in, mask, xlen, left, skip_padding)
@@ -389,11 +428,11 @@ def losses(model, feats, targets, streaming: bool, left: int = 0, qty_weight: fl
         mem_mask = (window_of[None, None, :] == fire_win[:, :, None]).float() * mem_valid[:, None, :]
     else:
         mem_mask = mask
-    logits, _ = model.decoder(memory, mem_mask, embeds, tgt_mask)
+    logits = model.decoder(memory, mem_mask, embeds, tgt_mask)[0].float()
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ys[:, :nmax].reshape(-1), ignore_index=-1,
                          label_smoothing=0.1)
     # auxiliary CTC on the encoder frames (targets without </s>)
-    lp = model.ctc.ctc_lo(hidden).log_softmax(-1).transpose(0, 1)
+    lp = model.ctc.ctc_lo(hidden).float().log_softmax(-1).transpose(0, 1)
     in_len = (amask > 0).sum(-1) if streaming else xlen
     ctc_tgt = [torch.tensor(tg[:-1]) for tg in targets]
     if streaming:  # CTC over the frames that are kept, in order
@@ -474,7 +513,7 @@ def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 
           streaming_ratio: float = 0.5, stream_left=0, init_dir: str | None = None, grow: bool = False,
           qty_weight: float = 1.0, source_filter: float = 0.0, balance_languages: bool = False,
           ghost: float = 0.0, shift: float = 0.0, tail: float = 0.0, tail_langs=None, noise: float = 0.5,
-          lead: float = 0.4, position_shift: float = 0.0) -> str:
+          lead: float = 0.4, position_shift: float = 0.0, precision: str = "fp32") -> str:
     """`init_dir`: fine-tune that FunASR-format model dir (its config, tokens, CMVN and weights;
     `preset` is then ignored), as `paraedge prune --finetune-steps` does. `grow`: the corpus may
     hold tokens the model lacks; they are added to its vocabulary (`grown_vocab`, `grow_state`).
@@ -510,7 +549,9 @@ def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 
     with 0.6 s of the set's car noise first, streaming equal to offline fell (espeak at 5 dB 91.3 ->
     74.9 %, the evaluator's last column; offline right 98.6 % for both on every 4th command, two of
     the eight voices): the weights lost the position cue and had never streamed noise before a
-    command (draws open within `lead`)."""
+    command (draws open within `lead`).
+    `precision`: "bf16" runs each step's matrix products in bfloat16 (`losses`); the weights, the
+    optimiser and everything CIF sums stay float32 (bench/train_step.py has the speed)."""
     import copy
 
     import torch
@@ -611,7 +652,8 @@ def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 
         starts = position_starts(seed, step, len(feats), position_shift) if position_shift > 0 else None
         total, parts = losses(model, feats, targets, streaming=streaming_step(step, streaming_ratio),
                               left=lefts[(step // 2) % len(lefts)], qty_weight=qty_weight, ghost=ghost,
-                              shift=shift, tail=tail, tail_tokens=tail_tokens, starts=starts)
+                              shift=shift, tail=tail, tail_tokens=tail_tokens, starts=starts,
+                              bf16=precision == "bf16")
         opt.zero_grad()
         total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -657,7 +699,7 @@ def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 
                    "source_filter": source_filter, "balance_languages": balance_languages, "ghost_fires": ghost,
                    "shift_fires": shift, "tail_fires": tail, "tail_langs": sorted(tail_langs) if tail_langs else None,
                    "noise": noise,
-                   "lead": lead, "position_shift": position_shift,
+                   "lead": lead, "position_shift": position_shift, "precision": precision,
                    "best_heldout_acc": best, "vocab_size": len(vocab),
                    "parameters": int(sum(p.numel() for p in model.parameters()))}, f, indent=1)
     return out
@@ -708,6 +750,9 @@ def add_recipe_args(ap) -> None:
                     help="share of training draws with noise mixed in at 0-20 dB (augment; the rest keep their silence)")
     ap.add_argument("--lead-pad", type=float, default=0.4,
                     help="most seconds of silence (then noise) padded before a command on a training draw (augment)")
+    ap.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                    help="bf16: matrix products in bfloat16 (CPU autocast), about 1.3x faster steps on a CPU with "
+                         "AMX or AVX512-BF16 (bench/train_step.py); weights and CIF stay float32")
     ap.add_argument("--position-shift", type=float, default=0.0,
                     help="most seconds each utterance's encoder positions start later (uniform): weights that do "
                          "not learn where a command starts")
@@ -731,10 +776,14 @@ def check_recipe_args(ap, args) -> dict:
         ap.error("--ghost-fires, --shift-fires and --tail-fires must be within [0, 1], and their sum too")
     if args.tail_langs is not None and (not args.tail_langs or set(args.tail_langs).difference(TAIL_LANGS)):
         ap.error("--tail-langs takes en, zh or en,zh")
+    if args.precision == "bf16" and not native_bf16():
+        ap.error("--precision bf16: this CPU has no bf16 arithmetic (AMX, AVX512-BF16 or Arm BF16 in /proc/cpuinfo), "
+                 "so torch would emulate it, slower than float32; train with --precision fp32")
     return {"qty_weight": args.qty_weight, "source_filter": args.source_filter,
             "balance_languages": args.balance_languages, "ghost": args.ghost_fires, "shift": args.shift_fires,
             "tail": args.tail_fires, "tail_langs": args.tail_langs,
-            "noise": args.noise, "lead": args.lead_pad, "position_shift": args.position_shift}
+            "noise": args.noise, "lead": args.lead_pad, "position_shift": args.position_shift,
+            "precision": args.precision}
 
 
 def main(argv=None) -> int:
