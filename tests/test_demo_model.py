@@ -458,6 +458,23 @@ def test_streaming_ratio_spreads_streaming_steps():
     assert not any(streaming_step(s, 0.0) for s in range(10)) and all(streaming_step(s, 1.0) for s in range(10))
 
 
+def test_a_run_killed_before_its_first_check_resumes_with_a_headed_log(tmp_path):
+    """The killed run leaves an empty log.csv; the resumed run's rows must still get the header that
+    plot and every reader of log.csv key on (stop 56's stage 2 died at its first plot without it)."""
+    import csv
+
+    from paraedge_tools.recipe.train import LOG_COLUMNS, open_log
+
+    path = tmp_path / "log.csv"
+    path.write_text("")
+    for step in (500, 1000):  # the resumed run, then a second resume appending to a headed log
+        logf, writer = open_log(str(path))
+        writer.writerow([step] + [0.5] * (len(LOG_COLUMNS) - 1))
+        logf.close()
+    rows = list(csv.DictReader(open(path)))
+    assert [int(r["step"]) for r in rows] == [500, 1000]
+
+
 def _commands():
     from edge.asr.audio import load_audio
 

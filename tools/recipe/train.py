@@ -633,11 +633,7 @@ def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 
         torch.set_rng_state(st["torch_rng"])
         log(f"resumed at step {step}")
     log_path = os.path.join(out, "log.csv")
-    new_log = not os.path.exists(log_path)
-    logf = open(log_path, "a", newline="")
-    writer = csv.writer(logf)
-    if new_log:
-        writer.writerow(["step", "seconds", "loss", "ce", "qty", "ctc", "lr", "heldout_cer", "heldout_acc"])
+    logf, writer = open_log(log_path)
     t0 = time.time() - spent   # log.csv's seconds count the whole run across resumes (a run may span sessions)
     run = {"loss": 0.0, "ce": 0.0, "qty": 0.0, "ctc": 0.0, "n": 0}
     model.train()
@@ -707,6 +703,20 @@ def train(corpus: str, out: str, steps: int, preset: str = "demo", batch: int = 
                    "best_heldout_acc": best, "vocab_size": len(vocab),
                    "parameters": int(sum(p.numel() for p in model.parameters()))}, f, indent=1)
     return out
+
+
+LOG_COLUMNS = ["step", "seconds", "loss", "ce", "qty", "ctc", "lr", "heldout_cer", "heldout_acc"]
+
+
+def open_log(log_path: str):
+    """log.csv for appending, its header written when the file is new or empty: a run killed before its
+    first check leaves an empty log.csv, and the resumed run's rows need the header (plot reads it)."""
+    new_log = not os.path.exists(log_path) or os.path.getsize(log_path) == 0
+    logf = open(log_path, "a", newline="")
+    writer = csv.writer(logf)
+    if new_log:
+        writer.writerow(LOG_COLUMNS)
+    return logf, writer
 
 
 def plot(log_path: str, png: str) -> None:
