@@ -33,6 +33,7 @@ import time
 
 import numpy as np
 
+from paraedge_tools.compiler.graphs import pad_to
 from paraedge_tools.recipe.augment import augment, noise_bank, spec_augment
 from paraedge_tools.recipe.corpus import read_manifest, read_phrases
 
@@ -151,15 +152,11 @@ def compute_cmvn(data: Data, n: int = 400):
     return (-mean).astype(np.float32), (1.0 / std).astype(np.float32)
 
 
-def round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
 def pad(seqs, value=0.0, multiple: int = 1):
     """Sequences padded to one length (rounded up to `multiple`) and their lengths."""
     import torch
 
-    t = round_up(max(len(s) for s in seqs), multiple)
+    t = pad_to(max(len(s) for s in seqs), multiple)
     out = np.full((len(seqs), t) + np.asarray(seqs[0]).shape[1:], value, dtype=np.float32)
     for i, s in enumerate(seqs):
         out[i, : len(s)] = s
@@ -241,7 +238,7 @@ def encode_by_length(model, enc_in, mask, xlen, groups: int = ENCODE_GROUPS, mul
     out = None
     for run in length_groups(xlen.tolist(), groups):
         idx = torch.tensor(run)
-        t = min(round_up(int(xlen[idx].max()), multiple), enc_in.shape[1])
+        t = min(pad_to(int(xlen[idx].max()), multiple), enc_in.shape[1])
         enc = model.encoder(enc_in[idx, :t], mask[idx, :t])
         if out is None:
             out = enc_in.new_zeros(enc_in.shape[:2] + enc.shape[2:], dtype=enc.dtype)
