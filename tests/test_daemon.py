@@ -687,18 +687,29 @@ def _padded_command(tmp_path) -> str:
     return str(wav)
 
 
-def _wait_until_loading_model(p, timeout=60.0) -> bool:
-    """True once the daemon process is loading its model (onnxruntime mapped: it is only imported then)."""
+def _poll_proc(p, probe, timeout=60.0):
+    """probe(pid) every 2 ms until it returns something other than None; None once the process has exited,
+    its /proc entry is gone or `timeout` has passed."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and p.poll() is None:
         try:
-            with open(f"/proc/{p.pid}/maps") as f:
-                if "onnxruntime" in f.read():
-                    return True
-        except OSError:
-            return False
+            found = probe(p.pid)
+        except (OSError, StopIteration):
+            return None
+        if found is not None:
+            return found
         time.sleep(0.002)
-    return False
+    return None
+
+
+def _proc_file(pid, name) -> str:
+    with open(f"/proc/{pid}/{name}") as f:
+        return f.read()
+
+
+def _wait_until_loading_model(p, timeout=60.0) -> bool:
+    """True once the daemon process is loading its model (onnxruntime mapped: it is only imported then)."""
+    return _poll_proc(p, lambda pid: True if "onnxruntime" in _proc_file(pid, "maps") else None, timeout) is not None
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc")
@@ -727,18 +738,11 @@ def test_a_signal_while_the_model_loads_is_honoured(tmp_path, sig):
 
 def _wait_until_catching(p, sig, timeout=60.0) -> str | None:
     """The process's /proc maps at the first moment it catches `sig` (SigCgt in /proc/PID/status), or None."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and p.poll() is None:
-        try:
-            with open(f"/proc/{p.pid}/status") as f:
-                caught = int(next(ln for ln in f if ln.startswith("SigCgt:")).split()[1], 16)
-            if caught & (1 << (sig - 1)):
-                with open(f"/proc/{p.pid}/maps") as f:
-                    return f.read()
-        except (OSError, StopIteration):
-            return None
-        time.sleep(0.002)
-    return None
+    def probe(pid):
+        status = _proc_file(pid, "status").splitlines()
+        caught = int(next(ln for ln in status if ln.startswith("SigCgt:")).split()[1], 16)
+        return _proc_file(pid, "maps") if caught & (1 << (sig - 1)) else None
+    return _poll_proc(p, probe, timeout)
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
