@@ -558,6 +558,44 @@ def test_loso_card_keeps_rows_of_families_not_rerun(tmp_path):
     assert text.count("| pico (earlier run) | 2 |") == 1 and "50.0 % (n=10)" in text and text.endswith("tail\n")
 
 
+def test_join_keeps_builds_in_order_with_absolute_paths(tmp_path, monkeypatch):
+    """`join` (the recipe's four espeak renders): the builds' training rows in the order given, paths
+    absolute so the joined dir trains from anywhere, one family kept; bad builds refused in one line."""
+    import subprocess
+    import sys
+
+    from paraedge_tools.recipe.corpus import read_manifest, write_manifest
+    from paraedge_tools.recipe.join import join
+
+    def build(name, rows, test=()):
+        d = tmp_path / name
+        d.mkdir()
+        write_manifest(str(d / "train.jsonl"), [{"path": f"wav/{t}.wav", "text": t, "family": f} for t, f in rows])
+        if test:
+            write_manifest(str(d / "test_clean.jsonl"), [{"path": f"wav/{t}.wav", "text": t} for t in test])
+        return str(d)
+
+    a = build("a", [("a1", "espeak"), ("a2", "kokoro"), ("a3", "espeak")], test=["ta"])
+    b = build("b", [("b1", "espeak"), ("b2", "espeak")], test=["tb"])
+    monkeypatch.chdir(tmp_path)
+    assert join("joined", ["a", "b"], ["espeak"]) == {"train": 4, "test_clean": 1}
+    monkeypatch.chdir(ROOT)   # read back from elsewhere: the paths must not depend on where join ran
+    rows = read_manifest(str(tmp_path / "joined" / "train.jsonl"))
+    assert [r["path"] for r in rows] == [os.path.join(d, "wav", f"{t}.wav") for d, t in
+                                          ((a, "a1"), (a, "a3"), (b, "b1"), (b, "b2"))]
+    assert [r["path"] for r in read_manifest(str(tmp_path / "joined" / "test_clean.jsonl"))] == [
+        os.path.join(a, "wav", "ta.wav")]
+    assert join(str(tmp_path / "all"), [b, a])["train"] == 5   # no --families: every row
+    with pytest.raises(ValueError, match="the output is one of the builds"):
+        join(a, [a, b])
+    for args, msg in (([str(tmp_path / "x"), a, "--families", "sam"], "no training renders of 'sam'"),
+                      ([str(tmp_path / "x"), str(tmp_path / "nowhere")], "nowhere/train.jsonl: no such file")):
+        p = subprocess.run([sys.executable, "-m", "paraedge_tools.recipe.join", *args], capture_output=True, text=True)
+        assert p.returncode == 2 and msg in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert not os.path.exists(tmp_path / "x")
+    assert len(read_manifest(os.path.join(a, "train.jsonl"))) == 3   # the builds are left as they were
+
+
 def test_balanced_languages_draw_each_language_half_the_time(tmp_path):
     from edge.asr.audio import write_wav
     from paraedge_tools.recipe.train import Data

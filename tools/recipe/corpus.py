@@ -240,6 +240,11 @@ def write_manifest(path: str, rows) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
+def family_of(row: dict) -> str:
+    """A manifest row's synthesizer family."""
+    return row.get("family", "espeak")  # corpora from before the families were espeak only
+
+
 def read_manifest(path: str) -> list[dict]:
     base = os.path.dirname(os.path.abspath(path))
     rows = []

@@ -35,13 +35,11 @@ import json
 import os
 import time
 
+from paraedge_tools.recipe.corpus import family_of
+
 TABLE_BEGIN, TABLE_END = "<!-- loso:begin -->", "<!-- loso:end -->"
 AS_IS_BEGIN, AS_IS_END = "<!-- loso-as-is:begin -->", "<!-- loso-as-is:end -->"
 SNR = 10
-
-
-def family_of(row: dict) -> str:
-    return row.get("family", "espeak")  # corpora from before the families were espeak only
 
 
 def rows_by_family(train_rows: list[dict], corpus: str) -> dict[str, list[dict]]:
