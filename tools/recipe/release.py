@@ -38,6 +38,10 @@ def load_weights(train_dirs: str | list[str], checkpoint: str = "best.pt") -> di
     floor moves with the run (the card's Training section). Stage 7 averages four: the stage-5
     weights twice and two checkpoints of that run (`RUN:ckpt.pt` names a run's own checkpoint,
     overriding `checkpoint`), then fine-tunes the mean 100 steps: 99.3 %, 97.6 % and 99.04 %.
+    The weights that replaced stage 7 are a mean too, of the recipe from nothing's last two steps
+    (README, "Rebuild it from scratch"): the last, with lead pads, read espeak streaming equal to
+    offline at 5 dB 98.3 % but clean 97.6 %, the step before 97.7 / 99.4 %, their mean 98.3 / 99.2 %
+    (the lowest INT8 set on the full table 99.35 %).
 
     Measured on the 2 h 42 min recipe (`out/corpus8`, the evaluator's full `[10, 10, 5]` table, 20
     test sets), a mean is no reliable lever: the lowest set's INT8 = fp32 token agreement moves by
