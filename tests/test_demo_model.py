@@ -589,6 +589,12 @@ def test_join_keeps_builds_in_order_with_absolute_paths(tmp_path, monkeypatch):
     assert join(str(tmp_path / "all"), [b, a])["train"] == 5   # no --families: every row
     with pytest.raises(ValueError, match="the output is one of the builds"):
         join(a, [a, b])
+    from edge.errors import ParaEdgeError
+
+    with pytest.raises(ParaEdgeError, match="not a joined corpus written by ParaEdge"):
+        join(a, [b])   # another build's manifests are never overwritten
+    assert join(str(tmp_path / "joined"), [b])["train"] == 2   # an earlier join is ours: replaced whole
+    assert sorted(os.listdir(tmp_path / "joined")) == ["join.json", "test_clean.jsonl", "train.jsonl"]
     for args, msg in (([str(tmp_path / "x"), a, "--families", "sam"], "no training renders of 'sam'"),
                       ([str(tmp_path / "x"), str(tmp_path / "nowhere")], "nowhere/train.jsonl: no such file")):
         p = subprocess.run([sys.executable, "-m", "paraedge_tools.recipe.join", *args], capture_output=True, text=True)

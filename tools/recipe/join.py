@@ -14,22 +14,29 @@ equal to offline 95.1 -> 96.2 %.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
+from edge.errors import ParaEdgeError
+from paraedge_tools.output import OutputDir, digests
 from paraedge_tools.recipe.corpus import family_of, read_manifest, write_manifest
+
+MANIFEST, FORMAT = "join.json", "paraedge-corpus-join/1"
 
 
 def join(out: str, builds: list[str], families: list[str] | None = None) -> dict:
     """Write OUT/train.jsonl and OUT/test_clean.jsonl (see the module docstring); returns the row
     counts. ValueError, before anything is written, for a build that is not one, an OUT that is one
-    of the builds, or a family none of the builds has rendered."""
+    of the builds, or a family none of the builds has rendered; ParaEdgeError for an OUT that is
+    neither new, empty nor an earlier join (`OutputDir`: a corpus build's manifests are never
+    overwritten). OUT is written whole or not at all."""
     if not builds:
         raise ValueError("no corpus build given: pass one or more directories written by paraedge_tools.recipe.corpus")
-    out_abs = os.path.abspath(out)
+    if os.path.abspath(out) in {os.path.abspath(b) for b in builds}:
+        raise ValueError(f"{out}: the output is one of the builds; join into a new directory")
+    output = OutputDir(out, MANIFEST, FORMAT, "joined corpus")   # refuses a folder that is not ours, before any work
     rows = []
     for b in builds:
-        if os.path.abspath(b) == out_abs:
-            raise ValueError(f"{out}: the output is one of the builds; join into a new directory")
         path = os.path.join(b, "train.jsonl")
         if not os.path.isfile(path):
             raise ValueError(f"{path}: no such file; pass directories written by paraedge_tools.recipe.corpus")
@@ -43,9 +50,12 @@ def join(out: str, builds: list[str], families: list[str] | None = None) -> dict
         rows = [r for r in rows if family_of(r) in families]
     test = os.path.join(builds[0], "test_clean.jsonl")
     test_rows = read_manifest(test) if os.path.isfile(test) else []
-    os.makedirs(out, exist_ok=True)
-    write_manifest(os.path.join(out, "train.jsonl"), rows)
-    write_manifest(os.path.join(out, "test_clean.jsonl"), test_rows)
+    with output as tmp:
+        write_manifest(os.path.join(tmp, "train.jsonl"), rows)
+        write_manifest(os.path.join(tmp, "test_clean.jsonl"), test_rows)
+        with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
+            json.dump({"format": FORMAT, "builds": [os.path.abspath(b) for b in builds], "families": families,
+                       "files": digests(tmp, MANIFEST)}, f, indent=1)
     return {"train": len(rows), "test_clean": len(test_rows)}
 
 
@@ -58,7 +68,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         counts = join(args.out, args.builds, args.families)
-    except ValueError as e:
+    except (ValueError, ParaEdgeError) as e:
         ap.error(str(e))
     print(counts)
     return 0
